@@ -1,0 +1,83 @@
+"""``presence-emulator``: run the Genesys Cloud emulator on one port until interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Annotated
+
+import typer
+from aiohttp import web
+
+from emulator.config import EmulatorConfig, Limits, WorldShape
+from emulator.server import build_app
+
+READY_PREFIX = "presence-emulator ready at "
+
+cli = typer.Typer(add_completion=False, help=__doc__)
+
+
+async def serve(config: EmulatorConfig) -> None:
+    """Serve until SIGINT/SIGTERM; prints the ready line (base URL) and the credentials."""
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets  # noqa: SLF001 - the bound port when 0 is asked
+    port = server.sockets[0].getsockname()[1]
+    base = f"http://{config.host}:{port}"
+    print(f"{READY_PREFIX}{base}", flush=True)
+    print(f"  client id:     {config.client_id}", flush=True)
+    print(f"  client secret: {config.client_secret}", flush=True)
+    print(f"  users: {config.world.users}  queues: {config.world.queues}  seed: {config.world.seed}", flush=True)
+    print(f"  admin API: {base}/__emulator   WFM sink: {base}/__wfm/events", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+@cli.command()
+def run(
+    host: Annotated[str, typer.Option(help="Interface to bind; loopback by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for HTTP and WebSocket; 0 picks a free one.")] = 8080,
+    users: Annotated[int, typer.Option(min=1, help="Agents in the seeded org.")] = 1000,
+    queues: Annotated[int, typer.Option(min=0, help="Routing queues in the seeded org.")] = 20,
+    seed: Annotated[int, typer.Option(help="Same seed, same org.")] = 42,
+    client_id: Annotated[str, typer.Option(help="OAuth client id with every permission.")] = "presence-worker",
+    client_secret: Annotated[str, typer.Option(help="That client's secret.")] = "emulator-secret",
+    token_lifetime: Annotated[int, typer.Option(min=1, help="Token lifetime, seconds.")] = 86_400,
+    rate_limit: Annotated[int, typer.Option(min=0, help="Requests per rolling minute per token; 0 = off.")] = 300,
+    bulk_max: Annotated[int, typer.Option(min=1, help="Users per bulk presence PUT.")] = 50,
+    heartbeat: Annotated[float, typer.Option(min=0.05, help="Socket heartbeat interval, seconds.")] = 30.0,
+    channel_ttl: Annotated[float, typer.Option(min=1, help="Channel lifetime without re-subscribing, seconds.")] = 86_400.0,
+    wfm_secret: Annotated[str, typer.Option(help="HMAC key the WFM sink verifies signatures with.")] = "wfm-sink-secret",
+    log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
+) -> None:
+    """Start the emulator and print its base URL and credentials when ready."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = EmulatorConfig(
+        host=host,
+        port=port,
+        world=WorldShape(users=users, queues=queues, seed=seed),
+        limits=Limits(
+            token_lifetime_s=token_lifetime,
+            rate_limit_per_minute=rate_limit,
+            bulk_max=bulk_max,
+            heartbeat_s=heartbeat,
+            channel_ttl_s=channel_ttl,
+        ),
+        client_id=client_id,
+        client_secret=client_secret,
+        wfm_secret=wfm_secret,
+    )
+    asyncio.run(serve(config))
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,89 @@
+"""Start ``presence-emulator`` as a child process and wait until it serves.
+
+Used by the tests, the benchmarks and the demo, so that all of them talk to the emulator over
+real sockets exactly as the worker would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from emulator.cli import READY_PREFIX
+
+
+class EmulatorStartError(RuntimeError):
+    """The emulator exited or stayed silent before printing its ready line."""
+
+
+@dataclass
+class EmulatorProcess:
+    """A running emulator; use as a context manager or call :meth:`stop`."""
+
+    args: list[str] = field(default_factory=list)
+    client_id: str = "presence-worker"
+    client_secret: str = "emulator-secret"  # noqa: S105 - sandbox credential
+    base_url: str = ""
+    startup_s: float = 0.0
+    _proc: subprocess.Popen[str] | None = None
+    _output: list[str] = field(default_factory=list)
+
+    def start(self, timeout_s: float = 20.0) -> EmulatorProcess:
+        """Spawn on a free loopback port; raises EmulatorStartError if not ready in time."""
+        cmd = [
+            sys.executable, "-m", "emulator", "--port", "0",
+            "--client-id", self.client_id, "--client-secret", self.client_secret, *self.args,
+        ]  # fmt: skip
+        began = time.perf_counter()
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        ready = threading.Event()
+        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
+        if not ready.wait(timeout_s) or not self.base_url:
+            self.stop()
+            raise EmulatorStartError("emulator did not start:\n" + "".join(self._output[-40:]))
+        self.startup_s = time.perf_counter() - began
+        return self
+
+    def _pump(self, ready: threading.Event) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._output.append(line)
+            if line.startswith(READY_PREFIX):
+                self.base_url = line[len(READY_PREFIX) :].strip()
+                ready.set()
+        ready.set()  # exited: wake the waiter, which sees no base_url
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://", 1)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._output)
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> EmulatorProcess:
+        return self.start() if self._proc is None else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

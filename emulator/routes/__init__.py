@@ -1,0 +1,1 @@
+"""Route modules; each exposes ``register(router)`` and names its routes for fault targeting."""

@@ -1,0 +1,63 @@
+"""Shared fixtures: a real emulator process over real sockets, reset before each test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from emulator.launcher import EmulatorProcess
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorProcess]:
+    """One emulator for the session: 200 agents, 6 queues, fast heartbeats, limit off."""
+    proc = EmulatorProcess(
+        args=["--users", "200", "--queues", "6", "--heartbeat", "0.5", "--rate-limit", "0"]
+    )
+    with proc:
+        yield proc
+
+
+class Api:
+    """A thin test client: an authenticated httpx session plus the admin API."""
+
+    def __init__(self, emulator: EmulatorProcess) -> None:
+        self.emulator = emulator
+        self.http = httpx.Client(base_url=emulator.base_url, timeout=10)
+        self.token = self.fetch_token()
+        self.http.headers["Authorization"] = f"Bearer {self.token}"
+
+    def fetch_token(self, client_id: str | None = None, client_secret: str | None = None) -> str:
+        response = httpx.post(
+            f"{self.emulator.base_url}/oauth/token",
+            auth=(client_id or self.emulator.client_id, client_secret or self.emulator.client_secret),
+            data={"grant_type": "client_credentials"},
+        )
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
+
+    def admin(self, method: str, path: str, json: object = None) -> httpx.Response:
+        response = httpx.request(method, f"{self.emulator.base_url}/__emulator{path}", json=json)
+        response.raise_for_status()
+        return response
+
+    def active_users(self) -> list[dict[str, object]]:
+        return [u for u in self.admin("GET", "/users").json() if u["state"] == "active"]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def api(emulator: EmulatorProcess) -> Iterator[Api]:
+    """A fresh, reset emulator and a client holding a valid token."""
+    httpx.post(f"{emulator.base_url}/__emulator/reset").raise_for_status()
+    client = Api(emulator)
+    yield client
+    client.close()
