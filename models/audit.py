@@ -1,0 +1,56 @@
+"""One audit row per request: what was asked, what happened, how long each part took."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+
+
+class Outcome(StrEnum):
+    """Terminal outcomes: part of the public contract (CLI, metrics, dashboards)."""
+
+    CONFIRMED = "confirmed"  # applied and seen on the notification socket
+    APPLIED_UNCONFIRMED = "applied_unconfirmed"  # applied; no event in time, read-back agrees
+    DRIFTED = "drifted"  # applied, but the read-back shows another state
+    SUPERSEDED = "superseded"  # a newer request for the agent won
+    INVALID = "invalid"  # bad payload, unknown state or reason; never retried
+    REJECTED_TRANSITION = "rejected_transition"  # the transition matrix or expected_state said no
+    FAILED = "failed"  # the platform refused (400/403/404), with its code and message
+    DEAD_LETTER = "dead_letter"  # retries exhausted; requeueable
+
+
+class AuditRecord(Base):
+    __tablename__ = "presence_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    user_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    source: Mapped[str | None] = mapped_column(String(100))
+    from_state: Mapped[str | None] = mapped_column(String(100))
+    from_definition_id: Mapped[str | None] = mapped_column(String(64))
+    to_state: Mapped[str | None] = mapped_column(String(100))
+    to_definition_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(100))
+    requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    queue_wait_ms: Mapped[float | None]
+    limiter_wait_ms: Mapped[float | None]
+    api_ms: Mapped[float | None]
+    confirm_ms: Mapped[float | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    genesys_requests: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str] = mapped_column(String(32), index=True)
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    requeued_as: Mapped[str | None] = mapped_column(String(64))

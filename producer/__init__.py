@@ -1,0 +1,10 @@
+"""Enqueue presence updates without importing any worker code.
+
+>>> from producer import PresenceProducer
+>>> PresenceProducer("redis://127.0.0.1:6379/0").set_presence("<user id>", "Break", reason="Coffee")
+"""
+
+from producer.api import PresenceProducer
+from producer.schema import SCHEMA_VERSION, TASK_NAME, PresenceUpdate
+
+__all__ = ["SCHEMA_VERSION", "TASK_NAME", "PresenceProducer", "PresenceUpdate"]

@@ -1,0 +1,70 @@
+"""``PresenceProducer``: send ``presence.update`` by name through the broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from celery import Celery
+
+from producer.schema import QUEUE, TASK_NAME, PresenceUpdate
+
+
+class PresenceProducer:
+    """Validates payloads locally and enqueues them; needs only the broker URL."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.app = Celery("presence-producer", broker=broker_url, set_as_current=False)
+        self.app.conf.update(
+            task_serializer="json", accept_content=["json"], task_ignore_result=True
+        )
+
+    def send(self, update: PresenceUpdate, *, request_id: str | None = None) -> str:
+        """Enqueue one update; returns its request id (the Celery task id)."""
+        task_id = request_id or str(uuid.uuid4())
+        self.app.send_task(TASK_NAME, args=[update.to_message()], queue=QUEUE, task_id=task_id)
+        return task_id
+
+    def send_many(self, updates: Iterable[PresenceUpdate]) -> list[str]:
+        """Enqueue several updates over one broker connection."""
+        ids = []
+        with self.app.producer_or_acquire() as producer:
+            for update in updates:
+                task_id = str(uuid.uuid4())
+                self.app.send_task(
+                    TASK_NAME,
+                    args=[update.to_message()],
+                    queue=QUEUE,
+                    task_id=task_id,
+                    producer=producer,
+                )
+                ids.append(task_id)
+        return ids
+
+    def set_presence(
+        self,
+        user_id: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        source: str = "api",
+        expected_state: str | None = None,
+        idempotency_key: str | None = None,
+        message: str | None = None,
+    ) -> str:
+        """Validate and enqueue; raises pydantic.ValidationError on bad input."""
+        update = PresenceUpdate(
+            user_id=user_id,
+            state=state,
+            reason=reason,
+            source=source,
+            expected_state=expected_state,
+            idempotency_key=idempotency_key,
+            message=message,
+            requested_at=datetime.now(UTC),
+        )
+        return self.send(update)
+
+    def close(self) -> None:
+        self.app.close()

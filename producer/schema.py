@@ -1,0 +1,58 @@
+"""The producer contract: task name, queue and the versioned payload schema.
+
+Changing a field incompatibly requires a new ``version``; the worker keeps accepting the old one.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
+
+SCHEMA_VERSION = 1
+TASK_NAME = "presence.update"
+QUEUE = "presence"
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class PresenceUpdate(BaseModel):
+    """Set one agent's Genesys Cloud presence.
+
+    ``state`` names a system presence ("On Queue", "Break", …), an org presence label ("Coffee")
+    or a presence definition id. ``reason`` picks a secondary presence of that system presence.
+    ``expected_state``, when given, makes the change a compare-and-set. Among requests for the
+    same agent the one with the newest ``requested_at`` wins; older ones end ``superseded``.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    version: Literal[1] = SCHEMA_VERSION
+    user_id: Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
+    state: ShortText
+    reason: ShortText | None = None
+    expected_state: ShortText | None = None
+    source: ShortText = "api"
+    requested_at: datetime
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    message: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+    @field_validator("requested_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("requested_at must carry a timezone, e.g. 2026-01-01T09:00:00Z")
+        return value
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON-safe dict that travels as the task's single argument."""
+        data: dict[str, Any] = json.loads(self.model_dump_json(exclude_none=True))
+        return data
+
+
+def json_schema() -> dict[str, Any]:
+    """The payload's JSON Schema, for producers in other languages."""
+    return PresenceUpdate.model_json_schema()

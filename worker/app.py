@@ -1,0 +1,40 @@
+"""The Celery application: ``celery -A worker.app worker`` (prefork or ``--pool threads``).
+
+JSON only; ``acks_late`` with ``task_reject_on_worker_lost`` so a killed worker's message is
+redelivered (every task is idempotent through the audit table); prefetch 1; a visibility timeout
+above any task runtime, countdown or retry delay.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from producer.schema import QUEUE
+from worker.settings import get_settings
+
+settings = get_settings()
+VISIBILITY_TIMEOUT_S = 3600
+# The longest a message may legitimately stay unacknowledged: a retry countdown (bounded by
+# retry_backoff_max_s) plus a task's own runtime. Kept well under the visibility timeout.
+assert settings.retry_backoff_max_s + 600 < VISIBILITY_TIMEOUT_S, "raise VISIBILITY_TIMEOUT_S"
+
+app = Celery("presence_worker", broker=settings.redis_url, include=["tasks.presence"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_disable_rate_limits=True,
+    task_default_queue=QUEUE,
+    task_routes={"presence.*": {"queue": QUEUE}},
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    broker_connection_retry_on_startup=True,
+    task_time_limit=300,
+    task_soft_time_limit=240,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    enable_utc=True,
+)

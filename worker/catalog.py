@@ -1,0 +1,125 @@
+"""Presence definitions: names → ids, shared through Redis, refreshed every few minutes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import redis
+
+from worker.genesys.models import PresenceDefinition
+
+
+class UnknownPresence(ValueError):
+    """The requested state or reason names no active presence definition."""
+
+
+def normalize(text: str) -> str:
+    """ "On Queue", "OnQueue", "ON_QUEUE" and "on queue" all compare equal."""
+    return text.replace(" ", "").replace("_", "").replace("-", "").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    id: str
+    label: str
+    system: str  # normalised system presence, e.g. "onqueue"
+    primary: bool
+    deactivated: bool
+
+
+class PresenceCatalog:
+    """Resolves a request's ``state`` (+ ``reason``) to one active definition.
+
+    Definitions are fetched once per ``ttl_s`` for the whole fleet (one Genesys call), cached in
+    Redis and in process memory.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        fetch: Callable[[], list[PresenceDefinition]],
+        *,
+        ttl_s: int = 600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis = client
+        self.fetch = fetch
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._local: tuple[float, list[Definition]] | None = None
+
+    def definitions(self) -> list[Definition]:
+        with self._lock:
+            if self._local is not None and self._local[0] > self.clock():
+                return self._local[1]
+            raw = self.redis.get("presence:definitions")
+            if raw is None:
+                fetched = [
+                    Definition(
+                        d.id,
+                        d.label,
+                        normalize(d.system_presence),
+                        d.type == "System",
+                        d.deactivated,
+                    )
+                    for d in self.fetch()
+                ]
+                self.redis.set(
+                    "presence:definitions", json.dumps([asdict(d) for d in fetched]), ex=self.ttl_s
+                )
+                definitions = fetched
+            else:
+                definitions = [Definition(**d) for d in json.loads(raw)]
+            self._local = (self.clock() + min(60, self.ttl_s), definitions)
+            return definitions
+
+    def by_id(self, definition_id: str) -> Definition | None:
+        return next((d for d in self.definitions() if d.id == definition_id), None)
+
+    def resolve(self, state: str, reason: str | None = None) -> Definition:
+        """The definition for ``state`` (and ``reason``); raises UnknownPresence with a hint."""
+        definitions = self.definitions()
+        wanted = normalize(state)
+        match = next((d for d in definitions if d.id == state), None)
+        if match is None:
+            match = next((d for d in definitions if d.primary and d.system == wanted), None)
+        if match is None:
+            match = next(
+                (d for d in definitions if not d.primary and normalize(d.label) == wanted), None
+            )
+        if match is None:
+            names = sorted({d.label for d in definitions if not d.deactivated})
+            raise UnknownPresence(f"Unknown state {state!r}; use one of: {', '.join(names)}")
+        if reason is not None:
+            wanted_reason = normalize(reason)
+            secondary = next(
+                (
+                    d
+                    for d in definitions
+                    if not d.primary
+                    and d.system == match.system
+                    and normalize(d.label) == wanted_reason
+                ),
+                None,
+            )
+            if secondary is None:
+                options = sorted(
+                    d.label
+                    for d in definitions
+                    if not d.primary and d.system == match.system and not d.deactivated
+                )
+                hint = (
+                    f"; reasons for {match.label}: {', '.join(options)}"
+                    if options
+                    else f"; {match.label} has no reasons"
+                )
+                raise UnknownPresence(f"Unknown reason {reason!r} for state {state!r}{hint}")
+            match = secondary
+        if match.deactivated:
+            raise UnknownPresence(f"Presence {match.label!r} is deactivated in this org")
+        return match

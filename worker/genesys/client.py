@@ -1,0 +1,197 @@
+"""The Genesys Cloud REST client used by the worker.
+
+Every call: takes a slot from the shared limiter, carries a timeout, is never retried behind the
+caller's back (the one exception: a 401 renews the token and repeats the call once), and turns
+any non-2xx answer into a typed :class:`GenesysError` with status, ErrorBody code and message
+and ``inin-correlation-id``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from worker.genesys.errors import (
+    GenesysError,
+    RateLimited,
+    TransportError,
+    Unauthorized,
+    error_for_status,
+)
+from worker.genesys.models import Channel, PresenceDefinition, UserPresence
+from worker.genesys.token import TokenProvider
+from worker.limiter import SharedRateLimiter
+
+
+@dataclass(slots=True)
+class CallLog:
+    """What one unit of work (an update) spent: calls, limiter wait and API time."""
+
+    calls: int = 0
+    limiter_wait_s: float = 0.0
+    api_s: float = 0.0
+    statuses: list[int] = field(default_factory=list)
+
+
+_current_log: ContextVar[CallLog | None] = ContextVar("genesys_call_log", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[CallLog]:
+    """Attribute every Genesys call made inside the block (this thread/context) to one log."""
+    log = CallLog()
+    token = _current_log.set(log)
+    try:
+        yield log
+    finally:
+        _current_log.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    data: Any
+    correlation_id: str | None
+    status: int
+
+
+class GenesysClient:
+    """Thread-safe: share one per process (one keep-alive connection pool)."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        tokens: TokenProvider,
+        limiter: SharedRateLimiter,
+        *,
+        api_base: str,
+        timeout_s: float,
+        max_inline_wait_s: float,
+    ) -> None:
+        self.http = http
+        self.tokens = tokens
+        self.limiter = limiter
+        self.api_base = api_base
+        self.timeout_s = timeout_s
+        self.max_inline_wait_s = max_inline_wait_s
+
+    # -- the one way to call ------------------------------------------------------------------
+    def call(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Answer:
+        """One platform call (two when a 401 forces a token renewal).
+
+        Raises BudgetExhausted when no limiter slot is near, or a GenesysError subclass.
+        """
+        try:
+            return self._call_once(method, path, json, params)
+        except Unauthorized:
+            return self._call_once(method, path, json, params)
+
+    def _call_once(
+        self, method: str, path: str, json: Any, params: dict[str, Any] | None
+    ) -> Answer:
+        token = self.tokens.get()
+        reservation = self.limiter.acquire(self.max_inline_wait_s)
+        log = _current_log.get()
+        started = time.perf_counter()
+        try:
+            response = self.http.request(
+                method,
+                f"{self.api_base}{path}",
+                json=json,
+                params=params,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=self.timeout_s,
+            )
+        except httpx.TimeoutException:
+            raise TransportError(f"{method} {path} timed out after {self.timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{method} {path} failed: {type(exc).__name__}") from None
+        finally:
+            self.limiter.release(reservation)
+            if log is not None:
+                log.calls += 1
+                log.limiter_wait_s += reservation.waited_s
+                log.api_s += time.perf_counter() - started
+        if log is not None:
+            log.statuses.append(response.status_code)
+        correlation_id = response.headers.get("inin-correlation-id")
+        if response.status_code < 300:
+            data = response.json() if response.content else None
+            return Answer(data, correlation_id, response.status_code)
+        error = self._error(method, path, response, correlation_id)
+        if isinstance(error, RateLimited) and error.retry_after_s:
+            self.limiter.cool_down(error.retry_after_s)
+        if isinstance(error, Unauthorized):
+            self.tokens.invalidate(token)
+        raise error
+
+    @staticmethod
+    def _error(
+        method: str, path: str, response: httpx.Response, correlation_id: str | None
+    ) -> GenesysError:
+        code = None
+        message = response.reason_phrase
+        try:
+            body = response.json()
+            if isinstance(body, dict):
+                code = body.get("code")
+                message = body.get("message") or message
+        except ValueError:
+            pass
+        retry_after = response.headers.get("Retry-After")
+        try:
+            retry_after_s = float(retry_after) if retry_after is not None else None
+        except ValueError:
+            retry_after_s = None
+        cls = error_for_status(response.status_code)
+        return cls(
+            f"{method} {path} → HTTP {response.status_code} {code or ''}: {message}".replace(
+                "  ", " "
+            ),
+            status=response.status_code,
+            code=code,
+            correlation_id=correlation_id,
+            retry_after_s=retry_after_s,
+        )
+
+    # -- typed endpoints ------------------------------------------------------------------------
+    def presence_definitions(self) -> list[PresenceDefinition]:
+        answer = self.call("GET", "/api/v2/presence/definitions", params={"deactivated": "true"})
+        return [PresenceDefinition.model_validate(e) for e in answer.data["entities"]]
+
+    def get_presence(self, user_id: str) -> tuple[UserPresence, Answer]:
+        answer = self.call("GET", f"/api/v2/users/{user_id}/presences/purecloud")
+        return UserPresence.model_validate(answer.data), answer
+
+    def patch_presence(
+        self, user_id: str, definition_id: str, message: str | None = None
+    ) -> tuple[UserPresence, Answer]:
+        body: dict[str, Any] = {"presenceDefinition": {"id": definition_id}}
+        if message is not None:
+            body["message"] = message
+        answer = self.call("PATCH", f"/api/v2/users/{user_id}/presences/purecloud", json=body)
+        return UserPresence.model_validate(answer.data), answer
+
+    def create_channel(self) -> Channel:
+        return Channel.model_validate(self.call("POST", "/api/v2/notifications/channels").data)
+
+    def replace_subscriptions(self, channel_id: str, topics: list[str]) -> None:
+        self.call(
+            "PUT",
+            f"/api/v2/notifications/channels/{channel_id}/subscriptions",
+            json=[{"id": t} for t in topics],
+        )
+
+    def add_subscriptions(self, channel_id: str, topics: list[str]) -> None:
+        self.call(
+            "POST",
+            f"/api/v2/notifications/channels/{channel_id}/subscriptions",
+            json=[{"id": t} for t in topics],
+        )

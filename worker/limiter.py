@@ -1,0 +1,146 @@
+"""The org's Genesys request budget, shared by every worker process through Redis.
+
+Algorithm: a sliding-window log on the Redis server clock, the same shape as the platform's own
+limit (N requests per rolling 60 s). Each call reserves a slot stamped *provisionally in the
+future* (now + the call's timeout) and, when the response arrives, is re-stamped with the
+completion time. A request reaches the platform no later than its completion, so the platform's
+window never holds more requests than ours: no 429 from our own traffic, and — unlike a GCRA or
+token bucket that must keep headroom for network jitter — the budget is used to the last request.
+
+A 429 that happens anyway (another tool on the same token, a platform-side limit) sets a shared
+cool-down from ``Retry-After`` that every process honours before its next reservation.
+
+Celery's ``rate_limit`` is per worker instance and is deliberately not used.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+WINDOW_MS = 60_000
+
+# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member.
+# Returns {1, 0} when reserved, {0, wait_ms} when the caller must wait.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cool > now then
+  return {0, cool - now}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+local limit = tonumber(ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < limit then
+  local stamp = now + tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], stamp, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], 60000 + tonumber(ARGV[2]) + 1000)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, math.max(1, tonumber(oldest[2]) + 60000 - now)}
+"""
+
+# KEYS[1] log zset. ARGV: member. Re-stamps a reservation with the completion time.
+_RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+return now
+"""
+
+# KEYS[1] cool-down key. ARGV: seconds. Extends, never shortens, the shared cool-down.
+_COOL_DOWN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untilms = now + tonumber(ARGV[1]) * 1000
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untilms > cur then
+  redis.call('SET', KEYS[1], untilms, 'PX', tonumber(ARGV[1]) * 1000 + 1000)
+end
+return untilms
+"""
+
+
+class BudgetExhausted(Exception):
+    """No slot within the caller's inline wait; re-schedule after ``retry_in_s``."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(f"Genesys request budget exhausted; next slot in {retry_in_s:.1f} s")
+        self.retry_in_s = retry_in_s
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    member: str
+    waited_s: float
+
+
+class SharedRateLimiter:
+    """Reserve before every Genesys call, release after it. Thread-safe; one per process is enough.
+
+    ``limit_per_minute`` is the whole budget of one OAuth client across all processes and
+    machines that share ``redis``. Keys sit in one hash slot (``{…}``) for Redis Cluster.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key: str,
+        limit_per_minute: int,
+        provisional_s: float,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.redis = client
+        self.limit = limit_per_minute
+        self.provisional_ms = int(provisional_s * 1000)
+        self.log_key = f"presence:limiter:{{{key}}}:log"
+        self.cooldown_key = f"presence:limiter:{{{key}}}:cooldown"
+        self.sleep = sleep
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._cool_down = client.register_script(_COOL_DOWN)
+
+    def try_acquire(self) -> tuple[str | None, float]:
+        """One attempt: (member, 0) when reserved, (None, seconds to wait) otherwise."""
+        member = uuid.uuid4().hex
+        granted, wait_ms = self._acquire(
+            keys=[self.log_key, self.cooldown_key], args=[self.limit, self.provisional_ms, member]
+        )
+        return (member, 0.0) if int(granted) else (None, int(wait_ms) / 1000.0)
+
+    def acquire(self, max_wait_s: float) -> Reservation:
+        """Reserve a slot, sleeping while the wait is short.
+
+        Raises BudgetExhausted when the next slot is further away than ``max_wait_s`` (counted
+        from the first attempt), so that a task can re-schedule itself instead of blocking.
+        """
+        started = time.monotonic()
+        while True:
+            member, wait_s = self.try_acquire()
+            if member is not None:
+                return Reservation(member, time.monotonic() - started)
+            waited = time.monotonic() - started
+            if waited + wait_s > max_wait_s:
+                raise BudgetExhausted(wait_s)
+            # Small jitter keeps waiters from stampeding the same freed slot.
+            self.sleep(wait_s + (uuid.uuid4().int % 20) / 1000.0)
+
+    def release(self, reservation: Reservation) -> None:
+        """Stamp the reservation with the completion time (the call has been answered)."""
+        self._release(keys=[self.log_key], args=[reservation.member])
+
+    def cool_down(self, seconds: float) -> None:
+        """Pause every process for ``seconds`` (from a 429's Retry-After)."""
+        self._cool_down(keys=[self.cooldown_key], args=[max(1, int(seconds + 0.999))])
+
+    def in_window(self) -> int:
+        """Requests counted in the current window (in flight included)."""
+        seconds, micros = self.redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        return int(self.redis.zcount(self.log_key, now_ms - WINDOW_MS, "+inf"))

@@ -1,0 +1,1 @@
+"""The per-process notification connection: channel, subscriptions, socket, confirmations."""

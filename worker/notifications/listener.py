@@ -1,0 +1,306 @@
+"""One notification channel and socket per worker process.
+
+A daemon thread owns the socket: it connects (claiming a channel slot first), watches
+heartbeats (ping when quiet, reconnect when silent), reconnects with backoff and jitter,
+follows ``v2.system.socket_closing`` to the same URI, replaces a channel the platform dropped
+(re-subscribing every topic in one call) and extends the channel before its 24 h expiry.
+Task threads call :meth:`ensure_subscribed` before writing and :meth:`expect` to wait for the
+confirming event. Every presence event also updates the shared state cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import websocket
+
+from worker.genesys.client import GenesysClient
+from worker.genesys.errors import GenesysError
+from worker.limiter import BudgetExhausted
+from worker.notifications.slots import ChannelSlots
+from worker.state_cache import AgentState, StateCache
+
+log = logging.getLogger(__name__)
+
+PRESENCE_TOPIC = "v2.users.{}.presence"
+
+
+def parse_ms(value: str | None) -> int:
+    """ISO-8601 (``…Z``) to epoch milliseconds; 0 when absent or malformed."""
+    if not value:
+        return 0
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+@dataclass(slots=True)
+class PresenceEvent:
+    user_id: str
+    definition_id: str
+    system_presence: str
+    modified_ms: int
+    correlation_id: str | None
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """Collects one agent's presence events from registration on."""
+
+    user_id: str
+    events: list[PresenceEvent] = field(default_factory=list)
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def push(self, event: PresenceEvent) -> None:
+        with self.arrived:
+            self.events.append(event)
+            self.arrived.notify_all()
+
+    def wait_for(
+        self, definition_id: str, correlation_id: str | None, modified_ms: int, timeout_s: float
+    ) -> PresenceEvent | None:
+        """The event confirming our write, or None after ``timeout_s``.
+
+        Matches on the correlation id when the platform echoes it, else on agent + definition id
+        + a ``modifiedDate`` no older than our write's.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self.arrived:
+            while True:
+                for event in self.events:
+                    if event.definition_id != definition_id:
+                        continue
+                    if correlation_id and event.correlation_id == correlation_id:
+                        return event
+                    if modified_ms and event.modified_ms >= modified_ms:
+                        return event
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.arrived.wait(left)
+
+
+class NotificationListener:
+    def __init__(
+        self,
+        client: GenesysClient,
+        cache: StateCache,
+        slots: ChannelSlots,
+        *,
+        heartbeat_s: float = 30.0,
+        max_topics: int = 1000,
+        extend_after_s: float = 20 * 3600.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.cache = cache
+        self.slots = slots
+        self.heartbeat_s = heartbeat_s
+        self.max_topics = max_topics
+        self.extend_after_s = extend_after_s
+        self.connect_timeout_s = connect_timeout_s
+        self.topics: OrderedDict[str, None] = OrderedDict()  # user ids, least recently used first
+        self.channel_id: str | None = None
+        self.connect_uri: str | None = None
+        self.channel_since = 0.0
+        self.connected = threading.Event()
+        self.stopping = threading.Event()
+        self.reconnects = 0
+        self.has_slot = False
+        self._lock = threading.RLock()
+        self._waiters: dict[str, set[Waiter]] = {}
+        self._ws: websocket.WebSocket | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- task-side API --------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="genesys-notifications", daemon=True
+                )
+                self._thread.start()
+
+    def ensure_subscribed(self, user_id: str, *, wait_s: float = 2.0) -> bool:
+        """Subscribe to the agent's presence (one Genesys call when new); True when events for
+        the agent will reach this process, False when the caller must confirm by read-back."""
+        self.start()
+        if not self.connected.wait(wait_s):
+            return False
+        with self._lock:
+            if user_id in self.topics:
+                self.topics.move_to_end(user_id)
+                return True
+            channel_id = self.channel_id
+            if channel_id is None:
+                return False
+            try:
+                if len(self.topics) >= self.max_topics:
+                    while len(self.topics) >= self.max_topics:
+                        self.topics.popitem(last=False)
+                    self.topics[user_id] = None
+                    self.client.replace_subscriptions(channel_id, self._topic_list())
+                else:
+                    self.client.add_subscriptions(channel_id, [PRESENCE_TOPIC.format(user_id)])
+                    self.topics[user_id] = None
+            except (GenesysError, BudgetExhausted) as exc:
+                self.topics.pop(user_id, None)
+                log.warning("subscription for %s failed: %s", user_id, exc)
+                return False
+            return self.connected.is_set()
+
+    def expect(self, user_id: str) -> Waiter:
+        """Start collecting the agent's events; pair with :meth:`done`."""
+        waiter = Waiter(user_id)
+        with self._lock:
+            self._waiters.setdefault(user_id, set()).add(waiter)
+        return waiter
+
+    def done(self, waiter: Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(waiter.user_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[waiter.user_id]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        ws = self._ws
+        if ws is not None:
+            ws.abort()
+        self.slots.release()
+
+    # -- socket thread --------------------------------------------------------------------------
+    def _topic_list(self) -> list[str]:
+        return [PRESENCE_TOPIC.format(u) for u in self.topics]
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self.stopping.is_set():
+            try:
+                self.has_slot = self.slots.claim()
+                if not self.has_slot:
+                    self.stopping.wait(30.0)
+                    continue
+                self._connect()
+                backoff = 0.2
+                self._read_until_closed()
+            except Exception as exc:
+                log.warning("notification socket problem: %s", type(exc).__name__)
+            finally:
+                self._disconnect()
+            if self.stopping.is_set():
+                return
+            self.reconnects += 1
+            self.stopping.wait(backoff + random.uniform(0, backoff))
+            backoff = min(backoff * 2, 30.0)
+
+    def _connect(self) -> None:
+        if self.channel_id is None or self.connect_uri is None:
+            self._new_channel()
+        assert self.connect_uri is not None
+        self._ws = websocket.create_connection(self.connect_uri, timeout=self.connect_timeout_s)
+        # Events may have been missed while no socket was open: those cache entries are suspect.
+        self.cache.forget(list(self.topics))
+        self.connected.set()
+
+    def _new_channel(self) -> None:
+        channel = self.client.create_channel()
+        with self._lock:
+            self.channel_id, self.connect_uri = channel.id, channel.connect_uri
+            self.channel_since = time.monotonic()
+            if self.topics:
+                self.client.replace_subscriptions(channel.id, self._topic_list())
+
+    def _disconnect(self) -> None:
+        self.connected.clear()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close(timeout=0.5)
+            except Exception:
+                ws.abort()
+
+    def _read_until_closed(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        ws.settimeout(self.heartbeat_s / 2)
+        last_heard = time.monotonic()
+        pinged = False
+        while not self.stopping.is_set():
+            try:
+                text = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                quiet = time.monotonic() - last_heard
+                if quiet > self.heartbeat_s * 3:
+                    log.info("notification socket silent for %.0f s; reconnecting", quiet)
+                    return
+                if quiet > self.heartbeat_s * 1.5 and not pinged:
+                    ws.send(json.dumps({"message": "ping"}))
+                    pinged = True
+                self._maintain()
+                continue
+            if not text:
+                return  # closed by the server
+            last_heard, pinged = time.monotonic(), False
+            if not self._handle(text):
+                return
+            self._maintain()
+
+    def _maintain(self) -> None:
+        """Keep the slot lease and the channel alive."""
+        if time.monotonic() - self.channel_since > self.extend_after_s and self.channel_id:
+            with self._lock:
+                try:
+                    self.client.replace_subscriptions(self.channel_id, self._topic_list())
+                    self.channel_since = time.monotonic()
+                except (GenesysError, BudgetExhausted) as exc:
+                    log.warning("channel extension failed: %s", exc)
+        self.slots.claim()
+
+    def _handle(self, text: str | bytes) -> bool:
+        """Process one message; False when the socket must be re-established."""
+        try:
+            message: dict[str, Any] = json.loads(text)
+        except ValueError:
+            return True
+        if message.get("result") == "404":
+            self.channel_id = self.connect_uri = None  # the channel is gone: make a new one
+            return False
+        topic = str(message.get("topicName", ""))
+        if topic == "v2.system.socket_closing":
+            return False  # reconnect to the same connectUri right away
+        if topic.endswith(".presence") and topic.startswith("v2.users."):
+            self._on_presence(topic[len("v2.users.") : -len(".presence")], message)
+        return True
+
+    def _on_presence(self, user_id: str, message: dict[str, Any]) -> None:
+        body = message.get("eventBody") or {}
+        definition = body.get("presenceDefinition") or {}
+        if "id" not in definition:
+            return
+        event = PresenceEvent(
+            user_id=user_id,
+            definition_id=definition["id"],
+            system_presence=str(definition.get("systemPresence", "")),
+            modified_ms=parse_ms(body.get("modifiedDate")),
+            correlation_id=(message.get("metadata") or {}).get("CorrelationId"),
+        )
+        self.cache.put(
+            user_id,
+            AgentState(event.definition_id, event.system_presence, event.modified_ms, "event"),
+        )
+        with self._lock:
+            waiters = list(self._waiters.get(user_id, ()))
+        for waiter in waiters:
+            waiter.push(event)

@@ -1,0 +1,72 @@
+"""Per-agent ordering: the newest request wins, one change at a time per agent."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+# KEYS[1] newest marker. ARGV: ts_us, request_id, ttl_s. Keeps the max of (ts, id); returns it.
+_REGISTER = """
+local cur = redis.call('GET', KEYS[1])
+local mine = string.format('%020d', tonumber(ARGV[1])) .. '|' .. ARGV[2]
+if (not cur) or mine > cur then
+  redis.call('SET', KEYS[1], mine, 'EX', tonumber(ARGV[3]))
+  return mine
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return cur
+"""
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class AgentBusy(Exception):
+    """Another worker holds the agent's lock beyond the wait allowed."""
+
+
+class AgentOrdering:
+    def __init__(self, client: redis.Redis, *, marker_ttl_s: int = 7 * 86_400) -> None:
+        self.redis = client
+        self.marker_ttl_s = marker_ttl_s
+        self._register = client.register_script(_REGISTER)
+        self._unlock = client.register_script(_UNLOCK)
+
+    @staticmethod
+    def _marker(requested_at_us: int, request_id: str) -> str:
+        return f"{requested_at_us:020d}|{request_id}"
+
+    def register(self, user_id: str, requested_at_us: int, request_id: str) -> None:
+        """Record that this request exists; the newest registered one stays the marker."""
+        self._register(
+            keys=[f"presence:agent:{user_id}:newest"],
+            args=[requested_at_us, request_id, self.marker_ttl_s],
+        )
+
+    def is_superseded(self, user_id: str, requested_at_us: int, request_id: str) -> bool:
+        """True when a newer request for the agent has been registered."""
+        newest = self.redis.get(f"presence:agent:{user_id}:newest")
+        if newest is None:
+            return False
+        current = newest.decode() if isinstance(newest, bytes) else str(newest)
+        return current > self._marker(requested_at_us, request_id)
+
+    @contextmanager
+    def lock(self, user_id: str, *, ttl_s: float, wait_s: float) -> Iterator[None]:
+        """Hold the agent's lock; raises AgentBusy when not acquired within ``wait_s``."""
+        key = f"presence:agent:{user_id}:lock"
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        while not self.redis.set(key, owner, nx=True, px=int(ttl_s * 1000)):
+            if time.monotonic() >= deadline:
+                raise AgentBusy(f"agent {user_id} is being updated by another worker")
+            time.sleep(0.02)
+        try:
+            yield
+        finally:
+            self._unlock(keys=[key], args=[owner])

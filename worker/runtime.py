@@ -1,0 +1,108 @@
+"""What a worker process holds: one of each connection, created lazily after fork.
+
+``Runtime.current()`` builds it on first use in each process (never in the Celery parent, never
+inside ``worker_process_init``, whose handlers must finish within seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+import httpx
+import redis
+
+from worker.catalog import PresenceCatalog
+from worker.genesys.client import GenesysClient
+from worker.genesys.token import TokenProvider
+from worker.limiter import SharedRateLimiter
+from worker.notifications.listener import NotificationListener
+from worker.notifications.slots import ChannelSlots
+from worker.ordering import AgentOrdering
+from worker.rules.transitions import TransitionMatrix
+from worker.settings import Settings, get_settings
+from worker.state_cache import StateCache
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: redis.Redis
+    http: httpx.Client
+    limiter: SharedRateLimiter
+    tokens: TokenProvider
+    client: GenesysClient
+    cache: StateCache
+    catalog: PresenceCatalog
+    matrix: TransitionMatrix
+    ordering: AgentOrdering
+    listener: NotificationListener
+    name: str
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        r = redis.Redis.from_url(settings.redis_url)
+        http = httpx.Client(
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            timeout=settings.http_timeout_s,
+        )
+        client_key = settings.genesys_client_id or "default"
+        limiter = SharedRateLimiter(
+            r,
+            key=client_key,
+            limit_per_minute=settings.effective_rate_per_minute,
+            provisional_s=settings.http_timeout_s + 5,
+        )
+        tokens = TokenProvider(
+            r,
+            http,
+            login_base=settings.login_base,
+            client_id=settings.genesys_client_id,
+            client_secret=settings.genesys_client_secret.get_secret_value(),
+            timeout_s=settings.http_timeout_s,
+        )
+        client = GenesysClient(
+            http,
+            tokens,
+            limiter,
+            api_base=settings.api_base,
+            timeout_s=settings.http_timeout_s,
+            max_inline_wait_s=settings.limiter_max_inline_wait_s,
+        )
+        cache = StateCache(r, ttl_s=settings.state_cache_ttl_s)
+        listener = NotificationListener(
+            client,
+            cache,
+            ChannelSlots(r, key=client_key, max_slots=settings.channel_slots),
+            heartbeat_s=settings.notification_heartbeat_s,
+            extend_after_s=settings.channel_extend_after_s,
+        )
+        return cls(
+            settings=settings,
+            redis=r,
+            http=http,
+            limiter=limiter,
+            tokens=tokens,
+            client=client,
+            cache=cache,
+            catalog=PresenceCatalog(r, client.presence_definitions),
+            matrix=TransitionMatrix.load(settings.transition_matrix_file),
+            ordering=AgentOrdering(r),
+            listener=listener,
+            name=f"{socket.gethostname()}:{os.getpid()}",
+        )
+
+    _current: tuple[int, Runtime] | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def current(cls) -> Runtime:
+        """This process's runtime, built on first use (after any fork)."""
+        with cls._lock:
+            cached = cls._current
+            if cached is None or cached[0] != os.getpid():
+                cached = (os.getpid(), cls.build(get_settings()))
+                cls._current = cached
+            return cached[1]

@@ -1,0 +1,127 @@
+"""Settings from environment variables (and a ``.env`` file); secrets are ``SecretStr``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Region → domain, from the official SDKs' region host tables (reference §1.1).
+REGION_DOMAINS: dict[str, str] = {
+    "us_east_1": "mypurecloud.com",
+    "eu_west_1": "mypurecloud.ie",
+    "ap_southeast_2": "mypurecloud.com.au",
+    "ap_northeast_1": "mypurecloud.jp",
+    "eu_central_1": "mypurecloud.de",
+    "us_west_2": "usw2.pure.cloud",
+    "ca_central_1": "cac1.pure.cloud",
+    "ap_northeast_2": "apne2.pure.cloud",
+    "eu_west_2": "euw2.pure.cloud",
+    "ap_south_1": "aps1.pure.cloud",
+    "us_east_2": "use2.us-gov-pure.cloud",
+    "sa_east_1": "sae1.pure.cloud",
+    "me_central_1": "mec1.pure.cloud",
+    "ap_northeast_3": "apne3.pure.cloud",
+    "eu_central_2": "euc2.pure.cloud",
+    "mx_central_1": "mxc1.pure.cloud",
+    "ap_southeast_1": "apse1.pure.cloud",
+    "eusc_de_east_1": "edee1.eusc-pure.cloud",
+}
+
+
+class Settings(BaseSettings):
+    """Everything the worker and the CLI read from the environment."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    genesys_region: str | None = Field(
+        default=None, description="Genesys Cloud region key, e.g. us_east_1 or eu_west_1."
+    )
+    genesys_api_url: str | None = Field(
+        default=None,
+        description="Explicit API base URL (the emulator or a gateway); overrides the region.",
+    )
+    genesys_client_id: str = Field(default="", description="OAuth client-credentials client id.")
+    genesys_client_secret: SecretStr = Field(
+        default=SecretStr(""), description="OAuth client secret (never logged)."
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Broker, limiter and caches."
+    )
+    database_url: str = Field(
+        default="sqlite:///presence.sqlite3", description="Audit database (SQLAlchemy URL)."
+    )
+    rate_limit_per_minute: int = Field(
+        default=300, ge=1, description="The OAuth client's Genesys request budget per minute."
+    )
+    rate_limit_headroom: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the budget left unused (for other tools on the same client).",
+    )
+    limiter_max_inline_wait_s: float = Field(
+        default=5.0, gt=0, description="Longer budget waits re-schedule the task instead."
+    )
+    ack_timeout_s: float = Field(
+        default=5.0, gt=0, description="How long to wait for the confirming socket event."
+    )
+    http_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of every Genesys call.")
+    max_retries: int = Field(default=8, ge=0, description="Retries before dead_letter.")
+    retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay.")
+    retry_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry delay.")
+    agent_lock_ttl_s: float = Field(default=60.0, gt=0, description="Per-agent lock lifetime.")
+    transition_matrix_file: Path | None = Field(
+        default=None, description="TOML file overriding the default transition matrix."
+    )
+    channel_slots: int = Field(
+        default=16, ge=0, le=20, description="Notification channels this client may hold."
+    )
+    state_cache_ttl_s: int = Field(
+        default=3600, ge=1, description="How long an agent's cached presence is trusted."
+    )
+    notification_heartbeat_s: float = Field(
+        default=30.0, gt=0, description="Expected heartbeat interval of the notification socket."
+    )
+    channel_extend_after_s: float = Field(
+        default=20 * 3600.0, gt=0, description="Re-subscribe (extending the 24 h channel) after."
+    )
+    max_request_age_s: float = Field(
+        default=6 * 3600.0, gt=0, description="A request still waiting after this is dead-lettered."
+    )
+    sentry_dsn: SecretStr | None = Field(default=None, description="Sentry DSN; unset = off.")
+
+    @model_validator(mode="after")
+    def _check_region(self) -> Settings:
+        region = self.genesys_region
+        if self.genesys_api_url is None and region is not None and region not in REGION_DOMAINS:
+            known = ", ".join(sorted(REGION_DOMAINS))
+            raise ValueError(f"GENESYS_REGION {region!r} is unknown; use one of {known}")
+        return self
+
+    @property
+    def api_base(self) -> str:
+        """REST base URL; raises ValueError when neither region nor URL is configured."""
+        if self.genesys_api_url:
+            return self.genesys_api_url.rstrip("/")
+        if self.genesys_region:
+            return f"https://api.{REGION_DOMAINS[self.genesys_region]}"
+        raise ValueError("Set GENESYS_REGION (e.g. us_east_1) or GENESYS_API_URL")
+
+    @property
+    def login_base(self) -> str:
+        """Token host: ``api.`` becomes ``login.``; any other host serves its own /oauth/token."""
+        base = self.api_base
+        return base.replace("//api.", "//login.", 1) if "//api." in base else base
+
+    @property
+    def effective_rate_per_minute(self) -> int:
+        return max(1, int(self.rate_limit_per_minute * (1.0 - self.rate_limit_headroom)))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

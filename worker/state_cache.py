@@ -1,0 +1,61 @@
+"""The shared view of each agent's current presence, kept in Redis.
+
+Fed by notification events (from every worker process), by PATCH answers and by read-backs.
+An entry is replaced only by a newer one (``modifiedDate``), so a late event never rolls the
+cache back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import redis
+
+# KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer (or equal) than what is stored.
+_SET_IF_NEWER = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local stored = cjson.decode(cur)['modified_ms']
+  if stored and tonumber(stored) > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    definition_id: str
+    system_presence: str  # as the platform spelled it (REST "On Queue" or event "ON_QUEUE")
+    modified_ms: int
+    seen_via: str  # event | patch | read
+
+
+class StateCache:
+    def __init__(self, client: redis.Redis, *, ttl_s: int = 3600) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._set_if_newer = client.register_script(_SET_IF_NEWER)
+
+    @staticmethod
+    def key(user_id: str) -> str:
+        return f"presence:state:{user_id}"
+
+    def get(self, user_id: str) -> AgentState | None:
+        raw = self.redis.get(self.key(user_id))
+        return AgentState(**json.loads(raw)) if raw is not None else None
+
+    def put(self, user_id: str, state: AgentState) -> bool:
+        """Store ``state`` unless a newer one is already there; True when stored."""
+        return bool(
+            self._set_if_newer(
+                keys=[self.key(user_id)],
+                args=[json.dumps(asdict(state)), state.modified_ms, self.ttl_s],
+            )
+        )
+
+    def forget(self, user_ids: list[str]) -> None:
+        """Drop entries that may have missed events (a socket was down)."""
+        if user_ids:
+            self.redis.delete(*[self.key(u) for u in user_ids])

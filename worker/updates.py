@@ -1,0 +1,317 @@
+"""The flow of one presence update (DESIGN.md §2), free of Celery.
+
+``handle_update`` either writes exactly one terminal audit row and returns its outcome, or
+raises :class:`RetryLater`. The Celery task only maps ``RetryLater`` onto ``Task.retry``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from models import Outcome
+from models.db import session_scope
+from producer.schema import PresenceUpdate
+from worker import audit
+from worker.catalog import Definition, UnknownPresence, normalize
+from worker.genesys.client import CallLog, recording
+from worker.genesys.errors import GenesysError
+from worker.limiter import BudgetExhausted
+from worker.notifications.listener import parse_ms
+from worker.ordering import AgentBusy
+from worker.runtime import Runtime
+from worker.state_cache import AgentState
+
+log = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """Try the request again after ``countdown_s``.
+
+    ``failed`` marks a real failure that counts toward the retry limit (5xx, 429, timeouts);
+    waiting for budget or for another worker's lock does not.
+    """
+
+    def __init__(
+        self, countdown_s: float, message: str, *, failed: bool, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.countdown_s = countdown_s
+        self.message = message
+        self.failed = failed
+        self.code = code
+
+
+@dataclass(slots=True)
+class Attempt:
+    request_id: str
+    failures: int = 0  # earlier attempts that failed
+    worker: str = ""
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(slots=True)
+class Draft:
+    """The audit row being assembled."""
+
+    fields: dict[str, Any]
+
+    def set(self, **values: Any) -> None:
+        self.fields.update(values)
+
+
+def backoff_s(rt: Runtime, failures: int, retry_after_s: float | None) -> float:
+    """Exponential backoff with full jitter, never shorter than the platform's Retry-After."""
+    base = min(rt.settings.retry_backoff_max_s, rt.settings.retry_backoff_s * (2**failures))
+    delay = random.uniform(base / 2, base)
+    return max(delay, retry_after_s or 0.0)
+
+
+def invalid_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "Invalid payload — " + "; ".join(parts)
+
+
+def _base_fields(attempt: Attempt, raw: Any) -> dict[str, Any]:
+    payload = raw if isinstance(raw, dict) else {"raw": str(raw)[:500]}
+    return {
+        "request_id": attempt.request_id,
+        "started_at": attempt.started_at,
+        "attempts": attempt.failures + 1,
+        "worker": attempt.worker,
+        "payload": payload,
+    }
+
+
+def _finish(
+    rt: Runtime, draft: Draft, outcome: Outcome, call_log: CallLog | None = None
+) -> Outcome:
+    now = datetime.now(UTC)
+    draft.set(outcome=outcome.value, finished_at=now)
+    if call_log is not None:
+        draft.set(
+            genesys_requests=call_log.calls,
+            limiter_wait_ms=round(call_log.limiter_wait_s * 1000, 2),
+        )
+    with session_scope(rt.settings.database_url) as session:
+        record, written = audit.write(session, draft.fields)
+        result = Outcome(record.outcome)
+    if written:
+        log.info("request %s → %s", draft.fields["request_id"], outcome.value)
+    return result
+
+
+def record_dead_letter(rt: Runtime, raw: Any, attempt: Attempt, error: RetryLater) -> Outcome:
+    """Retries are exhausted: keep the request (requeueable) with the last error."""
+    draft = Draft(_base_fields(attempt, raw))
+    if isinstance(raw, dict):
+        draft.set(
+            user_id=raw.get("user_id"),
+            source=raw.get("source"),
+            idempotency_key=raw.get("idempotency_key"),
+        )
+    draft.set(
+        error_code=error.code,
+        error_message=f"Gave up after {attempt.failures + 1} attempts: {error.message}",
+    )
+    return _finish(rt, draft, Outcome.DEAD_LETTER)
+
+
+def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
+    """Apply one request; returns its terminal outcome or raises RetryLater."""
+    draft = Draft(_base_fields(attempt, raw))
+    try:
+        update = PresenceUpdate.model_validate(raw)
+    except ValidationError as exc:
+        draft.set(error_code="invalid.payload", error_message=invalid_message(exc))
+        if isinstance(raw, dict):
+            user_id = raw.get("user_id")
+            draft.set(user_id=str(user_id)[:64] if user_id is not None else None)
+        return _finish(rt, draft, Outcome.INVALID)
+
+    draft.set(
+        user_id=update.user_id,
+        source=update.source,
+        reason=update.reason,
+        idempotency_key=update.idempotency_key,
+        requested_at=update.requested_at,
+        to_state=update.state,
+        queue_wait_ms=round((attempt.started_at - update.requested_at).total_seconds() * 1000, 2),
+    )
+    with session_scope(rt.settings.database_url) as session:
+        existing = audit.find_existing(
+            session, request_id=attempt.request_id, idempotency_key=update.idempotency_key
+        )
+        if existing is not None:
+            return Outcome(existing.outcome)  # a redelivery or a repeated key: applied once
+
+    age_s = (attempt.started_at - update.requested_at).total_seconds()
+    with recording() as call_log:
+        try:
+            target = rt.catalog.resolve(update.state, update.reason)
+            expected = rt.catalog.resolve(update.expected_state) if update.expected_state else None
+        except UnknownPresence as exc:
+            draft.set(error_code="unknown.presence", error_message=str(exc))
+            return _finish(rt, draft, Outcome.INVALID, call_log)
+        except GenesysError as exc:
+            raise _retry_or_fail(rt, attempt, exc) from None
+        except BudgetExhausted as exc:
+            raise _wait(rt, age_s, exc.retry_in_s, str(exc)) from None
+        draft.set(to_state=target.label, to_definition_id=target.id)
+        stamp_us = int(update.requested_at.timestamp() * 1_000_000)
+        rt.ordering.register(update.user_id, stamp_us, attempt.request_id)
+        try:
+            with rt.ordering.lock(
+                update.user_id,
+                ttl_s=rt.settings.agent_lock_ttl_s,
+                wait_s=rt.settings.ack_timeout_s + rt.settings.http_timeout_s,
+            ):
+                return _apply_locked(
+                    rt, update, target, expected, stamp_us, attempt, draft, call_log
+                )
+        except AgentBusy as exc:
+            raise _wait(rt, age_s, 1.0, str(exc)) from None
+        except BudgetExhausted as exc:
+            raise _wait(rt, age_s, exc.retry_in_s, str(exc)) from None
+
+
+def _wait(rt: Runtime, age_s: float, countdown_s: float, message: str) -> RetryLater:
+    if age_s > rt.settings.max_request_age_s:
+        return RetryLater(
+            0, f"still waiting after {age_s:.0f} s: {message}", failed=True, code="too.old"
+        )
+    return RetryLater(countdown_s + random.uniform(0, 0.5), message, failed=False)
+
+
+def _retry_or_fail(rt: Runtime, attempt: Attempt, exc: GenesysError) -> RetryLater:
+    return RetryLater(
+        backoff_s(rt, attempt.failures, exc.retry_after_s),
+        exc.message,
+        failed=True,
+        code=exc.code or str(exc.status),
+    )
+
+
+def _current_state(rt: Runtime, user_id: str) -> tuple[Definition | None, str]:
+    """The agent's current definition: from the shared cache, or one GET on a miss."""
+    cached = rt.cache.get(user_id)
+    if cached is None:
+        presence, _ = rt.client.get_presence(user_id)
+        cached = AgentState(
+            presence.presence_definition.id,
+            presence.presence_definition.system_presence or "",
+            int(presence.modified_date.timestamp() * 1000) if presence.modified_date else 0,
+            "read",
+        )
+        rt.cache.put(user_id, cached)
+    definition = rt.catalog.by_id(cached.definition_id)
+    label = definition.label if definition is not None else cached.system_presence
+    return definition, label
+
+
+def _apply_locked(
+    rt: Runtime,
+    update: PresenceUpdate,
+    target: Definition,
+    expected: Definition | None,
+    stamp_us: int,
+    attempt: Attempt,
+    draft: Draft,
+    call_log: CallLog,
+) -> Outcome:
+    with session_scope(rt.settings.database_url) as session:
+        if audit.find_existing(
+            session, request_id=attempt.request_id, idempotency_key=update.idempotency_key
+        ):
+            existing = audit.find_existing(
+                session, request_id=attempt.request_id, idempotency_key=update.idempotency_key
+            )
+            assert existing is not None
+            return Outcome(existing.outcome)
+    if rt.ordering.is_superseded(update.user_id, stamp_us, attempt.request_id):
+        draft.set(error_message="A newer request for this agent was accepted")
+        return _finish(rt, draft, Outcome.SUPERSEDED, call_log)
+    try:
+        current, current_label = _current_state(rt, update.user_id)
+        draft.set(from_state=current_label, from_definition_id=current.id if current else None)
+        if expected is not None and (
+            current is None or normalize(current.id) != normalize(expected.id)
+        ):
+            draft.set(
+                error_code="unexpected.state",
+                error_message=f"Expected {expected.label} but the agent is {current_label}",
+            )
+            return _finish(rt, draft, Outcome.REJECTED_TRANSITION, call_log)
+        if current is not None:
+            verdict = rt.matrix.check(current, target)
+            if not verdict.allowed:
+                draft.set(error_code="transition.denied", error_message=verdict.reason)
+                return _finish(rt, draft, Outcome.REJECTED_TRANSITION, call_log)
+        subscribed = rt.listener.ensure_subscribed(update.user_id)
+        waiter = rt.listener.expect(update.user_id) if subscribed else None
+        try:
+            presence, answer = rt.client.patch_presence(update.user_id, target.id, update.message)
+            draft.set(correlation_id=answer.correlation_id, api_ms=round(call_log.api_s * 1000, 2))
+            modified_ms = (
+                int(presence.modified_date.timestamp() * 1000) if presence.modified_date else 0
+            )
+            rt.cache.put(
+                update.user_id,
+                AgentState(
+                    target.id,
+                    presence.presence_definition.system_presence or "",
+                    modified_ms,
+                    "patch",
+                ),
+            )
+            confirm_started = time.perf_counter()
+            event = (
+                waiter.wait_for(
+                    target.id, answer.correlation_id, modified_ms, rt.settings.ack_timeout_s
+                )
+                if waiter is not None
+                else None
+            )
+            if event is not None:
+                draft.set(confirm_ms=round((time.perf_counter() - confirm_started) * 1000, 2))
+                return _finish(rt, draft, Outcome.CONFIRMED, call_log)
+        finally:
+            if waiter is not None:
+                rt.listener.done(waiter)
+        readback, _ = rt.client.get_presence(update.user_id)
+        draft.set(confirm_ms=round((time.perf_counter() - confirm_started) * 1000, 2))
+        rt.cache.put(
+            update.user_id,
+            AgentState(
+                readback.presence_definition.id,
+                readback.presence_definition.system_presence or "",
+                parse_ms(readback.modified_date.isoformat()) if readback.modified_date else 0,
+                "read",
+            ),
+        )
+        if readback.presence_definition.id == target.id:
+            return _finish(rt, draft, Outcome.APPLIED_UNCONFIRMED, call_log)
+        draft.set(
+            error_code="drifted",
+            error_message=f"Read back {readback.presence_definition.system_presence} after the change",
+        )
+        return _finish(rt, draft, Outcome.DRIFTED, call_log)
+    except GenesysError as exc:
+        if exc.retryable:
+            raise _retry_or_fail(rt, attempt, exc) from None
+        hint = " (the OAuth client needs presence:userPresence:edit)" if exc.status == 403 else ""
+        draft.set(
+            error_code=exc.code or str(exc.status),
+            error_message=f"{exc.message}{hint}",
+            correlation_id=exc.correlation_id or draft.fields.get("correlation_id"),
+        )
+        return _finish(rt, draft, Outcome.FAILED, call_log)
