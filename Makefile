@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m emulator.walkthrough
+	$(VENV)/bin/presence demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

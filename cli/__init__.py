@@ -1,0 +1,1 @@
+"""The ``presence`` command line: enqueue, import, inspect, requeue, demo."""

@@ -1,0 +1,231 @@
+"""``presence demo``: the whole product on one machine, with embedded defaults.
+
+Starts the Genesys Cloud emulator, uses the Redis at REDIS_URL (its database 15, reserved for
+the demo) or a private one, creates a fresh SQLite audit database, starts a Celery worker,
+enqueues a realistic batch, shows progress and ends with the statistics and a few audit rows.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import migrations
+from cli.render import audit_table, stats_table
+from emulator.launcher import EmulatorProcess
+from models import Outcome
+from models.db import session_scope
+from producer import PresenceProducer, PresenceUpdate
+from worker import reports
+from worker.embedded_redis import ensure_redis
+from worker.settings import get_settings
+
+DEMO_DB = 15
+DEMO_CLIENT = "presence-demo"
+DEMO_SECRET = "demo-secret"  # noqa: S105 - the emulator's sandbox credential
+
+
+@dataclass
+class Batch:
+    """The requests to send, in sending order, and how many audit rows they must produce."""
+
+    updates: list[PresenceUpdate] = field(default_factory=list)
+    raw: list[dict[str, Any]] = field(default_factory=list)  # payloads that fail validation
+    duplicates: int = 0
+
+    @property
+    def expected_rows(self) -> int:
+        return len(self.updates) + len(self.raw) - self.duplicates
+
+
+def build_batch(roster: list[dict[str, Any]], agents: int, rng: random.Random) -> Batch:
+    """Start of shift for everyone, breaks with reasons, out-of-order conflicts, bad input."""
+    active = [u for u in roster if u["state"] == "active"][:agents]
+    t0 = datetime.now(UTC) - timedelta(seconds=10)  # every request time lies in the past
+    batch = Batch()
+
+    def add(user: str, state: str, at: datetime, **extra: Any) -> None:
+        batch.updates.append(
+            PresenceUpdate(user_id=user, state=state, requested_at=at, source="demo", **extra)
+        )
+
+    offline = [u for u in active if u["systemPresence"] == "Offline"]
+    late = {u["id"] for u in offline[:5]}  # stay offline; asked for a meal → transition refused
+    shift = [u for u in active if u["id"] not in late]
+    for user in shift:
+        add(user["id"], "On Queue", t0, source_note := None) if False else add(
+            user["id"], "On Queue", t0
+        )
+    for user in rng.sample(shift, k=len(shift) // 5):
+        add(user["id"], "Break", t0 + timedelta(seconds=1), reason="Coffee")
+    for user in rng.sample(shift, k=len(shift) // 10):
+        add(user["id"], "Meal", t0 + timedelta(seconds=2), reason="Lunch")
+    for user in rng.sample(shift, k=min(30, len(shift))):
+        # The newer request is sent first; the older one arrives late and must lose.
+        add(user["id"], "Busy", t0 + timedelta(seconds=4), message="Coaching session")
+        add(user["id"], "Available", t0 + timedelta(seconds=3))
+    for user_id in late:
+        add(user_id, "Meal", t0 + timedelta(seconds=1), reason="Lunch")
+    for user in rng.sample(shift, k=min(10, len(shift))):
+        add(user["id"], "Lunchtime", t0 + timedelta(seconds=5))  # not a presence in this org
+    for user in rng.sample(shift, k=min(3, len(shift))):
+        add(user["id"], "Break", t0 + timedelta(seconds=5), reason="Nap")  # not a Break reason
+    for user in rng.sample(shift, k=min(10, len(shift))):
+        key = f"demo-{uuid.uuid4()}"
+        for _ in range(2):  # a producer that retried its send: applied once
+            add(user["id"], "Training", t0 + timedelta(seconds=6), idempotency_key=key)
+        batch.duplicates += 1
+    batch.raw = [
+        {"user_id": "not-a-user-id", "state": "Available", "requested_at": t0.isoformat()},
+        {"user_id": shift[0]["id"], "requested_at": t0.isoformat()},
+        {"user_id": shift[1]["id"], "state": "Available", "requested_at": "yesterday"},
+    ]
+    return batch
+
+
+def _wait_for_worker(producer: PresenceProducer, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if producer.app.control.ping(timeout=0.5):
+            return True
+    return False
+
+
+def run_demo(*, agents: int, budget: int, console: Console) -> int:
+    """Run the demo; returns a process exit code."""
+    workdir = Path(".presence")
+    workdir.mkdir(exist_ok=True)
+    database = workdir / "demo.sqlite3"
+    database.unlink(missing_ok=True)
+    database_url = f"sqlite:///{database.resolve()}"
+    settings = get_settings()
+    console.rule("[bold]presence worker demo")
+    redis_handle = ensure_redis(settings.redis_url)
+    base = redis_handle.url.rsplit("/", 1)[0]
+    redis_url = f"{base}/{DEMO_DB}" if not redis_handle.embedded else redis_handle.url
+    where = (
+        "a private embedded Redis"
+        if redis_handle.embedded
+        else f"Redis at {base} (database {DEMO_DB})"
+    )
+    emulator = EmulatorProcess(
+        client_id=DEMO_CLIENT,
+        client_secret=DEMO_SECRET,
+        args=[
+            "--users",
+            str(agents + 40),
+            "--queues",
+            "12",
+            "--rate-limit",
+            str(budget),
+            "--heartbeat",
+            "5",
+        ],
+    )
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        emulator.start()
+        console.print(f"emulator  {emulator.base_url} (org budget {budget:,} requests/min)")
+        console.print(f"broker    {where}")
+        console.print(f"audit db  {database}")
+        r = redis.Redis.from_url(redis_url)
+        for key in r.scan_iter("presence*"):
+            r.delete(key)  # leftovers of an earlier demo run in the demo's own database
+        migrations.upgrade(database_url)
+        env = {
+            **os.environ,
+            "GENESYS_API_URL": emulator.base_url,
+            "GENESYS_CLIENT_ID": DEMO_CLIENT,
+            "GENESYS_CLIENT_SECRET": DEMO_SECRET,
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "RATE_LIMIT_PER_MINUTE": str(budget),
+            "NOTIFICATION_HEARTBEAT_S": "5",
+        }
+        log = (workdir / "demo-worker.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "threads",
+             "--concurrency", "16", "-Q", "presence", "-n", f"demo-{os.getpid()}@%h", "--loglevel", "INFO"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        producer = PresenceProducer(redis_url)
+        if not _wait_for_worker(producer):
+            console.print("[red]the worker did not start; see .presence/demo-worker.log")
+            return 1
+        console.print(
+            f"worker    celery -A worker.app worker --pool threads -c 16 (log: {log.name})"
+        )
+
+        roster = httpx.get(f"{emulator.base_url}/__emulator/users").json()
+        batch = build_batch(roster, agents, random.Random(7))
+        console.print(
+            f"\nEnqueueing {len(batch.updates) + len(batch.raw)} requests for {agents} agents: start of shift "
+            "(On Queue), breaks with reasons, out-of-order conflicts, repeated idempotency keys, "
+            "and some invalid requests."
+        )
+        started = time.monotonic()
+        producer.send_many(batch.updates)
+        for raw in batch.raw:
+            producer.app.send_task("presence.update", args=[raw], queue="presence")
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("requests finished", total=batch.expected_rows)
+            done = 0
+            while done < batch.expected_rows and time.monotonic() - started < 600:
+                with session_scope(database_url) as session:
+                    done = reports.count_rows(session)
+                progress.update(task, completed=done)
+                time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        stats = httpx.get(f"{emulator.base_url}/__emulator/stats").json()
+        with session_scope(database_url) as session:
+            summary = reports.summarize(session)
+            console.print(stats_table(summary))
+            samples = []
+            for outcome in Outcome:
+                samples += reports.recent(session, outcome=outcome.value, limit=1)
+            console.print(audit_table(samples))
+        table = Table(title="the emulated org saw")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        table.add_row(
+            "Genesys requests (all endpoints)",
+            str(sum(sum(c.values()) for c in stats["requests"].values())),
+        )
+        table.add_row("HTTP 429 responses", str(stats["tooManyRequests"]))
+        table.add_row(
+            "peak requests in a rolling minute", f"{stats['peakPerMinute']:,} of {budget:,}"
+        )
+        table.add_row("wall time", f"{elapsed:.1f} s")
+        console.print(table)
+        console.print("Explore: [bold]presence audit --outcome superseded[/], [bold]presence stats[/] "
+                      f"(with DATABASE_URL={database_url})")  # fmt: skip
+        return 0 if done >= batch.expected_rows else 1
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        emulator.stop()
+        redis_handle.stop()

