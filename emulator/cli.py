@@ -25,8 +25,9 @@ async def serve(config: EmulatorConfig) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     await site.start()
-    server = site._server
-    assert server is not None and server.sockets  # noqa: SLF001 - the bound port when 0 is asked
+    server = site._server  # the bound port, when port 0 was asked for
+    if server is None or not server.sockets:
+        raise RuntimeError("the emulator's listening socket did not open")
     port = server.sockets[0].getsockname()[1]
     base = f"http://{config.host}:{port}"
     print(f"{READY_PREFIX}{base}", flush=True)
@@ -50,13 +51,13 @@ def run(
     queues: Annotated[int, typer.Option(min=0, help="Routing queues in the seeded org.")] = 20,
     seed: Annotated[int, typer.Option(help="Same seed, same org.")] = 42,
     client_id: Annotated[str, typer.Option(help="OAuth client id with every permission.")] = "presence-worker",
-    client_secret: Annotated[str, typer.Option(help="That client's secret.")] = "emulator-secret",
+    client_secret: Annotated[str, typer.Option(help="That client's secret.")] = "emulator-secret",  # noqa: S107
     token_lifetime: Annotated[int, typer.Option(min=1, help="Token lifetime, seconds.")] = 86_400,
     rate_limit: Annotated[int, typer.Option(min=0, help="Requests per rolling minute per token; 0 = off.")] = 300,
     bulk_max: Annotated[int, typer.Option(min=1, help="Users per bulk presence PUT.")] = 50,
     heartbeat: Annotated[float, typer.Option(min=0.05, help="Socket heartbeat interval, seconds.")] = 30.0,
     channel_ttl: Annotated[float, typer.Option(min=1, help="Channel lifetime without re-subscribing, seconds.")] = 86_400.0,
-    wfm_secret: Annotated[str, typer.Option(help="HMAC key the WFM sink verifies signatures with.")] = "wfm-sink-secret",
+    wfm_secret: Annotated[str, typer.Option(help="HMAC key the WFM sink verifies signatures with.")] = "wfm-sink-secret",  # noqa: S107
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
 ) -> None:
     """Start the emulator and print its base URL and credentials when ready."""

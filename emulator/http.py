@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -38,13 +39,21 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     )
     if request.content_length is not None and request.content_length > max_bytes:
         raise too_large
-    raw = await request.content.read(max_bytes + 1)
+    # One read() returns what has arrived so far, not the whole (e.g. chunked) body: loop.
+    raw = bytearray()
+    while len(raw) <= max_bytes:
+        chunk = await request.content.read(max_bytes + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > max_bytes:
         raise too_large
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise bad_request("The request body is not valid JSON: nested too deeply.") from None
 
 
 def parse(model: type[M], data: Any, *, prefix: str = "") -> M:
@@ -72,7 +81,9 @@ def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path or "body"
 
 
-def int_query(request: web.Request, name: str, default: int, *, lo: int = 1, hi: int | None = None) -> int:
+def int_query(
+    request: web.Request, name: str, default: int, *, lo: int = 1, hi: int | None = None
+) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -118,9 +129,12 @@ def page(
     count = max(1, -(-total // size))
     start = (number - 1) * size
     path = request.path
+    # Paging links keep the request's other parameters (filters, expand), as the platform's do.
+    others = [(k, v) for k, v in request.query.items() if k not in ("pageSize", "pageNumber")]
+    extra = "&" + urlencode(others, safe=",") if others else ""
 
     def uri(n: int) -> str:
-        return f"{path}?pageSize={size}&pageNumber={n}"
+        return f"{path}?pageSize={size}&pageNumber={n}{extra}"
 
     out: dict[str, Any] = {
         "entities": items[start : start + size],

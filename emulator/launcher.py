@@ -54,7 +54,8 @@ class EmulatorProcess:
         return self
 
     def _pump(self, ready: threading.Event) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
+        assert self._proc.stdout is not None
         for line in self._proc.stdout:
             self._output.append(line)
             if line.startswith(READY_PREFIX):

@@ -27,7 +27,9 @@ from emulator.world import iso
 
 log = logging.getLogger(__name__)
 
-TOPIC_PATTERN = re.compile(r"^v2\.users\.(?P<user>[0-9a-fA-F-]{36})\.(?P<kind>presence|routingStatus)$")
+TOPIC_PATTERN = re.compile(
+    r"^v2\.users\.(?P<user>[0-9a-fA-F-]{36})\.(?P<kind>presence|routingStatus)$"
+)
 HEARTBEAT = json.dumps(
     {"topicName": "channel.metadata", "eventBody": {"message": "WebSocket Heartbeat"}}
 )
@@ -76,7 +78,9 @@ class Channel:
 class NotificationHub:
     """All channels of all clients, and the fan-out of events to their sockets."""
 
-    def __init__(self, limits: Limits, faults: Faults, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, limits: Limits, faults: Faults, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.limits = limits
         self.faults = faults
         self.clock = clock
@@ -197,7 +201,9 @@ class NotificationHub:
             "reason": message,
             "message": message,
         }
-        channel.socket.offer(json.dumps({"topicName": f"v2.system.{kind}", "version": "2", "eventBody": body}))
+        channel.socket.offer(
+            json.dumps({"topicName": f"v2.system.{kind}", "version": "2", "eventBody": body})
+        )
 
     # -- sockets ------------------------------------------------------------------------
     async def serve_socket(self, request: web.Request) -> web.StreamResponse:
@@ -217,6 +223,7 @@ class NotificationHub:
             previous.offer("")  # one socket per channel: the newer connection wins
         writer = asyncio.create_task(self._write_loop(sock))
         heartbeat = asyncio.create_task(self._heartbeat_loop(sock))
+        expiry = asyncio.create_task(self._expiry_watch(channel, sock))
         try:
             async for msg in ws:
                 if msg.type.name != "TEXT":
@@ -224,6 +231,7 @@ class NotificationHub:
                 self._on_client_text(channel, sock, msg.data)
         finally:
             heartbeat.cancel()
+            expiry.cancel()
             if channel.socket is sock:
                 channel.socket = None
             sock.offer("")
@@ -257,12 +265,19 @@ class NotificationHub:
             if not self.faults.heartbeats_paused:
                 sock.offer(HEARTBEAT)
 
+    async def _expiry_watch(self, channel: Channel, sock: Socket) -> None:
+        """Close the socket when its channel expires; re-subscribing pushes the moment back."""
+        while channel.socket is sock:
+            remaining = channel.expires_at - self.clock()
+            if remaining <= 0:
+                self.remove_channel(channel, reason="Channel expired")
+                return
+            await asyncio.sleep(min(remaining, 60.0))
+
     # -- faults -------------------------------------------------------------------------
     def targets(self, channel_id: str | None) -> list[Channel]:
         return [
-            c
-            for c in self.channels.values()
-            if c.socket is not None and channel_id in (None, c.id)
+            c for c in self.channels.values() if c.socket is not None and channel_id in (None, c.id)
         ]
 
     def drop_sockets(self, channel_id: str | None = None) -> int:

@@ -109,11 +109,23 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status < 400:
             raise
         # Unknown paths and methods get the platform's ErrorBody, not aiohttp's text page.
-        message = f"No resource answers {request.method} {request.path} ({exc.reason})."
+        if exc.status in (404, 405):
+            message = f"No resource answers {request.method} {request.path} ({exc.reason})."
+        else:
+            message = f"{exc.reason}: {exc.text or exc.reason}"
         response = respond(ApiError(exc.status, message).body(cid), exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except ConnectionResetError:
+        # The client left mid-request (e.g. a truncated body): not a server error.
+        log.debug("client disconnected during %s %s", request.method, request.path)
+        message = "The connection closed before the request body was complete."
+        response = respond(ApiError(400, message).body(cid), 400)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        response = respond(ApiError(500, "The server encountered an internal error.").body(cid), 500)
+        response = respond(
+            ApiError(500, "The server encountered an internal error.").body(cid), 500
+        )
     if not response.prepared:
         response.headers.update(headers)
     emu.stats.by_route[(route, response.status)] += 1
@@ -145,7 +157,11 @@ async def _admit(request: web.Request, emu: Emulator, route: str, headers: dict[
         error = (
             too_many_requests(fault.retry_after_s or 1)
             if fault.status == 429
-            else ApiError(fault.status, fault.message or f"Injected fault: HTTP {fault.status}.", code=fault.code)
+            else ApiError(
+                fault.status,
+                fault.message or f"Injected fault: HTTP {fault.status}.",
+                code=fault.code,
+            )
         )
         if fault.retry_after_s is not None:
             error.headers["Retry-After"] = str(fault.retry_after_s)
@@ -158,11 +174,18 @@ def _route_name(request: web.Request) -> str:
 
 def build_app(config: EmulatorConfig, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The aiohttp application serving REST, WebSocket, admin and WFM sink on one port."""
-    from emulator.routes import admin, analytics, notifications, oauth, presence, routing, users, wfm
-
-    app = web.Application(
-        middlewares=[pipeline], client_max_size=config.limits.max_body_bytes + 1
+    from emulator.routes import (
+        admin,
+        analytics,
+        notifications,
+        oauth,
+        presence,
+        routing,
+        users,
+        wfm,
     )
+
+    app = web.Application(middlewares=[pipeline], client_max_size=config.limits.max_body_bytes + 1)
     app[EMULATOR] = Emulator(config, clock=clock)
     for module in (oauth, users, presence, routing, analytics, notifications, admin, wfm):
         module.register(app.router)

@@ -81,11 +81,15 @@ class WfmSink:
         except ValueError:
             body = raw.decode("utf-8", "replace")
         event_id = body.get("event_id") if isinstance(body, dict) else None
+        by_name = {k.lower(): v for k, v in headers.items()}  # header names are case-insensitive
         delivery = Delivery(
             received_at=time.time(),
             status=status,
             signature_valid=verify(
-                self.secret, headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER), raw
+                self.secret,
+                by_name.get(TIMESTAMP_HEADER.lower()),
+                by_name.get(SIGNATURE_HEADER.lower()),
+                raw,
             ),
             event_id=str(event_id) if event_id is not None else None,
             headers={k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS},

@@ -43,7 +43,10 @@ QUEUE_TOPICS = (
 
 def iso(ts: float) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``, as the platform writes dates."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ts * 1000) % 1000:03d}Z"
+    return (
+        datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{int(ts * 1000) % 1000:03d}Z"
+    )
 
 
 @dataclass(slots=True)
@@ -299,7 +302,11 @@ class World:
         }
 
     def routing_json(self, user: User) -> dict[str, Any]:
-        return {"userId": user.id, "status": user.routing_status, "startTime": iso(user.routing_start)}
+        return {
+            "userId": user.id,
+            "status": user.routing_status,
+            "startTime": iso(user.routing_start),
+        }
 
     def user_json(self, user: User, expand: set[str]) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -328,14 +335,23 @@ class World:
             out["routingStatus"] = self.routing_json(user)
         return out
 
+    def live_members(self, queue: Queue) -> dict[str, bool]:
+        """The queue's members (user id → joined) without deleted users, who belong nowhere."""
+        return {uid: j for uid, j in queue.members.items() if self.user(uid) is not None}
+
     def queue_json(self, queue: Queue) -> dict[str, Any]:
-        joined = sum(1 for j in queue.members.values() if j)
+        members = self.live_members(queue)
+        joined = sum(1 for j in members.values() if j)
         return {
             "id": queue.id,
             "name": queue.name,
-            "division": {"id": HOME_DIVISION_ID, "name": "Home"},
-            "memberCount": len(queue.members),
-            "userMemberCount": len(queue.members),
+            "division": {
+                "id": HOME_DIVISION_ID,
+                "name": "Home",
+                "selfUri": f"/api/v2/authorization/divisions/{HOME_DIVISION_ID}",
+            },
+            "memberCount": len(members),
+            "userMemberCount": len(members),
             "joinedMemberCount": joined,
             "selfUri": f"/api/v2/routing/queues/{queue.id}",
         }

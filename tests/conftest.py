@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from emulator.launcher import EmulatorProcess
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from worker.embedded_redis import ensure_redis
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +33,10 @@ class Api:
     def fetch_token(self, client_id: str | None = None, client_secret: str | None = None) -> str:
         response = httpx.post(
             f"{self.emulator.base_url}/oauth/token",
-            auth=(client_id or self.emulator.client_id, client_secret or self.emulator.client_secret),
+            auth=(
+                client_id or self.emulator.client_id,
+                client_secret or self.emulator.client_secret,
+            ),
             data={"grant_type": "client_credentials"},
         )
         response.raise_for_status()
@@ -61,3 +62,21 @@ def api(emulator: EmulatorProcess) -> Iterator[Api]:
     client = Api(emulator)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """The base URL of a real Redis: 127.0.0.1:6379 when it answers, else a private one."""
+    handle = ensure_redis("redis://127.0.0.1:6379/0")
+    yield handle.url.rsplit("/", 1)[0]
+    handle.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """A Redis database reserved for tests (index 9), emptied before each test."""
+    import redis
+
+    url = f"{redis_server}/9"
+    redis.Redis.from_url(url).flushdb()
+    return url

@@ -18,7 +18,6 @@ from emulator.server import emulator_of, require
 from emulator.world import Queue, World
 
 
-
 def _queue_ids(query: ObservationQuery) -> list[str]:
     predicates = list(query.filter.predicates)
     for clause in query.filter.clauses:
@@ -53,8 +52,8 @@ def observe(world: World, queue: Queue, metrics: list[str]) -> list[dict[str, An
                 user_data.append(_stat(metric, off))
         elif metric == "oActiveUsers" and logged_in:
             user_data.append(_stat(metric, len(logged_in)))
-        elif metric == "oMemberUsers" and queue.members:
-            user_data.append(_stat(metric, len(queue.members)))
+        elif metric == "oMemberUsers" and (members := world.live_members(queue)):
+            user_data.append(_stat(metric, len(members)))
         elif metric == "oUserPresences":
             counts = Counter(u.presence.definition.id for u in logged_in)
             user_data += [_stat(metric, n, d) for d, n in sorted(counts.items())]
@@ -69,7 +68,9 @@ def observe(world: World, queue: Queue, metrics: list[str]) -> list[dict[str, An
                 conversation_data.append(_stat(metric, interacting))
     groups = [{"group": {"queueId": queue.id}, "data": user_data}]
     if conversation_data:
-        groups.append({"group": {"queueId": queue.id, "mediaType": "voice"}, "data": conversation_data})
+        groups.append(
+            {"group": {"queueId": queue.id, "mediaType": "voice"}, "data": conversation_data}
+        )
     return groups
 
 
@@ -93,5 +94,7 @@ async def queue_observations(request: web.Request) -> web.Response:
 
 def register(router: web.UrlDispatcher) -> None:
     router.add_post(
-        "/api/v2/analytics/queues/observations/query", queue_observations, name="analytics.queue_observations"
+        "/api/v2/analytics/queues/observations/query",
+        queue_observations,
+        name="analytics.queue_observations",
     )

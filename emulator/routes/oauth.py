@@ -1,4 +1,4 @@
-"""``POST /oauth/token``: the client-credentials grant (reference §1.2–1.4)."""
+"""``POST /oauth/token``: the client-credentials grant (reference §1.2 to §1.4)."""
 
 from __future__ import annotations
 

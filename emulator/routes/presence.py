@@ -124,7 +124,9 @@ async def bulk_get(request: web.Request) -> web.Response:
         user = emu.world.user(user_id)
         if user is None or source not in user.presences:
             continue
+        # ``UcUserPresence``: the ``UserPresence`` fields plus ``userId``, minus ``primary`` (§2.4).
         presence = emu.world.presence_json(user, source)
+        del presence["primary"]
         presence["userId"] = user.id
         out.append(presence)
     return respond(out)

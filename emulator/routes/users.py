@@ -31,15 +31,15 @@ async def list_users(request: web.Request) -> web.Response:
     world = emulator_of(request).world
     state = request.query.get("state", "active")
     if state not in USER_STATES:
-        raise bad_request(f"Query parameter 'state' must be one of {', '.join(USER_STATES)}.", [detail("state")])
+        raise bad_request(
+            f"Query parameter 'state' must be one of {', '.join(USER_STATES)}.", [detail("state")]
+        )
     ids = list_query(request, "id")
     if len(ids) > 100:
         raise bad_request("At most 100 ids may be requested at once.", [detail("id")])
     candidates = [world.users[i] for i in ids if i in world.users] if ids else world.users.values()
     expand = _expand(request)
-    users = [
-        world.user_json(u, expand) for u in candidates if state == "any" or u.state == state
-    ]
+    users = [world.user_json(u, expand) for u in candidates if state == "any" or u.state == state]
     return respond(page(request, users, max_size=500))
 
 
@@ -85,10 +85,16 @@ async def put_routing_status(request: web.Request) -> web.Response:
     user = lookup_user(request)
     world = emu.world
     on_queue = user.routing_status != "OFF_QUEUE"
-    change = Change("routing_status", correlation_of(request), token_of(request).client.client_id, f"PUT {request.path}")
+    change = Change(
+        "routing_status",
+        correlation_of(request),
+        token_of(request).client.client_id,
+        f"PUT {request.path}",
+    )
     if body.status == "OFF_QUEUE":
         if on_queue:
-            world.set_presence(user, world.definitions.system(SystemPresence.AVAILABLE), change)
+            available = world.definitions.system(SystemPresence.AVAILABLE)
+            world.set_presence(user, available, change, source=user.primary_source)
     elif body.status == "IDLE" and on_queue:
         world.set_work(user, change, interactions=None, not_responding=False)
     else:
@@ -104,5 +110,9 @@ def register(router: web.UrlDispatcher) -> None:
     router.add_get("/api/v2/users", list_users, name="users.list")
     router.add_get("/api/v2/users/{user_id}", get_user, name="users.get")
     router.add_get("/api/v2/users/{user_id}/queues", user_queues, name="users.queues")
-    router.add_get("/api/v2/users/{user_id}/routingstatus", get_routing_status, name="routing_status.get")
-    router.add_put("/api/v2/users/{user_id}/routingstatus", put_routing_status, name="routing_status.put")
+    router.add_get(
+        "/api/v2/users/{user_id}/routingstatus", get_routing_status, name="routing_status.get"
+    )
+    router.add_put(
+        "/api/v2/users/{user_id}/routingstatus", put_routing_status, name="routing_status.put"
+    )

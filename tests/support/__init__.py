@@ -1,0 +1,1 @@
+"""Helpers for tests that run real services and real worker processes."""

@@ -1,0 +1,90 @@
+"""Real Celery worker processes (``celery -A worker.app worker``) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+
+@dataclass
+class WorkerFleet:
+    """Starts worker processes sharing one environment; stops (or kills) them."""
+
+    env: dict[str, str]
+    logdir: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, count: int = 1, *, pool: str = "threads", concurrency: int = 4) -> None:
+        for _ in range(count):
+            name = f"test-{uuid.uuid4().hex[:6]}@%h"
+            log = (self.logdir / f"worker-{len(self.processes)}.log").open("wb")
+            cmd = [
+                sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", pool,
+                "--concurrency", str(concurrency), "-Q", "presence", "-n", name, "--loglevel", "INFO",
+                "--without-gossip", "--without-mingle",
+            ]  # fmt: skip
+            self.processes.append(
+                subprocess.Popen(
+                    cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        self.wait_ready(len(self.processes))
+
+    def wait_ready(self, count: int, timeout_s: float = 30) -> None:
+        """Wait until ``count`` workers answer a ping; raises TimeoutError with their logs."""
+        from celery import Celery
+
+        app = Celery(broker=self.env["REDIS_URL"], set_as_current=False)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if len(app.control.ping(timeout=0.5) or []) >= count:
+                    return
+        finally:
+            app.close()
+        raise TimeoutError("workers did not start:\n" + self.logs())
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in sorted(self.logdir.glob("worker-*.log"))
+        )
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one worker's whole process group member (parent only, like an OOM kill)."""
+        self.processes[index].send_signal(signal.SIGKILL)
+        self.processes[index].wait()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> WorkerFleet:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def queue_length(redis_url: str, queue: str = "presence") -> int:
+    return int(redis.Redis.from_url(redis_url).llen(queue))

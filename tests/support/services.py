@@ -1,0 +1,49 @@
+"""Real Redis and PostgreSQL for tests.
+
+Redis: the one at 127.0.0.1:6379 when it answers, otherwise a private embedded server.
+PostgreSQL: skipped locally when absent, a failure under CI=true (CI must run those tests).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def unavailable(what: str) -> None:
+    """Skip locally; fail under CI, where every service must be present."""
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI=true but is not reachable")
+    pytest.skip(f"{what} is not reachable")
+
+
+@contextmanager
+def scratch_postgres_database() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL, dropped afterwards; yields its URL."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"presence_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError:
+        admin.dispose()
+        unavailable("PostgreSQL at 127.0.0.1:5432")
+        raise  # unreachable: unavailable() always raises
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
