@@ -67,9 +67,7 @@ def build_batch(roster: list[dict[str, Any]], agents: int, rng: random.Random) -
     late = {u["id"] for u in offline[:5]}  # stay offline; asked for a meal → transition refused
     shift = [u for u in active if u["id"] not in late]
     for user in shift:
-        add(user["id"], "On Queue", t0, source_note := None) if False else add(
-            user["id"], "On Queue", t0
-        )
+        add(user["id"], "On Queue", t0)
     for user in rng.sample(shift, k=len(shift) // 5):
         add(user["id"], "Break", t0 + timedelta(seconds=1), reason="Coffee")
     for user in rng.sample(shift, k=len(shift) // 10):

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=None)
-def update(self: Task, payload: Any, failures: int = 0) -> str:
+def update(self: Task[Any, str], payload: Any, failures: int = 0) -> str:
     """Apply one presence update; returns its terminal outcome.
 
     Real failures are retried with backoff up to ``MAX_RETRIES`` and then dead-lettered;
@@ -45,5 +45,5 @@ def update(self: Task, payload: Any, failures: int = 0) -> str:
         ) or later.code == "too.old":
             return record_dead_letter(runtime, payload, attempt, later).value
         raise self.retry(
-            args=[payload], kwargs={"failures": next_failures}, countdown=later.countdown_s
+            args=(payload,), kwargs={"failures": next_failures}, countdown=later.countdown_s
         ) from None

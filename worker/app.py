@@ -13,10 +13,14 @@ from producer.schema import QUEUE
 from worker.settings import get_settings
 
 settings = get_settings()
-VISIBILITY_TIMEOUT_S = 3600
-# The longest a message may legitimately stay unacknowledged: a retry countdown (bounded by
-# retry_backoff_max_s) plus a task's own runtime. Kept well under the visibility timeout.
-assert settings.retry_backoff_max_s + 600 < VISIBILITY_TIMEOUT_S, "raise VISIBILITY_TIMEOUT_S"
+TASK_TIME_LIMIT_S = 300
+# A retry is an ETA message that stays unacknowledged until it runs: the visibility timeout must
+# exceed the longest retry delay plus a task's runtime, or the message would run twice.
+if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_TIME_LIMIT_S:
+    raise ValueError(
+        "BROKER_VISIBILITY_TIMEOUT_S must exceed RETRY_BACKOFF_MAX_S + "
+        f"{TASK_TIME_LIMIT_S} s (the task time limit)"
+    )
 
 app = Celery("presence_worker", broker=settings.redis_url, include=["tasks.presence"])
 app.conf.update(
@@ -30,10 +34,10 @@ app.conf.update(
     worker_disable_rate_limits=True,
     task_default_queue=QUEUE,
     task_routes={"presence.*": {"queue": QUEUE}},
-    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     broker_connection_retry_on_startup=True,
-    task_time_limit=300,
-    task_soft_time_limit=240,
+    task_time_limit=TASK_TIME_LIMIT_S,
+    task_soft_time_limit=TASK_TIME_LIMIT_S - 60,
     worker_send_task_events=True,
     task_send_sent_event=True,
     enable_utc=True,

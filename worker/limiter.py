@@ -24,7 +24,7 @@ import redis
 
 WINDOW_MS = 60_000
 
-# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member.
+# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms.
 # Returns {1, 0} when reserved, {0, wait_ms} when the caller must wait.
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -33,16 +33,17 @@ local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
 if cool > now then
   return {0, cool - now}
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+local window = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local limit = tonumber(ARGV[1])
 if redis.call('ZCARD', KEYS[1]) < limit then
   local stamp = now + tonumber(ARGV[2])
   redis.call('ZADD', KEYS[1], stamp, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], 60000 + tonumber(ARGV[2]) + 1000)
+  redis.call('PEXPIRE', KEYS[1], window + tonumber(ARGV[2]) + 1000)
   return {1, 0}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, math.max(1, tonumber(oldest[2]) + 60000 - now)}
+return {0, math.max(1, tonumber(oldest[2]) + window - now)}
 """
 
 # KEYS[1] log zset. ARGV: member. Re-stamps a reservation with the completion time.
@@ -84,7 +85,8 @@ class SharedRateLimiter:
     """Reserve before every Genesys call, release after it. Thread-safe; one per process is enough.
 
     ``limit_per_minute`` is the whole budget of one OAuth client across all processes and
-    machines that share ``redis``. Keys sit in one hash slot (``{…}``) for Redis Cluster.
+    machines that share ``redis`` (per ``window_s``, 60 s like the platform; shorter in tests).
+    Keys sit in one hash slot (``{…}``) for Redis Cluster.
     """
 
     def __init__(
@@ -94,10 +96,12 @@ class SharedRateLimiter:
         key: str,
         limit_per_minute: int,
         provisional_s: float,
+        window_s: float = WINDOW_MS / 1000,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.redis = client
         self.limit = limit_per_minute
+        self.window_ms = int(window_s * 1000)
         self.provisional_ms = int(provisional_s * 1000)
         self.log_key = f"presence:limiter:{{{key}}}:log"
         self.cooldown_key = f"presence:limiter:{{{key}}}:cooldown"
@@ -110,7 +114,8 @@ class SharedRateLimiter:
         """One attempt: (member, 0) when reserved, (None, seconds to wait) otherwise."""
         member = uuid.uuid4().hex
         granted, wait_ms = self._acquire(
-            keys=[self.log_key, self.cooldown_key], args=[self.limit, self.provisional_ms, member]
+            keys=[self.log_key, self.cooldown_key],
+            args=[self.limit, self.provisional_ms, member, self.window_ms],
         )
         return (member, 0.0) if int(granted) else (None, int(wait_ms) / 1000.0)
 
@@ -143,4 +148,4 @@ class SharedRateLimiter:
         """Requests counted in the current window (in flight included)."""
         seconds, micros = self.redis.time()
         now_ms = seconds * 1000 + micros // 1000
-        return int(self.redis.zcount(self.log_key, now_ms - WINDOW_MS, "+inf"))
+        return int(self.redis.zcount(self.log_key, now_ms - self.window_ms, "+inf"))

@@ -78,6 +78,7 @@ class Runtime:
             ChannelSlots(r, key=client_key, max_slots=settings.channel_slots),
             heartbeat_s=settings.notification_heartbeat_s,
             extend_after_s=settings.channel_extend_after_s,
+            prime_agents=settings.notification_prime_agents,
         )
         return cls(
             settings=settings,

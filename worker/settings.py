@@ -85,11 +85,23 @@ class Settings(BaseSettings):
     notification_heartbeat_s: float = Field(
         default=30.0, gt=0, description="Expected heartbeat interval of the notification socket."
     )
+    notification_prime_agents: int = Field(
+        default=1000,
+        ge=0,
+        le=1000,
+        description="Agents each process subscribes to and caches at start (0 = subscribe lazily).",
+    )
     channel_extend_after_s: float = Field(
         default=20 * 3600.0, gt=0, description="Re-subscribe (extending the 24 h channel) after."
     )
     max_request_age_s: float = Field(
         default=6 * 3600.0, gt=0, description="A request still waiting after this is dead-lettered."
+    )
+    broker_visibility_timeout_s: int = Field(
+        default=3600,
+        ge=60,
+        description="Unacknowledged messages are redelivered after this; keep it above any "
+        "retry delay plus task runtime.",
     )
     sentry_dsn: SecretStr | None = Field(default=None, description="Sentry DSN; unset = off.")
 

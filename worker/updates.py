@@ -284,6 +284,13 @@ def _apply_locked(
             if event is not None:
                 draft.set(confirm_ms=round((time.perf_counter() - confirm_started) * 1000, 2))
                 return _finish(rt, draft, Outcome.CONFIRMED, call_log)
+            if waiter is not None:
+                log.warning(
+                    "no confirming event for %s within %.1f s (%d other events seen); reading back",
+                    update.user_id,
+                    rt.settings.ack_timeout_s,
+                    len(waiter.events),
+                )
         finally:
             if waiter is not None:
                 rt.listener.done(waiter)

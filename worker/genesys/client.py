@@ -179,6 +179,24 @@ class GenesysClient:
         answer = self.call("PATCH", f"/api/v2/users/{user_id}/presences/purecloud", json=body)
         return UserPresence.model_validate(answer.data), answer
 
+    def list_active_users(
+        self, limit: int, *, expand_presence: bool = False
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` active users, 500 per call."""
+        users: list[dict[str, Any]] = []
+        page = 1
+        while len(users) < limit:
+            params: dict[str, Any] = {"pageSize": 500, "pageNumber": page, "state": "active"}
+            if expand_presence:
+                params["expand"] = "presence"
+            answer = self.call("GET", "/api/v2/users", params=params)
+            entities = answer.data.get("entities") or []
+            users.extend(entities)
+            if not answer.data.get("nextUri") or not entities:
+                break
+            page += 1
+        return users[:limit]
+
     def create_channel(self) -> Channel:
         return Channel.model_validate(self.call("POST", "/api/v2/notifications/channels").data)
 

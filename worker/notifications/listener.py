@@ -100,6 +100,7 @@ class NotificationListener:
         max_topics: int = 1000,
         extend_after_s: float = 20 * 3600.0,
         connect_timeout_s: float = 10.0,
+        prime_agents: int = 0,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -108,6 +109,9 @@ class NotificationListener:
         self.max_topics = max_topics
         self.extend_after_s = extend_after_s
         self.connect_timeout_s = connect_timeout_s
+        self.prime_agents = min(prime_agents, max_topics)
+        self.primed = threading.Event()
+        self._priming = threading.Event()
         self.topics: OrderedDict[str, None] = OrderedDict()  # user ids, least recently used first
         self.channel_id: str | None = None
         self.connect_uri: str | None = None
@@ -117,6 +121,12 @@ class NotificationListener:
         self.reconnects = 0
         self.has_slot = False
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._pending: set[str] = set()
+        self._failed: set[str] = set()
+        self._inflight: set[str] = set()  # being subscribed right now
+        self._flushing = False
+        self.subscription_calls = 0
         self._waiters: dict[str, set[Waiter]] = {}
         self._ws: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
@@ -131,32 +141,75 @@ class NotificationListener:
                 self._thread.start()
 
     def ensure_subscribed(self, user_id: str, *, wait_s: float = 2.0) -> bool:
-        """Subscribe to the agent's presence (one Genesys call when new); True when events for
-        the agent will reach this process, False when the caller must confirm by read-back."""
+        """Subscribe to the agent's presence before a write; True when the agent's events will
+        reach this process, False when the caller must confirm by read-back.
+
+        Concurrent callers are grouped: while one subscription call is in flight, newcomers
+        queue up and the next call subscribes all of them at once (one Genesys request).
+        """
         self.start()
         if not self.connected.wait(wait_s):
             return False
-        with self._lock:
+        with self._changed:
             if user_id in self.topics:
                 self.topics.move_to_end(user_id)
-                return True
-            channel_id = self.channel_id
-            if channel_id is None:
-                return False
-            try:
-                if len(self.topics) >= self.max_topics:
-                    while len(self.topics) >= self.max_topics:
-                        self.topics.popitem(last=False)
+                return self.connected.is_set()
+            self._pending.add(user_id)
+            while self._flushing:
+                self._changed.wait(wait_s)
+                if user_id in self.topics:
+                    return self.connected.is_set()
+                if user_id in self._failed:
+                    self._failed.discard(user_id)
+                    return False
+            if user_id not in self._pending:  # subscribed by a flush that just ended
+                return user_id in self.topics and self.connected.is_set()
+            batch, self._pending = self._pending, set()
+            self._flushing = True
+        ok = self._subscribe(batch)
+        with self._changed:
+            if not ok:
+                self._failed |= batch - {user_id}
+            self._flushing = False
+            self._changed.notify_all()
+            return ok and user_id in self.topics and self.connected.is_set()
+
+    def _subscribe(self, user_ids: set[str]) -> bool:
+        """One Genesys call adding ``user_ids`` (a full replace when the LRU must evict).
+
+        Agents count as subscribed only once the platform has answered: a task must never write
+        before its agent's subscription is in place, or the confirming event would be lost.
+        """
+        channel_id = self.channel_id
+        if channel_id is None:
+            return False
+        with self._lock:
+            overflow = len(self.topics) + len(self._inflight) + len(user_ids) - self.max_topics
+            evicted = list(self.topics)[: max(0, overflow)]
+            self._inflight |= user_ids
+            if evicted:
+                kept = [u for u in self.topics if u not in set(evicted)]
+                topics = [PRESENCE_TOPIC.format(u) for u in [*kept, *self._inflight]]
+            else:
+                topics = [PRESENCE_TOPIC.format(u) for u in user_ids]
+        try:
+            if evicted:
+                self.client.replace_subscriptions(channel_id, topics)
+            else:
+                self.client.add_subscriptions(channel_id, topics)
+            self.subscription_calls += 1
+            ok = True
+        except (GenesysError, BudgetExhausted) as exc:
+            log.warning("subscribing %d agent(s) failed: %s", len(user_ids), exc)
+            ok = False
+        with self._lock:
+            self._inflight -= user_ids
+            if ok:
+                for user_id in evicted:
+                    self.topics.pop(user_id, None)
+                for user_id in user_ids:
                     self.topics[user_id] = None
-                    self.client.replace_subscriptions(channel_id, self._topic_list())
-                else:
-                    self.client.add_subscriptions(channel_id, [PRESENCE_TOPIC.format(user_id)])
-                    self.topics[user_id] = None
-            except (GenesysError, BudgetExhausted) as exc:
-                self.topics.pop(user_id, None)
-                log.warning("subscription for %s failed: %s", user_id, exc)
-                return False
-            return self.connected.is_set()
+        return ok
 
     def expect(self, user_id: str) -> Waiter:
         """Start collecting the agent's events; pair with :meth:`done`."""
@@ -177,12 +230,13 @@ class NotificationListener:
         self.stopping.set()
         ws = self._ws
         if ws is not None:
-            ws.abort()
+            ws.abort()  # type: ignore[no-untyped-call]
         self.slots.release()
 
     # -- socket thread --------------------------------------------------------------------------
     def _topic_list(self) -> list[str]:
-        return [PRESENCE_TOPIC.format(u) for u in self.topics]
+        """Every agent this channel should carry, including subscriptions in flight."""
+        return [PRESENCE_TOPIC.format(u) for u in [*self.topics, *self._inflight]]
 
     def _run(self) -> None:
         backoff = 0.2
@@ -209,10 +263,24 @@ class NotificationListener:
         if self.channel_id is None or self.connect_uri is None:
             self._new_channel()
         assert self.connect_uri is not None
-        self._ws = websocket.create_connection(self.connect_uri, timeout=self.connect_timeout_s)
+        ws = self._ws = websocket.create_connection(
+            self.connect_uri, timeout=self.connect_timeout_s
+        )
+        # The handshake can finish before the platform attaches the socket to the channel; an
+        # answered ping proves events flow, so nobody relies on the socket before that.
+        ws.send(json.dumps({"message": "ping"}))
+        while True:
+            text = ws.recv()
+            if not self._handle(text):
+                raise ConnectionError("channel closed while connecting")
+            if '"channel.metadata"' in text if isinstance(text, str) else False:
+                break
         # Events may have been missed while no socket was open: those cache entries are suspect.
         self.cache.forget(list(self.topics))
         self.connected.set()
+        if self.prime_agents and not self._priming.is_set():
+            self._priming.set()  # once per process, off the reading thread
+            threading.Thread(target=self._prime, name="genesys-prime", daemon=True).start()
 
     def _new_channel(self) -> None:
         channel = self.client.create_channel()
@@ -222,6 +290,38 @@ class NotificationListener:
             if self.topics:
                 self.client.replace_subscriptions(channel.id, self._topic_list())
 
+    def _prime(self) -> None:
+        """Subscribe to the first ``prime_agents`` active agents in one call, then fill the state
+        cache from a listing taken *after* subscribing, so no change falls between the two.
+
+        Costs 2 * ceil(n / 500) + 1 Genesys calls once per process; afterwards an update to any primed
+        agent needs no subscription call and no read of its current state.
+        """
+        if self.prime_agents <= 0 or self.channel_id is None:
+            return
+        try:
+            ids = [u["id"] for u in self.client.list_active_users(self.prime_agents)]
+            with self._lock:
+                for user_id in ids:
+                    self.topics[user_id] = None
+                self.client.replace_subscriptions(self.channel_id, self._topic_list())
+            for user in self.client.list_active_users(self.prime_agents, expand_presence=True):
+                presence = user.get("presence") or {}
+                definition = presence.get("presenceDefinition") or {}
+                if user["id"] in self.topics and "id" in definition:
+                    self.cache.put(
+                        user["id"],
+                        AgentState(
+                            definition["id"],
+                            str(definition.get("systemPresence", "")),
+                            parse_ms(presence.get("modifiedDate")),
+                            "read",
+                        ),
+                    )
+            self.primed.set()
+        except (GenesysError, BudgetExhausted) as exc:
+            log.warning("priming the notification channel failed: %s", exc)
+
     def _disconnect(self) -> None:
         self.connected.clear()
         ws, self._ws = self._ws, None
@@ -229,7 +329,7 @@ class NotificationListener:
             try:
                 ws.close(timeout=0.5)
             except Exception:
-                ws.abort()
+                ws.abort()  # type: ignore[no-untyped-call]
 
     def _read_until_closed(self) -> None:
         ws = self._ws
