@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -47,11 +48,14 @@ class Emulator:
     def __init__(self, config: EmulatorConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.limits = config.limits
+        self._initial_limits = dataclasses.replace(config.limits)
         self.clock = clock
         self.reset()
 
     def reset(self) -> None:
-        """Back to the seeded start: world, tokens, channels, faults and counters."""
+        """Back to the seeded start: world, tokens, channels, faults, counters and settings."""
+        for name in self.limits.__slots__:
+            setattr(self.limits, name, getattr(self._initial_limits, name))
         old_hub = getattr(self, "hub", None)
         if old_hub is not None:
             old_hub.close_all()
