@@ -7,10 +7,7 @@ enqueues a realistic batch, shows progress and ends with the statistics and a fe
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,19 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import migrations
 from cli.render import audit_table, stats_table
-from emulator.launcher import EmulatorProcess
 from models import Outcome
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
+from sandbox.stack import LocalStack
 from worker import reports
-from worker.embedded_redis import ensure_redis
 from worker.settings import get_settings
 
 DEMO_DB = 15
@@ -95,35 +89,11 @@ def build_batch(roster: list[dict[str, Any]], agents: int, rng: random.Random) -
     return batch
 
 
-def _wait_for_worker(producer: PresenceProducer, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if producer.app.control.ping(timeout=0.5):
-            return True
-    return False
-
-
 def run_demo(*, agents: int, budget: int, console: Console) -> int:
     """Run the demo; returns a process exit code."""
     workdir = Path(".presence")
-    workdir.mkdir(exist_ok=True)
-    database = workdir / "demo.sqlite3"
-    database.unlink(missing_ok=True)
-    database_url = f"sqlite:///{database.resolve()}"
-    settings = get_settings()
-    console.rule("[bold]presence worker demo")
-    redis_handle = ensure_redis(settings.redis_url)
-    base = redis_handle.url.rsplit("/", 1)[0]
-    redis_url = f"{base}/{DEMO_DB}" if not redis_handle.embedded else redis_handle.url
-    where = (
-        "a private embedded Redis"
-        if redis_handle.embedded
-        else f"Redis at {base} (database {DEMO_DB})"
-    )
-    emulator = EmulatorProcess(
-        client_id=DEMO_CLIENT,
-        client_secret=DEMO_SECRET,
-        args=[
+    stack = LocalStack(
+        emulator_args=[
             "--users",
             str(agents + 40),
             "--queues",
@@ -133,52 +103,45 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
             "--heartbeat",
             "5",
         ],
+        redis_url=get_settings().redis_url,
+        redis_db=DEMO_DB,
+        client_id=DEMO_CLIENT,
+        client_secret=DEMO_SECRET,
+        workdir=workdir,
+        database_file="demo.sqlite3",
+        worker_env={"RATE_LIMIT_PER_MINUTE": str(budget), "NOTIFICATION_HEARTBEAT_S": "5"},
     )
-    worker: subprocess.Popen[bytes] | None = None
+    console.rule("[bold]presence worker demo")
     try:
-        emulator.start()
-        console.print(f"emulator  {emulator.base_url} (org budget {budget:,} requests/min)")
+        stack.start()
+        assert stack.emulator is not None
+        assert stack.redis is not None
+        where = (
+            "a private embedded Redis"
+            if stack.redis.embedded
+            else f"Redis at {stack.broker_url.rsplit('/', 1)[0]} (database {DEMO_DB})"
+        )
+        console.print(f"emulator  {stack.emulator.base_url} (org budget {budget:,} requests/min)")
         console.print(f"broker    {where}")
-        console.print(f"audit db  {database}")
-        r = redis.Redis.from_url(redis_url)
-        for key in r.scan_iter("presence*"):
-            r.delete(key)  # leftovers of an earlier demo run in the demo's own database
-        migrations.upgrade(database_url)
-        env = {
-            **os.environ,
-            "GENESYS_API_URL": emulator.base_url,
-            "GENESYS_CLIENT_ID": DEMO_CLIENT,
-            "GENESYS_CLIENT_SECRET": DEMO_SECRET,
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "RATE_LIMIT_PER_MINUTE": str(budget),
-            "NOTIFICATION_HEARTBEAT_S": "5",
-        }
-        log = (workdir / "demo-worker.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "threads",
-             "--concurrency", "16", "-Q", "presence", "-n", f"demo-{os.getpid()}@%h", "--loglevel", "INFO"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        producer = PresenceProducer(redis_url)
-        if not _wait_for_worker(producer):
-            console.print("[red]the worker did not start; see .presence/demo-worker.log")
-            return 1
+        console.print(f"audit db  {stack.database_url.removeprefix('sqlite:///')}")
+        stack.start_workers(1, pool="threads", concurrency=16)
         console.print(
-            f"worker    celery -A worker.app worker --pool threads -c 16 (log: {log.name})"
+            f"worker    celery -A worker.app worker --pool threads -c 16 (log in {workdir}/)"
         )
 
-        roster = httpx.get(f"{emulator.base_url}/__emulator/users").json()
+        roster = httpx.get(f"{stack.emulator.base_url}/__emulator/users").json()
         batch = build_batch(roster, agents, random.Random(7))
         console.print(
             f"\nEnqueueing {len(batch.updates) + len(batch.raw)} requests for {agents} agents: start of shift "
             "(On Queue), breaks with reasons, out-of-order conflicts, repeated idempotency keys, "
             "and some invalid requests."
         )
+        producer = PresenceProducer(stack.broker_url)
         started = time.monotonic()
         producer.send_many(batch.updates)
         for raw in batch.raw:
             producer.app.send_task("presence.update", args=[raw], queue="presence")
+        producer.close()
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -189,15 +152,14 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
             task = progress.add_task("requests finished", total=batch.expected_rows)
             done = 0
             while done < batch.expected_rows and time.monotonic() - started < 600:
-                with session_scope(database_url) as session:
+                with session_scope(stack.database_url) as session:
                     done = reports.count_rows(session)
                 progress.update(task, completed=done)
                 time.sleep(0.5)
         elapsed = time.monotonic() - started
-        stats = httpx.get(f"{emulator.base_url}/__emulator/stats").json()
-        with session_scope(database_url) as session:
-            summary = reports.summarize(session)
-            console.print(stats_table(summary))
+        stats = httpx.get(f"{stack.emulator.base_url}/__emulator/stats").json()
+        with session_scope(stack.database_url) as session:
+            console.print(stats_table(reports.summarize(session)))
             samples = []
             for outcome in Outcome:
                 samples += reports.recent(session, outcome=outcome.value, limit=1)
@@ -215,15 +177,10 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
         )
         table.add_row("wall time", f"{elapsed:.1f} s")
         console.print(table)
-        console.print("Explore: [bold]presence audit --outcome superseded[/], [bold]presence stats[/] "
-                      f"(with DATABASE_URL={database_url})")  # fmt: skip
+        console.print(
+            "Explore: [bold]presence audit --outcome superseded[/], [bold]presence stats[/] "
+            f"(with DATABASE_URL={stack.database_url})"
+        )
         return 0 if done >= batch.expected_rows else 1
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        emulator.stop()
-        redis_handle.stop()
+        stack.close()

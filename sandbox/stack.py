@@ -1,0 +1,162 @@
+"""``LocalStack``: start the emulator, pick a Redis, create an audit database, run workers.
+
+Every process it starts is stopped when the stack closes. The Redis is the one at the given URL
+(one database index reserved for the stack, emptied of the stack's keys) or, when none answers,
+a private embedded server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import redis
+from celery import Celery
+
+import migrations
+from emulator.launcher import EmulatorProcess
+from worker.embedded_redis import EmbeddedRedis, ensure_redis
+
+
+@dataclass
+class LocalStack:
+    """Configure, then ``start()`` (or use as a context manager)."""
+
+    emulator_args: list[str] = field(default_factory=list)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_db: int = 15
+    client_id: str = "presence-sandbox"
+    client_secret: str = "sandbox-secret"  # noqa: S105 - the emulator's sandbox credential
+    workdir: Path | None = None
+    database_file: str | None = None  # a fresh file each start; random name when None
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    emulator: EmulatorProcess | None = None
+    redis: EmbeddedRedis | None = None
+    broker_url: str = ""
+    database_url: str = ""
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> LocalStack:
+        """Raises EmulatorStartError or RuntimeError when a piece does not come up."""
+        self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="presence-stack-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.emulator = EmulatorProcess(
+            client_id=self.client_id, client_secret=self.client_secret, args=self.emulator_args
+        ).start()
+        self.redis = ensure_redis(self.redis_url)
+        base = self.redis.url.rsplit("/", 1)[0]
+        self.broker_url = self.redis.url if self.redis.embedded else f"{base}/{self.redis_db}"
+        client = redis.Redis.from_url(self.broker_url)
+        for key in client.scan_iter("presence*"):
+            client.delete(key)  # the stack's own leftovers: queue, limiter, caches
+        database = self.workdir / (self.database_file or f"audit-{uuid.uuid4().hex[:8]}.sqlite3")
+        for leftover in (
+            database,
+            database.with_name(database.name + "-wal"),
+            database.with_name(database.name + "-shm"),
+        ):
+            leftover.unlink(missing_ok=True)
+        self.database_url = f"sqlite:///{database}"
+        migrations.upgrade(self.database_url)
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment a worker (or the CLI) needs to use this stack."""
+        assert self.emulator is not None
+        return {
+            "GENESYS_API_URL": self.emulator.base_url,
+            "GENESYS_CLIENT_ID": self.client_id,
+            "GENESYS_CLIENT_SECRET": self.client_secret,
+            "REDIS_URL": self.broker_url,
+            "DATABASE_URL": self.database_url,
+            **self.worker_env,
+        }
+
+    def start_workers(
+        self,
+        count: int = 1,
+        *,
+        pool: str = "threads",
+        concurrency: int = 16,
+        app: str = "worker.app",
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """Start ``count`` worker processes and wait until all answer a ping."""
+        assert self.workdir is not None
+        for _ in range(count):
+            index = len(self.workers)
+            log = (self.workdir / f"worker-{index}.log").open("wb")
+            cmd = [
+                sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
+                "--concurrency", str(concurrency), "-Q", "presence", "--loglevel", "WARNING",
+                "-n", f"stack-{index}-{uuid.uuid4().hex[:4]}@%h", "--without-gossip", "--without-mingle",
+            ]  # fmt: skip
+            env = {**os.environ, **self.env, **(extra_env or {})}
+            self.workers.append(
+                subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
+        self.wait_for_workers(len(self.workers))
+
+    def wait_for_workers(self, count: int, timeout_s: float = 60) -> None:
+        app = Celery(broker=self.broker_url, set_as_current=False)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if len(app.control.ping(timeout=0.5) or []) >= count:
+                    return
+        finally:
+            app.close()
+        raise RuntimeError(
+            f"workers did not answer within {timeout_s:.0f} s; logs in {self.workdir}"
+        )
+
+    def stop_workers(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.workers.clear()
+
+    def emulator_stats(self) -> dict[str, object]:
+        assert self.emulator is not None
+        stats: dict[str, object] = httpx.get(f"{self.emulator.base_url}/__emulator/stats").json()
+        return stats
+
+    def active_users(self) -> list[str]:
+        assert self.emulator is not None
+        users = httpx.get(f"{self.emulator.base_url}/__emulator/users").json()
+        return [u["id"] for u in users if u["state"] == "active"]
+
+    def close(self) -> None:
+        self.stop_workers()
+        if self.emulator is not None:
+            self.emulator.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start() if self.emulator is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
