@@ -26,7 +26,7 @@ async def serve(config: EmulatorConfig) -> None:
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     await site.start()
     server = site._server  # the bound port, when port 0 was asked for
-    if server is None or not server.sockets:
+    if not isinstance(server, asyncio.Server) or not server.sockets:
         raise RuntimeError("the emulator's listening socket did not open")
     port = server.sockets[0].getsockname()[1]
     base = f"http://{config.host}:{port}"

@@ -49,11 +49,14 @@ class AgentOrdering:
         )
 
     def is_superseded(self, user_id: str, requested_at_us: int, request_id: str) -> bool:
-        """True when a newer request for the agent has been registered."""
+        """True when a newer request for the agent has been registered (a copy of this same
+        request, registered with a later timestamp, does not count)."""
         newest = self.redis.get(f"presence:agent:{user_id}:newest")
         if newest is None:
             return False
         current = newest.decode() if isinstance(newest, bytes) else str(newest)
+        if current.partition("|")[2] == request_id:
+            return False
         return current > self._marker(requested_at_us, request_id)
 
     @contextmanager

@@ -147,13 +147,6 @@ def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
         to_state=update.state,
         queue_wait_ms=round((attempt.started_at - update.requested_at).total_seconds() * 1000, 2),
     )
-    with session_scope(rt.settings.database_url) as session:
-        existing = audit.find_existing(
-            session, request_id=attempt.request_id, idempotency_key=update.idempotency_key
-        )
-        if existing is not None:
-            return Outcome(existing.outcome)  # a redelivery or a repeated key: applied once
-
     age_s = (attempt.started_at - update.requested_at).total_seconds()
     with recording() as call_log:
         try:
@@ -168,7 +161,9 @@ def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
             raise _wait(rt, age_s, exc.retry_in_s, str(exc)) from None
         draft.set(to_state=target.label, to_definition_id=target.id)
         stamp_us = int(update.requested_at.timestamp() * 1_000_000)
-        rt.ordering.register(update.user_id, stamp_us, attempt.request_id)
+        # Duplicates (a repeated idempotency key) share one identity, or the copy would supersede
+        # the original and neither would be applied.
+        rt.ordering.register(update.user_id, stamp_us, _order_id(update, attempt))
         try:
             with rt.ordering.lock(
                 update.user_id,
@@ -201,6 +196,11 @@ def _retry_or_fail(rt: Runtime, attempt: Attempt, exc: GenesysError) -> RetryLat
     )
 
 
+def _order_id(update: PresenceUpdate, attempt: Attempt) -> str:
+    """The request's identity for per-agent ordering: its idempotency key, else its request id."""
+    return update.idempotency_key or attempt.request_id
+
+
 def _current_state(rt: Runtime, user_id: str) -> tuple[Definition | None, str]:
     """The agent's current definition: from the shared cache, or one GET on a miss."""
     cached = rt.cache.get(user_id)
@@ -229,15 +229,12 @@ def _apply_locked(
     call_log: CallLog,
 ) -> Outcome:
     with session_scope(rt.settings.database_url) as session:
-        if audit.find_existing(
+        existing = audit.find_existing(
             session, request_id=attempt.request_id, idempotency_key=update.idempotency_key
-        ):
-            existing = audit.find_existing(
-                session, request_id=attempt.request_id, idempotency_key=update.idempotency_key
-            )
-            assert existing is not None
-            return Outcome(existing.outcome)
-    if rt.ordering.is_superseded(update.user_id, stamp_us, attempt.request_id):
+        )
+        if existing is not None:
+            return Outcome(existing.outcome)  # a redelivery or a repeated key: applied once
+    if rt.ordering.is_superseded(update.user_id, stamp_us, _order_id(update, attempt)):
         draft.set(error_message="A newer request for this agent was accepted")
         return _finish(rt, draft, Outcome.SUPERSEDED, call_log)
     try:

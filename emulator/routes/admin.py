@@ -281,7 +281,7 @@ async def stats(request: web.Request) -> web.Response:
             "requests": requests,
             "tooManyRequests": sum(c.get("429", 0) for c in requests.values()),
             "tokens": per_token,
-            "peakPerMinute": max((t["peakPerMinute"] for t in per_token), default=0),
+            "peakPerMinute": max((w.peak for w in emu.limiter.keys.values()), default=0),
             "events": {
                 "published": emu.hub.events_published,
                 "delivered": emu.hub.events_delivered,

@@ -78,7 +78,7 @@ async def queue_observations(request: web.Request) -> web.Response:
     require(request, "analytics:queueObservation:view")
     emu = emulator_of(request)
     query = parse(ObservationQuery, await read_json(request, emu.limits.max_body_bytes))
-    metrics = list(dict.fromkeys([*query.metrics, *query.detailMetrics]))
+    metrics: list[str] = list(dict.fromkeys([*query.metrics, *query.detailMetrics]))
     results: list[dict[str, Any]] = []
     for queue_id in dict.fromkeys(_queue_ids(query)):
         queue = emu.world.queues.get(queue_id)

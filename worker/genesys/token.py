@@ -56,9 +56,13 @@ class TokenProvider:
         self._release_lock = client.register_script(_RELEASE_LOCK)
         self._drop_if_same = client.register_script(_DROP_IF_SAME)
         self.renewals = 0
+        self._local: tuple[str, float] | None = None  # (token, renew_at)
 
     def get(self) -> str:
         """A token valid for a while yet; renews (once across processes) when needed."""
+        local = self._local
+        if local is not None and local[1] > self.clock():
+            return local[0]
         cached = self._cached()
         if cached is not None:
             return cached
@@ -66,6 +70,8 @@ class TokenProvider:
 
     def invalidate(self, token: str) -> None:
         """Forget ``token`` after a 401, unless another process already replaced it."""
+        if self._local is not None and self._local[0] == token:
+            self._local = None
         self._drop_if_same(keys=[self.key], args=[token])
 
     def _cached(self) -> str | None:
@@ -76,6 +82,8 @@ class TokenProvider:
         if data["renew_at"] <= self.clock():
             return None
         token: str = data["access_token"]
+        # Held in memory too, so a call costs no Redis round trip; a 401 still clears it.
+        self._local = (token, float(data["renew_at"]))
         return token
 
     def _renew(self) -> str:
@@ -131,5 +139,6 @@ class TokenProvider:
             json.dumps({"access_token": token, "renew_at": renew_at, "expires_at": now + lifetime}),
             ex=max(1, int(lifetime)),
         )
+        self._local = (token, renew_at)
         self.renewals += 1
         return token

@@ -302,9 +302,12 @@ class NotificationListener:
         try:
             ids = [u["id"] for u in self.client.list_active_users(self.prime_agents)]
             with self._lock:
+                topics = self._topic_list()
+                topics += [PRESENCE_TOPIC.format(u) for u in ids if u not in self.topics]
+                self.client.replace_subscriptions(self.channel_id, topics)
+                # Subscribed only once the platform has answered (see _subscribe).
                 for user_id in ids:
                     self.topics[user_id] = None
-                self.client.replace_subscriptions(self.channel_id, self._topic_list())
             for user in self.client.list_active_users(self.prime_agents, expand_presence=True):
                 presence = user.get("presence") or {}
                 definition = presence.get("presenceDefinition") or {}
