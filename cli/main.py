@@ -25,7 +25,7 @@ from worker.updates import invalid_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
 
 CSV_COLUMNS = (
     "user_id",
@@ -111,7 +111,9 @@ def import_csv(
                     update = PresenceUpdate.model_validate({**fields, "requested_at": now})
                 except ValidationError as exc:
                     bad += 1
-                    progress.console.print(f"[yellow]line {number}:[/] {invalid_message(exc)}")
+                    progress.console.print(
+                        f"[yellow]line {number}:[/] {invalid_message(exc)}", soft_wrap=True
+                    )
                 else:
                     producer.app.send_task(
                         "presence.update",
@@ -191,6 +193,14 @@ def requeue(
 def schema() -> None:
     """Print the JSON Schema of the presence.update payload."""
     console.print_json(json.dumps(json_schema()))
+
+
+@app.command("settings")
+def settings_reference() -> None:
+    """Print every setting (environment variable) with its default, as a Markdown table."""
+    from worker.settings import settings_markdown
+
+    print(settings_markdown())
 
 
 @app.command()

@@ -16,12 +16,20 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=None)
-def update(self: Task[Any, str], payload: Any, failures: int = 0) -> str:
-    """Apply one presence update; returns its terminal outcome.
+def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
+    """Apply one presence update (``args == [payload]``); returns its terminal outcome.
 
     Real failures are retried with backoff up to ``MAX_RETRIES`` and then dead-lettered;
     waits for budget or for another worker's lock re-schedule without counting as failures.
+    The signature is open on purpose: a message with the wrong arguments is recorded
+    ``invalid`` instead of failing inside Celery, where it would vanish without an audit row.
     """
+    payload = (
+        args[0]
+        if len(args) == 1 and not kwargs.keys() - {"failures"}
+        else {"args": list(args), **kwargs}
+    )
+    failures = kwargs.get("failures", 0) if isinstance(kwargs.get("failures", 0), int) else 0
     runtime = Runtime.current()
     attempt = Attempt(request_id=str(self.request.id), failures=failures, worker=runtime.name)
     try:

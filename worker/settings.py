@@ -137,3 +137,20 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def settings_markdown() -> str:
+    """The settings reference table for the README, generated from this class."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            shown = "(empty)" if not default.get_secret_value() else "(set)"
+        elif default is None:
+            shown = "unset"
+        elif default == "":
+            shown = "(empty)"
+        else:
+            shown = f"`{default}`"
+        lines.append(f"| `{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines)
