@@ -49,7 +49,7 @@ class Batch:
 def build_batch(roster: list[dict[str, Any]], agents: int, rng: random.Random) -> Batch:
     """Start of shift for everyone, breaks with reasons, out-of-order conflicts, bad input."""
     active = [u for u in roster if u["state"] == "active"][:agents]
-    t0 = datetime.now(UTC) - timedelta(seconds=10)  # every request time lies in the past
+    t0 = datetime.now(UTC) - timedelta(milliseconds=10)  # every request time lies in the past
     batch = Batch()
 
     def add(user: str, state: str, at: datetime, **extra: Any) -> None:
@@ -63,23 +63,23 @@ def build_batch(roster: list[dict[str, Any]], agents: int, rng: random.Random) -
     for user in shift:
         add(user["id"], "On Queue", t0)
     for user in rng.sample(shift, k=len(shift) // 5):
-        add(user["id"], "Break", t0 + timedelta(seconds=1), reason="Coffee")
+        add(user["id"], "Break", t0 + timedelta(milliseconds=1), reason="Coffee")
     for user in rng.sample(shift, k=len(shift) // 10):
-        add(user["id"], "Meal", t0 + timedelta(seconds=2), reason="Lunch")
+        add(user["id"], "Meal", t0 + timedelta(milliseconds=2), reason="Lunch")
     for user in rng.sample(shift, k=min(30, len(shift))):
         # The newer request is sent first; the older one arrives late and must lose.
-        add(user["id"], "Busy", t0 + timedelta(seconds=4), message="Coaching session")
-        add(user["id"], "Available", t0 + timedelta(seconds=3))
+        add(user["id"], "Busy", t0 + timedelta(milliseconds=4), message="Coaching session")
+        add(user["id"], "Available", t0 + timedelta(milliseconds=3))
     for user_id in late:
-        add(user_id, "Meal", t0 + timedelta(seconds=1), reason="Lunch")
+        add(user_id, "Meal", t0 + timedelta(milliseconds=1), reason="Lunch")
     for user in rng.sample(shift, k=min(10, len(shift))):
-        add(user["id"], "Lunchtime", t0 + timedelta(seconds=5))  # not a presence in this org
+        add(user["id"], "Lunchtime", t0 + timedelta(milliseconds=5))  # not a presence in this org
     for user in rng.sample(shift, k=min(3, len(shift))):
-        add(user["id"], "Break", t0 + timedelta(seconds=5), reason="Nap")  # not a Break reason
+        add(user["id"], "Break", t0 + timedelta(milliseconds=5), reason="Nap")  # not a Break reason
     for user in rng.sample(shift, k=min(10, len(shift))):
         key = f"demo-{uuid.uuid4()}"
         for _ in range(2):  # a producer that retried its send: applied once
-            add(user["id"], "Training", t0 + timedelta(seconds=6), idempotency_key=key)
+            add(user["id"], "Training", t0 + timedelta(milliseconds=6), idempotency_key=key)
         batch.duplicates += 1
     batch.raw = [
         {"user_id": "not-a-user-id", "state": "Available", "requested_at": t0.isoformat()},

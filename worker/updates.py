@@ -19,11 +19,11 @@ from models import Outcome
 from models.db import session_scope
 from producer.schema import PresenceUpdate
 from worker import audit
-from worker.catalog import Definition, UnknownPresence, normalize
+from worker.catalog import Definition, UnknownPresence
 from worker.genesys.client import CallLog, recording
 from worker.genesys.errors import GenesysError
+from worker.genesys.models import UserPresence
 from worker.limiter import BudgetExhausted
-from worker.notifications.listener import parse_ms
 from worker.ordering import AgentBusy
 from worker.runtime import Runtime
 from worker.state_cache import AgentState
@@ -201,17 +201,29 @@ def _order_id(update: PresenceUpdate, attempt: Attempt) -> str:
     return update.idempotency_key or attempt.request_id
 
 
+def _as_state(presence: UserPresence, seen_via: str) -> AgentState:
+    modified = presence.modified_date
+    return AgentState(
+        presence.presence_definition.id,
+        presence.presence_definition.system_presence or "",
+        int(modified.timestamp() * 1000) if modified is not None else 0,
+        seen_via,
+    )
+
+
+def _is_in(current: Definition | None, expected: Definition) -> bool:
+    """A system presence matches any of its secondary presences; a secondary only itself."""
+    if current is None:
+        return False
+    return current.system == expected.system if expected.primary else current.id == expected.id
+
+
 def _current_state(rt: Runtime, user_id: str) -> tuple[Definition | None, str]:
     """The agent's current definition: from the shared cache, or one GET on a miss."""
     cached = rt.cache.get(user_id)
     if cached is None:
         presence, _ = rt.client.get_presence(user_id)
-        cached = AgentState(
-            presence.presence_definition.id,
-            presence.presence_definition.system_presence or "",
-            int(presence.modified_date.timestamp() * 1000) if presence.modified_date else 0,
-            "read",
-        )
+        cached = _as_state(presence, "read")
         rt.cache.put(user_id, cached)
     definition = rt.catalog.by_id(cached.definition_id)
     label = definition.label if definition is not None else cached.system_presence
@@ -240,9 +252,7 @@ def _apply_locked(
     try:
         current, current_label = _current_state(rt, update.user_id)
         draft.set(from_state=current_label, from_definition_id=current.id if current else None)
-        if expected is not None and (
-            current is None or normalize(current.id) != normalize(expected.id)
-        ):
+        if expected is not None and not _is_in(current, expected):
             draft.set(
                 error_code="unexpected.state",
                 error_message=f"Expected {expected.label} but the agent is {current_label}",
@@ -258,18 +268,9 @@ def _apply_locked(
         try:
             presence, answer = rt.client.patch_presence(update.user_id, target.id, update.message)
             draft.set(correlation_id=answer.correlation_id, api_ms=round(call_log.api_s * 1000, 2))
-            modified_ms = (
-                int(presence.modified_date.timestamp() * 1000) if presence.modified_date else 0
-            )
-            rt.cache.put(
-                update.user_id,
-                AgentState(
-                    target.id,
-                    presence.presence_definition.system_presence or "",
-                    modified_ms,
-                    "patch",
-                ),
-            )
+            written = _as_state(presence, "patch")
+            rt.cache.put(update.user_id, written)
+            modified_ms = written.modified_ms
             confirm_started = time.perf_counter()
             event = (
                 waiter.wait_for(
@@ -293,15 +294,7 @@ def _apply_locked(
                 rt.listener.done(waiter)
         readback, _ = rt.client.get_presence(update.user_id)
         draft.set(confirm_ms=round((time.perf_counter() - confirm_started) * 1000, 2))
-        rt.cache.put(
-            update.user_id,
-            AgentState(
-                readback.presence_definition.id,
-                readback.presence_definition.system_presence or "",
-                parse_ms(readback.modified_date.isoformat()) if readback.modified_date else 0,
-                "read",
-            ),
-        )
+        rt.cache.put(update.user_id, _as_state(readback, "read"))
         if readback.presence_definition.id == target.id:
             return _finish(rt, draft, Outcome.APPLIED_UNCONFIRMED, call_log)
         draft.set(
