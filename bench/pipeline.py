@@ -205,13 +205,16 @@ def run_budget(budget: int, duration_s: float, *, celery_rate_limit: bool) -> di
             ).all()
     applied = [r for r in rows if r.outcome in SUCCESS or r.outcome == "drifted"]
     steady = [r for r in applied if _aware(r.finished_at) >= steady_from]
+    windows = rolling_minutes(samples)
     return {
         "budget_per_min": budget,
         "seconds": measured,
         "admitted": admitted,
         "rejected_429": rejected,
         "peak_per_min": stats["peakPerMinute"],
-        "utilisation": admitted / (budget * measured / 60),
+        "rolling_minutes_measured": len(windows),
+        "utilisation": statistics.fmean(windows) / budget if windows else None,
+        "utilisation_min": min(windows) / budget if windows else None,
         "updates_finished": len(rows),
         "requests_per_update_all": admitted / len(applied) if applied else None,
         "requests_per_update_steady": (
@@ -219,6 +222,21 @@ def run_budget(budget: int, duration_s: float, *, celery_rate_limit: bool) -> di
         ),
         "samples": len(samples),
     }
+
+
+def rolling_minutes(samples: list[tuple[float, int, int]]) -> list[int]:
+    """Requests admitted in each window of at most 60 s starting at a sample (1-s resolution)
+    and ending inside the run: the platform's own measure, so the bursts a rolling window allows
+    do not inflate the figure (a window a little under 60 s can only understate it)."""
+    first = samples[0][1] if samples else 0
+    samples = [s for s in samples if s[1] > first]  # from the first admitted request on
+    out = []
+    for i, (start, admitted_then, _) in enumerate(samples):
+        if samples[-1][0] <= start + 60:
+            break  # the window would end after the run
+        end = max((s for s in samples[i:] if s[0] <= start + 60), key=lambda s: s[0])
+        out.append(end[1] - admitted_then)
+    return out
 
 
 def _aware(value: datetime) -> datetime:
@@ -229,9 +247,9 @@ def bench_budget(report: Report, budget: int, duration_s: float) -> None:
     ours = run_budget(budget, duration_s, celery_rate_limit=False)
     celery = run_budget(budget, duration_s, celery_rate_limit=True)
     report.add(
-        f"(b) budget utilisation over {ours['seconds']:.0f} s, 2 workers",
-        f"{ours['utilisation']:.3f} ({ours['rejected_429']} x 429)",
-        f"{celery['utilisation']:.3f} ({celery['rejected_429']} x 429) Celery rate_limit",
+        f"(b) budget utilisation, mean of {ours['rolling_minutes_measured']} rolling minutes, 2 workers",
+        f"{ours['utilisation']:.3f} (min {ours['utilisation_min']:.3f}; {ours['rejected_429']} 429s)",
+        f"{celery['utilisation']:.3f} ({celery['rejected_429']} 429s) Celery rate_limit",
         f"{ours['utilisation'] / celery['utilisation']:.2f}" if celery["utilisation"] else "-",
     )
     report.add(
@@ -328,7 +346,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["a", "b", "d"], help="run one part")
     args = parser.parse_args()
     if args.quick:
-        args.updates, args.seconds = 300, 15
+        args.updates, args.seconds = 300, 65
     report = Report()
     if args.only in (None, "a"):
         bench_throughput(report, args.updates)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
@@ -108,7 +109,9 @@ def import_csv(
                 fields = {k: (row.get(k) or "").strip() or None for k in CSV_COLUMNS}
                 fields["source"] = fields["source"] or source
                 try:
-                    update = PresenceUpdate.model_validate({**fields, "requested_at": now})
+                    # File order is request order: later lines win for the same agent.
+                    at = now + timedelta(microseconds=number)
+                    update = PresenceUpdate.model_validate({**fields, "requested_at": at})
                 except ValidationError as exc:
                     bad += 1
                     progress.console.print(
@@ -138,7 +141,7 @@ def audit(
     """Show audit rows, newest first."""
     if outcome is not None and outcome not in {o.value for o in Outcome}:
         err.print(
-            f"[red]error:[/] unknown outcome {outcome!r}; use one of {', '.join(o.value for o in Outcome)}"
+            f"[red]error:[/] unknown outcome {escape(repr(outcome))}; use one of {', '.join(o.value for o in Outcome)}"
         )
         raise typer.Exit(2)
     with session_scope(get_settings().database_url) as session:

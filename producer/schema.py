@@ -6,10 +6,11 @@ Changing a field incompatibly requires a new ``version``; the worker keeps accep
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 TASK_NAME = "presence.update"
@@ -31,7 +32,7 @@ class PresenceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     version: Literal[1] = SCHEMA_VERSION
-    user_id: Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
+    user_id: Annotated[str, Field(json_schema_extra={"pattern": UUID_PATTERN})]
     state: ShortText
     reason: ShortText | None = None
     expected_state: ShortText | None = None
@@ -39,6 +40,16 @@ class PresenceUpdate(BaseModel):
     requested_at: datetime
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     message: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id(cls, value: str) -> str:
+        if not re.fullmatch(UUID_PATTERN, value):
+            raise ValueError(
+                f"{value[:60]!r} is not a Genesys user id (a UUID such as "
+                "3ce84f47-4e65-4756-a815-67a2b32e58b8)"
+            )
+        return value
 
     @field_validator("requested_at")
     @classmethod

@@ -1,0 +1,250 @@
+"""The ``presence`` CLI, run in-process against a real Redis broker and a migrated SQLite
+audit database."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+import migrations
+from cli.main import app
+from models import AuditRecord, Outcome
+from models.db import session_scope
+from producer.schema import QUEUE
+from worker.settings import get_settings
+
+AGENT = "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6"
+OTHER = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def env(monkeypatch, redis_url, tmp_path):
+    database_url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    migrations.upgrade(database_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    broker = redis.Redis.from_url(redis_url)
+    yield SimpleNamespace(database_url=database_url, broker=broker)
+    broker.close()
+    get_settings.cache_clear()
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def queued(env) -> list[dict]:
+    """The payloads waiting on the presence queue, oldest first."""
+    messages = [json.loads(raw) for raw in reversed(env.broker.lrange(QUEUE, 0, -1))]
+    assert all(m["content-type"] == "application/json" for m in messages)
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+
+
+def add_rows(env, *rows: AuditRecord) -> None:
+    with session_scope(env.database_url) as session:
+        session.add_all(rows)
+
+
+def record(
+    n: int, outcome: Outcome, *, user: str = AGENT, ms: float = 100, **fields
+) -> AuditRecord:
+    return AuditRecord(
+        request_id=f"req-{n}",
+        user_id=user,
+        outcome=outcome.value,
+        to_state="Break",
+        requested_at=T0,
+        finished_at=T0 + timedelta(milliseconds=ms),
+        genesys_requests=1,
+        **fields,
+    )
+
+
+# -- set ----------------------------------------------------------------------------------------
+def test_set_enqueues_one_update(env):
+    result = run("set", AGENT, "Break", "--reason", "Coffee", "--key", "k-1")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("queued ")
+    [sent] = queued(env)
+    assert sent["user_id"] == AGENT
+    assert sent["state"] == "Break"
+    assert sent["reason"] == "Coffee"
+    assert sent["source"] == "cli"
+    assert sent["idempotency_key"] == "k-1"
+
+
+def test_set_rejects_a_bad_user_id_with_one_line_and_exit_2(env):
+    result = run("set", "agent-7", "Break")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: Invalid payload — user_id: ")
+    assert env.broker.llen(QUEUE) == 0
+
+
+# -- import -------------------------------------------------------------------------------------
+def test_import_enqueues_the_good_rows_and_reports_each_bad_one(env, tmp_path):
+    csv_file = tmp_path / "shift.csv"
+    csv_file.write_text(
+        "user_id,state,reason\n"
+        f"{AGENT},Break,Coffee\n"
+        "not-a-user,Break,\n"
+        f"{OTHER},On Queue,\n"
+        f"{AGENT},,\n"
+    )
+
+    result = run("import", str(csv_file))
+
+    assert result.exit_code == 1
+    errors = [line for line in result.stdout.splitlines() if line.startswith("line ")]
+    assert len(errors) == 2, result.stdout
+    assert errors[0].startswith("line 3: Invalid payload — user_id: Value error,")
+    assert "is not a Genesys user id" in errors[0]
+    assert errors[0].endswith("67a2b32e58b8)"), "each error is one whole line"
+    assert errors[1].startswith("line 5: Invalid payload — state: ")
+    assert "queued 2, rejected 2 of 4 rows" in result.stdout
+    assert [(m["user_id"], m["state"], m["source"]) for m in queued(env)] == [
+        (AGENT, "Break", "import"),
+        (OTHER, "On Queue", "import"),
+    ]
+
+
+def test_import_of_only_good_rows_exits_0(env, tmp_path):
+    csv_file = tmp_path / "shift.csv"
+    csv_file.write_text(f"user_id,state,source\n{AGENT},Meal,wfm\n")
+
+    result = run("import", str(csv_file))
+
+    assert result.exit_code == 0, result.output
+    assert [m["source"] for m in queued(env)] == ["wfm"]
+
+
+def test_import_without_the_required_columns_exits_2(env, tmp_path):
+    csv_file = tmp_path / "shift.csv"
+    csv_file.write_text(f"agent,presence\n{AGENT},Break\n")
+
+    result = run("import", str(csv_file))
+
+    assert result.exit_code == 2
+    assert "needs at least the columns user_id and state" in result.stderr
+    assert env.broker.llen(QUEUE) == 0
+
+
+# -- audit, stats -------------------------------------------------------------------------------
+def test_audit_rejects_an_unknown_outcome(env):
+    result = run("audit", "--outcome", "x")
+
+    assert result.exit_code == 2
+    assert "unknown outcome 'x'" in result.stderr
+    assert "dead_letter" in result.stderr
+
+
+def test_audit_echoes_a_bad_outcome_literally(env):
+    result = run("audit", "--outcome", "[/]")
+
+    assert result.exit_code == 2
+    assert "unknown outcome '[/]'" in result.stderr
+
+
+def test_audit_shows_rows_newest_first_and_filters(env):
+    add_rows(
+        env,
+        record(1, Outcome.CONFIRMED, error_message=None),
+        record(2, Outcome.FAILED, user=OTHER, error_message="user not found"),
+    )
+
+    everything = run("audit")
+    only_failed = run("audit", "--outcome", "failed")
+    only_agent = run("audit", "--user", AGENT)
+
+    assert everything.exit_code == 0, everything.output
+    assert everything.stdout.index(OTHER[:8]) < everything.stdout.index(AGENT[:8])
+    assert "confirmed" in everything.stdout
+    assert "user not found" in only_failed.stdout
+    assert AGENT[:8] not in only_failed.stdout
+    assert OTHER[:8] not in only_agent.stdout
+    assert "confirmed" in only_agent.stdout
+
+
+def test_stats_summarizes_the_audit_table(env):
+    add_rows(
+        env,
+        record(1, Outcome.CONFIRMED, ms=100),
+        record(2, Outcome.CONFIRMED, ms=300),
+        record(3, Outcome.FAILED, ms=50),
+        record(4, Outcome.DEAD_LETTER, ms=9000),
+    )
+
+    result = run("stats")
+
+    assert result.exit_code == 0, result.output
+    assert "4 requests" in result.stdout
+    assert "success 50.0%" in result.stdout
+    rows = {
+        cells[0]: cells[1:]
+        for line in result.stdout.splitlines()
+        if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0] in set(Outcome)
+    }
+    assert rows["confirmed"] == ["2", "100", "300", "300"]  # count, p50, p95, p99 (ms)
+    assert rows["dead_letter"] == ["1", "9,000", "9,000", "9,000"]
+
+
+# -- requeue ------------------------------------------------------------------------------------
+def test_requeue_enqueues_dead_letters_once_without_their_idempotency_key(env):
+    original = {
+        "version": 1,
+        "user_id": AGENT,
+        "state": "Break",
+        "reason": "Coffee",
+        "source": "wfm",
+        "requested_at": "2026-03-02T09:00:00Z",
+        "idempotency_key": "shift-42",
+    }
+    add_rows(
+        env,
+        record(1, Outcome.DEAD_LETTER, payload=original, idempotency_key="shift-42"),
+        record(2, Outcome.CONFIRMED, payload={**original, "idempotency_key": "other"}),
+        record(3, Outcome.DEAD_LETTER, payload={"raw": "garbage"}),
+    )
+
+    first = run("requeue", "--outcome", "dead_letter")
+    second = run("requeue", "--outcome", "dead_letter")
+
+    assert first.exit_code == 0, first.output
+    assert "requeued 1 request(s) that ended dead_letter" in first.stdout
+    assert "requeued 0 request(s)" in second.stdout
+    [sent] = queued(env)
+    assert "idempotency_key" not in sent
+    assert sent == {k: v for k, v in original.items() if k != "idempotency_key"}
+    with session_scope(env.database_url) as session:
+        row = session.get(AuditRecord, 1)
+        assert row.requeued_as is not None
+        [message] = [json.loads(raw) for raw in env.broker.lrange(QUEUE, 0, -1)]
+        assert message["headers"]["id"] == row.requeued_as, "requeued_as names the new request"
+
+
+def test_requeue_refuses_outcomes_that_cannot_be_retried(env):
+    result = run("requeue", "--outcome", "confirmed")
+
+    assert result.exit_code == 2
+    assert "can be requeued" in result.stderr
+
+
+# -- schema -------------------------------------------------------------------------------------
+def test_schema_prints_the_payload_json_schema(env):
+    result = run("schema")
+
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "PresenceUpdate"
+    assert {"user_id", "state", "requested_at"} <= set(schema["required"])

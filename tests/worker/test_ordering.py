@@ -1,0 +1,100 @@
+"""AgentOrdering: the newest request per agent wins; one change at a time per agent."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from worker.ordering import AgentBusy, AgentOrdering
+
+AGENT = "2c9e5d7e-0000-4000-8000-000000000001"
+OTHER = "2c9e5d7e-0000-4000-8000-000000000002"
+
+
+@pytest.fixture
+def ordering(r) -> AgentOrdering:
+    return AgentOrdering(r, marker_ttl_s=60)
+
+
+def test_a_lone_request_is_not_superseded(ordering):
+    ordering.register(AGENT, 1_000, "req-a")
+
+    assert not ordering.is_superseded(AGENT, 1_000, "req-a")
+    assert not ordering.is_superseded(OTHER, 1, "never-registered")
+
+
+def test_a_newer_request_supersedes_older_ones_whatever_the_arrival_order(ordering):
+    ordering.register(AGENT, 2_000, "req-new")
+    ordering.register(AGENT, 1_000, "req-old")  # arrives late (a retry, a slow producer)
+
+    assert ordering.is_superseded(AGENT, 1_000, "req-old")
+    assert not ordering.is_superseded(AGENT, 2_000, "req-new")
+    assert not ordering.is_superseded(OTHER, 1_000, "req-old"), "agents are independent"
+
+
+def test_equal_timestamps_are_ordered_by_request_id(ordering):
+    ordering.register(AGENT, 5_000, "req-b")
+    ordering.register(AGENT, 5_000, "req-a")
+
+    assert ordering.is_superseded(AGENT, 5_000, "req-a")
+    assert not ordering.is_superseded(AGENT, 5_000, "req-b")
+
+
+def test_timestamps_compare_numerically_not_as_text(ordering):
+    ordering.register(AGENT, 9_999, "req-z")
+    ordering.register(AGENT, 10_000, "req-a")
+
+    assert ordering.is_superseded(AGENT, 9_999, "req-z")
+
+
+def test_the_marker_expires(ordering, r):
+    ordering.register(AGENT, 1_000, "req-a")
+
+    assert 0 < r.ttl(f"presence:agent:{AGENT}:newest") <= 60
+
+
+def test_the_lock_excludes_a_second_holder(ordering):
+    with ordering.lock(AGENT, ttl_s=5, wait_s=0):
+        started = time.monotonic()
+        with pytest.raises(AgentBusy, match=AGENT), ordering.lock(AGENT, ttl_s=5, wait_s=0.2):
+            pass
+        assert time.monotonic() - started >= 0.2, "the second holder waited before giving up"
+        with ordering.lock(OTHER, ttl_s=5, wait_s=0):
+            pass  # other agents are not blocked
+
+
+def test_a_released_lock_can_be_taken_again(ordering):
+    with ordering.lock(AGENT, ttl_s=5, wait_s=0):
+        pass
+    with ordering.lock(AGENT, ttl_s=5, wait_s=0):
+        pass
+
+
+def test_a_waiter_gets_the_lock_once_the_holder_releases_it(ordering):
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with ordering.lock(AGENT, ttl_s=5, wait_s=0):
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert held.wait(5)
+    threading.Timer(0.2, release.set).start()
+    with ordering.lock(AGENT, ttl_s=5, wait_s=3):
+        assert release.is_set(), "acquired only after the holder let go"
+    thread.join(5)
+
+
+def test_an_expired_holder_does_not_release_the_next_holders_lock(ordering):
+    stale = ordering.lock(AGENT, ttl_s=0.1, wait_s=0)
+    stale.__enter__()
+    time.sleep(0.2)  # the holder outlives its TTL; the lock is free again
+
+    with ordering.lock(AGENT, ttl_s=5, wait_s=0):
+        stale.__exit__(None, None, None)  # the stale holder finishes late
+        with pytest.raises(AgentBusy), ordering.lock(AGENT, ttl_s=5, wait_s=0):
+            pass

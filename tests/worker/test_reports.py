@@ -1,0 +1,133 @@
+"""Reports over the audit table: nearest-rank percentiles, the summary the CLI and benchmarks
+print, recent rows. Rows are inserted into a real (SQLite) database built by the migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import migrations
+from models import AuditRecord, Outcome
+from models.db import session_scope
+from worker import reports
+from worker.reports import percentile
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"), [(0, 1), (1, 1), (50, 50), (90, 90), (95, 95), (99, 99), (100, 100)]
+)
+def test_percentiles_are_nearest_rank(q, expected):
+    assert percentile([float(v) for v in range(100, 0, -1)], q) == expected
+
+
+@pytest.mark.parametrize(("q", "expected"), [(50, 5), (90, 9), (95, 10), (99, 10)])
+def test_percentiles_of_a_few_values(q, expected):
+    assert percentile([float(v) for v in range(1, 11)], q) == expected
+
+
+def test_percentiles_of_nothing_and_of_one_value():
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+
+
+@pytest.fixture
+def database(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    migrations.upgrade(url)
+    return url
+
+
+_ids = iter(range(1_000_000))
+
+
+def row(outcome: Outcome, latency_ms: float | None, *, calls: int = 1, user: str = "agent-1"):
+    n = next(_ids)
+    return AuditRecord(
+        request_id=f"req-{n}",
+        user_id=user,
+        outcome=outcome.value,
+        requested_at=T0 if latency_ms is not None else None,
+        finished_at=T0 + timedelta(milliseconds=latency_ms or 0),
+        genesys_requests=calls,
+    )
+
+
+def insert(url: str, rows: list[AuditRecord]) -> None:
+    with session_scope(url) as session:
+        session.add_all(rows)
+
+
+def test_summarize_reports_success_latency_and_requests_per_update(database):
+    confirmed = [row(Outcome.CONFIRMED, ms, calls=1) for ms in range(100, 1100, 100)]
+    insert(
+        database,
+        [
+            *confirmed,
+            row(Outcome.APPLIED_UNCONFIRMED, 5_000, calls=2),
+            row(Outcome.DRIFTED, 6_000, calls=2),
+            row(Outcome.FAILED, 50, calls=1),
+            row(Outcome.INVALID, None, calls=0),
+        ],
+    )
+
+    with session_scope(database) as session:
+        summary = reports.summarize(session)
+
+    assert summary.total == 14
+    assert summary.success_rate == pytest.approx(11 / 14)
+    assert summary.genesys_requests == 15
+    assert summary.requests_per_update == pytest.approx(15 / 12), "calls per applied update"
+    assert next(s.outcome for s in summary.by_outcome) == "confirmed", "most frequent first"
+    stats = {s.outcome: s for s in summary.by_outcome}
+    assert stats["confirmed"].count == 10
+    assert stats["confirmed"].p50_ms == pytest.approx(500)
+    assert stats["confirmed"].p95_ms == pytest.approx(1000)
+    assert stats["applied_unconfirmed"].p99_ms == pytest.approx(5000)
+    assert stats["invalid"].p50_ms is None, "no request time, no latency"
+
+
+def test_summarize_counts_only_rows_after_since_id(database):
+    insert(database, [row(Outcome.FAILED, 10), row(Outcome.FAILED, 10)])
+    with session_scope(database) as session:
+        first_batch_end = reports.count_rows(session)
+    insert(database, [row(Outcome.CONFIRMED, 10)])
+
+    with session_scope(database) as session:
+        summary = reports.summarize(session, since_id=first_batch_end)
+
+    assert summary.total == 1
+    assert summary.success_rate == 1.0
+
+
+def test_an_empty_table_summarizes_to_zeros(database):
+    with session_scope(database) as session:
+        summary = reports.summarize(session)
+
+    assert summary.total == 0
+    assert summary.success_rate == 0.0
+    assert summary.requests_per_update == 0.0
+    assert summary.by_outcome == []
+
+
+def test_recent_rows_are_newest_first_and_filterable(database):
+    insert(
+        database,
+        [
+            row(Outcome.CONFIRMED, 10, user="agent-1"),
+            row(Outcome.FAILED, 10, user="agent-2"),
+            row(Outcome.CONFIRMED, 10, user="agent-2"),
+        ],
+    )
+
+    with session_scope(database) as session:
+        newest = reports.recent(session, limit=2)
+        of_agent = reports.recent(session, user_id="agent-2")
+        failed = reports.recent(session, outcome="failed")
+        assert reports.count_rows(session) == 3
+
+    assert [r.id for r in newest] == [3, 2]
+    assert [r.outcome for r in of_agent] == ["confirmed", "failed"]
+    assert [r.user_id for r in failed] == ["agent-2"]

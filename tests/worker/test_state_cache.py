@@ -1,0 +1,62 @@
+"""StateCache: each agent's last known presence in Redis; a newer entry is never rolled back."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.state_cache import AgentState, StateCache
+
+AGENT = "2c9e5d7e-0000-4000-8000-000000000001"
+OTHER = "2c9e5d7e-0000-4000-8000-000000000002"
+
+
+@pytest.fixture
+def cache(r) -> StateCache:
+    return StateCache(r, ttl_s=60)
+
+
+def state(definition_id: str, modified_ms: int, seen_via: str = "event") -> AgentState:
+    return AgentState(definition_id, "AVAILABLE", modified_ms, seen_via)
+
+
+def test_an_unknown_agent_has_no_state(cache):
+    assert cache.get(AGENT) is None
+
+
+def test_a_newer_state_replaces_the_stored_one(cache):
+    assert cache.put(AGENT, state("available", 1_000))
+    assert cache.put(AGENT, state("break", 2_000, "patch"))
+
+    assert cache.get(AGENT) == state("break", 2_000, "patch")
+
+
+def test_an_older_state_is_ignored(cache):
+    cache.put(AGENT, state("break", 2_000))
+
+    assert cache.put(AGENT, state("available", 1_999)) is False
+    assert cache.get(AGENT) == state("break", 2_000)
+
+
+def test_a_state_as_new_as_the_stored_one_replaces_it(cache):
+    cache.put(AGENT, state("break", 2_000, "event"))
+
+    assert cache.put(AGENT, state("break", 2_000, "read"))
+    assert cache.get(AGENT).seen_via == "read"
+
+
+def test_entries_expire_after_the_ttl(cache, r):
+    cache.put(AGENT, state("break", 2_000))
+
+    assert 0 < r.ttl(StateCache.key(AGENT)) <= 60
+
+
+def test_forget_drops_the_named_agents_only(cache):
+    cache.put(AGENT, state("break", 2_000))
+    cache.put(OTHER, state("available", 2_000))
+
+    cache.forget([AGENT])
+    cache.forget([])  # nothing to drop is fine
+
+    assert cache.get(AGENT) is None
+    assert cache.get(OTHER) == state("available", 2_000)
+    assert cache.put(AGENT, state("available", 1_000)), "a forgotten agent takes any state"
