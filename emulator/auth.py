@@ -93,6 +93,4 @@ class AuthRegistry:
         if len(self.tokens) < 1024:
             return
         now = self.clock()
-        self.tokens = {
-            v: t for v, t in self.tokens.items() if not t.revoked and t.expires_at > now
-        }
+        self.tokens = {v: t for v, t in self.tokens.items() if not t.revoked and t.expires_at > now}

@@ -33,7 +33,10 @@ async def serve(config: EmulatorConfig) -> None:
     print(f"{READY_PREFIX}{base}", flush=True)
     print(f"  client id:     {config.client_id}", flush=True)
     print(f"  client secret: {config.client_secret}", flush=True)
-    print(f"  users: {config.world.users}  queues: {config.world.queues}  seed: {config.world.seed}", flush=True)
+    print(
+        f"  users: {config.world.users}  queues: {config.world.queues}  seed: {config.world.seed}",
+        flush=True,
+    )
     print(f"  admin API: {base}/__emulator   WFM sink: {base}/__wfm/events", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,23 +48,39 @@ async def serve(config: EmulatorConfig) -> None:
 
 @cli.command()
 def run(
-    host: Annotated[str, typer.Option(help="Interface to bind; loopback by default.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port for HTTP and WebSocket; 0 picks a free one.")] = 8080,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; loopback by default.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="Port for HTTP and WebSocket; 0 picks a free one.")
+    ] = 8080,
     users: Annotated[int, typer.Option(min=1, help="Agents in the seeded org.")] = 1000,
     queues: Annotated[int, typer.Option(min=0, help="Routing queues in the seeded org.")] = 20,
     seed: Annotated[int, typer.Option(help="Same seed, same org.")] = 42,
-    client_id: Annotated[str, typer.Option(help="OAuth client id with every permission.")] = "presence-worker",
+    client_id: Annotated[
+        str, typer.Option(help="OAuth client id with every permission.")
+    ] = "presence-worker",
     client_secret: Annotated[str, typer.Option(help="That client's secret.")] = "emulator-secret",  # noqa: S107
     token_lifetime: Annotated[int, typer.Option(min=1, help="Token lifetime, seconds.")] = 86_400,
-    rate_limit: Annotated[int, typer.Option(min=0, help="Requests per rolling minute per token; 0 = off.")] = 300,
+    rate_limit: Annotated[
+        int, typer.Option(min=0, help="Requests per rolling minute per token; 0 = off.")
+    ] = 300,
     bulk_max: Annotated[int, typer.Option(min=1, help="Users per bulk presence PUT.")] = 50,
-    heartbeat: Annotated[float, typer.Option(min=0.05, help="Socket heartbeat interval, seconds.")] = 30.0,
-    channel_ttl: Annotated[float, typer.Option(min=1, help="Channel lifetime without re-subscribing, seconds.")] = 86_400.0,
-    wfm_secret: Annotated[str, typer.Option(help="HMAC key the WFM sink verifies signatures with.")] = "wfm-sink-secret",  # noqa: S107
+    heartbeat: Annotated[
+        float, typer.Option(min=0.05, help="Socket heartbeat interval, seconds.")
+    ] = 30.0,
+    channel_ttl: Annotated[
+        float, typer.Option(min=1, help="Channel lifetime without re-subscribing, seconds.")
+    ] = 86_400.0,
+    wfm_secret: Annotated[
+        str, typer.Option(help="HMAC key the WFM sink verifies signatures with.")
+    ] = "wfm-sink-secret",  # noqa: S107
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
 ) -> None:
     """Start the emulator and print its base URL and credentials when ready."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     config = EmulatorConfig(
         host=host,
         port=port,

@@ -141,7 +141,9 @@ class DefinitionCatalog:
 
     def __init__(self) -> None:
         self.ordered: list[PresenceDefinition] = [
-            PresenceDefinition(id=SYSTEM_IDS[system], label=system.rest, system=system, primary=True)
+            PresenceDefinition(
+                id=SYSTEM_IDS[system], label=system.rest, system=system, primary=True
+            )
             for system in SystemPresence
         ]
         for label, system, deactivated in SECONDARY:

@@ -23,7 +23,9 @@ DEFAULT_CODES: dict[int, str] = {
 }
 
 
-def detail(field_name: str, error_code: str = "bad.request", entity_id: str | None = None) -> dict[str, str]:
+def detail(
+    field_name: str, error_code: str = "bad.request", entity_id: str | None = None
+) -> dict[str, str]:
     """One ``Detail`` entry of an ErrorBody."""
     out = {"errorCode": error_code, "fieldName": field_name}
     if entity_id is not None:

@@ -48,7 +48,9 @@ def main() -> None:
             data={"grant_type": "client_credentials"},
         ).json()
         console.print(f"token_type={token['token_type']} expires_in={token['expires_in']} s")
-        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"})
+        api = httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token['access_token']}"}
+        )
 
         step("3. Presence definitions (GET /api/v2/presence/definitions)")
         definitions = api.get("/api/v2/presence/definitions").json()["entities"]
@@ -59,7 +61,9 @@ def main() -> None:
         everything = api.get("/api/v2/presence/definitions", params={"deactivated": "true"})
         by_label = {d["languageLabels"]["en_US"]: d["id"] for d in everything.json()["entities"]}
 
-        agents = api.get("/api/v2/users", params={"pageSize": 3, "expand": "presence"}).json()["entities"]
+        agents = api.get("/api/v2/users", params={"pageSize": 3, "expand": "presence"}).json()[
+            "entities"
+        ]
         agent = agents[0]
 
         step("4. Notification channel, subscription, socket")
@@ -79,7 +83,9 @@ def main() -> None:
         )
         event = wait_for_event(ws, f"v2.users.{agent['id']}.presence")
         elapsed_ms = (time.perf_counter() - sent) * 1000
-        console.print(f"{agent['name']}: {before} → {response.json()['presenceDefinition']['systemPresence']}")
+        console.print(
+            f"{agent['name']}: {before} → {response.json()['presenceDefinition']['systemPresence']}"
+        )
         console.print(
             f"event systemPresence={event['eventBody']['presenceDefinition']['systemPresence']} "
             f"correlation matches={event['metadata']['CorrelationId'] == response.headers['inin-correlation-id']} "
@@ -94,7 +100,9 @@ def main() -> None:
         api.put("/api/v2/users/presences/bulk", json=bulk).raise_for_status()
         for a in agents:
             ev = wait_for_event(ws, f"v2.users.{a['id']}.presence")
-            console.print(f"{a['name']}: event {ev['eventBody']['presenceDefinition']['systemPresence']}")
+            console.print(
+                f"{a['name']}: event {ev['eventBody']['presenceDefinition']['systemPresence']}"
+            )
 
         step("7. Platform errors carry the ErrorBody and the correlation id")
         bad = [
@@ -105,7 +113,9 @@ def main() -> None:
         ]  # fmt: skip
         for label, method, path, body in bad:
             r = api.request(method, path, json=body)
-            console.print(f"{label}: HTTP {r.status_code} {r.json()['code']}: {r.json()['message']}")
+            console.print(
+                f"{label}: HTTP {r.status_code} {r.json()['code']}: {r.json()['message']}"
+            )
 
         step("8. Queue observations for the agent's queues")
         queues = api.get(f"/api/v2/users/{agent['id']}/queues").json()["entities"]
@@ -116,7 +126,9 @@ def main() -> None:
             ]},
             "metrics": ["oOnQueueUsers", "oActiveUsers", "oMemberUsers", "oWaiting"],
         }  # fmt: skip
-        results = api.post("/api/v2/analytics/queues/observations/query", json=query).json()["results"]
+        results = api.post("/api/v2/analytics/queues/observations/query", json=query).json()[
+            "results"
+        ]
         names = {q["id"]: q["name"] for q in queues}
         for group in results:
             stats = ", ".join(
@@ -134,7 +146,9 @@ def main() -> None:
         ).json()["access_token"]
         console.print("a fresh token, so the window starts empty:")
         for _ in range(7):
-            r = api.get(f"/api/v2/users/{agent['id']}", headers={"Authorization": f"Bearer {fresh}"})
+            r = api.get(
+                f"/api/v2/users/{agent['id']}", headers={"Authorization": f"Bearer {fresh}"}
+            )
             console.print(
                 f"HTTP {r.status_code} count={r.headers.get('inin-ratelimit-count')} "
                 f"retry-after={r.headers.get('Retry-After', '-')}"
@@ -143,7 +157,9 @@ def main() -> None:
         step("10. What the emulator recorded for the agent")
         history = httpx.get(f"{base}/__emulator/history", params={"user_id": agent["id"]}).json()
         for entry in history[agent["id"]]:
-            console.print(f"{entry['at']} {entry['path']:<7} {entry['systemPresence']:<9} {entry['routingStatus']}")
+            console.print(
+                f"{entry['at']} {entry['path']:<7} {entry['systemPresence']:<9} {entry['routingStatus']}"
+            )
         ws.close()
         console.print("[green]Walkthrough complete.")
 

@@ -118,7 +118,11 @@ async def get_settings(request: web.Request) -> web.Response:
     limits = emu.limits
     return respond(
         {name: getattr(limits, name) for name in limits.__slots__}
-        | {"users": emu.config.world.users, "queues": emu.config.world.queues, "seed": emu.config.world.seed}
+        | {
+            "users": emu.config.world.users,
+            "queues": emu.config.world.queues,
+            "seed": emu.config.world.seed,
+        }
     )
 
 
@@ -142,7 +146,15 @@ async def add_error(request: web.Request) -> web.Response:
     emu = emulator_of(request)
     body: ErrorBodyIn = await _body(request, ErrorBodyIn)
     emu.faults.errors.append(
-        ErrorFault(body.endpoint, body.status, body.rate, body.count, body.retry_after_s, body.code, body.message)
+        ErrorFault(
+            body.endpoint,
+            body.status,
+            body.rate,
+            body.count,
+            body.retry_after_s,
+            body.code,
+            body.message,
+        )
     )
     return respond(emu.faults.json())
 
@@ -210,7 +222,9 @@ async def drop_sockets(request: web.Request) -> web.Response:
 async def socket_closing(request: web.Request) -> web.Response:
     emu = emulator_of(request)
     body: SocketsBody = await _body(request, SocketsBody)
-    grace = body.close_after_s if body.close_after_s is not None else emu.limits.socket_closing_grace_s
+    grace = (
+        body.close_after_s if body.close_after_s is not None else emu.limits.socket_closing_grace_s
+    )
     return respond({"notified": emu.hub.announce_closing(body.channel_id, grace)})
 
 
@@ -233,7 +247,9 @@ async def set_work(request: web.Request) -> web.Response:
     body: WorkBody = await _body(request, WorkBody)
     user = _user(emu, request.match_info["user_id"])
     change = Change("admin", correlation_of(request), None, f"PUT {request.path}")
-    emu.world.set_work(user, change, interactions=body.interactions, not_responding=body.not_responding)
+    emu.world.set_work(
+        user, change, interactions=body.interactions, not_responding=body.not_responding
+    )
     return respond(emu.world.routing_json(user))
 
 

@@ -23,7 +23,11 @@ def _channel(request: web.Request) -> Channel:
 
 def _listing(channel: Channel, rejected: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     entities: list[dict[str, Any]] = [
-        {"id": topic, "state": "Permitted", "selfUri": f"/api/v2/notifications/availabletopics/{topic}"}
+        {
+            "id": topic,
+            "state": "Permitted",
+            "selfUri": f"/api/v2/notifications/availabletopics/{topic}",
+        }
         for topic in channel.topics
     ]
     return {"entities": entities + (rejected or [])}
@@ -43,7 +47,9 @@ async def list_channels(request: web.Request) -> web.Response:
     emu = emulator_of(request)
     emu.hub.expire_channels()
     client_id = token_of(request).client.client_id
-    return respond({"entities": [c.json() for c in emu.hub.channels.values() if c.client_id == client_id]})
+    return respond(
+        {"entities": [c.json() for c in emu.hub.channels.values() if c.client_id == client_id]}
+    )
 
 
 async def head_channel(request: web.Request) -> web.Response:
@@ -55,7 +61,9 @@ async def get_subscriptions(request: web.Request) -> web.Response:
     return respond(_listing(_channel(request)))
 
 
-def _validate_topics(emu: Emulator, topics: list[str], ignore_errors: bool) -> tuple[list[str], list[dict[str, Any]]]:
+def _validate_topics(
+    emu: Emulator, topics: list[str], ignore_errors: bool
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Accepted topics and ``Rejected`` entries; raises ApiError 400 for a bad topic otherwise."""
     accepted: list[str] = []
     rejected: list[dict[str, Any]] = []
@@ -78,7 +86,9 @@ def _validate_topics(emu: Emulator, topics: list[str], ignore_errors: bool) -> t
 async def _subscribe(request: web.Request, *, replace: bool) -> web.Response:
     emu = emulator_of(request)
     channel = _channel(request)
-    topics = [t.id for t in parse_list(TopicRef, await read_json(request, emu.limits.max_body_bytes))]
+    topics = [
+        t.id for t in parse_list(TopicRef, await read_json(request, emu.limits.max_body_bytes))
+    ]
     accepted, rejected = _validate_topics(emu, topics, bool_query(request, "ignoreErrors", False))
     resulting = set(accepted) | (set() if replace else set(channel.topics))
     if len(resulting) > emu.limits.max_topics:
@@ -114,7 +124,9 @@ def register(router: web.UrlDispatcher) -> None:
     base = "/api/v2/notifications/channels"
     router.add_post(base, create_channel, name="notifications.channels.create")
     router.add_get(base, list_channels, name="notifications.channels.list")
-    router.add_route("HEAD", base + "/{channel_id}", head_channel, name="notifications.channels.head")
+    router.add_route(
+        "HEAD", base + "/{channel_id}", head_channel, name="notifications.channels.head"
+    )
     subs = base + "/{channel_id}/subscriptions"
     router.add_get(subs, get_subscriptions, name="notifications.subscriptions.get")
     router.add_post(subs, add_subscriptions, name="notifications.subscriptions.post")

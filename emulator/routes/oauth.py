@@ -21,7 +21,9 @@ async def token(request: web.Request) -> web.Response:
     """Basic auth is what the SDKs send; credentials in the form body are accepted too."""
     emu = emulator_of(request)
     if request.content_type != "application/x-www-form-urlencoded":
-        return _oauth_error(400, "invalid_request", "send an application/x-www-form-urlencoded body")
+        return _oauth_error(
+            400, "invalid_request", "send an application/x-www-form-urlencoded body"
+        )
     form = await request.post()
     client_id = str(form.get("client_id", ""))
     client_secret = str(form.get("client_secret", ""))

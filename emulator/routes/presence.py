@@ -40,7 +40,9 @@ def _definition(emu: Emulator, definition_id: str, field: str) -> PresenceDefini
 async def legacy_definitions(request: web.Request) -> web.Response:
     deleted = request.query.get("deleted", "false").lower()
     if deleted not in ("true", "false", "all"):
-        raise bad_request("Query parameter 'deleted' must be true, false or all.", [detail("deleted")])
+        raise bad_request(
+            "Query parameter 'deleted' must be true, false or all.", [detail("deleted")]
+        )
     items = [
         d.legacy_json()
         for d in emulator_of(request).world.definitions.ordered
@@ -50,7 +52,9 @@ async def legacy_definitions(request: web.Request) -> web.Response:
 
 
 async def legacy_definition(request: web.Request) -> web.Response:
-    definition = emulator_of(request).world.definitions.by_id.get(request.match_info["definition_id"])
+    definition = emulator_of(request).world.definitions.by_id.get(
+        request.match_info["definition_id"]
+    )
     if definition is None:
         raise not_found(f"Presence definition {request.match_info['definition_id']}")
     return respond(definition.legacy_json())
@@ -96,16 +100,28 @@ async def patch_presence(request: web.Request) -> web.Response:
         )
     user = lookup_user(request)
     if user.state != "active":
-        raise bad_request(f"User {user.id} is {user.state}; presence can only be set for active users.")
+        raise bad_request(
+            f"User {user.id} is {user.state}; presence can only be set for active users."
+        )
     definition = (
         _definition(emu, body.presenceDefinition.id, "presenceDefinition.id")
         if body.presenceDefinition is not None
         else None
     )
     source = _source(request.match_info["source_id"])
-    change = Change("patch", correlation_of(request), token_of(request).client.client_id, f"PATCH {request.path}")
+    change = Change(
+        "patch",
+        correlation_of(request),
+        token_of(request).client.client_id,
+        f"PATCH {request.path}",
+    )
     emu.world.set_presence(
-        user, definition, change, source=source, message=body.message, make_primary=bool(body.primary)
+        user,
+        definition,
+        change,
+        source=source,
+        message=body.message,
+        make_primary=bool(body.primary),
     )
     return respond(emu.world.presence_json(user, source))
 
@@ -117,7 +133,9 @@ async def bulk_get(request: web.Request) -> web.Response:
     if not ids:
         raise bad_request("Query parameter 'id' is required.", [detail("id")])
     if len(ids) > BULK_READ_MAX:
-        raise bad_request(f"At most {BULK_READ_MAX} user ids may be requested at once.", [detail("id")])
+        raise bad_request(
+            f"At most {BULK_READ_MAX} user ids may be requested at once.", [detail("id")]
+        )
     source = _source(request.match_info.get("source_id", "purecloud"))
     out = []
     for user_id in ids:
@@ -161,7 +179,11 @@ async def bulk_put(request: web.Request) -> web.Response:
             problems.append(detail(f"[{index}].id", "bad.request", item.id))
             messages.append(f"[{index}] user {item.id} is {user.state}")
         elif definition is None or definition.deactivated:
-            problems.append(detail(f"[{index}].presenceDefinition.id", "bad.request", item.presenceDefinition.id))
+            problems.append(
+                detail(
+                    f"[{index}].presenceDefinition.id", "bad.request", item.presenceDefinition.id
+                )
+            )
             state = "does not exist" if definition is None else "is deactivated"
             messages.append(f"[{index}] presence definition {item.presenceDefinition.id} {state}")
         else:
@@ -176,19 +198,38 @@ async def bulk_put(request: web.Request) -> web.Response:
         source = item.sourceId or PURECLOUD
         change = Change("bulk", cid, client_id, f"PUT {request.path}")
         emu.world.set_presence(
-            user, definition, change, source=source, message=item.message, make_primary=bool(item.primary)
+            user,
+            definition,
+            change,
+            source=source,
+            message=item.message,
+            make_primary=bool(item.primary),
         )
         out.append(emu.world.presence_json(user, source))
     return respond(out)
 
 
 def register(router: web.UrlDispatcher) -> None:
-    router.add_get("/api/v2/presencedefinitions", legacy_definitions, name="presencedefinitions.list")
-    router.add_get("/api/v2/presencedefinitions/{definition_id}", legacy_definition, name="presencedefinitions.get")
+    router.add_get(
+        "/api/v2/presencedefinitions", legacy_definitions, name="presencedefinitions.list"
+    )
+    router.add_get(
+        "/api/v2/presencedefinitions/{definition_id}",
+        legacy_definition,
+        name="presencedefinitions.get",
+    )
     router.add_get("/api/v2/presence/definitions", definitions, name="presence.definitions.list")
-    router.add_get("/api/v2/presence/definitions/{definition_id}", definition, name="presence.definitions.get")
+    router.add_get(
+        "/api/v2/presence/definitions/{definition_id}", definition, name="presence.definitions.get"
+    )
     router.add_get("/api/v2/users/presences/purecloud/bulk", bulk_get, name="presence.bulk_get")
-    router.add_get("/api/v2/users/presences/{source_id}/bulk", bulk_get, name="presence.bulk_get_source")
+    router.add_get(
+        "/api/v2/users/presences/{source_id}/bulk", bulk_get, name="presence.bulk_get_source"
+    )
     router.add_put("/api/v2/users/presences/bulk", bulk_put, name="presence.bulk_put")
-    router.add_get("/api/v2/users/{user_id}/presences/{source_id}", get_presence, name="presence.get")
-    router.add_patch("/api/v2/users/{user_id}/presences/{source_id}", patch_presence, name="presence.patch")
+    router.add_get(
+        "/api/v2/users/{user_id}/presences/{source_id}", get_presence, name="presence.get"
+    )
+    router.add_patch(
+        "/api/v2/users/{user_id}/presences/{source_id}", patch_presence, name="presence.patch"
+    )

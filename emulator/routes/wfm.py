@@ -35,7 +35,9 @@ async def receive(request: web.Request) -> web.Response:
 
 async def deliveries(request: web.Request) -> web.Response:
     emu = emulator_of(request)
-    return respond({"summary": emu.wfm.summary(), "deliveries": [d.json() for d in emu.wfm.deliveries]})
+    return respond(
+        {"summary": emu.wfm.summary(), "deliveries": [d.json() for d in emu.wfm.deliveries]}
+    )
 
 
 async def fail(request: web.Request) -> web.Response:

@@ -1,0 +1,118 @@
+"""Real processes for operating tests: a private Redis server and a ``celery -A worker.app
+worker`` with task events, each stopped by its context manager."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from celery import Celery
+
+from emulator.launcher import EmulatorProcess
+from worker.embedded_redis import _free_port, _server_binary, reachable
+
+
+@contextmanager
+def private_redis(timeout_s: float = 15) -> Iterator[str]:
+    """A ``redis-server`` of the caller's own on a free loopback port; yields ``redis://…/0``."""
+    workdir = tempfile.mkdtemp(prefix="presence-ops-redis-")
+    port = _free_port()
+    cmd = [
+        _server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", workdir, "--maxmemory-policy", "noeviction",
+    ]  # fmt: skip
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not reachable(url, 0.2):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the private Redis server did not start")
+            time.sleep(0.05)
+        yield url
+    finally:
+        stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def worker_env(
+    emulator: EmulatorProcess, redis_url: str, database_url: str, **overrides: object
+) -> dict[str, str]:
+    """What a worker needs: the emulator's URL and credentials, Redis, the audit database, and
+    short retry delays (``RETRY_BACKOFF_S=0.5`` style overrides win)."""
+    env = {
+        "GENESYS_API_URL": emulator.base_url,
+        "GENESYS_CLIENT_ID": emulator.client_id,
+        "GENESYS_CLIENT_SECRET": emulator.client_secret,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "RETRY_BACKOFF_S": "0.2",
+        "RETRY_BACKOFF_MAX_S": "1",
+        "NOTIFICATION_HEARTBEAT_S": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update({name: str(value) for name, value in overrides.items()})
+    return env
+
+
+@contextmanager
+def celery_worker(
+    env: dict[str, str], log: Path, *, concurrency: int = 2, timeout_s: float = 60
+) -> Iterator[str]:
+    """One ``celery -A worker.app worker -E`` (threads) on the ``presence`` queue, answering a
+    ping before this yields its node name; its output goes to ``log``."""
+    name = f"ops-{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-E", "--pool", "threads",
+        "--concurrency", str(concurrency), "-Q", "presence", "-n", name, "--loglevel", "INFO",
+        "--without-mingle",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_ping(env["REDIS_URL"], name, process, log, timeout_s)
+        yield name
+    finally:
+        stop(process, grace_s=20)
+
+
+def wait_for_ping(
+    redis_url: str, name: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float
+) -> None:
+    app = Celery(broker=redis_url, set_as_current=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            if any(name in reply for reply in app.control.ping([name], timeout=0.5) or []):
+                return
+    finally:
+        app.close()
+    raise RuntimeError(f"worker {name} did not answer:\n{tail(log)}")
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
