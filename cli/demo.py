@@ -111,11 +111,14 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
         database_file="demo.sqlite3",
         worker_env={"RATE_LIMIT_PER_MINUTE": str(budget), "NOTIFICATION_HEARTBEAT_S": "5"},
     )
+    # The emulator's WFM sink stands in for the workforce-management platform.
+    stack.worker_env["WFM_WEBHOOK_SECRET"] = "wfm-sink-secret"  # noqa: S105 - the sink's default
     console.rule("[bold]presence worker demo")
     try:
         stack.start()
         assert stack.emulator is not None
         assert stack.redis is not None
+        stack.worker_env["WFM_WEBHOOK_URL"] = f"{stack.emulator.base_url}/__wfm/events"
         where = (
             "a private embedded Redis"
             if stack.redis.embedded
@@ -157,7 +160,9 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
                 progress.update(task, completed=done)
                 time.sleep(0.5)
         elapsed = time.monotonic() - started
+        time.sleep(1.0)  # the last WFM deliveries follow their audit rows
         stats = httpx.get(f"{stack.emulator.base_url}/__emulator/stats").json()
+        sink = httpx.get(f"{stack.emulator.base_url}/__emulator/wfm/deliveries").json()["summary"]
         with session_scope(stack.database_url) as session:
             console.print(stats_table(reports.summarize(session)))
             samples = []
@@ -176,6 +181,10 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
             "peak requests in a rolling minute", f"{stats['peakPerMinute']:,} of {budget:,}"
         )
         table.add_row("wall time", f"{elapsed:.1f} s")
+        table.add_row(
+            "WFM events received (signature valid)",
+            f"{sink['uniqueEvents']} ({sink['received'] - sink['badSignatures']} of {sink['received']})",
+        )
         console.print(table)
         console.print(
             "Explore: [bold]presence audit --outcome superseded[/], [bold]presence stats[/] "

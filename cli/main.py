@@ -13,10 +13,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from sqlalchemy import select
 
 from cli.render import audit_table, stats_table
-from models import AuditRecord, Outcome
+from models import AuditRecord, DeliveryState, Outcome, WfmDelivery
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
 from producer.schema import json_schema
@@ -192,10 +193,89 @@ def requeue(
     console.print(f"requeued {count} request(s) that ended {outcome}")
 
 
+wfm_app = typer.Typer(no_args_is_help=True, help="WFM deliveries: inspect and retry.")
+app.add_typer(wfm_app, name="wfm")
+
+
+@wfm_app.command("failed")
+def wfm_failed(limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] = 50) -> None:
+    """Deliveries that gave up, newest first, with their last error."""
+    with session_scope(get_settings().database_url) as session:
+        rows = session.scalars(
+            select(WfmDelivery)
+            .where(WfmDelivery.state == DeliveryState.FAILED.value)
+            .order_by(WfmDelivery.id.desc())
+            .limit(limit)
+        ).all()
+        table = Table("id", "event id", "agent", "attempts", "last status", "last error")
+        for row in rows:
+            table.add_row(
+                str(row.id),
+                row.event_id,
+                str(row.payload.get("agent_id", ""))[:8],
+                str(row.attempts),
+                str(row.last_status or "-"),
+                row.last_error or "",
+            )
+        console.print(table)
+
+
+@wfm_app.command("retry")
+def wfm_retry(
+    delivery_id: Annotated[int | None, typer.Option("--id", help="One delivery.")] = None,
+    all_failed: Annotated[bool, typer.Option("--all", help="Every failed delivery.")] = False,
+) -> None:
+    """Send failed deliveries again (same event id: receivers de-duplicate)."""
+    if (delivery_id is None) == (not all_failed):
+        err.print("[red]error:[/] give exactly one of --id ID or --all")
+        raise typer.Exit(2)
+    query = select(WfmDelivery).where(WfmDelivery.state == DeliveryState.FAILED.value)
+    if delivery_id is not None:
+        query = select(WfmDelivery).where(WfmDelivery.id == delivery_id)
+    producer = _producer()
+    with session_scope(get_settings().database_url) as session:
+        rows = session.scalars(query).all()
+        if delivery_id is not None and not rows:
+            err.print(f"[red]error:[/] no WFM delivery with id {delivery_id}")
+            raise typer.Exit(2)
+        for row in rows:
+            row.state = DeliveryState.PENDING.value
+            row.attempts = 0
+            row.next_attempt_at = None
+        session.flush()
+        ids = [row.id for row in rows]
+    for one in ids:  # after commit: the task must see the row pending
+        producer.app.send_task("wfm.sync", args=(one,), queue="wfm")
+    producer.close()
+    console.print(f"re-sent {len(ids)} deliver{'y' if len(ids) == 1 else 'ies'}")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the presence.update payload."""
     console.print_json(json.dumps(json_schema()))
+
+
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port of /metrics.")] = 9108,
+    address: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+) -> None:
+    """Serve the workers' Prometheus metrics: every process's files in PROMETHEUS_MULTIPROC_DIR
+    (the same directory as the workers') merged into one /metrics."""
+    from worker.observability import metrics as observed
+
+    path = observed.multiproc_dir()
+    if path is None:
+        err.print(f"[red]error:[/] set {observed.MULTIPROC_ENV} to the workers' metrics directory")
+        raise typer.Exit(2)
+    try:
+        _, thread = observed.serve(port, address)
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot listen on {address}:{port}: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    err.print(f"serving {escape(path)} on http://{address}:{port}/metrics")
+    thread.join()
 
 
 @app.command("settings")
@@ -213,6 +293,45 @@ def migrate() -> None:
 
     migrations.upgrade(get_settings().database_url)
     console.print("database is at the latest revision")
+
+
+@app.command()
+def flower(
+    address: Annotated[
+        str, typer.Option(help="Interface to bind; loopback unless you mean otherwise.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 5555,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Run without basic auth (loopback only).")
+    ] = False,
+    allow_control: Annotated[
+        bool,
+        typer.Option(
+            "--allow-control",
+            help="Enable Flower's revoke/terminate/pool controls (a revoked request leaves no "
+            "audit row).",
+        ),
+    ] = False,
+) -> None:
+    """Run Flower on REDIS_URL: live tasks, retries and workers (memory only; the audit table is
+    the record). Basic auth from FLOWER_BASIC_AUTH=user:password."""
+    import os
+
+    from cli.flower import FlowerConfigError, flower_invocation
+
+    try:
+        cmd, env, banner = flower_invocation(
+            address=address,
+            port=port,
+            no_auth=no_auth,
+            allow_control=allow_control,
+            environ=os.environ,
+        )
+    except FlowerConfigError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    err.print(banner)
+    os.execve(cmd[0], cmd, env)  # noqa: S606 - replaces this process: signals reach Flower
 
 
 @app.command()

@@ -2,5 +2,6 @@
 
 from models.audit import AuditRecord, Outcome
 from models.base import Base
+from models.wfm import DeliveryState, WfmAttempt, WfmDelivery
 
-__all__ = ["AuditRecord", "Base", "Outcome"]
+__all__ = ["AuditRecord", "Base", "DeliveryState", "Outcome", "WfmAttempt", "WfmDelivery"]

@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     SUPERSEDED = "superseded"  # a newer request for the agent won
     INVALID = "invalid"  # bad payload, unknown state or reason; never retried
     REJECTED_TRANSITION = "rejected_transition"  # the transition matrix or expected_state said no
+    REJECTED_CAPACITY = "rejected_capacity"  # a queue would be left understaffed
     FAILED = "failed"  # the platform refused (400/403/404), with its code and message
     DEAD_LETTER = "dead_letter"  # retries exhausted; requeueable
 
@@ -54,3 +55,4 @@ class AuditRecord(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     requeued_as: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str | None] = mapped_column(Text)  # e.g. why the capacity guard was bypassed

@@ -10,7 +10,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION: Literal[1] = 1
 TASK_NAME = "presence.update"
@@ -27,6 +34,9 @@ class PresenceUpdate(BaseModel):
     or a presence definition id. ``reason`` picks a secondary presence of that system presence.
     ``expected_state``, when given, makes the change a compare-and-set. Among requests for the
     same agent the one with the newest ``requested_at`` wins; older ones end ``superseded``.
+    A change that takes the agent off queue passes the capacity guard: ``capacity_policy``
+    ``reject`` (default) refuses when a queue would be understaffed, ``defer`` waits for room until
+    ``defer_until``, ``force`` bypasses the guard and records ``force_reason``.
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -40,6 +50,9 @@ class PresenceUpdate(BaseModel):
     requested_at: datetime
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     message: Annotated[str, StringConstraints(max_length=500)] | None = None
+    capacity_policy: Literal["reject", "defer", "force"] = "reject"
+    defer_until: datetime | None = None
+    force_reason: ShortText | None = None
 
     @field_validator("user_id")
     @classmethod
@@ -58,9 +71,24 @@ class PresenceUpdate(BaseModel):
             raise ValueError("requested_at must carry a timezone, e.g. 2026-01-01T09:00:00Z")
         return value
 
+    @field_validator("defer_until")
+    @classmethod
+    def _aware_deadline(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("defer_until must carry a timezone")
+        return value
+
+    @model_validator(mode="after")
+    def _force_needs_reason(self) -> PresenceUpdate:
+        if self.capacity_policy == "force" and not self.force_reason:
+            raise ValueError("capacity_policy 'force' needs a force_reason (it is recorded)")
+        return self
+
     def to_message(self) -> dict[str, Any]:
         """The JSON-safe dict that travels as the task's single argument."""
         data: dict[str, Any] = json.loads(self.model_dump_json(exclude_none=True))
+        if data.get("capacity_policy") == "reject":
+            del data["capacity_policy"]  # the default: messages stay as small as before
         return data
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from producer.schema import QUEUE
+from worker import observability
 from worker.settings import get_settings
 
 settings = get_settings()
@@ -22,7 +23,8 @@ if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_T
         f"{TASK_TIME_LIMIT_S} s (the task time limit)"
     )
 
-app = Celery("presence_worker", broker=settings.redis_url, include=["tasks.presence"])
+WFM_QUEUE = "wfm"
+app = Celery("presence_worker", broker=settings.redis_url, include=["tasks.presence", "tasks.wfm"])
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -33,7 +35,11 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     worker_disable_rate_limits=True,
     task_default_queue=QUEUE,
-    task_routes={"presence.*": {"queue": QUEUE}},
+    # WFM deliveries have their own queue so a failing WFM endpoint never delays presence work.
+    task_routes={"presence.*": {"queue": QUEUE}, "wfm.*": {"queue": WFM_QUEUE}},
+    beat_schedule={
+        "wfm-sweep": {"task": "wfm.sweep", "schedule": settings.wfm_sweep_interval_s},
+    },
     broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     broker_connection_retry_on_startup=True,
     task_time_limit=TASK_TIME_LIMIT_S,
@@ -42,3 +48,5 @@ app.conf.update(
     task_send_sent_event=True,
     enable_utc=True,
 )
+# Sentry at celeryd_init, the metrics exporter at worker_ready (worker/observability).
+observability.install()

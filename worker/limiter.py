@@ -22,10 +22,12 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.observability import metrics
+
 WINDOW_MS = 60_000
 
 # KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms.
-# Returns {1, 0} when reserved, {0, wait_ms} when the caller must wait.
+# Returns {1, 0, in_window} when reserved, {0, wait_ms[, in_window]} when the caller must wait.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -36,14 +38,15 @@ end
 local window = tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local limit = tonumber(ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < limit then
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
   local stamp = now + tonumber(ARGV[2])
   redis.call('ZADD', KEYS[1], stamp, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window + tonumber(ARGV[2]) + 1000)
-  return {1, 0}
+  return {1, 0, count + 1}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, math.max(1, tonumber(oldest[2]) + window - now)}
+return {0, math.max(1, tonumber(oldest[2]) + window - now), count}
 """
 
 # KEYS[1] log zset. ARGV: member. Re-stamps a reservation with the completion time.
@@ -113,10 +116,12 @@ class SharedRateLimiter:
     def try_acquire(self) -> tuple[str | None, float]:
         """One attempt: (member, 0) when reserved, (None, seconds to wait) otherwise."""
         member = uuid.uuid4().hex
-        granted, wait_ms = self._acquire(
+        granted, wait_ms, *in_window = self._acquire(
             keys=[self.log_key, self.cooldown_key],
             args=[self.limit, self.provisional_ms, member, self.window_ms],
         )
+        if in_window:  # absent during a cool-down
+            metrics.observe_budget(int(in_window[0]), self.limit)
         return (member, 0.0) if int(granted) else (None, int(wait_ms) / 1000.0)
 
     def acquire(self, max_wait_s: float) -> Reservation:
@@ -129,9 +134,12 @@ class SharedRateLimiter:
         while True:
             member, wait_s = self.try_acquire()
             if member is not None:
-                return Reservation(member, time.monotonic() - started)
+                waited = time.monotonic() - started
+                metrics.observe_limiter_wait(waited)
+                return Reservation(member, waited)
             waited = time.monotonic() - started
             if waited + wait_s > max_wait_s:
+                metrics.observe_budget_exhausted()
                 raise BudgetExhausted(wait_s)
             # Small jitter keeps waiters from stampeding the same freed slot.
             self.sleep(wait_s + (uuid.uuid4().int % 20) / 1000.0)

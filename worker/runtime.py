@@ -10,9 +10,11 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
+from typing import ClassVar
 
 import httpx
 import redis
+from celery import Celery
 
 from worker.catalog import PresenceCatalog
 from worker.genesys.client import GenesysClient
@@ -21,6 +23,7 @@ from worker.limiter import SharedRateLimiter
 from worker.notifications.listener import NotificationListener
 from worker.notifications.slots import ChannelSlots
 from worker.ordering import AgentOrdering
+from worker.rules.capacity import CapacityGuard, QueuePolicy, load_overrides
 from worker.rules.transitions import TransitionMatrix
 from worker.settings import Settings, get_settings
 from worker.state_cache import StateCache
@@ -39,7 +42,16 @@ class Runtime:
     matrix: TransitionMatrix
     ordering: AgentOrdering
     listener: NotificationListener
+    capacity: CapacityGuard
     name: str
+    _producer: Celery | None = None
+
+    def enqueue_wfm(self, delivery_id: int) -> None:
+        """Send ``wfm.sync`` for a committed outbox row (by name: no task import needed)."""
+        if self._producer is None:
+            self._producer = Celery(broker=self.settings.redis_url, set_as_current=False)
+            self._producer.conf.update(task_serializer="json", accept_content=["json"])
+        self._producer.send_task("wfm.sync", args=(delivery_id,), queue="wfm")
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -92,11 +104,22 @@ class Runtime:
             matrix=TransitionMatrix.load(settings.transition_matrix_file),
             ordering=AgentOrdering(r),
             listener=listener,
+            capacity=CapacityGuard(
+                r,
+                client,
+                default=QueuePolicy(
+                    settings.capacity_min_on_queue, settings.capacity_max_waiting_per_agent
+                ),
+                overrides=load_overrides(settings.capacity_overrides_file),
+                observation_ttl_s=settings.capacity_observation_ttl_s,
+                membership_ttl_s=settings.capacity_membership_ttl_s,
+                reservation_grace_s=settings.capacity_reservation_grace_s,
+            ),
             name=f"{socket.gethostname()}:{os.getpid()}",
         )
 
-    _current: tuple[int, Runtime] | None = None
-    _lock = threading.Lock()
+    _current: ClassVar[tuple[int, Runtime] | None] = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def current(cls) -> Runtime:

@@ -103,7 +103,56 @@ class Settings(BaseSettings):
         description="Unacknowledged messages are redelivered after this; keep it above any "
         "retry delay plus task runtime.",
     )
+    capacity_min_on_queue: int = Field(
+        default=1, ge=0, description="Agents that must stay on queue in every queue."
+    )
+    capacity_max_waiting_per_agent: float = Field(
+        default=5.0, gt=0, description="Most waiting interactions per remaining on-queue agent."
+    )
+    capacity_overrides_file: Path | None = Field(
+        default=None, description='TOML file with per-queue policies ([queues."<id>"]).'
+    )
+    capacity_observation_ttl_s: float = Field(
+        default=5.0, gt=0, description="How long a queue observation is shared before re-query."
+    )
+    capacity_membership_ttl_s: int = Field(
+        default=600, ge=1, description="How long an agent's joined queues are cached."
+    )
+    capacity_reservation_grace_s: float = Field(
+        default=10.0, ge=0, description="Reservations outlive their observation by this much."
+    )
+    capacity_defer_max_s: float = Field(
+        default=900.0, gt=0, description="Longest a deferred change waits for room (policy defer)."
+    )
+    wfm_webhook_url: str | None = Field(
+        default=None, description="WFM endpoint receiving change events; unset = no WFM sync."
+    )
+    wfm_webhook_secret: SecretStr = Field(
+        default=SecretStr(""), description="HMAC-SHA256 key signing WFM events (never logged)."
+    )
+    wfm_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one WFM delivery.")
+    wfm_max_retries: int = Field(default=10, ge=0, description="WFM retries before failed.")
+    wfm_retry_backoff_s: float = Field(default=2.0, gt=0, description="First WFM retry delay.")
+    wfm_retry_backoff_max_s: float = Field(
+        default=300.0, gt=0, description="Longest WFM retry delay."
+    )
+    wfm_sweep_after_s: float = Field(
+        default=60.0, gt=0, description="Pending deliveries untouched this long are re-sent."
+    )
+    wfm_sweep_interval_s: float = Field(
+        default=30.0, gt=0, description="How often celery beat runs the WFM sweeper."
+    )
     sentry_dsn: SecretStr | None = Field(default=None, description="Sentry DSN; unset = off.")
+    sentry_environment: str = Field(
+        default="production", description="Sentry `environment` tag of the worker's events."
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve Prometheus metrics on this port from the worker's main process "
+        "(all pool processes' with PROMETHEUS_MULTIPROC_DIR); unset = off.",
+    )
 
     @model_validator(mode="after")
     def _check_region(self) -> Settings:

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,13 +18,15 @@ from pydantic import ValidationError
 from models import Outcome
 from models.db import session_scope
 from producer.schema import PresenceUpdate
-from worker import audit
+from worker import audit, wfm
 from worker.catalog import Definition, UnknownPresence
 from worker.genesys.client import CallLog, recording
 from worker.genesys.errors import GenesysError
 from worker.genesys.models import UserPresence
 from worker.limiter import BudgetExhausted
+from worker.observability import metrics
 from worker.ordering import AgentBusy
+from worker.rules.capacity import takes_out_of_routing
 from worker.runtime import Runtime
 from worker.state_cache import AgentState
 
@@ -102,11 +104,18 @@ def _finish(
             genesys_requests=call_log.calls,
             limiter_wait_ms=round(call_log.limiter_wait_s * 1000, 2),
         )
+    delivery_id = None
     with session_scope(rt.settings.database_url) as session:
         record, written = audit.write(session, draft.fields)
         result = Outcome(record.outcome)
-    if written:
+        if written and rt.settings.wfm_webhook_url:
+            delivery = wfm.outbox_row(session, record)  # same transaction as the audit row
+            delivery_id = delivery.id if delivery is not None else None
+    if written:  # committed: the one place every terminal outcome passes, once per request
         log.info("request %s → %s", draft.fields["request_id"], outcome.value)
+        metrics.observe_update(draft.fields)
+    if delivery_id is not None:
+        rt.enqueue_wfm(delivery_id)  # only after commit; a crash here is the sweeper's job
     return result
 
 
@@ -263,10 +272,36 @@ def _apply_locked(
             if not verdict.allowed:
                 draft.set(error_code="transition.denied", error_message=verdict.reason)
                 return _finish(rt, draft, Outcome.REJECTED_TRANSITION, call_log)
+        reserved: tuple[str, ...] = ()
+        if takes_out_of_routing(current, target):
+            if update.capacity_policy == "force":
+                draft.set(note=f"capacity guard bypassed: {update.force_reason}")
+            else:
+                room = rt.capacity.check_and_reserve(attempt.request_id, update.user_id)
+                if not room.allowed:
+                    deadline = update.defer_until or update.requested_at + timedelta(
+                        seconds=rt.settings.capacity_defer_max_s
+                    )
+                    if update.capacity_policy == "defer" and datetime.now(UTC) < deadline:
+                        raise RetryLater(
+                            rt.settings.capacity_observation_ttl_s + random.uniform(0, 1),
+                            f"waiting for room: {room.reason}",
+                            failed=False,
+                            code="capacity.deferred",
+                        )
+                    draft.set(error_code="capacity.insufficient", error_message=room.reason)
+                    return _finish(rt, draft, Outcome.REJECTED_CAPACITY, call_log)
+                reserved = room.queues
         subscribed = rt.listener.ensure_subscribed(update.user_id)
         waiter = rt.listener.expect(update.user_id) if subscribed else None
         try:
-            presence, answer = rt.client.patch_presence(update.user_id, target.id, update.message)
+            try:
+                presence, answer = rt.client.patch_presence(
+                    update.user_id, target.id, update.message
+                )
+            except (GenesysError, BudgetExhausted):
+                rt.capacity.release(attempt.request_id, reserved)  # not applied: give room back
+                raise
             draft.set(correlation_id=answer.correlation_id, api_ms=round(call_log.api_s * 1000, 2))
             written = _as_state(presence, "patch")
             rt.cache.put(update.user_id, written)

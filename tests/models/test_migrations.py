@@ -10,6 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session
 import migrations
 from models import AuditRecord, Base
 from tests.support.services import scratch_postgres_database
+
+HEAD = ScriptDirectory.from_config(migrations.alembic_config("sqlite://")).get_current_head()
 
 
 @pytest.fixture
@@ -37,7 +40,7 @@ def check_upgrade_matches_models_and_downgrades(url: str) -> None:
         with engine.connect() as conn:
             differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             assert differences == [], f"models and migrations disagree: {differences}"
-            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+            assert MigrationContext.configure(conn).get_current_revision() == HEAD
             tables = set(inspect(conn).get_table_names())
             assert "presence_audit" in tables
             indexes = {i["name"] for i in inspect(conn).get_indexes("presence_audit")}
@@ -74,5 +77,5 @@ def test_upgrade_is_idempotent(sqlite_url):
 
     engine = create_engine(sqlite_url)
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == HEAD
     engine.dispose()

@@ -29,7 +29,7 @@ class WorkerFleet:
             log = (self.logdir / f"worker-{len(self.processes)}.log").open("wb")
             cmd = [
                 sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", pool,
-                "--concurrency", str(concurrency), "-Q", "presence", "-n", name, "--loglevel", "INFO",
+                "--concurrency", str(concurrency), "-Q", "presence,wfm", "-n", name, "--loglevel", "INFO",
                 "--without-gossip", "--without-mingle",
             ]  # fmt: skip
             self.processes.append(

@@ -27,6 +27,7 @@ from worker.genesys.errors import (
 from worker.genesys.models import Channel, PresenceDefinition, UserPresence
 from worker.genesys.token import TokenProvider
 from worker.limiter import SharedRateLimiter
+from worker.observability import metrics
 
 
 @dataclass(slots=True)
@@ -100,6 +101,7 @@ class GenesysClient:
         reservation = self.limiter.acquire(self.max_inline_wait_s)
         log = _current_log.get()
         started = time.perf_counter()
+        status: int | None = None
         try:
             response = self.http.request(
                 method,
@@ -109,11 +111,13 @@ class GenesysClient:
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=self.timeout_s,
             )
+            status = response.status_code
         except httpx.TimeoutException:
             raise TransportError(f"{method} {path} timed out after {self.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             raise TransportError(f"{method} {path} failed: {type(exc).__name__}") from None
         finally:
+            metrics.observe_genesys_call(method, status, time.perf_counter() - started)
             self.limiter.release(reservation)
             if log is not None:
                 log.calls += 1
@@ -126,6 +130,8 @@ class GenesysClient:
             data = response.json() if response.content else None
             return Answer(data, correlation_id, response.status_code)
         error = self._error(method, path, response, correlation_id)
+        if isinstance(error, RateLimited):
+            metrics.observe_rate_limited()
         if isinstance(error, RateLimited) and error.retry_after_s:
             self.limiter.cool_down(error.retry_after_s)
         if isinstance(error, Unauthorized):

@@ -26,6 +26,7 @@ from worker.genesys.client import GenesysClient
 from worker.genesys.errors import GenesysError
 from worker.limiter import BudgetExhausted
 from worker.notifications.slots import ChannelSlots
+from worker.observability import metrics
 from worker.state_cache import AgentState, StateCache
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,7 @@ class NotificationListener:
             if self.stopping.is_set():
                 return
             self.reconnects += 1
+            metrics.socket_reconnecting()
             self.stopping.wait(backoff + random.uniform(0, backoff))
             backoff = min(backoff * 2, 30.0)
 
@@ -278,6 +280,7 @@ class NotificationListener:
         # Events may have been missed while no socket was open: those cache entries are suspect.
         self.cache.forget(list(self.topics))
         self.connected.set()
+        metrics.socket_connected()
         if self.prime_agents and not self._priming.is_set():
             self._priming.set()  # once per process, off the reading thread
             threading.Thread(target=self._prime, name="genesys-prime", daemon=True).start()
@@ -326,6 +329,8 @@ class NotificationListener:
             log.warning("priming the notification channel failed: %s", exc)
 
     def _disconnect(self) -> None:
+        if self.connected.is_set():  # only this thread sets and clears it
+            metrics.socket_disconnected()
         self.connected.clear()
         ws, self._ws = self._ws, None
         if ws is not None:

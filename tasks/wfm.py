@@ -1,0 +1,85 @@
+"""``wfm.sync`` delivers one outbox row; ``wfm.sweep`` re-enqueues the ones left pending."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Task
+
+from models import DeliveryState, WfmDelivery
+from models.db import session_scope
+from worker import wfm
+from worker.app import app
+from worker.observability import metrics
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+SYNC = "wfm.sync"
+SWEEP = "wfm.sweep"
+
+
+@app.task(name=SYNC, bind=True, max_retries=None)
+def sync(self: Task[Any, str], delivery_id: int) -> str:
+    """Deliver one WFM event; retried with backoff on 5xx/408/429/timeouts, up to
+    ``WFM_MAX_RETRIES``; other 4xx fail at once. Returns the delivery's state."""
+    runtime = Runtime.current()
+    settings = runtime.settings
+    if not settings.wfm_webhook_url:
+        return "disabled"
+    # One sender per delivery at a time (a sweep may re-enqueue a row whose retry is running).
+    lock = runtime.redis.lock(
+        f"presence:wfm:delivery:{delivery_id}", timeout=settings.wfm_timeout_s + 30
+    )
+    if not lock.acquire(blocking=False):
+        return "busy"
+    try:
+        return _sync_locked(self, runtime, delivery_id)
+    finally:
+        lock.release()
+
+
+def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> str:
+    settings = runtime.settings
+    assert settings.wfm_webhook_url is not None
+    with session_scope(settings.database_url) as session:
+        delivery = session.get(WfmDelivery, delivery_id)
+        if delivery is None or delivery.state != DeliveryState.PENDING.value:
+            return delivery.state if delivery is not None else "missing"
+        attempted = wfm.deliver(
+            session,
+            delivery,
+            runtime.http,
+            url=settings.wfm_webhook_url,
+            secret=settings.wfm_webhook_secret.get_secret_value(),
+            timeout_s=settings.wfm_timeout_s,
+            final=delivery.attempts >= settings.wfm_max_retries,
+        )
+        if attempted.result == "retry":
+            countdown = wfm.backoff_s(
+                settings.wfm_retry_backoff_s,
+                settings.wfm_retry_backoff_max_s,
+                delivery.attempts,
+                attempted.retry_after_s,
+            )
+            delivery.next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
+    metrics.record_wfm_delivery(attempted.result)  # delivered | retry | failed
+    if attempted.result == "retry":
+        raise task.retry(args=(delivery_id,), countdown=countdown)
+    return attempted.result
+
+
+@app.task(name=SWEEP)
+def sweep() -> int:
+    """Re-enqueue pending deliveries whose send was lost (a crash between commit and send)."""
+    settings = Runtime.current().settings
+    if not settings.wfm_webhook_url:
+        return 0
+    with session_scope(settings.database_url) as session:
+        ids = wfm.stale(session, older_than_s=settings.wfm_sweep_after_s)
+    for delivery_id in ids:
+        sync.apply_async(args=(delivery_id,))
+    if ids:
+        log.info("re-enqueued %d pending WFM deliveries", len(ids))
+    return len(ids)

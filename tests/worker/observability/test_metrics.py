@@ -1,0 +1,262 @@
+"""Prometheus metrics from a real prefork worker, merged by one exporter, against the audit table.
+
+A short real run: the emulator, a private ``redis-server``, a migrated SQLite audit database, one
+``celery -A worker.app worker --pool prefork --concurrency 2`` with ``PROMETHEUS_MULTIPROC_DIR``
+set to a fresh directory, and the ``presence metrics`` exporter reading the same directory. About
+twenty updates (a few invalid, one refused by ``expected_state``, one PATCH answered 429) go
+through; then both exporters (the CLI one and the worker's own ``METRICS_PORT``) are scraped over
+HTTP and their counters compared with the audit rows and the emulator's request log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+import migrations
+from models import AuditRecord, Outcome
+from producer.schema import QUEUE, TASK_NAME
+from tests.support.fleet import WorkerFleet
+from worker.embedded_redis import EmbeddedRedis, _free_port, _server_binary, reachable
+from worker.observability import metrics as m
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(scope="module")
+def private_redis() -> Iterator[str]:
+    """A ``redis-server`` of this module's own (see tests/tasks/conftest.py for why)."""
+    workdir = tempfile.mkdtemp(prefix="presence-metrics-redis-")
+    port = _free_port()
+    cmd = [
+        _server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", workdir,
+    ]  # fmt: skip
+    handle = EmbeddedRedis(
+        f"redis://127.0.0.1:{port}/0", subprocess.Popen(cmd, stdout=subprocess.DEVNULL), workdir
+    )
+    try:
+        wait_for(lambda: reachable(handle.url, 0.2), 15, "the private Redis server")
+        yield handle.url
+    finally:
+        handle.stop()
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def scrape(port: int) -> Samples:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def by_label(samples: Samples, name: str, label: str, **match: str) -> dict[str, float]:
+    """``{label value: sample}`` of ``name``, summed over other labels, filtered by ``match``."""
+    out: Counter[str] = Counter()
+    for (sample, labels), value in samples.items():
+        found = dict(labels)
+        if sample == name and all(found.get(k) == v for k, v in match.items()):
+            out[found[label]] += value
+    return dict(out)
+
+
+def total(samples: Samples, name: str) -> float:
+    return sum(value for (sample, _), value in samples.items() if sample == name)
+
+
+def answering(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.timeout(240)
+def test_counters_by_outcome_match_the_audit_table_under_prefork(
+    emulator, api, private_redis, tmp_path: Path
+) -> None:
+    redis.Redis.from_url(private_redis).flushall()
+    database_url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    migrations.upgrade(database_url)
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    worker_port, exporter_port = _free_port(), _free_port()
+    env = {
+        "GENESYS_API_URL": emulator.base_url,
+        "GENESYS_CLIENT_ID": emulator.client_id,
+        "GENESYS_CLIENT_SECRET": emulator.client_secret,
+        "REDIS_URL": private_redis,
+        "DATABASE_URL": database_url,
+        "NOTIFICATION_HEARTBEAT_S": "0.5",
+        "NOTIFICATION_PRIME_AGENTS": "0",
+        "ACK_TIMEOUT_S": "3",
+        "RETRY_BACKOFF_S": "0.2",
+        "RETRY_BACKOFF_MAX_S": "2",
+        "MAX_RETRIES": "3",
+        "BROKER_VISIBILITY_TIMEOUT_S": "600",
+        "RATE_LIMIT_PER_MINUTE": "3000",
+        "PYTHONUNBUFFERED": "1",
+        m.MULTIPROC_ENV: str(metrics_dir),
+        "METRICS_PORT": str(worker_port),
+    }
+    # One PATCH answered 429 (then retried and applied): the 429 counter has something to count.
+    api.admin(
+        "POST",
+        "/faults/errors",
+        {"endpoint": "presence.patch", "status": 429, "count": 1, "retry_after_s": 1},
+    )
+    agents = api.active_users()[:17]
+    now = datetime.now(UTC).isoformat()
+    payloads: list[object] = [
+        {"user_id": a["id"], "state": state, "source": "metrics", "requested_at": now}
+        for a, state in zip(agents[:16], ["Available", "On Queue", "Busy"] * 6, strict=False)
+    ]
+    odd = agents[16]
+    not_in = "Meal" if odd["systemPresence"] != "Meal" else "Busy"
+    payloads += [
+        {**payloads[0], "user_id": odd["id"], "expected_state": not_in},  # rejected_transition
+        {**payloads[0], "user_id": "not-a-uuid"},  # invalid payload
+        {**payloads[0], "user_id": agents[15]["id"], "state": "No Such Presence"},  # unknown
+        {"user_id": agents[14]["id"], "state": "Available"},  # no requested_at
+        "not even a dict",
+    ]
+
+    fleet = WorkerFleet(env, tmp_path)
+    exporter: subprocess.Popen[bytes] | None = None
+    producer = Celery("metrics-test", broker=private_redis, set_as_current=False)
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        fleet.start(1, pool="prefork", concurrency=2)
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "metrics", "--port", str(exporter_port),
+             "--address", "127.0.0.1"],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "exporter.log").open("wb"),
+        )  # fmt: skip
+        wait_for(lambda: answering(exporter_port), 30, "the presence metrics exporter")
+        wait_for(lambda: answering(worker_port), 30, "the worker's METRICS_PORT exporter")
+
+        for payload in payloads:
+            producer.send_task(TASK_NAME, args=[payload], queue=QUEUE, task_id=str(uuid.uuid4()))
+
+        def rows() -> list[AuditRecord]:
+            with Session(engine) as session:
+                return list(session.scalars(select(AuditRecord)))
+
+        wait_for(lambda: len(rows()) >= len(payloads), 120, f"{len(payloads)} audit rows")
+        audited = Counter(r.outcome for r in rows())
+        timed = Counter(r.outcome for r in rows() if r.requested_at is not None)
+        assert sum(audited.values()) == len(payloads), fleet.logs()
+        assert audited[Outcome.INVALID] == 4
+        assert audited[Outcome.REJECTED_TRANSITION] == 1
+
+        def connected_channels() -> int:
+            channels = api.admin("GET", "/channels").json()
+            return sum(1 for c in channels if c["connected"])
+
+        def settled() -> bool:
+            samples = scrape(exporter_port)
+            sockets = total(samples, m.NOTIFICATION_SOCKETS_CONNECTED)
+            return total(samples, m.UPDATES_TOTAL) == len(payloads) and sockets == (
+                connected_channels()
+            )
+
+        wait_for(settled, 30, "the exporter to show every terminal row and socket")
+        emulator_stats = api.admin("GET", "/stats").json()
+
+        expected = {o.value: float(audited.get(o.value, 0)) for o in Outcome}
+        for port in (exporter_port, worker_port):
+            samples = scrape(port)
+            assert by_label(samples, m.UPDATES_TOTAL, "outcome") == expected, port
+            latency = by_label(samples, f"{m.UPDATE_LATENCY_SECONDS}_count", "outcome")
+            assert latency == {k: float(n) for k, n in timed.items()}, "rows with requested_at"
+
+        samples = scrape(exporter_port)
+        patches = by_label(samples, f"{m.GENESYS_REQUEST_SECONDS}_count", "status", method="PATCH")
+        assert patches == {
+            status: float(n) for status, n in emulator_stats["requests"]["presence.patch"].items()
+        }
+        assert patches["429"] == 1.0
+        assert total(samples, m.RATE_LIMITED_TOTAL) == emulator_stats["tooManyRequests"] == 1
+        calls = total(samples, f"{m.GENESYS_REQUEST_SECONDS}_count")
+        assert total(samples, f"{m.LIMITER_WAIT_SECONDS}_count") == calls, "one slot per call"
+        assert 0 < total(samples, m.BUDGET_UTILISATION_RATIO) <= 1
+        applied = audited[Outcome.CONFIRMED] + audited[Outcome.APPLIED_UNCONFIRMED]
+        confirmations = total(samples, f"{m.CONFIRMATION_SECONDS}_count")
+        assert confirmations == applied + audited[Outcome.DRIFTED]
+        assert 1 <= total(samples, m.NOTIFICATION_SOCKETS_CONNECTED) <= 2
+
+        # The children exit: their counts stay, their live socket gauges go.
+        fleet.stop()
+        after = scrape(exporter_port)
+        assert by_label(after, m.UPDATES_TOTAL, "outcome") == expected
+        assert total(after, m.NOTIFICATION_SOCKETS_CONNECTED) == 0
+    finally:
+        fleet.stop()
+        if exporter is not None:
+            exporter.terminate()
+            exporter.wait(timeout=10)
+        producer.close()
+        engine.dispose()
+
+
+DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "presence-worker.json"
+
+
+def test_the_grafana_dashboard_uses_exactly_the_exported_metric_names() -> None:
+    names = {
+        value
+        for key, value in vars(m).items()
+        if key.isupper() and str(value).startswith("presence_")
+    }
+    histograms = {m.UPDATE_LATENCY_SECONDS, m.GENESYS_REQUEST_SECONDS, m.CONFIRMATION_SECONDS,
+                  m.LIMITER_WAIT_SECONDS}  # fmt: skip
+    exposed = names | {f"{h}_{suffix}" for h in histograms for suffix in ("bucket", "count", "sum")}
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+    used = {name for expr in exprs for name in re.findall(r"\bpresence_[a-z_]+", expr)}
+
+    assert used <= exposed, used - exposed
+    assert {n for n in names if not any(u.startswith(n) for u in used)} == set()
+
+
+def test_the_exporter_refuses_to_start_without_the_workers_directory(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.delenv(m.MULTIPROC_ENV, raising=False)
+
+    result = CliRunner().invoke(app, ["metrics", "--port", "9108"])
+
+    assert result.exit_code == 2

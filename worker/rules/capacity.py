@@ -1,0 +1,254 @@
+"""The queue-capacity guard: taking an agent out of routing must not starve a queue.
+
+For a change that takes an agent off queue, every queue the agent is joined to is checked
+against its policy — at least ``min_on_queue`` agents stay on queue, and waiting interactions per
+remaining on-queue agent stay at or under ``max_waiting_per_agent``. The numbers come from the
+platform's queue observations, cached briefly in Redis and shared by every worker (one query
+covers all the queues a check needs). Concurrent workers cannot drain a queue together: each
+admitted change holds an atomic reservation per queue in Redis, counted against the cached
+observation until an observation taken after the change replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from worker.catalog import Definition
+from worker.genesys.client import GenesysClient
+
+ON_QUEUE = "onqueue"
+
+# KEYS: one reservation zset per queue. ARGV: request_id, then per queue 5 values:
+# on_queue, waiting, min_on_queue, max_waiting_per_agent, expires_at_ms.
+# Returns {1} when every queue has room (reservations made), else
+# {0, queue_index, on_queue, reserved, waiting, reason} without reserving anything.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local member = ARGV[1]
+for i, key in ipairs(KEYS) do
+  local base = 1 + (i - 1) * 5
+  local on_queue = tonumber(ARGV[base + 1])
+  local waiting = tonumber(ARGV[base + 2])
+  local min_on = tonumber(ARGV[base + 3])
+  local max_wait = tonumber(ARGV[base + 4])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local reserved = redis.call('ZCARD', key)
+  if redis.call('ZSCORE', key, member) then reserved = reserved - 1 end
+  local remaining = on_queue - reserved - 1
+  if remaining < min_on then
+    return {0, i, on_queue, reserved, waiting, 'min_on_queue'}
+  end
+  if waiting > 0 and (remaining <= 0 or waiting / remaining > max_wait) then
+    return {0, i, on_queue, reserved, waiting, 'waiting'}
+  end
+end
+for i, key in ipairs(KEYS) do
+  local expires = tonumber(ARGV[1 + (i - 1) * 5 + 5])
+  redis.call('ZADD', key, expires, member)
+  redis.call('PEXPIRE', key, math.max(1000, expires - now + 1000))
+end
+return {1}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    min_on_queue: int = 1
+    max_waiting_per_agent: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLoad:
+    queue_id: str
+    on_queue: int
+    waiting: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityVerdict:
+    allowed: bool
+    reason: str
+    queues: tuple[str, ...] = ()
+
+
+def load_overrides(path: Path | None) -> dict[str, QueuePolicy]:
+    """Per-queue policies from a TOML file: ``[queues."<queue id>"] min_on_queue = 3 …``.
+
+    Raises ValueError naming the file when it is malformed.
+    """
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"CAPACITY_OVERRIDES_FILE {path}: {exc}") from None
+    out = {}
+    for queue_id, values in (data.get("queues") or {}).items():
+        try:
+            out[queue_id] = QueuePolicy(**values)
+        except TypeError as exc:
+            raise ValueError(f"CAPACITY_OVERRIDES_FILE {path}: queue {queue_id}: {exc}") from None
+    return out
+
+
+def takes_out_of_routing(current: Definition | None, target: Definition) -> bool:
+    """On Queue → anything else. (Available and the other presences are already off queue.)"""
+    return current is not None and current.system == ON_QUEUE and target.system != ON_QUEUE
+
+
+class CapacityGuard:
+    def __init__(
+        self,
+        client: redis.Redis,
+        genesys: GenesysClient,
+        *,
+        default: QueuePolicy,
+        overrides: dict[str, QueuePolicy],
+        observation_ttl_s: float,
+        membership_ttl_s: int,
+        reservation_grace_s: float,
+    ) -> None:
+        self.redis = client
+        self.genesys = genesys
+        self.default = default
+        self.overrides = overrides
+        self.observation_ttl_ms = int(observation_ttl_s * 1000)
+        self.membership_ttl_s = membership_ttl_s
+        self.reservation_grace_ms = int(reservation_grace_s * 1000)
+        self._reserve = client.register_script(_RESERVE)
+
+    def policy(self, queue_id: str) -> QueuePolicy:
+        return self.overrides.get(queue_id, self.default)
+
+    # -- inputs (cached, shared) ------------------------------------------------------------
+    def joined_queues(self, user_id: str) -> list[str]:
+        """The queues the agent is joined to; one Genesys call per agent per membership TTL."""
+        key = f"presence:capacity:queues:{user_id}"
+        raw = self.redis.get(key)
+        if raw is not None:
+            cached: list[str] = json.loads(raw)
+            return cached
+        answer = self.genesys.call(
+            "GET", f"/api/v2/users/{user_id}/queues", params={"joined": "true", "pageSize": 100}
+        )
+        queue_ids = [q["id"] for q in answer.data.get("entities", []) if q.get("joined", True)]
+        self.redis.set(key, json.dumps(queue_ids), ex=self.membership_ttl_s)
+        return queue_ids
+
+    def loads(self, queue_ids: list[str]) -> dict[str, QueueLoad]:
+        """Current load of each queue: cached observations, the stale ones fetched in one query."""
+        keys = [f"presence:capacity:obs:{q}" for q in queue_ids]
+        out: dict[str, QueueLoad] = {}
+        stale = []
+        for queue_id, raw in zip(queue_ids, self.redis.mget(keys) if keys else [], strict=True):
+            if raw is None:
+                stale.append(queue_id)
+            else:
+                out[queue_id] = QueueLoad(**json.loads(raw))
+        if stale:
+            for load in self._observe(stale):
+                key = f"presence:capacity:obs:{load.queue_id}"
+                # First writer wins: a racing fetch must not replace the observation that
+                # existing reservations are counted against.
+                if self.redis.set(
+                    key, json.dumps(_as_dict(load)), px=self.observation_ttl_ms, nx=True
+                ):
+                    out[load.queue_id] = load
+                else:
+                    raw = self.redis.get(key)
+                    out[load.queue_id] = QueueLoad(**json.loads(raw)) if raw is not None else load
+        return out
+
+    def _observe(self, queue_ids: list[str]) -> list[QueueLoad]:
+        query = {
+            "filter": {
+                "type": "or",
+                "predicates": [
+                    {"type": "dimension", "dimension": "queueId", "operator": "matches", "value": q}
+                    for q in queue_ids
+                ],
+            },
+            "metrics": ["oOnQueueUsers", "oWaiting"],
+        }
+        answer = self.genesys.call(
+            "POST", "/api/v2/analytics/queues/observations/query", json=query
+        )
+        on_queue = dict.fromkeys(queue_ids, 0)
+        waiting = dict.fromkeys(queue_ids, 0)
+        for result in answer.data.get("results", []):
+            queue_id = result.get("group", {}).get("queueId")
+            if queue_id not in on_queue:
+                continue
+            for datum in result.get("data", []):
+                count = int((datum.get("stats") or {}).get("count") or 0)
+                if datum.get("metric") == "oOnQueueUsers":
+                    on_queue[queue_id] += count  # summed over routing-status qualifiers
+                elif datum.get("metric") == "oWaiting":
+                    waiting[queue_id] += count
+        expires = _server_ms(self.redis) + self.observation_ttl_ms
+        return [QueueLoad(q, on_queue[q], waiting[q], expires) for q in queue_ids]
+
+    # -- the decision -----------------------------------------------------------------------
+    def check_and_reserve(self, request_id: str, user_id: str) -> CapacityVerdict:
+        """Admit (reserving a place in every queue) or refuse with the deciding numbers."""
+        queue_ids = self.joined_queues(user_id)
+        if not queue_ids:
+            return CapacityVerdict(True, "the agent is joined to no queue")
+        loads = self.loads(queue_ids)
+        keys: list[str] = []
+        args: list[Any] = [request_id]
+        for queue_id in queue_ids:
+            load, policy = loads[queue_id], self.policy(queue_id)
+            keys.append(f"presence:capacity:reserved:{queue_id}")
+            args += [
+                load.on_queue,
+                load.waiting,
+                policy.min_on_queue,
+                policy.max_waiting_per_agent,
+                load.expires_at_ms + self.reservation_grace_ms,
+            ]
+        result: list[Any] = self._reserve(keys=keys, args=args)
+        if int(result[0]) == 1:
+            return CapacityVerdict(True, "room in every queue", tuple(queue_ids))
+        index, on_queue, reserved, waiting, why = result[1:]
+        queue_id = queue_ids[int(index) - 1]
+        policy = self.policy(queue_id)
+        why = why.decode() if isinstance(why, bytes) else str(why)
+        if why == "min_on_queue":
+            reason = (
+                f"queue {queue_id}: {on_queue} on queue, {reserved} already leaving, "
+                f"minimum {policy.min_on_queue}"
+            )
+        else:
+            reason = (
+                f"queue {queue_id}: {waiting} waiting for {int(on_queue) - int(reserved) - 1} "
+                f"remaining agents, limit {policy.max_waiting_per_agent:g} per agent"
+            )
+        return CapacityVerdict(False, reason, tuple(queue_ids))
+
+    def release(self, request_id: str, queue_ids: tuple[str, ...]) -> None:
+        """Give the places back: the change was not applied."""
+        for queue_id in queue_ids:
+            self.redis.zrem(f"presence:capacity:reserved:{queue_id}", request_id)
+
+
+def _as_dict(load: QueueLoad) -> dict[str, Any]:
+    return {
+        "queue_id": load.queue_id,
+        "on_queue": load.on_queue,
+        "waiting": load.waiting,
+        "expires_at_ms": load.expires_at_ms,
+    }
+
+
+def _server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000

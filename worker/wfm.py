@@ -1,0 +1,184 @@
+"""WFM synchronisation through a durable outbox.
+
+Every terminal outcome that changed an agent's state gets a :class:`WfmDelivery` row in the
+same transaction as its audit row (:func:`outbox_row`); the ``wfm.sync`` task then delivers it
+(:func:`deliver`), and a periodic sweep re-enqueues deliveries left pending (:func:`stale`).
+
+Event (JSON, ``Content-Type: application/json``)::
+
+    {"event_id": "…uuid…", "type": "presence.changed", "agent_id": "…", "request_id": "…",
+     "from": {"state": "On Queue", "definition_id": "…"}, "to": {"state": "Coffee",
+     "definition_id": "…"}, "reason": "Coffee", "source": "wfm-schedule",
+     "requested_at": "…", "applied_at": "…", "outcome": "confirmed"}
+
+Headers: ``X-Presence-Event-Id``, ``X-Presence-Timestamp`` (Unix seconds) and
+``X-Presence-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>" with the secret>``.
+Receivers de-duplicate by ``event_id``: a delivery can arrive more than once, never zero times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import AuditRecord, DeliveryState, Outcome, WfmAttempt, WfmDelivery
+
+STATE_CHANGING = {Outcome.CONFIRMED.value, Outcome.APPLIED_UNCONFIRMED.value, Outcome.DRIFTED.value}
+RETRYABLE_STATUSES = {408, 429}
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``X-Presence-Signature`` value."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def event_for(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "presence.changed",
+        "agent_id": record.user_id,
+        "request_id": record.request_id,
+        "from": {"state": record.from_state, "definition_id": record.from_definition_id},
+        "to": {"state": record.to_state, "definition_id": record.to_definition_id},
+        "reason": record.reason,
+        "source": record.source,
+        "requested_at": _iso(record.requested_at),
+        "applied_at": _iso(record.finished_at),
+        "outcome": record.outcome,
+    }
+
+
+def outbox_row(session: Session, record: AuditRecord) -> WfmDelivery | None:
+    """Add the delivery for ``record`` to the session (same transaction), if it changed state."""
+    if record.outcome not in STATE_CHANGING:
+        return None
+    event = event_for(record)
+    delivery = WfmDelivery(
+        event_id=event["event_id"],
+        audit_id=record.id,
+        payload=event,
+        state=DeliveryState.PENDING.value,
+        attempts=0,
+        created_at=datetime.now(UTC),
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """What one delivery attempt decided: delivered, retry after ``retry_in_s``, or failed."""
+
+    result: str
+    retry_after_s: float | None = None
+
+
+def deliver(
+    session: Session,
+    delivery: WfmDelivery,
+    http: httpx.Client,
+    *,
+    url: str,
+    secret: str,
+    timeout_s: float,
+    final: bool,
+) -> Attempted:
+    """POST the event once and record the attempt. ``final`` turns a retryable failure into
+    ``failed``. Never raises for network or HTTP failures; they are recorded."""
+    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Presence-Event-Id": delivery.event_id,
+        "X-Presence-Timestamp": timestamp,
+        "X-Presence-Signature": sign(secret, timestamp, body),
+    }
+    started = time.perf_counter()
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    try:
+        response = http.post(url, content=body, headers=headers, timeout=timeout_s)
+        status = response.status_code
+        if status >= 300:
+            error = f"HTTP {status}: {response.text[:200]}"
+            try:
+                retry_after = float(response.headers.get("Retry-After", ""))
+            except ValueError:
+                retry_after = None
+    except httpx.TimeoutException:
+        error = f"timed out after {timeout_s:g} s"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: could not reach the WFM endpoint"
+    if status is not None and status < 300:
+        result = DeliveryState.DELIVERED.value
+    elif status is None or status >= 500 or status in RETRYABLE_STATUSES:
+        result = DeliveryState.FAILED.value if final else "retry"
+    else:
+        result = DeliveryState.FAILED.value  # other 4xx: the receiver rejects the event itself
+    now = datetime.now(UTC)
+    session.add(
+        WfmAttempt(
+            delivery_id=delivery.id,
+            attempted_at=now,
+            status_code=status,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            error=error,
+            result=result,
+        )
+    )
+    delivery.attempts += 1
+    delivery.last_attempt_at = now
+    delivery.last_status = status
+    delivery.last_error = error
+    if result == DeliveryState.DELIVERED.value:
+        delivery.state = result
+        delivery.delivered_at = now
+    elif result == DeliveryState.FAILED.value:
+        delivery.state = result
+    return Attempted(result, retry_after)
+
+
+def backoff_s(first_s: float, max_s: float, attempts: int, retry_after_s: float | None) -> float:
+    """Exponential backoff with full jitter, never below the receiver's Retry-After."""
+    base = min(max_s, first_s * (2 ** max(0, attempts - 1)))
+    return max(random.uniform(base / 2, base), retry_after_s or 0.0)
+
+
+def stale(session: Session, *, older_than_s: float, limit: int = 500) -> list[int]:
+    """Pending deliveries nobody has touched (or was due to retry) for ``older_than_s``: their
+    send was lost."""
+    horizon = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    rows = session.scalars(
+        select(WfmDelivery)
+        .where(WfmDelivery.state == DeliveryState.PENDING.value)
+        .order_by(WfmDelivery.id)
+        .limit(limit * 4)
+    ).all()
+    out = []
+    for row in rows:
+        touched = row.next_attempt_at or row.last_attempt_at or row.created_at
+        if (touched if touched.tzinfo else touched.replace(tzinfo=UTC)) <= horizon:
+            out.append(row.id)
+        if len(out) >= limit:
+            break
+    return out
