@@ -14,8 +14,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from emulator.cli import READY_PREFIX
+
+
+def stop_processes(processes: list[subprocess.Popen[Any]], *, timeout_s: float) -> None:
+    """SIGTERM every running process, then SIGKILL whichever is still there after
+    ``timeout_s``. Returns when all have exited."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class EmulatorStartError(RuntimeError):
@@ -72,14 +87,8 @@ class EmulatorProcess:
         return "".join(self._output)
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            stop_processes([self._proc], timeout_s=5)
 
     def __enter__(self) -> EmulatorProcess:
         return self.start() if self._proc is None else self

@@ -8,7 +8,6 @@ a private embedded server.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import redis
 from celery import Celery
 
 import migrations
-from emulator.launcher import EmulatorProcess
+from emulator.launcher import EmulatorProcess, stop_processes
 from worker.embedded_redis import EmbeddedRedis, ensure_redis
 
 
@@ -122,15 +121,7 @@ class LocalStack:
         )
 
     def stop_workers(self) -> None:
-        for process in self.workers:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.workers:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.workers, timeout_s=20)
         self.workers.clear()
 
     def emulator_stats(self) -> dict[str, object]:

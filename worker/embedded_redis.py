@@ -61,13 +61,11 @@ class EmbeddedRedis:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def ensure_redis(url: str) -> EmbeddedRedis:
-    """``url`` when it answers; otherwise a private server (its URL in the result).
+def start_private_redis(timeout_s: float = 10.0) -> EmbeddedRedis:
+    """A new private server on a free loopback port, keeping nothing on disk.
 
-    Raises RuntimeError when the private server does not come up within 10 s.
+    Raises RuntimeError when it does not answer within ``timeout_s``.
     """
-    if reachable(url):
-        return EmbeddedRedis(url)
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="presence-redis-")
     cmd = [
@@ -76,10 +74,17 @@ def ensure_redis(url: str) -> EmbeddedRedis:
     ]  # fmt: skip
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     handle = EmbeddedRedis(f"redis://127.0.0.1:{port}/0", process, workdir)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if reachable(handle.url, 0.2):
             return handle
         time.sleep(0.05)
     handle.stop()
     raise RuntimeError("the private Redis server did not start")
+
+
+def ensure_redis(url: str) -> EmbeddedRedis:
+    """``url`` when it answers; otherwise a private server (its URL in the result)."""
+    if reachable(url):
+        return EmbeddedRedis(url)
+    return start_private_redis()

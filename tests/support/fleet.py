@@ -14,6 +14,8 @@ from types import TracebackType
 
 import redis
 
+from emulator.launcher import stop_processes
+
 
 @dataclass
 class WorkerFleet:
@@ -59,20 +61,12 @@ class WorkerFleet:
         )
 
     def kill(self, index: int) -> None:
-        """SIGKILL one worker's whole process group member (parent only, like an OOM kill)."""
+        """SIGKILL one worker process (its main process only, as an OOM kill would)."""
         self.processes[index].send_signal(signal.SIGKILL)
         self.processes[index].wait()
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes, timeout_s=20)
 
     def __enter__(self) -> WorkerFleet:
         return self
