@@ -172,7 +172,9 @@ def sample_admitted(
 
 def run_budget(budget: int, duration_s: float, *, celery_rate_limit: bool) -> dict[str, Any]:
     """Saturate the budget for ``duration_s`` with 2 workers; measure what the emulator admitted."""
-    args = ["--users", "900", "--queues", "4", "--rate-limit", str(budget), "--heartbeat", "5"]
+    # 200 agents: each is updated several times, so "steady state" (after 15 s) is reached —
+    # an agent's queue memberships are looked up once per CAPACITY_MEMBERSHIP_TTL_S.
+    args = ["--users", "220", "--queues", "4", "--rate-limit", str(budget), "--heartbeat", "5"]
     env = {
         "RATE_LIMIT_PER_MINUTE": UNLIMITED if celery_rate_limit else str(budget),
         "MAX_RETRIES": "20",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 
 import httpx
@@ -57,11 +58,14 @@ class TokenProvider:
         self._drop_if_same = client.register_script(_DROP_IF_SAME)
         self.renewals = 0
         self._local: tuple[str, float] | None = None  # (token, renew_at)
+        # Tokens that answered 401 here: never handed out again, even if a thread that read one
+        # just before the 401 puts it back into ``_local`` (or it still sits in Redis).
+        self._dead: deque[str] = deque(maxlen=16)
 
     def get(self) -> str:
         """A token valid for a while yet; renews (once across processes) when needed."""
         local = self._local
-        if local is not None and local[1] > self.clock():
+        if local is not None and local[1] > self.clock() and local[0] not in self._dead:
             return local[0]
         cached = self._cached()
         if cached is not None:
@@ -70,6 +74,7 @@ class TokenProvider:
 
     def invalidate(self, token: str) -> None:
         """Forget ``token`` after a 401, unless another process already replaced it."""
+        self._dead.append(token)
         if self._local is not None and self._local[0] == token:
             self._local = None
         self._drop_if_same(keys=[self.key], args=[token])
@@ -82,6 +87,8 @@ class TokenProvider:
         if data["renew_at"] <= self.clock():
             return None
         token: str = data["access_token"]
+        if token in self._dead:
+            return None
         # Held in memory too, so a call costs no Redis round trip; a 401 still clears it.
         self._local = (token, float(data["renew_at"]))
         return token

@@ -118,6 +118,7 @@ class NotificationListener:
         self.connect_uri: str | None = None
         self.channel_since = 0.0
         self.connected = threading.Event()
+        self.ever_connected = False
         self.stopping = threading.Event()
         self.reconnects = 0
         self.has_slot = False
@@ -149,7 +150,10 @@ class NotificationListener:
         queue up and the next call subscribes all of them at once (one Genesys request).
         """
         self.start()
-        if not self.connected.wait(wait_s):
+        # The first connection of a fresh process is worth waiting for (channel, socket, ping);
+        # later, a socket that is down is not: confirm by read-back instead.
+        first = not self.ever_connected
+        if not self.connected.wait(max(wait_s, self.connect_timeout_s) if first else wait_s):
             return False
         with self._changed:
             if user_id in self.topics:
