@@ -284,6 +284,7 @@ class NotificationListener:
         # Events may have been missed while no socket was open: those cache entries are suspect.
         self.cache.forget(list(self.topics))
         self.connected.set()
+        self.ever_connected = True
         metrics.socket_connected()
         if self.prime_agents and not self._priming.is_set():
             self._priming.set()  # once per process, off the reading thread
