@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         default=None, description='TOML file with per-queue policies ([queues."<id>"]).'
     )
     capacity_observation_ttl_s: float = Field(
-        default=5.0, gt=0, description="How long a queue observation is shared before re-query."
+        default=5.0, ge=0.001, description="How long a queue observation is shared before re-query."
     )
     capacity_membership_ttl_s: int = Field(
         default=600, ge=1, description="How long an agent's joined queues are cached."

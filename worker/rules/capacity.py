@@ -12,6 +12,7 @@ observation until an observation taken after the change replaces it.
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from worker.catalog import Definition
 from worker.genesys.client import GenesysClient
 
 ON_QUEUE = "onqueue"
+OBSERVING_MS = 3000  # longest a check waits for another worker's observation of a queue
 
 # KEYS: one reservation zset per queue. ARGV: request_id, then per queue 5 values:
 # on_queue, waiting, min_on_queue, max_waiting_per_agent, expires_at_ms.
@@ -153,19 +155,54 @@ class CapacityGuard:
                 stale.append(queue_id)
             else:
                 out[queue_id] = QueueLoad(**json.loads(raw))
-        if stale:
-            for load in self._observe(stale):
-                key = f"presence:capacity:obs:{load.queue_id}"
-                # First writer wins: a racing fetch must not replace the observation that
-                # existing reservations are counted against.
-                if self.redis.set(
-                    key, json.dumps(_as_dict(load)), px=self.observation_ttl_ms, nx=True
-                ):
-                    out[load.queue_id] = load
-                else:
-                    raw = self.redis.get(key)
-                    out[load.queue_id] = QueueLoad(**json.loads(raw)) if raw is not None else load
+        if not stale:
+            return out
+        # One query per queue at a time across the fleet: a burst of checks arriving together
+        # (everyone to lunch at noon) waits for the first one's observation instead of each
+        # querying analytics. A queue whose observer gives no answer in time is queried here.
+        mine = [q for q in stale if self.redis.set(_observing(q), 1, px=OBSERVING_MS, nx=True)]
+        try:
+            if mine:
+                # Read again under the lock: an observer may have stored its answer and let go
+                # between our first read and our lock.
+                self._cached(mine, out)
+                missing = [q for q in mine if q not in out]
+                if missing:
+                    self._store(self._observe(missing), out)
+        finally:
+            if mine:
+                self.redis.delete(*[_observing(q) for q in mine])
+        theirs = [q for q in stale if q not in mine]
+        deadline = time.monotonic() + OBSERVING_MS / 1000
+        while theirs and time.monotonic() < deadline:
+            time.sleep(0.02)
+            # The lock first, then the answer: an observer stores its answer before letting go.
+            observing = any(self.redis.exists(_observing(q)) for q in theirs)
+            self._cached(theirs, out)
+            theirs = [q for q in theirs if q not in out]
+            if theirs and not observing:
+                break  # their observer failed: query them ourselves
+        if theirs:
+            self._store(self._observe(theirs), out)
         return out
+
+    def _cached(self, queue_ids: list[str], out: dict[str, QueueLoad]) -> None:
+        """Add the queues' shared observations that exist now to ``out``."""
+        raws = self.redis.mget([f"presence:capacity:obs:{q}" for q in queue_ids])
+        for queue_id, raw in zip(queue_ids, raws, strict=True):
+            if raw is not None:
+                out[queue_id] = QueueLoad(**json.loads(raw))
+
+    def _store(self, loads: list[QueueLoad], out: dict[str, QueueLoad]) -> None:
+        for load in loads:
+            key = f"presence:capacity:obs:{load.queue_id}"
+            # First writer wins: a racing fetch must not replace the observation that
+            # existing reservations are counted against.
+            if self.redis.set(key, json.dumps(_as_dict(load)), px=self.observation_ttl_ms, nx=True):
+                out[load.queue_id] = load
+            else:
+                raw = self.redis.get(key)
+                out[load.queue_id] = QueueLoad(**json.loads(raw)) if raw is not None else load
 
     def _observe(self, queue_ids: list[str]) -> list[QueueLoad]:
         query = {
@@ -238,6 +275,11 @@ class CapacityGuard:
         """Give the places back: the change was not applied."""
         for queue_id in queue_ids:
             self.redis.zrem(f"presence:capacity:reserved:{queue_id}", request_id)
+
+
+def _observing(queue_id: str) -> str:
+    """The key held while one worker queries the queue's observation."""
+    return f"presence:capacity:observing:{queue_id}"
 
 
 def _as_dict(load: QueueLoad) -> dict[str, Any]:
