@@ -41,6 +41,7 @@ from worker.reports import SUCCESS, count_rows, percentile
 console = Console()
 RESULTS = Path(__file__).parent / "results"
 STATES = ("On Queue", "Available", "Busy", "Meeting")  # any of these may follow any other
+OFF_QUEUE_STATES = ("Available", "Busy", "Meeting", "Training")  # allowed from any state
 UNLIMITED = "1000000"
 
 
@@ -53,7 +54,9 @@ class Report:
         self.rows.append((name, value, baseline, ratio))
 
 
-def updates_for(agents: list[str], count: int, rng: random.Random) -> list[PresenceUpdate]:
+def updates_for(
+    agents: list[str], count: int, rng: random.Random, *, states: tuple[str, ...] = STATES
+) -> list[PresenceUpdate]:
     """``count`` updates spread over ``agents``, each agent's requests in time order."""
     t0 = datetime.now(UTC) - timedelta(seconds=1)
     out = []
@@ -61,7 +64,7 @@ def updates_for(agents: list[str], count: int, rng: random.Random) -> list[Prese
         out.append(
             PresenceUpdate(
                 user_id=agents[i % len(agents)],
-                state=rng.choice(STATES),
+                state=rng.choice(states),
                 requested_at=t0 + timedelta(microseconds=i),
                 source="bench",
             )
@@ -172,20 +175,24 @@ def sample_admitted(
 
 def run_budget(budget: int, duration_s: float, *, celery_rate_limit: bool) -> dict[str, Any]:
     """Saturate the budget for ``duration_s`` with 2 workers; measure what the emulator admitted."""
-    # 200 agents: each is updated several times, so "steady state" (after 15 s) is reached —
-    # an agent's queue memberships are looked up once per CAPACITY_MEMBERSHIP_TTL_S.
-    args = ["--users", "220", "--queues", "4", "--rate-limit", str(budget), "--heartbeat", "5"]
+    # At most one update per agent, so that no update is superseded by a newer one for its
+    # agent and demand stays above the budget.
+    args = ["--users", "900", "--queues", "4", "--rate-limit", str(budget), "--heartbeat", "5"]
     env = {
         "RATE_LIMIT_PER_MINUTE": UNLIMITED if celery_rate_limit else str(budget),
         "MAX_RETRIES": "20",
     }
     with LocalStack(emulator_args=args, redis_db=12, worker_env=env) as stack:
-        agents = stack.active_users()
+        assert stack.emulator is not None
+        roster = httpx.get(f"{stack.emulator.base_url}/__emulator/users").json()
+        # Agents not on queue, moved between presences that are not On Queue: the capacity
+        # guard is never consulted (bench.capacity measures it on its own).
+        agents = [u["id"] for u in roster if u["state"] == "active" and u["presence"] != "On Queue"]
         extra = {"BENCH_CELERY_RATE_LIMIT": f"{budget // 2}/m"} if celery_rate_limit else None
         app = "bench.celery_rate_limited" if celery_rate_limit else "worker.app"
-        demand = int(budget * duration_s / 60 * 1.5) + 50
+        demand = min(len(agents), int(budget * duration_s / 60 * 1.3) + 50)
         producer = PresenceProducer(stack.broker_url)
-        producer.send_many(updates_for(agents, demand, random.Random(2)))
+        producer.send_many(updates_for(agents, demand, random.Random(2), states=OFF_QUEUE_STATES))
         producer.close()
         samples: list[tuple[float, int, int]] = []
         stop = threading.Event()
