@@ -1,4 +1,8 @@
-"""Shared fixtures: a real emulator process over real sockets, reset before each test."""
+"""Shared fixtures: a real emulator process over real sockets, reset before each test.
+
+The end-to-end pipeline fixtures (a module emulator, a module-private Redis, a migrated audit
+database) live in :mod:`tests.support.pipeline`, registered here as a plugin.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import pytest
 
 from emulator.launcher import EmulatorProcess
 from worker.embedded_redis import ensure_redis
+
+pytest_plugins = ["tests.support.pipeline"]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.capacity.conftest import APPLIED, Harness
+from tests.capacity.conftest import Harness
+from tests.support.pipeline import APPLIED
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -19,27 +19,37 @@ from emulator.launcher import stop_processes
 
 @dataclass
 class WorkerFleet:
-    """Starts worker processes sharing one environment; stops (or kills) them."""
+    """Starts worker processes sharing one environment and consuming ``queues`` (``-Q``, e.g.
+    ``presence`` alone to leave WFM deliveries unconsumed); stops (or kills) them."""
 
     env: dict[str, str]
     logdir: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    queues: str = "presence,wfm"
 
-    def start(self, count: int = 1, *, pool: str = "threads", concurrency: int = 4) -> None:
+    def start(
+        self,
+        count: int = 1,
+        *,
+        pool: str = "threads",
+        concurrency: int = 4,
+        timeout_s: float = 30,
+    ) -> None:
+        """Start ``count`` more workers; wait until all of them answer a ping (``timeout_s``)."""
         for _ in range(count):
             name = f"test-{uuid.uuid4().hex[:6]}@%h"
             log = (self.logdir / f"worker-{len(self.processes)}.log").open("wb")
             cmd = [
                 sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", pool,
-                "--concurrency", str(concurrency), "-Q", "presence,wfm", "-n", name, "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle",
+                "--concurrency", str(concurrency), "-Q", self.queues, "-n", name,
+                "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             ]  # fmt: skip
             self.processes.append(
                 subprocess.Popen(
                     cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT
                 )
             )
-        self.wait_ready(len(self.processes))
+        self.wait_ready(len(self.processes), timeout_s=timeout_s)
 
     def wait_ready(self, count: int, timeout_s: float = 30) -> None:
         """Wait until ``count`` workers answer a ping; raises TimeoutError with their logs."""

@@ -4,11 +4,9 @@ worker`` with task events, each stopped by its context manager."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,30 +16,23 @@ from pathlib import Path
 from celery import Celery
 
 from emulator.launcher import EmulatorProcess
-from worker.embedded_redis import _free_port, _server_binary, reachable
+from worker.embedded_redis import start_private_redis
 
 
 @contextmanager
 def private_redis(timeout_s: float = 15) -> Iterator[str]:
-    """A ``redis-server`` of the caller's own on a free loopback port; yields ``redis://…/0``."""
-    workdir = tempfile.mkdtemp(prefix="presence-ops-redis-")
-    port = _free_port()
-    cmd = [
-        _server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "no", "--dir", workdir, "--maxmemory-policy", "noeviction",
-    ]  # fmt: skip
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
+    """A ``redis-server`` of the caller's own on a free loopback port, keeping nothing on disk
+    (:func:`worker.embedded_redis.start_private_redis`); yields ``redis://…/0``.
+
+    The one way tests start a private Redis: module fixtures wrap it, other tests enter it.
+    """
+    handle = start_private_redis(timeout_s)
     try:
-        deadline = time.monotonic() + timeout_s
-        while not reachable(url, 0.2):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the private Redis server did not start")
-            time.sleep(0.05)
-        yield url
+        yield handle.url
     finally:
-        stop(process)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if handle.process is not None:
+            stop(handle.process)
+        handle.stop()  # the server has exited: this removes its directory
 
 
 def worker_env(

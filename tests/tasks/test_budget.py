@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.tasks.conftest import APPLIED, Pipeline
+from tests.support.pipeline import APPLIED, Pipeline
 
 LIMIT = 600
 # About 900 platform requests (a state read and about one subscription per agent, a write per

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.tasks.conftest import APPLIED, Pipeline
+from tests.support.pipeline import APPLIED, Pipeline
 
 # (state, reason, definition name as the platform lists it)
 STATES = [

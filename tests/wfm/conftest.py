@@ -1,7 +1,7 @@
-"""The WFM tests use the capacity suite's end-to-end harness (emulator, private Redis, workers)."""
+"""The WFM tests use the capacity suite's end-to-end harness and its 400-agent emulator."""
 
 from __future__ import annotations
 
-from tests.capacity.conftest import e2e_emulator, emulator_args, harness, module_redis
+from tests.capacity.conftest import emulator_args, harness
 
-__all__ = ["e2e_emulator", "emulator_args", "harness", "module_redis"]
+__all__ = ["emulator_args", "harness"]

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -35,8 +34,9 @@ from sqlalchemy.pool import NullPool
 import migrations
 from models import AuditRecord, Outcome
 from producer.schema import QUEUE, TASK_NAME
+from tests.support import processes
 from tests.support.fleet import WorkerFleet
-from worker.embedded_redis import EmbeddedRedis, _free_port, _server_binary, reachable
+from worker.embedded_redis import _free_port
 from worker.observability import metrics as m
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -44,21 +44,9 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[str]:
-    """A ``redis-server`` of this module's own (see tests/tasks/conftest.py for why)."""
-    workdir = tempfile.mkdtemp(prefix="presence-metrics-redis-")
-    port = _free_port()
-    cmd = [
-        _server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "no", "--dir", workdir,
-    ]  # fmt: skip
-    handle = EmbeddedRedis(
-        f"redis://127.0.0.1:{port}/0", subprocess.Popen(cmd, stdout=subprocess.DEVNULL), workdir
-    )
-    try:
-        wait_for(lambda: reachable(handle.url, 0.2), 15, "the private Redis server")
-        yield handle.url
-    finally:
-        handle.stop()
+    """A ``redis-server`` of this module's own (see tests/support/pipeline.py for why)."""
+    with processes.private_redis() as url:
+        yield url
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
