@@ -26,6 +26,19 @@ from emulator.launcher import EmulatorProcess, stop_processes
 from worker.embedded_redis import EmbeddedRedis, ensure_redis
 
 
+def workers_answer(broker_url: str, count: int, timeout_s: float) -> bool:
+    """True once ``count`` Celery workers on ``broker_url`` answer a ping, False on timeout."""
+    app = Celery(broker=broker_url, set_as_current=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if len(app.control.ping(timeout=0.5) or []) >= count:
+                return True
+    finally:
+        app.close()
+    return False
+
+
 @dataclass
 class LocalStack:
     """Configure, then ``start()`` (or use as a context manager)."""
@@ -108,17 +121,10 @@ class LocalStack:
         self.wait_for_workers(len(self.workers))
 
     def wait_for_workers(self, count: int, timeout_s: float = 60) -> None:
-        app = Celery(broker=self.broker_url, set_as_current=False)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                if len(app.control.ping(timeout=0.5) or []) >= count:
-                    return
-        finally:
-            app.close()
-        raise RuntimeError(
-            f"workers did not answer within {timeout_s:.0f} s; logs in {self.workdir}"
-        )
+        if not workers_answer(self.broker_url, count, timeout_s):
+            raise RuntimeError(
+                f"workers did not answer within {timeout_s:.0f} s; logs in {self.workdir}"
+            )
 
     def stop_workers(self) -> None:
         stop_processes(self.workers, timeout_s=20)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from types import TracebackType
 import redis
 
 from emulator.launcher import stop_processes
+from sandbox.stack import workers_answer
 
 
 @dataclass
@@ -53,17 +53,8 @@ class WorkerFleet:
 
     def wait_ready(self, count: int, timeout_s: float = 30) -> None:
         """Wait until ``count`` workers answer a ping; raises TimeoutError with their logs."""
-        from celery import Celery
-
-        app = Celery(broker=self.env["REDIS_URL"], set_as_current=False)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                if len(app.control.ping(timeout=0.5) or []) >= count:
-                    return
-        finally:
-            app.close()
-        raise TimeoutError("workers did not start:\n" + self.logs())
+        if not workers_answer(self.env["REDIS_URL"], count, timeout_s):
+            raise TimeoutError("workers did not start:\n" + self.logs())
 
     def logs(self) -> str:
         return "\n".join(
