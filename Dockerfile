@@ -8,10 +8,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Only what the package needs (.dockerignore is an allowlist); installed, then the sources go.
-# psycopg: the PostgreSQL driver for DATABASE_URL=postgresql+psycopg://…
+# The postgres extra brings the PostgreSQL driver for DATABASE_URL=postgresql+psycopg://…
 WORKDIR /tmp/src
 COPY . .
-RUN pip install . "psycopg[binary]>=3.1,<4" \
+RUN pip install ".[postgres]" \
     && cd / && rm -rf /tmp/src
 
 # Never root: a system user without a login shell; /var/lib/presence is its writable state

@@ -164,7 +164,7 @@ def test_the_image_installs_the_package_and_runs_as_a_non_root_user():
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     instructions = [line for line in lines if line[:1].isupper()]
     assert "FROM python:3.11-slim" in instructions
-    assert any(line.startswith("RUN pip install . ") for line in instructions)
+    assert any(line.startswith('RUN pip install ".[postgres]"') for line in instructions)
     last_run = max(i for i, line in enumerate(instructions) if line.startswith("RUN "))
     users = [i for i, line in enumerate(instructions) if line.startswith("USER ")]
     assert users
