@@ -31,7 +31,7 @@ def stats_table(summary: Summary) -> Table:
 def audit_table(rows: list[AuditRecord]) -> Table:
     table = Table()
     for column in ("finished", "agent", "from → to", "outcome", "ms", "calls", "detail"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "finished")
     for row in rows:
         total = None
         if row.requested_at is not None and row.finished_at is not None:
@@ -42,7 +42,7 @@ def audit_table(rows: list[AuditRecord]) -> Table:
             )
             total = (finished - row.requested_at).total_seconds() * 1000
         table.add_row(
-            row.finished_at.strftime("%H:%M:%S.%f")[:-3],
+            row.finished_at.strftime("%H:%M:%S"),
             (row.user_id or "-")[:8],
             f"{row.from_state or '?'} → {row.to_state or '?'}",
             row.outcome,
