@@ -165,7 +165,9 @@ def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
             draft.set(error_code="unknown.presence", error_message=str(exc))
             return _finish(rt, draft, Outcome.INVALID, call_log)
         except GenesysError as exc:
-            raise _retry_or_fail(rt, attempt, exc) from None
+            if exc.retryable:
+                raise _retry_or_fail(rt, attempt, exc) from None
+            return _failed(rt, draft, exc, call_log)  # e.g. credentials or permissions
         except BudgetExhausted as exc:
             raise _wait(rt, age_s, exc.retry_in_s, str(exc)) from None
         draft.set(to_state=target.label, to_definition_id=target.id)
@@ -340,10 +342,15 @@ def _apply_locked(
     except GenesysError as exc:
         if exc.retryable:
             raise _retry_or_fail(rt, attempt, exc) from None
-        hint = " (the OAuth client needs presence:userPresence:edit)" if exc.status == 403 else ""
-        draft.set(
-            error_code=exc.code or str(exc.status),
-            error_message=f"{exc.message}{hint}",
-            correlation_id=exc.correlation_id or draft.fields.get("correlation_id"),
-        )
-        return _finish(rt, draft, Outcome.FAILED, call_log)
+        return _failed(rt, draft, exc, call_log)
+
+
+def _failed(rt: Runtime, draft: Draft, exc: GenesysError, call_log: CallLog) -> Outcome:
+    """The platform refused (400/401/403/404, bad credentials): ``failed``, its code and message."""
+    hint = " (check the OAuth client's roles)" if exc.status == 403 else ""
+    draft.set(
+        error_code=exc.code or (str(exc.status) if exc.status else "refused"),
+        error_message=f"{exc.message}{hint}",
+        correlation_id=exc.correlation_id or draft.fields.get("correlation_id"),
+    )
+    return _finish(rt, draft, Outcome.FAILED, call_log)
