@@ -153,3 +153,17 @@ def test_an_unknown_client_is_refused_the_same_way(api, make_provider):
 
     assert "nobody-knows-me" in str(caught.value)
     assert "s3cr3t-unknown" not in str(caught.value)
+
+
+def test_a_token_that_answered_401_is_never_handed_out_again(make_provider, api, redis_url):
+    provider = make_provider()
+    dead = provider.get()
+    stale_copy = redis.Redis.from_url(redis_url).get(provider.key)
+    provider.invalidate(dead)
+    # A thread that read the token just before the 401 puts the stale copy back.
+    redis.Redis.from_url(redis_url).set(provider.key, stale_copy)
+
+    fresh = provider.get()
+
+    assert fresh != dead
+    assert token_works(api, fresh)
