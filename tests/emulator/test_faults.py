@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +15,6 @@ from tests.emulator.streaming import (
     DROPPED,
     HEARTBEAT,
     Stream,
-    definition_ids,
     listen,
     offline_users,
     presence_topic,
@@ -29,21 +26,6 @@ CHANNELS = "/api/v2/notifications/channels"
 
 
 # -- helpers --------------------------------------------------------------------------------
-@pytest.fixture
-def definitions(api: Api) -> dict[str, str]:
-    return definition_ids(api.http)
-
-
-@pytest.fixture
-def streams() -> Iterator[list[Stream]]:
-    """Sockets opened by a test, closed at its end whatever happened."""
-    opened: list[Stream] = []
-    yield opened
-    for stream in opened:
-        with contextlib.suppress(Exception):  # the socket may already be gone
-            stream.close()
-
-
 def presence_path(user_id: str) -> str:
     return f"/api/v2/users/{user_id}/presences/purecloud"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -19,7 +18,6 @@ from tests.emulator.streaming import (
     PONG,
     Stream,
     create_channel,
-    definition_ids,
     listen,
     offline_users,
     presence_topic,
@@ -48,21 +46,6 @@ def settings(api: Api) -> Iterator[Settings]:
     yield change
     if changed:
         api.admin("PUT", "/settings", {name: original[name] for name in changed})
-
-
-@pytest.fixture
-def definitions(api: Api) -> dict[str, str]:
-    return definition_ids(api.http)
-
-
-@pytest.fixture
-def streams() -> Iterator[list[Stream]]:
-    """Sockets opened by a test, closed at its end whatever happened."""
-    opened: list[Stream] = []
-    yield opened
-    for stream in opened:
-        with contextlib.suppress(Exception):  # the socket may already be gone
-            stream.close()
 
 
 def correlation_id(response: httpx.Response) -> str:
