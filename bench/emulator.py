@@ -417,14 +417,10 @@ class BaselineProcess:
         ready.set()
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        from emulator.launcher import stop_processes  # parent only: clients stay light
+
+        if self._proc is not None:
+            stop_processes([self._proc], timeout_s=5)
 
     def __exit__(
         self,

@@ -1,7 +1,7 @@
 """A scripted tour of the emulator: token, definitions, a PATCH confirmed on the socket,
 a bulk update, platform errors, queue observations and the rate limit.
 
-Run with ``make demo`` or ``python -m emulator.walkthrough``.
+Run with ``python -m emulator.walkthrough`` (``make demo`` runs the whole product instead).
 """
 
 from __future__ import annotations

@@ -143,6 +143,13 @@ class Sdk:
         return model
 
 
+# The paging fields of every *EntityListing that carries a total.
+PAGED_LISTING = (
+    "entities", "page_size", "page_number", "total", "page_count", "self_uri", "first_uri",
+    "last_uri",
+)  # fmt: skip
+
+
 def assert_present(obj: dict[str, Any], *names: str, where: str = "") -> None:
     missing = [n for n in names if obj.get(n) is None]
     assert not missing, f"{where or 'object'} lacks {missing}: {obj}"
@@ -244,17 +251,7 @@ def test_legacy_presencedefinitions_listing(client: Sdk) -> None:
         listing = client.presence.get_presencedefinitions(page_size=100)
     data = client.check(listing, "OrganizationPresenceEntityListing")
     assert isinstance(data, dict)
-    assert_present(
-        data,
-        "entities",
-        "page_size",
-        "page_number",
-        "total",
-        "page_count",
-        "self_uri",
-        "first_uri",
-        "last_uri",
-    )
+    assert_present(data, *PAGED_LISTING)
     assert data["page_number"] == 1
     assert data["total"] == len(data["entities"])
     for entity in data["entities"]:
@@ -364,17 +361,7 @@ def test_get_user_queues(client: Sdk, agent: str) -> None:
     listing = client.users.get_user_queues(agent)
     data = client.check(listing, "UserQueueEntityListing")
     assert isinstance(data, dict)
-    assert_present(
-        data,
-        "entities",
-        "page_size",
-        "page_number",
-        "total",
-        "page_count",
-        "self_uri",
-        "first_uri",
-        "last_uri",
-    )
+    assert_present(data, *PAGED_LISTING)
     assert data["page_size"] == 25
     assert data["page_number"] == 1
     assert data["total"] == len(data["entities"]) >= 1
