@@ -28,6 +28,7 @@ class ErrorFault:
     retry_after_s: int | None = None
     code: str | None = None
     message: str | None = None
+    after: int = 0  # matching requests let through before the fault starts
 
 
 @dataclass(slots=True)
@@ -70,6 +71,9 @@ class Faults:
             if fault.route not in (ANY_ROUTE, route):
                 continue
             if fault.remaining is not None and fault.remaining <= 0:
+                continue
+            if fault.after > 0:
+                fault.after -= 1
                 continue
             if fault.rate < 1.0 and self.rng.random() >= fault.rate:
                 continue

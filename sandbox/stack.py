@@ -111,7 +111,7 @@ class LocalStack:
             log = (self.workdir / f"worker-{index}.log").open("wb")
             cmd = [
                 sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
-                "--concurrency", str(concurrency), "-Q", "presence,wfm", "--loglevel", "WARNING",
+                "--concurrency", str(concurrency), "-Q", "presence,wfm,shifts", "--loglevel", "WARNING",
                 "-n", f"stack-{index}-{uuid.uuid4().hex[:4]}@%h", "--without-gossip", "--without-mingle",
             ]  # fmt: skip
             env = {**os.environ, **self.env, **(extra_env or {})}

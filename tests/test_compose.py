@@ -99,7 +99,7 @@ def test_commands(production):
     assert production["migrate"]["restart"] == "no"
     assert production["worker"]["command"] == [
         "celery", "-A", "worker.app", "worker", "--pool", "threads", "--concurrency", "16",
-        "-Q", "presence,wfm",
+        "-Q", "presence,wfm,shifts",
     ]  # fmt: skip
     assert production["beat"]["command"][:4] == ["celery", "-A", "worker.app", "beat"]
     assert production["flower"]["command"][:2] == ["presence", "flower"]

@@ -24,7 +24,8 @@ if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_T
     )
 
 WFM_QUEUE = "wfm"
-app = Celery("presence_worker", broker=settings.redis_url, include=["tasks.presence", "tasks.wfm"])
+SHIFTS_QUEUE = "shifts"
+app = Celery("presence_worker", broker=settings.redis_url, include=["tasks.presence", "tasks.shifts", "tasks.wfm"])
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -36,9 +37,20 @@ app.conf.update(
     worker_disable_rate_limits=True,
     task_default_queue=QUEUE,
     # WFM deliveries have their own queue so a failing WFM endpoint never delays presence work.
-    task_routes={"presence.*": {"queue": QUEUE}, "wfm.*": {"queue": WFM_QUEUE}},
+    # Shift dispatch has its own queue too, so a backlog of presence work never makes it late.
+    task_routes={
+        "presence.*": {"queue": QUEUE},
+        "wfm.*": {"queue": WFM_QUEUE},
+        "shifts.*": {"queue": SHIFTS_QUEUE},
+    },
     beat_schedule={
         "wfm-sweep": {"task": "wfm.sweep", "schedule": settings.wfm_sweep_interval_s},
+        # Expires with its interval: after downtime, one dispatch catches up, not a pile of them.
+        "shift-dispatch": {
+            "task": "shifts.dispatch",
+            "schedule": settings.shift_dispatch_interval_s,
+            "options": {"expires": settings.shift_dispatch_interval_s},
+        },
     },
     broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     broker_connection_retry_on_startup=True,

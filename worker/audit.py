@@ -21,6 +21,29 @@ def find_existing(
     return session.scalars(select(AuditRecord).where(clause).limit(1)).first()
 
 
+def existing_request_ids(
+    session: Session, request_ids: list[str], idempotency_keys: list[str] | None = None
+) -> set[str]:
+    """Which of these request ids and idempotency keys already have a terminal row."""
+    found: set[str] = set()
+    for start in range(0, len(request_ids), 500):
+        chunk = request_ids[start : start + 500]
+        found.update(
+            session.scalars(select(AuditRecord.request_id).where(AuditRecord.request_id.in_(chunk)))
+        )
+    keys = idempotency_keys or []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        found.update(
+            k
+            for k in session.scalars(
+                select(AuditRecord.idempotency_key).where(AuditRecord.idempotency_key.in_(chunk))
+            )
+            if k is not None
+        )
+    return found
+
+
 def write(session: Session, fields: dict[str, Any]) -> tuple[AuditRecord, bool]:
     """Insert the terminal row; (row, True) when written, (existing row, False) when a row for the
     same request id or idempotency key already exists (a concurrent duplicate)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import httpx
@@ -45,6 +45,8 @@ class Runtime:
     capacity: CapacityGuard
     name: str
     _producer: Celery | None = None
+    # One wave at a time per process: a wave fills the process's channel with its agents.
+    wave_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def enqueue_wfm(self, delivery_id: int) -> None:
         """Send ``wfm.sync`` for a committed outbox row (by name: no task import needed)."""

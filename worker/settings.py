@@ -142,6 +142,33 @@ class Settings(BaseSettings):
     wfm_sweep_interval_s: float = Field(
         default=30.0, gt=0, description="How often celery beat runs the WFM sweeper."
     )
+    bulk_batch_size: int = Field(
+        default=50,
+        ge=1,
+        le=50,
+        description="Agents per bulk presence PUT (the platform's maximum is 50).",
+    )
+    wave_task_agents: int = Field(
+        default=1000,
+        ge=1,
+        le=1000,
+        description="Agents per wave task: one notification subscription call covers them all "
+        "(at most 1,000, a channel's topic limit).",
+    )
+    shift_dispatch_interval_s: float = Field(
+        default=15.0, gt=0, description="How often celery beat dispatches due shift changes."
+    )
+    shift_stale_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Shift changes found later than this past their due time are skipped, not applied.",
+    )
+    shift_redispatch_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Dispatched shift changes with no audit row after this are sent again "
+        "(a dispatcher stopped between claiming and sending).",
+    )
     sentry_dsn: SecretStr | None = Field(default=None, description="Sentry DSN; unset = off.")
     sentry_environment: str = Field(
         default="production", description="Sentry `environment` tag of the worker's events."

@@ -46,6 +46,13 @@ class StateCache:
         raw = self.redis.get(self.key(user_id))
         return AgentState(**json.loads(raw)) if raw is not None else None
 
+    def get_many(self, user_ids: list[str]) -> dict[str, AgentState]:
+        """The cached entries of ``user_ids`` (one round trip); agents without one are absent."""
+        if not user_ids:
+            return {}
+        raws = self.redis.mget([self.key(u) for u in user_ids])
+        return {u: AgentState(**json.loads(r)) for u, r in zip(user_ids, raws, strict=True) if r}
+
     def put(self, user_id: str, state: AgentState) -> bool:
         """Store ``state`` unless a newer one is already there; True when stored."""
         return bool(

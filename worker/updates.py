@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 
-from models import Outcome
+from models import AuditRecord, Outcome
 from models.db import session_scope
 from producer.schema import PresenceUpdate
 from worker import audit, wfm
@@ -83,7 +84,7 @@ def invalid_message(exc: ValidationError) -> str:
     return "Invalid payload — " + "; ".join(parts)
 
 
-def _base_fields(attempt: Attempt, raw: Any) -> dict[str, Any]:
+def base_fields(attempt: Attempt, raw: Any) -> dict[str, Any]:
     payload = raw if isinstance(raw, dict) else {"raw": str(raw)[:500]}
     return {
         "request_id": attempt.request_id,
@@ -94,9 +95,7 @@ def _base_fields(attempt: Attempt, raw: Any) -> dict[str, Any]:
     }
 
 
-def _finish(
-    rt: Runtime, draft: Draft, outcome: Outcome, call_log: CallLog | None = None
-) -> Outcome:
+def finish(rt: Runtime, draft: Draft, outcome: Outcome, call_log: CallLog | None = None) -> Outcome:
     now = datetime.now(UTC)
     draft.set(outcome=outcome.value, finished_at=now)
     if call_log is not None:
@@ -119,9 +118,41 @@ def _finish(
     return result
 
 
+def finish_batch(rt: Runtime, entries: list[tuple[Draft, Outcome]]) -> list[Outcome]:
+    """:func:`finish` for many requests in one transaction (a wave's batch); same promises.
+
+    A concurrent duplicate (a unique key already taken) makes the batch fall back to one
+    transaction per row, which keeps the row written first.
+    """
+    if not entries:
+        return []
+    now = datetime.now(UTC)
+    for draft, outcome in entries:
+        draft.set(outcome=outcome.value, finished_at=now)
+    deliveries: list[int] = []
+    try:
+        with session_scope(rt.settings.database_url) as session:
+            records = [AuditRecord(**draft.fields) for draft, _ in entries]
+            session.add_all(records)
+            session.flush()
+            if rt.settings.wfm_webhook_url:
+                for record in records:
+                    delivery = wfm.outbox_row(session, record)
+                    if delivery is not None:
+                        deliveries.append(delivery.id)
+    except IntegrityError:
+        return [finish(rt, draft, outcome) for draft, outcome in entries]
+    for draft, outcome in entries:
+        log.info("request %s → %s", draft.fields["request_id"], outcome.value)
+        metrics.observe_update(draft.fields)
+    for delivery_id in deliveries:
+        rt.enqueue_wfm(delivery_id)
+    return [outcome for _, outcome in entries]
+
+
 def record_dead_letter(rt: Runtime, raw: Any, attempt: Attempt, error: RetryLater) -> Outcome:
     """Retries are exhausted: keep the request (requeueable) with the last error."""
-    draft = Draft(_base_fields(attempt, raw))
+    draft = Draft(base_fields(attempt, raw))
     if isinstance(raw, dict):
         draft.set(
             user_id=raw.get("user_id"),
@@ -132,12 +163,12 @@ def record_dead_letter(rt: Runtime, raw: Any, attempt: Attempt, error: RetryLate
         error_code=error.code,
         error_message=f"Gave up after {attempt.failures + 1} attempts: {error.message}",
     )
-    return _finish(rt, draft, Outcome.DEAD_LETTER)
+    return finish(rt, draft, Outcome.DEAD_LETTER)
 
 
 def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
     """Apply one request; returns its terminal outcome or raises RetryLater."""
-    draft = Draft(_base_fields(attempt, raw))
+    draft = Draft(base_fields(attempt, raw))
     try:
         update = PresenceUpdate.model_validate(raw)
     except ValidationError as exc:
@@ -145,7 +176,7 @@ def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
         if isinstance(raw, dict):
             user_id = raw.get("user_id")
             draft.set(user_id=str(user_id)[:64] if user_id is not None else None)
-        return _finish(rt, draft, Outcome.INVALID)
+        return finish(rt, draft, Outcome.INVALID)
 
     draft.set(
         user_id=update.user_id,
@@ -163,18 +194,18 @@ def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
             expected = rt.catalog.resolve(update.expected_state) if update.expected_state else None
         except UnknownPresence as exc:
             draft.set(error_code="unknown.presence", error_message=str(exc))
-            return _finish(rt, draft, Outcome.INVALID, call_log)
+            return finish(rt, draft, Outcome.INVALID, call_log)
         except GenesysError as exc:
             if exc.retryable:
-                raise _retry_or_fail(rt, attempt, exc) from None
+                raise retry_or_fail(rt, attempt, exc) from None
             return _failed(rt, draft, exc, call_log)  # e.g. credentials or permissions
         except BudgetExhausted as exc:
-            raise _wait(rt, age_s, exc.retry_in_s, str(exc)) from None
+            raise wait_later(rt, age_s, exc.retry_in_s, str(exc)) from None
         draft.set(to_state=target.label, to_definition_id=target.id)
         stamp_us = int(update.requested_at.timestamp() * 1_000_000)
         # Duplicates (a repeated idempotency key) share one identity, or the copy would supersede
         # the original and neither would be applied.
-        rt.ordering.register(update.user_id, stamp_us, _order_id(update, attempt))
+        rt.ordering.register(update.user_id, stamp_us, order_id(update, attempt))
         try:
             with rt.ordering.lock(
                 update.user_id,
@@ -185,12 +216,12 @@ def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
                     rt, update, target, expected, stamp_us, attempt, draft, call_log
                 )
         except AgentBusy as exc:
-            raise _wait(rt, age_s, 1.0, str(exc)) from None
+            raise wait_later(rt, age_s, 1.0, str(exc)) from None
         except BudgetExhausted as exc:
-            raise _wait(rt, age_s, exc.retry_in_s, str(exc)) from None
+            raise wait_later(rt, age_s, exc.retry_in_s, str(exc)) from None
 
 
-def _wait(rt: Runtime, age_s: float, countdown_s: float, message: str) -> RetryLater:
+def wait_later(rt: Runtime, age_s: float, countdown_s: float, message: str) -> RetryLater:
     if age_s > rt.settings.max_request_age_s:
         return RetryLater(
             0, f"still waiting after {age_s:.0f} s: {message}", failed=True, code="too.old"
@@ -198,7 +229,7 @@ def _wait(rt: Runtime, age_s: float, countdown_s: float, message: str) -> RetryL
     return RetryLater(countdown_s + random.uniform(0, 0.5), message, failed=False)
 
 
-def _retry_or_fail(rt: Runtime, attempt: Attempt, exc: GenesysError) -> RetryLater:
+def retry_or_fail(rt: Runtime, attempt: Attempt, exc: GenesysError) -> RetryLater:
     return RetryLater(
         backoff_s(rt, attempt.failures, exc.retry_after_s),
         exc.message,
@@ -207,12 +238,12 @@ def _retry_or_fail(rt: Runtime, attempt: Attempt, exc: GenesysError) -> RetryLat
     )
 
 
-def _order_id(update: PresenceUpdate, attempt: Attempt) -> str:
+def order_id(update: PresenceUpdate, attempt: Attempt) -> str:
     """The request's identity for per-agent ordering: its idempotency key, else its request id."""
     return update.idempotency_key or attempt.request_id
 
 
-def _as_state(presence: UserPresence, seen_via: str) -> AgentState:
+def as_state(presence: UserPresence, seen_via: str) -> AgentState:
     modified = presence.modified_date
     return AgentState(
         presence.presence_definition.id,
@@ -222,7 +253,7 @@ def _as_state(presence: UserPresence, seen_via: str) -> AgentState:
     )
 
 
-def _is_in(current: Definition | None, expected: Definition) -> bool:
+def is_in(current: Definition | None, expected: Definition) -> bool:
     """A system presence matches any of its secondary presences; a secondary only itself."""
     if current is None:
         return False
@@ -234,7 +265,7 @@ def _current_state(rt: Runtime, user_id: str) -> tuple[Definition | None, str]:
     cached = rt.cache.get(user_id)
     if cached is None:
         presence, _ = rt.client.get_presence(user_id)
-        cached = _as_state(presence, "read")
+        cached = as_state(presence, "read")
         rt.cache.put(user_id, cached)
     definition = rt.catalog.by_id(cached.definition_id)
     label = definition.label if definition is not None else cached.system_presence
@@ -257,23 +288,23 @@ def _apply_locked(
         )
         if existing is not None:
             return Outcome(existing.outcome)  # a redelivery or a repeated key: applied once
-    if rt.ordering.is_superseded(update.user_id, stamp_us, _order_id(update, attempt)):
+    if rt.ordering.is_superseded(update.user_id, stamp_us, order_id(update, attempt)):
         draft.set(error_message="A newer request for this agent was accepted")
-        return _finish(rt, draft, Outcome.SUPERSEDED, call_log)
+        return finish(rt, draft, Outcome.SUPERSEDED, call_log)
     try:
         current, current_label = _current_state(rt, update.user_id)
         draft.set(from_state=current_label, from_definition_id=current.id if current else None)
-        if expected is not None and not _is_in(current, expected):
+        if expected is not None and not is_in(current, expected):
             draft.set(
                 error_code="unexpected.state",
                 error_message=f"Expected {expected.label} but the agent is {current_label}",
             )
-            return _finish(rt, draft, Outcome.REJECTED_TRANSITION, call_log)
+            return finish(rt, draft, Outcome.REJECTED_TRANSITION, call_log)
         if current is not None:
             verdict = rt.matrix.check(current, target)
             if not verdict.allowed:
                 draft.set(error_code="transition.denied", error_message=verdict.reason)
-                return _finish(rt, draft, Outcome.REJECTED_TRANSITION, call_log)
+                return finish(rt, draft, Outcome.REJECTED_TRANSITION, call_log)
         reserved: tuple[str, ...] = ()
         if takes_out_of_routing(current, target):
             if update.capacity_policy == "force":
@@ -292,7 +323,7 @@ def _apply_locked(
                             code="capacity.deferred",
                         )
                     draft.set(error_code="capacity.insufficient", error_message=room.reason)
-                    return _finish(rt, draft, Outcome.REJECTED_CAPACITY, call_log)
+                    return finish(rt, draft, Outcome.REJECTED_CAPACITY, call_log)
                 reserved = room.queues
         subscribed = rt.listener.ensure_subscribed(update.user_id)
         waiter = rt.listener.expect(update.user_id) if subscribed else None
@@ -305,7 +336,7 @@ def _apply_locked(
                 rt.capacity.release(attempt.request_id, reserved)  # not applied: give room back
                 raise
             draft.set(correlation_id=answer.correlation_id, api_ms=round(call_log.api_s * 1000, 2))
-            written = _as_state(presence, "patch")
+            written = as_state(presence, "patch")
             rt.cache.put(update.user_id, written)
             modified_ms = written.modified_ms
             confirm_started = time.perf_counter()
@@ -318,7 +349,7 @@ def _apply_locked(
             )
             if event is not None:
                 draft.set(confirm_ms=round((time.perf_counter() - confirm_started) * 1000, 2))
-                return _finish(rt, draft, Outcome.CONFIRMED, call_log)
+                return finish(rt, draft, Outcome.CONFIRMED, call_log)
             if waiter is not None:
                 log.warning(
                     "no confirming event for %s within %.1f s (%d other events seen); reading back",
@@ -331,17 +362,17 @@ def _apply_locked(
                 rt.listener.done(waiter)
         readback, _ = rt.client.get_presence(update.user_id)
         draft.set(confirm_ms=round((time.perf_counter() - confirm_started) * 1000, 2))
-        rt.cache.put(update.user_id, _as_state(readback, "read"))
+        rt.cache.put(update.user_id, as_state(readback, "read"))
         if readback.presence_definition.id == target.id:
-            return _finish(rt, draft, Outcome.APPLIED_UNCONFIRMED, call_log)
+            return finish(rt, draft, Outcome.APPLIED_UNCONFIRMED, call_log)
         draft.set(
             error_code="drifted",
             error_message=f"Read back {readback.presence_definition.system_presence} after the change",
         )
-        return _finish(rt, draft, Outcome.DRIFTED, call_log)
+        return finish(rt, draft, Outcome.DRIFTED, call_log)
     except GenesysError as exc:
         if exc.retryable:
-            raise _retry_or_fail(rt, attempt, exc) from None
+            raise retry_or_fail(rt, attempt, exc) from None
         return _failed(rt, draft, exc, call_log)
 
 
@@ -353,4 +384,4 @@ def _failed(rt: Runtime, draft: Draft, exc: GenesysError, call_log: CallLog) -> 
         error_message=f"{exc.message}{hint}",
         correlation_id=exc.correlation_id or draft.fields.get("correlation_id"),
     )
-    return _finish(rt, draft, Outcome.FAILED, call_log)
+    return finish(rt, draft, Outcome.FAILED, call_log)

@@ -48,6 +48,7 @@ class ErrorBodyIn(_Admin):
     retry_after_s: int | None = Field(default=None, ge=0)
     code: str | None = None
     message: str | None = None
+    after: int = Field(default=0, ge=0)
 
 
 class StormBody(_Admin):
@@ -154,6 +155,7 @@ async def add_error(request: web.Request) -> web.Response:
             body.retry_after_s,
             body.code,
             body.message,
+            body.after,
         )
     )
     return respond(emu.faults.json())

@@ -25,7 +25,7 @@ class WorkerFleet:
     env: dict[str, str]
     logdir: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    queues: str = "presence,wfm"
+    queues: str = "presence,wfm,shifts"
 
     def start(
         self,

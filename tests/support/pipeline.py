@@ -35,6 +35,7 @@ from producer.schema import QUEUE, TASK_NAME
 from tests.support.fleet import WorkerFleet
 from tests.support.processes import private_redis, worker_env
 from tests.support.services import scratch_postgres_database
+from worker.waves import WAVE_TASK, wave_element
 
 APPLIED = {"confirmed", "applied_unconfirmed"}
 P = TypeVar("P", bound="Pipeline")
@@ -136,7 +137,7 @@ class Pipeline:
         *,
         concurrency: int = 4,
         pool: str = "threads",
-        queues: str = "presence,wfm",
+        queues: str = "presence,wfm,shifts",
         warm_up: bool = True,
         **overrides: object,
     ) -> WorkerFleet:
@@ -218,6 +219,13 @@ class Pipeline:
         """Enqueue ``presence.update`` with any payload (valid or not); returns the task id."""
         task_id = task_id or str(uuid.uuid4())
         self.app.send_task(TASK_NAME, args=[payload], queue=QUEUE, task_id=task_id)
+        return task_id
+
+    def send_wave(self, updates: dict[str, dict[str, Any]], *, task_id: str | None = None) -> str:
+        """Enqueue ``presence.wave`` with ``{request id: payload}``; returns the task id."""
+        task_id = task_id or str(uuid.uuid4())
+        elements = [wave_element(request_id, p) for request_id, p in updates.items()]
+        self.app.send_task(WAVE_TASK, args=[elements], queue=QUEUE, task_id=task_id)
         return task_id
 
     # -- the audit table --------------------------------------------------------------------------

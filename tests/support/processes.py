@@ -64,7 +64,7 @@ def celery_worker(
     name = f"ops-{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-E", "--pool", "threads",
-        "--concurrency", str(concurrency), "-Q", "presence,wfm", "-n", name, "--loglevel", "INFO",
+        "--concurrency", str(concurrency), "-Q", "presence,wfm,shifts", "-n", name, "--loglevel", "INFO",
         "--without-mingle",
     ]  # fmt: skip
     with log.open("wb") as out:

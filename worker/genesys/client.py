@@ -185,6 +185,37 @@ class GenesysClient:
         answer = self.call("PATCH", f"/api/v2/users/{user_id}/presences/purecloud", json=body)
         return UserPresence.model_validate(answer.data), answer
 
+    def put_presences_bulk(
+        self, changes: list[tuple[str, str, str | None]]
+    ) -> tuple[list[UserPresence], Answer]:
+        """One bulk PUT of ``(user_id, definition_id, message)`` items (at most 50 on the
+        platform). All-or-nothing: a 400 means no agent changed. The answer lists the agents'
+        new presences in request order.
+        """
+        body: list[dict[str, Any]] = []
+        for user_id, definition_id, message in changes:
+            item: dict[str, Any] = {
+                "id": user_id,
+                "source": "PURECLOUD",
+                "presenceDefinition": {"id": definition_id},
+            }
+            if message is not None:
+                item["message"] = message
+            body.append(item)
+        answer = self.call("PUT", "/api/v2/users/presences/bulk", json=body)
+        return [UserPresence.model_validate(p) for p in answer.data or []], answer
+
+    def get_presences_bulk(self, user_ids: list[str]) -> dict[str, UserPresence]:
+        """PURECLOUD presences of up to 50 agents in one call, by user id (unknown ids absent)."""
+        answer = self.call(
+            "GET", "/api/v2/users/presences/purecloud/bulk", params={"id": ",".join(user_ids)}
+        )
+        return {
+            str(p["userId"]): UserPresence.model_validate(p)
+            for p in answer.data or []
+            if "userId" in p
+        }
+
     def list_active_users(
         self, limit: int, *, expand_presence: bool = False
     ) -> list[dict[str, Any]]:

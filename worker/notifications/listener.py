@@ -179,6 +179,37 @@ class NotificationListener:
             self._changed.notify_all()
             return ok and user_id in self.topics and self.connected.is_set()
 
+    def subscribe_many(self, user_ids: list[str], *, wait_s: float = 2.0) -> set[str]:
+        """Subscribe to up to ``max_topics`` agents with at most one Genesys call (a wave);
+        returns those whose events will reach this process (empty when the socket is down).
+
+        Agents already subscribed cost nothing; the least recently used others make room.
+        """
+        self.start()
+        first = not self.ever_connected
+        if not self.connected.wait(max(wait_s, self.connect_timeout_s) if first else wait_s):
+            return set()
+        wanted = list(dict.fromkeys(user_ids))[: self.max_topics]
+        with self._changed:
+            while self._flushing:
+                self._changed.wait(wait_s)
+            for user_id in wanted:
+                if user_id in self.topics:
+                    self.topics.move_to_end(user_id)  # never evicted to make room for the rest
+            missing = {u for u in wanted if u not in self.topics}
+            if not missing:
+                return set(wanted) if self.connected.is_set() else set()
+            self._flushing = True
+        try:
+            self._subscribe(missing)
+        finally:
+            with self._changed:
+                self._flushing = False
+                self._changed.notify_all()
+        with self._lock:
+            covered = {u for u in wanted if u in self.topics}
+        return covered if self.connected.is_set() else set()
+
     def _subscribe(self, user_ids: set[str]) -> bool:
         """One Genesys call adding ``user_ids`` (a full replace when the LRU must evict).
 

@@ -33,6 +33,21 @@ offline = ["available", "busy", "offline"]
 """
 
 
+# The platform's ten system presences, normalised (every definition belongs to one of them).
+SYSTEM_PRESENCES = (
+    "available",
+    "away",
+    "busy",
+    "offline",
+    "idle",
+    "onqueue",
+    "meal",
+    "training",
+    "meeting",
+    "break",
+)
+
+
 class MatrixError(ValueError):
     """The transition matrix file is malformed."""
 
@@ -97,3 +112,13 @@ class TransitionMatrix:
         return Verdict(
             False, f"{current.label} → {target.label} is not allowed by the transition matrix"
         )
+
+    def always_allows(self, target: Definition) -> bool:
+        """True when every possible current presence may move to ``target``: a change to it needs
+        no read of the agent's current presence for this rule."""
+        target_names = self._names(target)
+        for system in SYSTEM_PRESENCES:
+            group = self.group_of.get(system)
+            if system not in self.allow and (group is None or group not in self.allow):
+                return False
+        return all(any(name in targets for name in target_names) for targets in self.allow.values())

@@ -1,0 +1,24 @@
+"""``shifts.dispatch``: the periodic dispatcher of scheduled shift changes (run by celery beat)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from tasks.presence import wave
+from worker.app import app
+from worker.runtime import Runtime
+from worker.shifts.dispatch import dispatch_due
+
+DISPATCH = "shifts.dispatch"
+
+
+@app.task(name=DISPATCH)
+def dispatch() -> dict[str, Any]:
+    """Send every due shift change as ``presence.wave`` messages; returns the dispatch report.
+
+    Safe to run concurrently (two beats): claims are exclusive, see ``worker.shifts.dispatch``.
+    """
+    settings = Runtime.current().settings
+    report = dispatch_due(settings, lambda elements: wave.apply_async(args=(elements,)))
+    return asdict(report)

@@ -1,0 +1,1 @@
+"""Scheduled shift changes: schedule formats, storage helpers and (later) their dispatch."""

@@ -1,0 +1,184 @@
+"""The shift-change dispatcher: claims due rows exclusively and sends them as waves.
+
+:func:`dispatch_due` promises:
+
+- two dispatchers (two beats running by mistake) never claim the same row: on PostgreSQL the
+  candidates are locked with ``FOR UPDATE SKIP LOCKED``; on SQLite, which serialises writers,
+  the claiming ``UPDATE`` re-checks the status and ``RETURNING`` says which rows it took;
+- claimed rows are sent only after the claim commits, in ``presence.wave`` messages of at most
+  ``WAVE_TASK_AGENTS`` agents, with their lateness (dispatch time minus due time) recorded;
+- rows found more than ``SHIFT_STALE_AFTER_S`` past their due time are ``skipped``, not applied;
+- a row claimed earlier but never audited (the dispatcher stopped between claim and send) is
+  sent again after ``SHIFT_REDISPATCH_AFTER_S``; its request id (``shift-<id>``) makes a second
+  delivery harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, cast, exists, literal, select, update
+from sqlalchemy.orm import Session
+
+from models import AuditRecord, ShiftChange, ShiftStatus
+from models.db import session_scope
+from worker.settings import Settings
+from worker.waves import wave_element
+
+log = logging.getLogger(__name__)
+
+SendWave = Callable[[list[dict[str, Any]]], None]
+CLAIM_CHUNK = 2000  # rows per claiming statement (bounded IN lists and RETURNING sets)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchReport:
+    claimed: int = 0
+    resent: int = 0
+    skipped: int = 0
+    waves: int = 0
+    max_lateness_s: float = 0.0
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_COLUMNS = (
+    ShiftChange.id,
+    ShiftChange.user_id,
+    ShiftChange.due_at,
+    ShiftChange.state,
+    ShiftChange.reason,
+    ShiftChange.capacity_policy,
+    ShiftChange.source,
+)
+
+
+def _take(
+    session: Session,
+    where: Sequence[ColumnElement[bool]],
+    values: dict[str, Any],
+    limit: int,
+) -> list[Any]:
+    """Atomically move up to ``limit`` rows matching ``where`` to ``values``; the rows taken."""
+    candidates = (
+        select(ShiftChange.id)
+        .where(*where)
+        .order_by(ShiftChange.due_at, ShiftChange.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it (see module doc)
+    )
+    statement = (
+        update(ShiftChange)
+        .where(ShiftChange.id.in_(candidates), *where)
+        .values(
+            **values, dispatches=ShiftChange.dispatches + (1 if "dispatched_at" in values else 0)
+        )
+        .returning(*_COLUMNS)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(statement).all())
+
+
+def _record_lateness(session: Session, rows: list[Any], now: datetime) -> float:
+    if not rows:
+        return 0.0
+    lateness = {row.id: (now - _utc(row.due_at)).total_seconds() * 1000 for row in rows}
+    session.execute(
+        update(ShiftChange),
+        [{"id": row_id, "lateness_ms": round(ms, 1)} for row_id, ms in lateness.items()],
+        execution_options={"synchronize_session": False},
+    )
+    return max(lateness.values()) / 1000
+
+
+def _payload(row: Any) -> dict[str, Any]:
+    update_payload: dict[str, Any] = {
+        "user_id": row.user_id,
+        "state": row.state,
+        "source": row.source,
+        "requested_at": _utc(row.due_at).isoformat(),
+        "capacity_policy": row.capacity_policy,
+    }
+    if row.reason:
+        update_payload["reason"] = row.reason
+    if row.capacity_policy == "force":
+        update_payload["force_reason"] = "scheduled shift change"
+    return wave_element(f"shift-{row.id}", update_payload)
+
+
+def claim_due(
+    session: Session, settings: Settings, now: datetime, *, limit: int
+) -> tuple[list[Any], list[Any], int, float]:
+    """Skip the stale rows, claim the due ones and re-claim the lost ones, in ``session``.
+
+    Returns (claimed, reclaimed, skipped count, worst lateness in seconds); nothing is sent.
+    """
+    stale_before = now - timedelta(seconds=settings.shift_stale_after_s)
+    skipped = _take(
+        session,
+        [ShiftChange.status == ShiftStatus.SCHEDULED.value, ShiftChange.due_at < stale_before],
+        {
+            "status": ShiftStatus.SKIPPED.value,
+            "note": f"skipped: found more than {settings.shift_stale_after_s:g} s after its due time",
+        },
+        limit,
+    )
+    _record_lateness(session, skipped, now)
+    claimed: list[Any] = []
+    while len(claimed) < limit:
+        taken = _take(
+            session,
+            [ShiftChange.status == ShiftStatus.SCHEDULED.value, ShiftChange.due_at <= now],
+            {"status": ShiftStatus.DISPATCHED.value, "dispatched_at": now},
+            min(CLAIM_CHUNK, limit - len(claimed)),
+        )
+        claimed.extend(taken)
+        if len(taken) < CLAIM_CHUNK:
+            break
+    lateness = _record_lateness(session, claimed, now)
+    request_id = literal("shift-", String) + cast(ShiftChange.id, String)
+    lost_before = now - timedelta(seconds=settings.shift_redispatch_after_s)
+    reclaimed = _take(
+        session,
+        [
+            ShiftChange.status == ShiftStatus.DISPATCHED.value,
+            ShiftChange.dispatched_at < lost_before,
+            ~exists().where(AuditRecord.request_id == request_id),
+        ],
+        {"dispatched_at": now},
+        limit,
+    )
+    return claimed, reclaimed, len(skipped), lateness
+
+
+def dispatch_due(
+    settings: Settings, send_wave: SendWave, *, now: datetime | None = None, limit: int = 100_000
+) -> DispatchReport:
+    """Claim what is due (one transaction), then send it in waves. See the module doc."""
+    now = now or datetime.now(UTC)
+    with session_scope(settings.database_url) as session:
+        claimed, reclaimed, skipped, lateness = claim_due(session, settings, now, limit=limit)
+    rows = claimed + reclaimed
+    size = settings.wave_task_agents
+    waves = 0
+    for start in range(0, len(rows), size):
+        send_wave([_payload(row) for row in rows[start : start + size]])
+        waves += 1
+    report = DispatchReport(len(claimed), len(reclaimed), skipped, waves, lateness)
+    if rows or skipped:
+        log.info(
+            "shift dispatch: %d due, %d re-sent, %d skipped as stale, %d wave(s), worst lateness %.1f s",
+            report.claimed,
+            report.resent,
+            report.skipped,
+            report.waves,
+            report.max_lateness_s,
+        )
+    return report
