@@ -1,0 +1,153 @@
+"""Shift changes end to end: rows in the database, ``celery beat`` dispatching them, workers
+applying the waves with bulk PUTs against the emulator over real sockets.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from models import ShiftChange
+from tests.capacity.conftest import Harness
+from tests.capacity.test_capacity_guard import pick_queue, policy_file, staff
+from tests.shifts.conftest import schedule
+
+pytestmark = pytest.mark.timeout(420)
+BULK = "presence.bulk_put"
+
+
+def shift_rows(h: Harness, ids: list[int]) -> dict[int, ShiftChange]:
+    with Session(h.engine) as session:
+        rows = session.scalars(select(ShiftChange).where(ShiftChange.id.in_(ids)))
+        return {r.id: r for r in rows}
+
+
+def wait_dispatched(h: Harness, ids: list[int], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if {r.status for r in shift_rows(h, ids).values()} == {"dispatched"}:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"shift changes not dispatched after {timeout_s:.0f} s\n{h.logs()}")
+
+
+def test_a_beat_restart_mid_wave_and_two_beats_lose_nothing_and_apply_nothing_twice(
+    harness: Harness,
+) -> None:
+    """Three groups due a few seconds apart. The beat is killed after the first group; one group's
+    rows were claimed by a dispatcher that died before sending. Two beats then run at once: every
+    row is applied exactly once, the late ones with their lateness, the lost ones re-sent."""
+    fast = {
+        "SHIFT_DISPATCH_INTERVAL_S": "0.5",
+        "SHIFT_REDISPATCH_AFTER_S": "3",
+        "WAVE_TASK_AGENTS": "20",
+        "BULK_BATCH_SIZE": "10",
+    }
+    harness.start(2, concurrency=4, **fast)
+    agents = [a["id"] for a in harness.agents(90, online=True)]
+    t0 = datetime.now(UTC) + timedelta(seconds=1)
+    first = schedule(harness, [(a, "Busy", None) for a in agents[:30]], t0)
+    second = schedule(
+        harness, [(a, "Busy", None) for a in agents[30:60]], t0 + timedelta(seconds=6)
+    )
+    lost = schedule(harness, [(a, "Busy", None) for a in agents[60:90]], t0)
+    with Session(harness.engine) as session:  # claimed by a dispatcher that died before sending
+        session.execute(
+            update(ShiftChange)
+            .where(ShiftChange.id.in_(lost))
+            .values(status="dispatched", dispatched_at=datetime.now(UTC), dispatches=1)
+        )
+        session.commit()
+
+    beat = harness.beat(**fast)
+    wait_dispatched(harness, first)
+    beat.send_signal(signal.SIGKILL)
+    beat.wait(timeout=10)
+    time.sleep(8)  # the beat is down when the second group falls due
+    assert {r.status for r in shift_rows(harness, second).values()} == {"scheduled"}
+    harness.beat(**fast)
+    harness.beat(**fast)  # a second beat by mistake
+
+    everything = first + second + lost
+    request_ids = [f"shift-{i}" for i in everything]
+    rows = harness.wait_rows(len(everything), request_ids=request_ids, timeout_s=120)
+    time.sleep(2)  # room for any double dispatch to show up
+    harness.wait_idle(timeout_s=60)
+
+    assert Counter(r.outcome for r in harness.rows(request_ids)) == {"confirmed": 90}, [
+        (r.request_id, r.outcome, r.error_message) for r in rows if r.outcome != "confirmed"
+    ]
+    history = harness.history(agents)
+    assert {u: len(c) for u, c in history.items() if len(c) != 1} == {}  # once per agent
+    shifts = shift_rows(harness, everything)
+    assert {shifts[i].dispatches for i in first + second} == {1}  # two beats, one dispatch
+    assert {shifts[i].dispatches for i in lost} == {2}  # re-sent once
+    assert min(shifts[i].lateness_ms or 0 for i in second) > 2_000  # dispatched late, recorded
+    by_request = {r.request_id: r for r in rows}
+    for row_id in second:
+        row = by_request[f"shift-{row_id}"]
+        assert row.source == "e2e-roster"
+        assert row.requested_at is not None
+        assert row.requested_at.replace(tzinfo=UTC) == t0 + timedelta(seconds=6)
+
+
+def test_a_wave_mixing_valid_invalid_and_capacity_blocked_agents(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Queue staffed with 6 on queue, minimum 4. One wave: 4 of them to Break (room for 2),
+    2 others to On Queue, an unknown presence, an agent the platform does not know."""
+    queue_id, alone = pick_queue(harness, 6)
+    on_queue = alone[:6]
+    staff(harness, queue_id, on_queue, [])
+    # Agents of other queues only: their going On Queue must not add room to this one.
+    others = [a["id"] for a in harness.agents(online=True) if queue_id not in a["queues"]][:3]
+    assert len(others) == 3
+    harness.start(
+        1,
+        concurrency=4,
+        CAPACITY_OVERRIDES_FILE=policy_file(tmp_path, queue_id, 4),
+        SHIFT_DISPATCH_INTERVAL_S="0.5",
+    )
+    ghost = str(uuid.uuid4())
+    due = datetime.now(UTC)
+    leaving = schedule(harness, [(a, "Break", "Coffee") for a in on_queue[:4]], due)
+    joining = schedule(harness, [(a, "On Queue", None) for a in others[:2]], due)
+    (unknown,) = schedule(harness, [(others[2], "Snoozing", None)], due)
+    (stranger,) = schedule(harness, [(ghost, "Busy", None)], due)
+    before = harness.route_count(BULK)
+
+    harness.beat(SHIFT_DISPATCH_INTERVAL_S="0.5")
+    everything = [*leaving, *joining, unknown, stranger]
+    rows = {
+        r.request_id: r
+        for r in harness.wait_rows(len(everything), request_ids=[f"shift-{i}" for i in everything])
+    }
+
+    outcome = {i: rows[f"shift-{i}"].outcome for i in everything}
+    assert sorted(outcome[i] for i in leaving) == [
+        "confirmed",
+        "confirmed",
+        "rejected_capacity",
+        "rejected_capacity",
+    ], [(rows[f"shift-{i}"].outcome, rows[f"shift-{i}"].error_message) for i in leaving]
+    assert [outcome[i] for i in joining] == ["confirmed", "confirmed"]
+    assert outcome[unknown] == "invalid"
+    assert rows[f"shift-{unknown}"].error_code == "unknown.presence"
+    assert outcome[stranger] == "failed"
+    assert ghost in (rows[f"shift-{stranger}"].error_message or "")
+    for i in leaving:
+        if outcome[i] == "rejected_capacity":
+            assert rows[f"shift-{i}"].error_code == "capacity.insufficient"
+            assert queue_id in (rows[f"shift-{i}"].error_message or "")
+    # One bulk PUT for the wave, then the halves of the split that isolated the stranger.
+    assert harness.route_count(BULK) - before <= 1 + 2 * 3
+    now = {u["id"]: u["systemPresence"] for u in harness.users()}
+    assert sorted(now[a] for a in on_queue[:4]) == ["Break", "Break", "On Queue", "On Queue"]
