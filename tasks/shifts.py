@@ -19,6 +19,7 @@ def dispatch() -> dict[str, Any]:
 
     Safe to run concurrently (two beats): claims are exclusive, see ``worker.shifts.dispatch``.
     """
-    settings = Runtime.current().settings
-    report = dispatch_due(settings, lambda elements: wave.apply_async(args=(elements,)))
-    return asdict(report)
+    def send(elements: list[dict[str, Any]]) -> None:
+        wave.apply_async(args=(elements,))
+
+    return asdict(dispatch_due(Runtime.current().settings, send))
