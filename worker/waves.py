@@ -115,9 +115,31 @@ def handle_wave(
             element.user_id, element.stamp_us, order_id(element.update, element.attempt)
         )
     covered = rt.listener.subscribe_many([e.user_id for e in parsed])
+    _prefetch_memberships(rt, parsed)
     for batch in _chunks(parsed, rt.settings.bulk_batch_size):
         outcomes.update(_apply_batch(rt, batch, covered, requeue))
     return outcomes
+
+
+def _prefetch_memberships(rt: Runtime, elements: list[Element]) -> None:
+    """Agents that may leave a queue need their memberships for the capacity guard: list every
+    queue's members once instead of reading each agent's queues, when that is cheaper. The
+    listing carries presences too, read after the wave subscribed: they fill the state cache."""
+    leaving = [
+        e.user_id
+        for e in elements
+        if e.target.system != ON_QUEUE and e.update.capacity_policy != "force"
+    ]
+    try:
+        presences = rt.capacity.prefetch_memberships(leaving)
+    except (GenesysError, BudgetExhausted) as exc:
+        log.warning("listing queue members failed, reading memberships per agent: %s", exc)
+        return
+    for user_id, presence in presences.items():
+        try:
+            rt.cache.put(user_id, as_state(UserPresence.model_validate(presence), "read"))
+        except ValidationError:
+            continue
 
 
 def record_wave_dead_letter(

@@ -151,3 +151,38 @@ def test_a_wave_mixing_valid_invalid_and_capacity_blocked_agents(
     assert harness.route_count(BULK) - before <= 1 + 2 * 3
     now = {u["id"]: u["systemPresence"] for u in harness.users()}
     assert sorted(now[a] for a in on_queue[:4]) == ["Break", "Break", "On Queue", "On Queue"]
+
+
+def test_an_end_of_shift_wave_lists_queue_members_once_instead_of_reading_each_agent(
+    harness: Harness,
+) -> None:
+    """200 agents On Queue → Offline: the capacity guard needs every agent's queues and current
+    presence; listing each queue's members (with presence) once beats 200 membership reads."""
+    agents = [a["id"] for a in harness.agents(200)]
+    for user_id in agents:
+        harness.set_presence(user_id, "On Queue")
+    harness.start(1, concurrency=4, CAPACITY_MIN_ON_QUEUE="0")
+    queues = harness.api_get("/api/v2/routing/queues", pageSize=100)["entities"]
+    member_pages = sum(max(1, -(-q["joinedMemberCount"] // 100)) for q in queues)
+    before = {
+        route: harness.route_count(route)
+        for route in ("users.queues", "queues.members", "queues.list", "presence.bulk_get", BULK)
+    }
+
+    wave = {f"end-{i}": harness.update(user_id, "Offline") for i, user_id in enumerate(agents)}
+    harness.send_wave(wave)
+    rows = harness.wait_rows(len(wave), request_ids=wave)
+
+    assert Counter(r.outcome for r in rows) == {"confirmed": 200}, [
+        (r.outcome, r.error_message) for r in rows if r.outcome != "confirmed"
+    ]
+    assert {r.from_state for r in rows} == {"On Queue"}
+    calls = {route: harness.route_count(route) - n for route, n in before.items()}
+    assert calls == {
+        "users.queues": 0,
+        "queues.members": member_pages,
+        "queues.list": 1,
+        "presence.bulk_get": 0,
+        BULK: 4,
+    }
+    assert {u["systemPresence"] for u in harness.users() if u["id"] in set(agents)} == {"Offline"}

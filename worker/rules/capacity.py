@@ -25,6 +25,8 @@ from worker.genesys.client import GenesysClient
 
 ON_QUEUE = "onqueue"
 OBSERVING_MS = 3000  # longest a check waits for another worker's observation of a queue
+LISTING_KEY = "presence:capacity:listing"  # held while one worker lists every queue's members
+LISTING_MS = 30_000
 
 # KEYS: one reservation zset per queue. ARGV: request_id, then per queue 5 values:
 # on_queue, waiting, min_on_queue, max_waiting_per_agent, expires_at_ms.
@@ -133,7 +135,7 @@ class CapacityGuard:
     # -- inputs (cached, shared) ------------------------------------------------------------
     def joined_queues(self, user_id: str) -> list[str]:
         """The queues the agent is joined to; one Genesys call per agent per membership TTL."""
-        key = f"presence:capacity:queues:{user_id}"
+        key = _membership(user_id)
         raw = self.redis.get(key)
         if raw is not None:
             cached: list[str] = json.loads(raw)
@@ -144,6 +146,88 @@ class CapacityGuard:
         queue_ids = [q["id"] for q in answer.data.get("entities", []) if q.get("joined", True)]
         self.redis.set(key, json.dumps(queue_ids), ex=self.membership_ttl_s)
         return queue_ids
+
+    def prefetch_memberships(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Cache the joined queues of many agents at once (a wave), when listing every queue's
+        joined members costs fewer Genesys calls than one membership read per uncached agent.
+
+        Returns the presences the listing carried (``expand=presence``), by agent, for the
+        caller's state cache; empty when nothing was listed. The listing is single-flight across
+        the fleet: a concurrent caller waits for it, then reads the cache.
+        """
+        keys = [_membership(u) for u in user_ids]
+        missing = [
+            u
+            for u, raw in zip(user_ids, self.redis.mget(keys) if keys else [], strict=True)
+            if raw is None
+        ]
+        if len(missing) < 2:
+            return {}
+        if not self.redis.set(LISTING_KEY, 1, px=LISTING_MS, nx=True):
+            deadline = time.monotonic() + LISTING_MS / 1000
+            while self.redis.exists(LISTING_KEY) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return {}
+        try:
+            queues = self._all_queues()
+            pages = sum(
+                max(1, -(-int(q.get("joinedMemberCount", q.get("memberCount", 0))) // 100))
+                for q in queues
+            )
+            if pages >= len(missing):
+                return {}
+            joined: dict[str, list[str]] = {}
+            presences: dict[str, dict[str, Any]] = {}
+            for queue in queues:
+                for member in self._joined_members(queue["id"]):
+                    joined.setdefault(member["id"], []).append(queue["id"])
+                    presence = (member.get("user") or {}).get("presence")
+                    if presence:
+                        presences[member["id"]] = presence
+            pipe = self.redis.pipeline(transaction=False)
+            for user_id in {*joined, *missing}:
+                pipe.set(
+                    _membership(user_id),
+                    json.dumps(joined.get(user_id, [])),
+                    ex=self.membership_ttl_s,
+                )
+            pipe.execute()
+            return presences
+        finally:
+            self.redis.delete(LISTING_KEY)
+
+    def _all_queues(self) -> list[dict[str, Any]]:
+        queues: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = self.genesys.call(
+                "GET", "/api/v2/routing/queues", params={"pageSize": 100, "pageNumber": page}
+            )
+            entities = answer.data.get("entities") or []
+            queues.extend(entities)
+            if len(entities) < 100:
+                return queues
+            page += 1
+
+    def _joined_members(self, queue_id: str) -> list[dict[str, Any]]:
+        members: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            answer = self.genesys.call(
+                "GET",
+                f"/api/v2/routing/queues/{queue_id}/members",
+                params={
+                    "pageSize": 100,
+                    "pageNumber": page,
+                    "joined": "true",
+                    "expand": "presence",
+                },
+            )
+            entities = answer.data.get("entities") or []
+            members.extend(entities)
+            if len(entities) < 100:
+                return members
+            page += 1
 
     def loads(self, queue_ids: list[str]) -> dict[str, QueueLoad]:
         """Current load of each queue: cached observations, the stale ones fetched in one query."""
@@ -275,6 +359,11 @@ class CapacityGuard:
         """Give the places back: the change was not applied."""
         for queue_id in queue_ids:
             self.redis.zrem(f"presence:capacity:reserved:{queue_id}", request_id)
+
+
+def _membership(user_id: str) -> str:
+    """The key caching the agent's joined queues (a JSON list of queue ids)."""
+    return f"presence:capacity:queues:{user_id}"
 
 
 def _observing(queue_id: str) -> str:
