@@ -17,6 +17,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from cli.render import audit_table, stats_table
+from cli.shifts import app as shifts_app
 from models import AuditRecord, DeliveryState, Outcome, WfmDelivery
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
@@ -195,6 +196,7 @@ def requeue(
 
 wfm_app = typer.Typer(no_args_is_help=True, help="WFM deliveries: inspect and retry.")
 app.add_typer(wfm_app, name="wfm")
+app.add_typer(shifts_app, name="shifts")
 
 
 @wfm_app.command("failed")

@@ -27,6 +27,16 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
+def check_user_id(value: str) -> str:
+    """``value`` when it is a Genesys user id (a UUID); raises ValueError saying what one is."""
+    if not re.fullmatch(UUID_PATTERN, value):
+        raise ValueError(
+            f"{value[:60]!r} is not a Genesys user id (a UUID such as "
+            "3ce84f47-4e65-4756-a815-67a2b32e58b8)"
+        )
+    return value
+
+
 class PresenceUpdate(BaseModel):
     """Set one agent's Genesys Cloud presence.
 
@@ -57,12 +67,7 @@ class PresenceUpdate(BaseModel):
     @field_validator("user_id")
     @classmethod
     def _user_id(cls, value: str) -> str:
-        if not re.fullmatch(UUID_PATTERN, value):
-            raise ValueError(
-                f"{value[:60]!r} is not a Genesys user id (a UUID such as "
-                "3ce84f47-4e65-4756-a815-67a2b32e58b8)"
-            )
-        return value
+        return check_user_id(value)
 
     @field_validator("requested_at")
     @classmethod

@@ -25,7 +25,11 @@ if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_T
 
 WFM_QUEUE = "wfm"
 SHIFTS_QUEUE = "shifts"
-app = Celery("presence_worker", broker=settings.redis_url, include=["tasks.presence", "tasks.shifts", "tasks.wfm"])
+app = Celery(
+    "presence_worker",
+    broker=settings.redis_url,
+    include=["tasks.presence", "tasks.shifts", "tasks.wfm"],
+)
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],

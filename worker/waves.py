@@ -106,8 +106,11 @@ def handle_wave(
     Raises RetryLater when the platform or the budget asks to try again later.
     """
     outcomes: Counter[str] = Counter()
-    parsed = _parse(rt, elements, attempt, outcomes)
-    parsed = _not_yet_audited(rt, parsed)
+    ids = [element_request_id(attempt.request_id, i, e) for i, e in enumerate(elements)]
+    with session_scope(rt.settings.database_url) as session:
+        done = audit.existing_request_ids(session, ids)  # a retried or re-sent wave
+    fresh = [(rid, e) for rid, e in zip(ids, elements, strict=True) if rid not in done]
+    parsed = _not_yet_audited(rt, _parse(rt, fresh, attempt, outcomes))
     if not parsed:
         return outcomes
     for element in parsed:
@@ -160,13 +163,12 @@ def record_wave_dead_letter(
 
 
 def _parse(
-    rt: Runtime, elements: list[Any], attempt: Attempt, outcomes: Counter[str]
+    rt: Runtime, elements: list[tuple[str, Any]], attempt: Attempt, outcomes: Counter[str]
 ) -> list[Element]:
-    """Validate and resolve every element; the invalid ones are audited here."""
+    """Validate and resolve every (request id, element); the invalid ones are audited here."""
     parsed: list[Element] = []
     invalid: list[tuple[Draft, Outcome]] = []
-    for index, element in enumerate(elements):
-        request_id = element_request_id(attempt.request_id, index, element)
+    for request_id, element in elements:
         mine = replace(attempt, request_id=request_id)
         raw = element.get("update") if isinstance(element, dict) else element
         draft = Draft(base_fields(mine, raw))

@@ -29,7 +29,10 @@ def test_a_wave_applies_every_agent_with_one_bulk_put_per_batch(pipeline: Pipeli
     definitions = pipeline.definition_ids()
     pipeline.start(1)
     agents = pipeline.agents(120)
-    wanted = {rid: pipeline.update(a["id"], "On Queue") for rid, a in zip(ids("w", 120), agents)}
+    wanted = {
+        rid: pipeline.update(a["id"], "On Queue")
+        for rid, a in zip(ids("w", 120), agents, strict=True)
+    }
     before = pipeline.route_count(BULK)
 
     pipeline.send_wave(wanted)
@@ -103,7 +106,9 @@ def test_a_mixed_wave_gives_each_agent_its_own_outcome(pipeline: Pipeline) -> No
 def test_a_failing_bulk_call_is_retried_and_nothing_is_applied_twice(pipeline: Pipeline) -> None:
     pipeline.start(1, MAX_RETRIES=3)
     agents = pipeline.agents(60, online=True)
-    wanted = {rid: pipeline.update(a["id"], "Busy") for rid, a in zip(ids("r", 60), agents)}
+    wanted = {
+        rid: pipeline.update(a["id"], "Busy") for rid, a in zip(ids("r", 60), agents, strict=True)
+    }
     # The first batch goes through, the second meets two 503s: the wave is retried and skips the
     # first batch's agents, already audited.
     pipeline.admin(
@@ -127,7 +132,9 @@ def test_an_agent_locked_by_another_update_is_handed_to_the_single_flow(
     agents = pipeline.agents(3, online=True)
     locked = agents[0]["id"]
     pipeline.redis.set(f"presence:agent:{locked}:lock", "someone-else", px=3000)
-    wanted = {rid: pipeline.update(a["id"], "Busy") for rid, a in zip(ids("l", 3), agents)}
+    wanted = {
+        rid: pipeline.update(a["id"], "Busy") for rid, a in zip(ids("l", 3), agents, strict=True)
+    }
 
     pipeline.send_wave(wanted)
     rows = pipeline.wait_rows(3, request_ids=wanted)

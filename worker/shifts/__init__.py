@@ -1,1 +1,1 @@
-"""Scheduled shift changes: schedule formats, storage helpers and (later) their dispatch."""
+"""Scheduled shift changes: schedule formats, storage helpers and their dispatch."""

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from producer.schema import PresenceUpdate, ShortText
+from producer.schema import ShortText, check_user_id
 
 REQUIRED_COLUMNS = ("user_id", "at", "state")
 COLUMNS = (*REQUIRED_COLUMNS, "reason", "timezone", "capacity_policy")
@@ -90,7 +90,7 @@ class ScheduledChange(BaseModel):
     @field_validator("user_id")
     @classmethod
     def _user_id(cls, value: str) -> str:
-        return PresenceUpdate._user_id(value)
+        return check_user_id(value)
 
     @field_validator("timezone")
     @classmethod

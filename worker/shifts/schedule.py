@@ -8,10 +8,10 @@ UTC-aware (SQLite returns naive UTC).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any, Self, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, func, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
@@ -63,11 +63,6 @@ class AddResult:
     def total(self) -> int:
         return self.added + self.updated + self.unchanged + self.already_done + self.duplicates
 
-    def __add__(self, other: AddResult) -> Self:
-        return type(self)(
-            *(getattr(self, f.name) + getattr(other, f.name) for f in fields(AddResult))
-        )
-
 
 def add_changes(
     session: Session, changes: Iterable[ScheduledChange], *, source: str, now: datetime
@@ -75,8 +70,9 @@ def add_changes(
     """Store ``changes``; one row per (agent, due time), later changes for the same one win.
 
     A row still ``scheduled`` is updated in place (state, reason, capacity policy, source); a
-    row already dispatched, skipped or cancelled is never touched. ``changes`` is consumed in
-    chunks of :data:`CHUNK`, so a generator streams.
+    row already dispatched, skipped or cancelled is never touched, even when the dispatcher
+    claims it during the call. ``changes`` is consumed in chunks of :data:`CHUNK`, so a
+    generator streams. ``source`` is at most 100 characters.
     """
     if session.get_bind().dialect.name == "postgresql":
         # psycopg prepares a statement run 5 times; on a table not yet analyzed PostgreSQL then
@@ -134,7 +130,12 @@ def add_changes(
         if inserts:
             session.execute(insert(ShiftChange), inserts)
         if updates:
-            session.execute(update(ShiftChange), updates)
+            session.execute(
+                update(ShiftChange)
+                .where(ShiftChange.status == ShiftStatus.SCHEDULED.value)
+                .execution_options(synchronize_session=None),
+                updates,
+            )
     return result
 
 
@@ -239,7 +240,7 @@ def cancel_changes(
     if until is not None:
         conditions.append(ShiftChange.due_at <= utc(until))
     groups: Iterable[list[int] | None] = _batched(ids) if ids else [None]
-    note = f"cancelled at {utc(now).isoformat()}"
+    note = f"cancelled at {utc(now).isoformat(timespec='seconds')}"
     cancelled = 0
     for group in groups:
         selected = conditions if group is None else [*conditions, ShiftChange.id.in_(group)]
