@@ -2,7 +2,8 @@
 
 Starts the Genesys Cloud emulator, uses the Redis at REDIS_URL (its database 15, reserved for
 the demo) or a private one, creates a fresh SQLite audit database, starts a Celery worker,
-enqueues a realistic batch, shows progress and ends with the statistics and a few audit rows.
+enqueues a realistic batch, shows progress, the statistics and a few audit rows, then runs a
+shift-change wave through ``celery beat`` (:mod:`cli.demo_shifts`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cli.demo_shifts import run_shift_wave
 from cli.render import audit_table, stats_table
 from models import Outcome
 from models.db import session_scope
@@ -186,10 +188,11 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
             f"{sink['uniqueEvents']} ({sink['received'] - sink['badSignatures']} of {sink['received']})",
         )
         console.print(table)
+        wave_done = run_shift_wave(stack, agents, console)
         console.print(
-            "Explore: [bold]presence audit --outcome superseded[/], [bold]presence stats[/] "
-            f"(with DATABASE_URL={stack.database_url})"
+            "Explore: [bold]presence audit --outcome superseded[/], [bold]presence stats[/], "
+            f"[bold]presence shifts list[/] (with DATABASE_URL={stack.database_url})"
         )
-        return 0 if done >= batch.expected_rows else 1
+        return 0 if done >= batch.expected_rows and wave_done else 1
     finally:
         stack.close()

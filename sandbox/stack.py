@@ -57,6 +57,7 @@ class LocalStack:
     broker_url: str = ""
     database_url: str = ""
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    beats: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> LocalStack:
         """Raises EmulatorStartError or RuntimeError when a piece does not come up."""
@@ -120,6 +121,17 @@ class LocalStack:
             )
         self.wait_for_workers(len(self.workers))
 
+    def start_beat(self, extra_env: dict[str, str] | None = None) -> None:
+        """Start ``celery beat`` (the WFM sweeper and the shift dispatcher) for this stack."""
+        assert self.workdir is not None
+        log = (self.workdir / f"beat-{len(self.beats)}.log").open("wb")
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "worker.app", "beat", "--loglevel", "INFO",
+            "-s", str(self.workdir / f"beat-schedule-{len(self.beats)}"),
+        ]  # fmt: skip
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        self.beats.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+
     def wait_for_workers(self, count: int, timeout_s: float = 60) -> None:
         if not workers_answer(self.broker_url, count, timeout_s):
             raise RuntimeError(
@@ -141,6 +153,8 @@ class LocalStack:
         return [u["id"] for u in users if u["state"] == "active"]
 
     def close(self) -> None:
+        stop_processes(self.beats, timeout_s=20)
+        self.beats.clear()
         self.stop_workers()
         if self.emulator is not None:
             self.emulator.stop()

@@ -19,6 +19,7 @@ def dispatch() -> dict[str, Any]:
 
     Safe to run concurrently (two beats): claims are exclusive, see ``worker.shifts.dispatch``.
     """
+
     def send(elements: list[dict[str, Any]]) -> None:
         wave.apply_async(args=(elements,))
 
