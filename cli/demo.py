@@ -18,11 +18,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.demo_shifts import run_shift_wave
-from cli.render import audit_table, stats_table
+from cli.render import audit_table, progress_bar, stats_table
 from models import Outcome
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
@@ -147,13 +146,7 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
         for raw in batch.raw:
             producer.app.send_task("presence.update", args=[raw], queue="presence")
         producer.close()
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with progress_bar(console) as progress:
             task = progress.add_task("requests finished", total=batch.expected_rows)
             done = 0
             while done < batch.expected_rows and time.monotonic() - started < 600:

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
+from cli.render import progress_bar
 from models import AuditRecord, ShiftChange
 from models.db import session_scope
 from sandbox.stack import LocalStack
@@ -84,13 +84,7 @@ def run_shift_wave(stack: LocalStack, agents: int, console: Console) -> bool:
     with session_scope(stack.database_url) as session:
         ids = [f"shift-{i}" for i in session.scalars(select(ShiftChange.id))]
     done: list[AuditRecord] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("shift changes applied", total=len(ids))
         deadline = time.monotonic() + 300
         while len(done) < len(ids) and time.monotonic() < deadline:

@@ -12,11 +12,10 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from cli.render import audit_table, stats_table
+from cli.render import audit_table, progress_bar, stats_table
 from cli.shifts import app as shifts_app
 from models import AuditRecord, DeliveryState, Outcome, WfmDelivery
 from models.db import session_scope
@@ -98,13 +97,7 @@ def import_csv(
     producer = _producer()
     queued, bad = 0, 0
     now = datetime.now(UTC)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("enqueueing", total=len(rows))
         with producer.app.producer_or_acquire() as conn:
             for number, row in enumerate(rows, start=2):  # line 1 is the header

@@ -1,7 +1,9 @@
-"""Rich tables for audit rows and statistics."""
+"""Rich tables for audit rows and statistics, and the CLI's progress bar."""
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from models import AuditRecord
@@ -51,3 +53,14 @@ def audit_table(rows: list[AuditRecord]) -> Table:
             row.error_message or "",
         )
     return table
+
+
+def progress_bar(console: Console) -> Progress:
+    """The CLI's one progress bar: description, bar, done/total, elapsed time."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )

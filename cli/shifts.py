@@ -12,12 +12,12 @@ import typer
 from alembic.util.exc import CommandError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
+from cli.render import progress_bar
 from models import ShiftStatus
 from models.db import engine_for, session_scope
 from worker.settings import get_settings
@@ -102,13 +102,7 @@ def import_schedule(
     with (
         _database() as url,
         _rolled_back(url) if dry_run else session_scope(url) as session,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress,
+        progress_bar(console) as progress,
     ):
         task = progress.add_task("checking" if dry_run else "importing", total=len(results))
 

@@ -95,6 +95,29 @@ def base_fields(attempt: Attempt, raw: Any) -> dict[str, Any]:
     }
 
 
+def validated(draft: Draft, raw: Any, attempt: Attempt) -> PresenceUpdate | None:
+    """The payload as a PresenceUpdate, described on ``draft``; None when it is invalid (then
+    ``draft`` holds the one-line reason)."""
+    try:
+        update = PresenceUpdate.model_validate(raw)
+    except ValidationError as exc:
+        draft.set(error_code="invalid.payload", error_message=invalid_message(exc))
+        if isinstance(raw, dict):
+            user_id = raw.get("user_id")
+            draft.set(user_id=str(user_id)[:64] if user_id is not None else None)
+        return None
+    draft.set(
+        user_id=update.user_id,
+        source=update.source,
+        reason=update.reason,
+        idempotency_key=update.idempotency_key,
+        requested_at=update.requested_at,
+        to_state=update.state,
+        queue_wait_ms=round((attempt.started_at - update.requested_at).total_seconds() * 1000, 2),
+    )
+    return update
+
+
 def finish(rt: Runtime, draft: Draft, outcome: Outcome, call_log: CallLog | None = None) -> Outcome:
     now = datetime.now(UTC)
     draft.set(outcome=outcome.value, finished_at=now)
@@ -169,24 +192,9 @@ def record_dead_letter(rt: Runtime, raw: Any, attempt: Attempt, error: RetryLate
 def handle_update(rt: Runtime, raw: Any, attempt: Attempt) -> Outcome:
     """Apply one request; returns its terminal outcome or raises RetryLater."""
     draft = Draft(base_fields(attempt, raw))
-    try:
-        update = PresenceUpdate.model_validate(raw)
-    except ValidationError as exc:
-        draft.set(error_code="invalid.payload", error_message=invalid_message(exc))
-        if isinstance(raw, dict):
-            user_id = raw.get("user_id")
-            draft.set(user_id=str(user_id)[:64] if user_id is not None else None)
+    update = validated(draft, raw, attempt)
+    if update is None:
         return finish(rt, draft, Outcome.INVALID)
-
-    draft.set(
-        user_id=update.user_id,
-        source=update.source,
-        reason=update.reason,
-        idempotency_key=update.idempotency_key,
-        requested_at=update.requested_at,
-        to_state=update.state,
-        queue_wait_ms=round((attempt.started_at - update.requested_at).total_seconds() * 1000, 2),
-    )
     age_s = (attempt.started_at - update.requested_at).total_seconds()
     with recording() as call_log:
         try:

@@ -45,11 +45,11 @@ from worker.updates import (
     as_state,
     base_fields,
     finish_batch,
-    invalid_message,
     is_in,
     order_id,
     record_dead_letter,
     retry_or_fail,
+    validated,
     wait_later,
 )
 
@@ -179,25 +179,10 @@ def _parse(
             )
             invalid.append((draft, Outcome.INVALID))
             continue
-        try:
-            update = PresenceUpdate.model_validate(raw)
-        except ValidationError as exc:
-            draft.set(error_code="invalid.payload", error_message=invalid_message(exc))
-            user_id = raw.get("user_id") if isinstance(raw, dict) else None
-            draft.set(user_id=str(user_id)[:64] if user_id is not None else None)
+        update = validated(draft, raw, mine)
+        if update is None:
             invalid.append((draft, Outcome.INVALID))
             continue
-        draft.set(
-            user_id=update.user_id,
-            source=update.source,
-            reason=update.reason,
-            idempotency_key=update.idempotency_key,
-            requested_at=update.requested_at,
-            to_state=update.state,
-            queue_wait_ms=round(
-                (attempt.started_at - update.requested_at).total_seconds() * 1000, 2
-            ),
-        )
         try:
             target = rt.catalog.resolve(update.state, update.reason)
             expected = rt.catalog.resolve(update.expected_state) if update.expected_state else None

@@ -7,34 +7,18 @@ committed, skip what is too late, and send again what was claimed but never audi
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-import migrations
 from models import AuditRecord, ShiftChange
 from models.db import session_scope
-from tests.support.services import scratch_postgres_database
 from worker.settings import Settings
 from worker.shifts.dispatch import dispatch_due
 
 AGENT = "3ce84f47-4e65-4756-a815-{:012d}"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'shifts.sqlite3'}"
-        migrations.upgrade(url)
-        yield url
-        return
-    with scratch_postgres_database() as url:
-        migrations.upgrade(url)
-        yield url
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:

@@ -4,18 +4,14 @@ cancelling touches only scheduled rows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select, update
 
-import migrations
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import engine_for, session_scope
-from tests.support.services import scratch_postgres_database
 from worker.shifts import schedule
 from worker.shifts.formats import ScheduledChange
 from worker.shifts.schedule import CHUNK, AddResult
@@ -23,19 +19,6 @@ from worker.shifts.schedule import CHUNK, AddResult
 AGENT = "3ce84f47-4e65-4756-a815-{:012d}"
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'shifts.sqlite3'}"
-        migrations.upgrade(url)
-        yield url
-        return
-    with scratch_postgres_database() as url:
-        migrations.upgrade(url)
-        yield url
-        engine_for(url).dispose()
 
 
 def change(n: int = 0, at: datetime = T0, state: str = "Break", **fields: Any) -> ScheduledChange:
