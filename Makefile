@@ -40,8 +40,11 @@ compose-check: $(STAMP)
 	$(COMPOSE_DUMMY_ENV) $(COMPOSE) --env-file /dev/null config --quiet
 	$(COMPOSE) --env-file compose.sandbox.env config --quiet
 
-bench: $(STAMP)
+bench: $(STAMP)  # about 15 minutes; each one also runs alone: python -m bench.<name>
 	$(PY) -m bench.emulator
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.capacity
+	$(PY) -m bench.wave
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

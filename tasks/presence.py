@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from worker.waves import WAVE_TASK, handle_wave, record_wave_dead_letter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+WAVE_LOCK_WAIT_S = 1.0
 
 
 def _message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, int]:
@@ -104,12 +106,25 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
             countdown=countdown_s,
         )
 
-    with runtime.wave_lock:
-        return _run(
-            self,
-            runtime,
-            elements,
-            attempt,
-            lambda: dict(handle_wave(runtime, elements, attempt, requeue)),
-            lambda later: dict(record_wave_dead_letter(runtime, elements, attempt, later)),
-        )
+    def apply() -> dict[str, int]:
+        # One wave per process (it fills the process's channel). A busy process hands the wave
+        # back instead of parking a pool thread, so single updates and dispatch keep flowing.
+        if not runtime.wave_lock.acquire(timeout=WAVE_LOCK_WAIT_S):
+            raise RetryLater(
+                WAVE_LOCK_WAIT_S + random.uniform(0, WAVE_LOCK_WAIT_S),
+                "this process is applying another wave",
+                failed=False,
+            )
+        try:
+            return dict(handle_wave(runtime, elements, attempt, requeue))
+        finally:
+            runtime.wave_lock.release()
+
+    return _run(
+        self,
+        runtime,
+        elements,
+        attempt,
+        apply,
+        lambda later: dict(record_wave_dead_letter(runtime, elements, attempt, later)),
+    )

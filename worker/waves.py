@@ -117,10 +117,11 @@ def handle_wave(
         rt.ordering.register(
             element.user_id, element.stamp_us, order_id(element.update, element.attempt)
         )
-    covered = rt.listener.subscribe_many([e.user_id for e in parsed])
-    _prefetch_memberships(rt, parsed)
+    with recording() as unbilled:  # the wave's own calls, charged to its first audit row
+        covered = rt.listener.subscribe_many([e.user_id for e in parsed])
+        _prefetch_memberships(rt, parsed)
     for batch in _chunks(parsed, rt.settings.bulk_batch_size):
-        outcomes.update(_apply_batch(rt, batch, covered, requeue))
+        outcomes.update(_apply_batch(rt, batch, covered, requeue, unbilled))
     return outcomes
 
 
@@ -223,7 +224,7 @@ def _not_yet_audited(rt: Runtime, parsed: list[Element]) -> list[Element]:
 
 
 def _apply_batch(
-    rt: Runtime, batch: list[Element], covered: set[str], requeue: Requeue
+    rt: Runtime, batch: list[Element], covered: set[str], requeue: Requeue, unbilled: CallLog
 ) -> Counter[str]:
     outcomes: Counter[str] = Counter()
     owners = rt.ordering.try_lock_many(
@@ -239,14 +240,14 @@ def _apply_batch(
             requeue(element.attempt.request_id, element.raw, 1.0)
             outcomes["requeued"] += 1
     try:
-        outcomes.update(_apply_locked(rt, locked, covered, requeue))
+        outcomes.update(_apply_locked(rt, locked, covered, requeue, unbilled))
     finally:
         rt.ordering.unlock_many(owners)
     return outcomes
 
 
 def _apply_locked(
-    rt: Runtime, batch: list[Element], covered: set[str], requeue: Requeue
+    rt: Runtime, batch: list[Element], covered: set[str], requeue: Requeue, unbilled: CallLog
 ) -> Counter[str]:
     done: list[tuple[Draft, Outcome]] = []
     requeued = 0
@@ -288,29 +289,35 @@ def _apply_locked(
                             error_code=exc.code or str(exc.status), error_message=exc.message
                         )
                         done.append((element.draft, Outcome.FAILED))
-                _charge(done, call_log)
+                _charge(done, call_log, unbilled)
                 return Counter(o.value for o in finish_batch(rt, done))
-            _charge(done, call_log)
+            _charge(done, call_log, unbilled)
             finish_batch(rt, done)  # decided rows stay decided; the retry skips them
             raise retry_or_fail(rt, batch[0].attempt, exc) from None
         except BudgetExhausted as exc:
             _release(rt, live)
-            _charge(done, call_log)
+            _charge(done, call_log, unbilled)
             finish_batch(rt, done)
             raise wait_later(rt, 0.0, exc.retry_in_s, str(exc)) from None
-    _charge(done, call_log)
+    _charge(done, call_log, unbilled)
     outcomes: Counter[str] = Counter(o.value for o in finish_batch(rt, done))
     if requeued:
         outcomes["requeued"] += requeued
     return outcomes
 
 
-def _charge(done: list[tuple[Draft, Outcome]], call_log: CallLog) -> None:
-    """Put the batch's Genesys calls on its first row, so that sums over audit rows stay true."""
+def _charge(done: list[tuple[Draft, Outcome]], call_log: CallLog, unbilled: CallLog) -> None:
+    """Put the batch's Genesys calls, and the wave's not yet charged, on the batch's first row,
+    so that sums over audit rows stay true."""
+    if not done:
+        return
+    calls = call_log.calls + unbilled.calls
+    wait_s = call_log.limiter_wait_s + unbilled.limiter_wait_s
+    unbilled.calls, unbilled.limiter_wait_s = 0, 0.0
     for index, (draft, _) in enumerate(done):
         draft.set(
-            genesys_requests=call_log.calls if index == 0 else 0,
-            limiter_wait_ms=round(call_log.limiter_wait_s * 1000, 2) if index == 0 else 0.0,
+            genesys_requests=calls if index == 0 else 0,
+            limiter_wait_ms=round(wait_s * 1000, 2) if index == 0 else 0.0,
         )
 
 

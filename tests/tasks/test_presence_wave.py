@@ -56,7 +56,8 @@ def test_a_wave_applies_every_agent_with_one_bulk_put_per_batch(pipeline: Pipeli
 
 def test_a_mixed_wave_gives_each_agent_its_own_outcome(pipeline: Pipeline) -> None:
     pipeline.start(1)
-    online = pipeline.agents(6, online=True)
+    # Neither Offline (the matrix refuses Offline → Break) nor On Queue (no capacity guard here).
+    online = [a for a in pipeline.agents(online=True) if a["systemPresence"] != "On Queue"][:6]
     offline = pipeline.agents(presence="Offline")[:2]
     ghost = str(uuid.uuid4())  # a well-formed id the platform does not know
     wave = {
@@ -107,7 +108,8 @@ def test_a_failing_bulk_call_is_retried_and_nothing_is_applied_twice(pipeline: P
     pipeline.start(1, MAX_RETRIES=3)
     agents = pipeline.agents(60, online=True)
     wanted = {
-        rid: pipeline.update(a["id"], "Busy") for rid, a in zip(ids("r", 60), agents, strict=True)
+        rid: pipeline.update(a["id"], "On Queue")
+        for rid, a in zip(ids("r", 60), agents, strict=True)
     }
     # The first batch goes through, the second meets two 503s: the wave is retried and skips the
     # first batch's agents, already audited.
@@ -133,7 +135,8 @@ def test_an_agent_locked_by_another_update_is_handed_to_the_single_flow(
     locked = agents[0]["id"]
     pipeline.redis.set(f"presence:agent:{locked}:lock", "someone-else", px=3000)
     wanted = {
-        rid: pipeline.update(a["id"], "Busy") for rid, a in zip(ids("l", 3), agents, strict=True)
+        rid: pipeline.update(a["id"], "On Queue")
+        for rid, a in zip(ids("l", 3), agents, strict=True)
     }
 
     pipeline.send_wave(wanted)
@@ -145,3 +148,60 @@ def test_an_agent_locked_by_another_update_is_handed_to_the_single_flow(
     history = pipeline.history([locked])[locked]
     assert [c["path"] for c in history] == ["patch"]  # applied by presence.update after the lock
     assert by_agent[locked].request_id in wanted
+
+
+def test_the_waves_subscription_call_is_on_its_audit_rows(pipeline: Pipeline) -> None:
+    """Without priming the wave subscribes its agents itself: one call for all of them, counted
+    with the bulk PUTs so that the audit rows sum to what the platform saw."""
+    pipeline.start(1, warm_up=False, NOTIFICATION_PRIME_AGENTS="0")
+    agents = pipeline.agents(70)
+    wanted = {
+        rid: pipeline.update(a["id"], "On Queue")
+        for rid, a in zip(ids("s", 70), agents, strict=True)
+    }
+    routes = (BULK, "notifications.subscriptions.post", "notifications.subscriptions.put")
+    before = {route: pipeline.route_count(route) for route in routes}
+
+    pipeline.send_wave(wanted)
+    rows = pipeline.wait_rows(len(wanted), request_ids=wanted)
+
+    assert Counter(r.outcome for r in rows) == {"confirmed": 70}
+    calls = {route: pipeline.route_count(route) - n for route, n in before.items()}
+    assert calls[BULK] == 2
+    assert calls["notifications.subscriptions.post"] + calls["notifications.subscriptions.put"] == 1
+    assert sum(r.genesys_requests for r in rows) == 3
+
+
+def test_waiting_waves_do_not_hold_the_pool_threads_that_single_updates_need(
+    pipeline: Pipeline,
+) -> None:
+    """One process, two threads, four slow waves queued before three single updates: a wave that
+    finds the process busy with another goes back to the queue, so the singles get a thread and
+    finish long before the last wave."""
+    pipeline.start(1, concurrency=2)
+    pipeline.admin("POST", "/faults/latency", {"endpoint": BULK, "latency_ms": 1500})
+    agents = pipeline.agents(83)  # On Queue is allowed from anywhere and needs no guard
+    waves = [
+        {
+            rid: pipeline.update(a["id"], "On Queue")
+            for rid, a in zip(ids(f"q{n}", 20), group, strict=True)
+        }
+        for n, group in enumerate([agents[i : i + 20] for i in range(0, 80, 20)])
+    ]
+    for wave in waves:
+        pipeline.send_wave(wave)
+    singles = [pipeline.send(pipeline.update(a["id"], "On Queue")) for a in agents[80:]]
+
+    wave_ids = [rid for wave in waves for rid in wave]
+    rows = pipeline.wait_rows(len(wave_ids) + 3, request_ids=[*wave_ids, *singles])
+
+    by_id = {r.request_id: r for r in rows}
+    assert Counter(r.outcome for r in rows) == {"confirmed": 83}, [
+        (r.request_id, r.from_state, r.to_state, r.error_message)
+        for r in rows
+        if r.outcome != "confirmed"
+    ]
+    last_single = max(by_id[rid].finished_at for rid in singles)
+    last_wave = max(by_id[rid].finished_at for rid in wave_ids)
+    assert (last_wave - last_single).total_seconds() > 2, "the singles waited for the waves"
+    assert {by_id[rid].attempts for rid in wave_ids} == {1}  # a busy process is no failure

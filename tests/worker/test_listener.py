@@ -418,3 +418,43 @@ def test_agents_count_as_subscribed_only_once_priming_succeeded(api, make_listen
     assert agents[0] in subscribed_users(api, listener.channel_id), (
         "ensure_subscribed returned True for an agent the platform does not send events for"
     )
+
+
+def test_priming_fills_only_the_room_left_by_agents_already_subscribed(
+    api, make_listener, agents
+):
+    """A wave subscribed 5 agents while priming listed users: priming adds 15, not 20, so the
+    channel never asks for more than its topic limit."""
+    api.admin("POST", "/faults/latency", {"endpoint": "users.list", "latency_ms": 600})
+    listener = make_listener(prime_agents=20, max_topics=20)
+    wave = agents[-5:]
+    assert listener.subscribe_many(wave, wait_s=5) == set(wave)
+
+    assert listener.primed.wait(10)
+
+    subscribed = subscribed_users(api, listener.channel_id)
+    assert len(subscribed) == 20
+    assert set(wave) <= subscribed
+    assert route_count(api, "notifications.subscriptions.put", 400) == 0
+
+
+def test_subscribe_many_makes_one_call_and_keeps_the_agents_it_was_given(
+    api, make_listener, agents
+):
+    listener = make_listener(max_topics=30)
+    first = agents[:20]
+    assert listener.subscribe_many(first, wait_s=5) == set(first)
+    calls = route_count(api, "notifications.subscriptions.post")
+    second = agents[10:35]  # 10 already there, 15 new: 5 of the others must make room
+
+    assert listener.subscribe_many(second, wait_s=5) == set(second[:30])
+
+    subscribed = subscribed_users(api, listener.channel_id)
+    assert set(second) <= subscribed
+    assert len(subscribed) == 30
+    changes = (
+        route_count(api, "notifications.subscriptions.post")
+        + route_count(api, "notifications.subscriptions.put")
+        - calls
+    )
+    assert changes == 1

@@ -342,8 +342,11 @@ class NotificationListener:
             ids = [u["id"] for u in self.client.list_active_users(self.prime_agents)]
             with self._lock:
                 topics = self._topic_list()
-                topics += [PRESENCE_TOPIC.format(u) for u in ids if u not in self.topics]
-                self.client.replace_subscriptions(self.channel_id, topics)
+                room = max(0, self.max_topics - len(topics))  # agents in use keep their place
+                ids = [u for u in ids if u not in self.topics and u not in self._inflight][:room]
+                if ids:
+                    topics += [PRESENCE_TOPIC.format(u) for u in ids]
+                    self.client.replace_subscriptions(self.channel_id, topics)
                 # Subscribed only once the platform has answered (see _subscribe).
                 for user_id in ids:
                     self.topics[user_id] = None
@@ -362,7 +365,8 @@ class NotificationListener:
                     )
             self.primed.set()
         except (GenesysError, BudgetExhausted) as exc:
-            log.warning("priming the notification channel failed: %s", exc)
+            log.warning("priming the notification channel failed (again at reconnect): %s", exc)
+            self._priming.clear()
 
     def _disconnect(self) -> None:
         if self.connected.is_set():  # only this thread sets and clears it
