@@ -40,9 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -57,7 +55,6 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, insert, select
 
-from emulator.launcher import stop_processes
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
@@ -190,18 +187,6 @@ class Burn:
 
 
 # -- the stack -------------------------------------------------------------------------------------
-def start_beat(stack: LocalStack) -> subprocess.Popen[bytes]:
-    assert stack.workdir is not None
-    log = (stack.workdir / "beat.log").open("wb")
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "beat",
-        "-s", str(stack.workdir / "beat-schedule"), "--loglevel", "INFO",
-    ]  # fmt: skip
-    return subprocess.Popen(
-        cmd, env={**os.environ, **stack.env}, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
 def audited(stack: LocalStack, source: str) -> int:
     with session_scope(stack.database_url) as session:
         count = session.scalar(
@@ -528,7 +513,6 @@ def main() -> None:
     }
     report = Report()
     report.data.update(quick=args.quick, budget_per_min=BUDGET, bulk_max=BULK_MAX, target=TARGET)
-    beat: subprocess.Popen[bytes] | None = None
     producer: PresenceProducer | None = None
     stack = LocalStack(emulator_args=emulator_args, redis_db=11, worker_env=env)
     try:
@@ -539,7 +523,7 @@ def main() -> None:
         agents, spares = active[:agents_n], active[agents_n:]
         burn_target, warm = spares[0], agents[:WARM_UP_AGENTS]  # warm: in the primed 1,000
         stack.start_workers(WORKERS, concurrency=THREADS)
-        beat = start_beat(stack)
+        stack.start_beat()
         producer = PresenceProducer(stack.broker_url)
         report.data["primed"] = warm_up(stack, producer, warm)
         console.print(f"workers ready; logs in {stack.workdir}")
@@ -569,9 +553,7 @@ def main() -> None:
     finally:
         if producer is not None:
             producer.close()
-        if beat is not None:
-            stop_processes([beat], timeout_s=10)
-        stack.close()
+        stack.close()  # beat included
 
     label = "no burn in --quick" if args.quick else "saturated budget"
     add_wave(report, f"(A) wave {agents_n:,}, {label}", saturated, args.quick)

@@ -115,6 +115,7 @@ def test_a_wave_mixing_valid_invalid_and_capacity_blocked_agents(
         concurrency=4,
         CAPACITY_OVERRIDES_FILE=policy_file(tmp_path, queue_id, 4),
         SHIFT_DISPATCH_INTERVAL_S="0.5",
+        **harness.wfm_env(),
     )
     ghost = str(uuid.uuid4())
     due = datetime.now(UTC)
@@ -151,6 +152,15 @@ def test_a_wave_mixing_valid_invalid_and_capacity_blocked_agents(
     assert harness.route_count(BULK) - before <= 1 + 2 * 3
     now = {u["id"]: u["systemPresence"] for u in harness.users()}
     assert sorted(now[a] for a in on_queue[:4]) == ["Break", "Break", "On Queue", "On Queue"]
+    # One signed WFM event per agent whose presence changed, none for the others.
+    harness.wait_deliveries(states={"delivered"})
+    audit_ids = {row.id: request_id for request_id, row in rows.items()}
+    events = [d.payload for d in harness.deliveries() if d.audit_id in audit_ids]
+    changed = {f"shift-{i}" for i in everything if outcome[i] == "confirmed"}
+    assert sorted(e["request_id"] for e in events) == sorted(changed)
+    assert {e["source"] for e in events} == {"e2e-roster"}
+    received = {d["eventId"]: d for d in harness.sink()["deliveries"]}
+    assert all(received[e["event_id"]]["signatureValid"] for e in events)
 
 
 def test_an_end_of_shift_wave_lists_queue_members_once_instead_of_reading_each_agent(

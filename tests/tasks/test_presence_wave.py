@@ -104,18 +104,26 @@ def test_a_mixed_wave_gives_each_agent_its_own_outcome(pipeline: Pipeline) -> No
     assert [len(history[online[i]["id"]]) for i in range(6)] == [1, 1, 1, 1, 0, 0]
 
 
-def test_a_failing_bulk_call_is_retried_and_nothing_is_applied_twice(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 503, "count": 2, "after": 1},
+        {"status": 429, "count": 2, "after": 1, "retry_after_s": 1},
+    ],
+    ids=["503", "429"],
+)
+def test_a_failing_bulk_call_is_retried_and_nothing_is_applied_twice(
+    pipeline: Pipeline, fault: dict[str, int]
+) -> None:
     pipeline.start(1, MAX_RETRIES=3)
     agents = pipeline.agents(60, online=True)
     wanted = {
         rid: pipeline.update(a["id"], "On Queue")
         for rid, a in zip(ids("r", 60), agents, strict=True)
     }
-    # The first batch goes through, the second meets two 503s: the wave is retried and skips the
-    # first batch's agents, already audited.
-    pipeline.admin(
-        "POST", "/faults/errors", {"endpoint": BULK, "status": 503, "count": 2, "after": 1}
-    )
+    # The first batch goes through, the second meets two failures: the wave is retried and skips
+    # the first batch's agents, already audited.
+    pipeline.admin("POST", "/faults/errors", {"endpoint": BULK, **fault})
 
     pipeline.send_wave(wanted)
     rows = pipeline.wait_rows(len(wanted), request_ids=wanted)

@@ -420,9 +420,7 @@ def test_agents_count_as_subscribed_only_once_priming_succeeded(api, make_listen
     )
 
 
-def test_priming_fills_only_the_room_left_by_agents_already_subscribed(
-    api, make_listener, agents
-):
+def test_priming_fills_only_the_room_left_by_agents_already_subscribed(api, make_listener, agents):
     """A wave subscribed 5 agents while priming listed users: priming adds 15, not 20, so the
     channel never asks for more than its topic limit."""
     api.admin("POST", "/faults/latency", {"endpoint": "users.list", "latency_ms": 600})
