@@ -5,6 +5,6 @@
 """
 
 from producer.api import PresenceProducer
-from producer.schema import SCHEMA_VERSION, TASK_NAME, PresenceUpdate
+from producer.schema import SCHEMA_VERSION, TASK_NAME, WAVE_TASK_NAME, PresenceUpdate
 
-__all__ = ["SCHEMA_VERSION", "TASK_NAME", "PresenceProducer", "PresenceUpdate"]
+__all__ = ["SCHEMA_VERSION", "TASK_NAME", "WAVE_TASK_NAME", "PresenceProducer", "PresenceUpdate"]

@@ -21,7 +21,9 @@ from pydantic import (
 
 SCHEMA_VERSION: Literal[1] = 1
 TASK_NAME = "presence.update"
+WAVE_TASK_NAME = "presence.wave"  # many agents at once, applied with bulk PUTs
 QUEUE = "presence"
+WAVE_MAX_AGENTS = 1000  # a notification channel's topic limit: one subscription call per wave
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -100,3 +102,9 @@ class PresenceUpdate(BaseModel):
 def json_schema() -> dict[str, Any]:
     """The payload's JSON Schema, for producers in other languages."""
     return PresenceUpdate.model_json_schema()
+
+
+def wave_element(request_id: str, update: dict[str, Any]) -> dict[str, Any]:
+    """One element of a ``presence.wave`` message (``args == [[element, …]]``): the request id
+    its audit row will carry and a PresenceUpdate payload (``PresenceUpdate.to_message()``)."""
+    return {"request_id": request_id, "update": update}

@@ -10,11 +10,11 @@ from typing import Any, TypeVar
 
 from celery import Task
 
-from producer.schema import QUEUE, TASK_NAME
+from producer.schema import QUEUE, TASK_NAME, WAVE_TASK_NAME
 from worker.app import app
 from worker.runtime import Runtime
 from worker.updates import Attempt, RetryLater, backoff_s, handle_update, record_dead_letter
-from worker.waves import WAVE_TASK, handle_wave, record_wave_dead_letter
+from worker.waves import handle_wave, record_wave_dead_letter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,7 +87,7 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     )
 
 
-@app.task(name=WAVE_TASK, bind=True, max_retries=None)
+@app.task(name=WAVE_TASK_NAME, bind=True, max_retries=None)
 def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str, int]:
     """Apply a wave (``args == [[{"request_id": …, "update": {…}}, …]]``) with bulk PUTs;
     returns the count of each outcome. Retries as ``presence.update`` does; elements already

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from producer.schema import WAVE_MAX_AGENTS
+
 # Region → domain, from the official SDKs' region host tables (reference §1.1).
 REGION_DOMAINS: dict[str, str] = {
     "us_east_1": "mypurecloud.com",
@@ -149,9 +151,9 @@ class Settings(BaseSettings):
         description="Agents per bulk presence PUT (the platform's maximum is 50).",
     )
     wave_task_agents: int = Field(
-        default=1000,
+        default=WAVE_MAX_AGENTS,
         ge=1,
-        le=1000,
+        le=WAVE_MAX_AGENTS,
         description="Agents per wave task: one notification subscription call covers them all "
         "(at most 1,000, a channel's topic limit).",
     )

@@ -55,16 +55,9 @@ from worker.updates import (
 
 log = logging.getLogger(__name__)
 
-WAVE_TASK = "presence.wave"
 
 # (request id, PresenceUpdate payload, countdown in seconds): send it as a single update.
 Requeue = Callable[[str, dict[str, Any], float], None]
-
-
-def wave_element(request_id: str, update: dict[str, Any]) -> dict[str, Any]:
-    """One element of a ``presence.wave`` message: the request id its audit row will carry and
-    a PresenceUpdate payload."""
-    return {"request_id": request_id, "update": update}
 
 
 @dataclass(slots=True)

@@ -31,11 +31,10 @@ from sqlalchemy.pool import NullPool
 import migrations
 from emulator.launcher import EmulatorProcess
 from models import AuditRecord
-from producer.schema import QUEUE, TASK_NAME
+from producer.schema import QUEUE, TASK_NAME, WAVE_TASK_NAME, wave_element
 from tests.support.fleet import WorkerFleet
 from tests.support.processes import private_redis, worker_env
 from tests.support.services import scratch_postgres_database
-from worker.waves import WAVE_TASK, wave_element
 
 APPLIED = {"confirmed", "applied_unconfirmed"}
 P = TypeVar("P", bound="Pipeline")
@@ -225,7 +224,7 @@ class Pipeline:
         """Enqueue ``presence.wave`` with ``{request id: payload}``; returns the task id."""
         task_id = task_id or str(uuid.uuid4())
         elements = [wave_element(request_id, p) for request_id, p in updates.items()]
-        self.app.send_task(WAVE_TASK, args=[elements], queue=QUEUE, task_id=task_id)
+        self.app.send_task(WAVE_TASK_NAME, args=[elements], queue=QUEUE, task_id=task_id)
         return task_id
 
     # -- the audit table --------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
+from producer.schema import wave_element
 from worker.settings import Settings
-from worker.waves import wave_element
 
 log = logging.getLogger(__name__)
 
