@@ -28,6 +28,7 @@ from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
 from producer.schema import wave_element
 from worker.settings import Settings
+from worker.shifts.schedule import utc
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,6 @@ class DispatchReport:
     skipped: int = 0
     waves: int = 0
     max_lateness_s: float = 0.0
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 _COLUMNS = (
@@ -89,7 +85,7 @@ def _take(
 def _record_lateness(session: Session, rows: list[Any], now: datetime) -> float:
     if not rows:
         return 0.0
-    lateness = {row.id: (now - _utc(row.due_at)).total_seconds() * 1000 for row in rows}
+    lateness = {row.id: (now - utc(row.due_at)).total_seconds() * 1000 for row in rows}
     session.execute(
         update(ShiftChange),
         [{"id": row_id, "lateness_ms": round(ms, 1)} for row_id, ms in lateness.items()],
@@ -103,7 +99,7 @@ def _payload(row: Any) -> dict[str, Any]:
         "user_id": row.user_id,
         "state": row.state,
         "source": row.source,
-        "requested_at": _utc(row.due_at).isoformat(),
+        "requested_at": utc(row.due_at).isoformat(),
         "capacity_policy": row.capacity_policy,
     }
     if row.reason:
