@@ -26,6 +26,14 @@ return 0
 """
 
 
+def _newer(newest: bytes | str, requested_at_us: int, request_id: str) -> bool:
+    """Whether the stored newest marker belongs to another, newer request."""
+    current = newest.decode() if isinstance(newest, bytes) else str(newest)
+    if current.partition("|")[2] == request_id:
+        return False
+    return current > AgentOrdering._marker(requested_at_us, request_id)
+
+
 class AgentBusy(Exception):
     """Another worker holds the agent's lock beyond the wait allowed."""
 
@@ -48,16 +56,34 @@ class AgentOrdering:
             args=[requested_at_us, request_id, self.marker_ttl_s],
         )
 
+    def register_many(self, requests: list[tuple[str, int, str]]) -> None:
+        """:meth:`register` for many (user_id, requested_at_us, request_id) in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for user_id, requested_at_us, request_id in requests:
+            self._register(
+                keys=[f"presence:agent:{user_id}:newest"],
+                args=[requested_at_us, request_id, self.marker_ttl_s],
+                client=pipe,
+            )
+        pipe.execute()
+
+    def superseded_among(self, requests: list[tuple[str, int, str]]) -> set[str]:
+        """The request ids among (user_id, requested_at_us, request_id) that
+        :meth:`is_superseded` would say True for, in one round trip."""
+        if not requests:
+            return set()
+        markers = self.redis.mget([f"presence:agent:{u}:newest" for u, _, _ in requests])
+        out = set()
+        for (_, requested_at_us, request_id), newest in zip(requests, markers, strict=True):
+            if newest is not None and _newer(newest, requested_at_us, request_id):
+                out.add(request_id)
+        return out
+
     def is_superseded(self, user_id: str, requested_at_us: int, request_id: str) -> bool:
         """True when a newer request for the agent has been registered (a copy of this same
         request, registered with a later timestamp, does not count)."""
         newest = self.redis.get(f"presence:agent:{user_id}:newest")
-        if newest is None:
-            return False
-        current = newest.decode() if isinstance(newest, bytes) else str(newest)
-        if current.partition("|")[2] == request_id:
-            return False
-        return current > self._marker(requested_at_us, request_id)
+        return newest is not None and _newer(newest, requested_at_us, request_id)
 
     @contextmanager
     def lock(self, user_id: str, *, ttl_s: float, wait_s: float) -> Iterator[None]:

@@ -86,6 +86,10 @@ def element_request_id(wave_id: str, index: int, element: Any) -> str:
     return f"{wave_id[:50]}:{index}"
 
 
+def _ordering_key(element: Element) -> tuple[str, int, str]:
+    return element.user_id, element.stamp_us, order_id(element.update, element.attempt)
+
+
 def _chunks(items: list[Element], size: int) -> Iterator[list[Element]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -106,10 +110,7 @@ def handle_wave(
     parsed = _not_yet_audited(rt, _parse(rt, fresh, attempt, outcomes))
     if not parsed:
         return outcomes
-    for element in parsed:
-        rt.ordering.register(
-            element.user_id, element.stamp_us, order_id(element.update, element.attempt)
-        )
+    rt.ordering.register_many([_ordering_key(e) for e in parsed])
     with recording() as unbilled:  # the wave's own calls, charged to its first audit row
         covered = rt.listener.subscribe_many([e.user_id for e in parsed])
         _prefetch_memberships(rt, parsed)
@@ -246,10 +247,9 @@ def _apply_locked(
     requeued = 0
     live: list[Element] = []
     batch = _not_yet_audited(rt, batch)  # again, under the locks: a single may just have ended
+    superseded = rt.ordering.superseded_among([_ordering_key(e) for e in batch])
     for element in batch:
-        if rt.ordering.is_superseded(
-            element.user_id, element.stamp_us, order_id(element.update, element.attempt)
-        ):
+        if order_id(element.update, element.attempt) in superseded:
             element.draft.set(error_message="A newer request for this agent was accepted")
             done.append((element.draft, Outcome.SUPERSEDED))
         else:

@@ -98,3 +98,30 @@ def test_an_expired_holder_does_not_release_the_next_holders_lock(ordering):
         stale.__exit__(None, None, None)  # the stale holder finishes late
         with pytest.raises(AgentBusy), ordering.lock(AGENT, ttl_s=5, wait_s=0):
             pass
+
+
+def test_many_at_once_decide_as_one_at_a_time(ordering):
+    """A wave registers and checks its agents in one round trip each; the verdicts are those of
+    the one-at-a-time calls."""
+    ordering.register(OTHER, 9_000, "single-newer")
+    wave = [(AGENT, 1_000, "wave-old"), (AGENT, 2_000, "wave-new"), (OTHER, 3_000, "wave-other")]
+
+    ordering.register_many(wave)
+
+    assert ordering.superseded_among(wave) == {"wave-old", "wave-other"}
+    assert {rid for u, ts, rid in wave if ordering.is_superseded(u, ts, rid)} == {
+        "wave-old",
+        "wave-other",
+    }
+    assert ordering.superseded_among([]) == set()
+
+
+def test_many_locks_are_taken_without_waiting_and_released_by_their_owner(ordering, r):
+    r.set(f"presence:agent:{OTHER}:lock", "someone-else", px=5_000)
+
+    owners = ordering.try_lock_many([AGENT, OTHER, AGENT], ttl_s=5)
+
+    assert set(owners) == {AGENT}  # OTHER is held elsewhere; AGENT asked twice, taken once
+    ordering.unlock_many(owners)
+    assert r.get(f"presence:agent:{AGENT}:lock") is None
+    assert r.get(f"presence:agent:{OTHER}:lock") == b"someone-else"

@@ -70,6 +70,10 @@ NOTIFICATION_RECONNECTS_TOTAL: Final[str] = "presence_notification_reconnects_to
 """Counter: notification socket reconnections."""
 WFM_DELIVERIES_TOTAL: Final[str] = "presence_wfm_deliveries_total"
 """Counter {outcome}: WFM webhook deliveries (hook for the WFM publisher)."""
+SHIFT_CHANGES_TOTAL: Final[str] = "presence_shift_changes_total"
+"""Counter {event}: scheduled shift changes ``dispatched``, ``resent`` or ``skipped`` (stale)."""
+SHIFT_LATENESS_SECONDS: Final[str] = "presence_shift_lateness_seconds"
+"""Histogram: due time → dispatch of each dispatched shift change."""
 
 _dir = os.environ.get(MULTIPROC_ENV)
 if _dir:
@@ -126,6 +130,15 @@ RECONNECTS = Counter(
 )
 WFM_DELIVERIES = Counter(
     _suffixless(WFM_DELIVERIES_TOTAL), "WFM webhook deliveries by outcome.", ["outcome"]
+)
+
+SHIFT_CHANGES = Counter(
+    _suffixless(SHIFT_CHANGES_TOTAL), "Scheduled shift changes by dispatch event.", ["event"]
+)
+SHIFT_LATENESS = Histogram(
+    SHIFT_LATENESS_SECONDS,
+    "Due time to dispatch of scheduled shift changes.",
+    buckets=(0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 900, 3600),
 )
 
 for _outcome in Outcome:  # every outcome exported from the start, at 0
@@ -199,6 +212,20 @@ def record_wfm_delivery(outcome: str) -> None:
     """One WFM webhook delivery ended (``delivered``, ``retried``, ``failed``, ``dead_letter`` …:
     a small fixed set, never an id)."""
     _safely(lambda: WFM_DELIVERIES.labels(outcome).inc())
+
+
+def record_shift_dispatch(lateness_s: list[float], resent: int, skipped: int) -> None:
+    """One dispatcher run: the lateness of each change it dispatched, and how many it re-sent
+    or skipped as stale."""
+
+    def record() -> None:
+        for seconds in lateness_s:
+            SHIFT_LATENESS.observe(max(0.0, seconds))
+        SHIFT_CHANGES.labels("dispatched").inc(len(lateness_s))
+        SHIFT_CHANGES.labels("resent").inc(resent)
+        SHIFT_CHANGES.labels("skipped").inc(skipped)
+
+    _safely(record)
 
 
 # -- exporting ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
 from producer.schema import wave_element
+from worker.observability import metrics
 from worker.settings import Settings
 from worker.shifts.schedule import utc
 
@@ -82,16 +83,17 @@ def _take(
     return list(session.execute(statement).all())
 
 
-def _record_lateness(session: Session, rows: list[Any], now: datetime) -> float:
+def _record_lateness(session: Session, rows: list[Any], now: datetime) -> list[float]:
+    """Store each row's lateness; returns them in seconds."""
     if not rows:
-        return 0.0
+        return []
     lateness = {row.id: (now - utc(row.due_at)).total_seconds() * 1000 for row in rows}
     session.execute(
         update(ShiftChange),
         [{"id": row_id, "lateness_ms": round(ms, 1)} for row_id, ms in lateness.items()],
         execution_options={"synchronize_session": False},
     )
-    return max(lateness.values()) / 1000
+    return [ms / 1000 for ms in lateness.values()]
 
 
 def _payload(row: Any) -> dict[str, Any]:
@@ -111,10 +113,11 @@ def _payload(row: Any) -> dict[str, Any]:
 
 def claim_due(
     session: Session, settings: Settings, now: datetime, *, limit: int
-) -> tuple[list[Any], list[Any], int, float]:
+) -> tuple[list[Any], list[Any], int, list[float]]:
     """Skip the stale rows, claim the due ones and re-claim the lost ones, in ``session``.
 
-    Returns (claimed, reclaimed, skipped count, worst lateness in seconds); nothing is sent.
+    Returns (claimed, reclaimed, skipped count, each claimed row's lateness in seconds); nothing
+    is sent.
     """
     stale_before = now - timedelta(seconds=settings.shift_stale_after_s)
     skipped = _take(
@@ -167,7 +170,10 @@ def dispatch_due(
     for start in range(0, len(rows), size):
         send_wave([_payload(row) for row in rows[start : start + size]])
         waves += 1
-    report = DispatchReport(len(claimed), len(reclaimed), skipped, waves, lateness)
+    metrics.record_shift_dispatch(lateness, len(reclaimed), skipped)
+    report = DispatchReport(
+        len(claimed), len(reclaimed), skipped, waves, max(lateness, default=0.0)
+    )
     if rows or skipped:
         log.info(
             "shift dispatch: %d due, %d re-sent, %d skipped as stale, %d wave(s), worst lateness %.1f s",

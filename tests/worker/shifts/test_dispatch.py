@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from models import AuditRecord, ShiftChange
@@ -53,6 +54,11 @@ def add_rows(url: str, count: int, due_at: datetime, *, first_agent: int = 0) ->
         return [r.id for r in rows]
 
 
+def dispatched_metric() -> float:
+    value = REGISTRY.get_sample_value("presence_shift_changes_total", {"event": "dispatched"})
+    return value or 0.0
+
+
 def shift_rows(url: str) -> dict[int, ShiftChange]:
     with session_scope(url) as session:
         return {r.id: r for r in session.scalars(select(ShiftChange))}
@@ -63,6 +69,7 @@ def test_due_rows_are_sent_in_waves_only_after_their_claim_committed(database_ur
     due = add_rows(database_url, 250, now - timedelta(seconds=10))
     future = add_rows(database_url, 10, now + timedelta(seconds=60), first_agent=1000)
     waves: list[list[dict[str, Any]]] = []
+    dispatched_before = dispatched_metric()
 
     def send(elements: list[dict[str, Any]]) -> None:
         committed = shift_rows(database_url)  # another session sees the claim already
@@ -88,6 +95,7 @@ def test_due_rows_are_sent_in_waves_only_after_their_claim_committed(database_ur
         assert row.lateness_ms == pytest.approx(10_000, abs=1)
     assert {rows[i].status for i in future} == {"scheduled"}
     assert report.max_lateness_s == pytest.approx(10, abs=0.01)
+    assert dispatched_metric() - dispatched_before == 250
 
     again = dispatch_due(settings_for(database_url), waves.append, now=now + timedelta(seconds=1))
     assert (again.claimed, again.waves) == (0, 0)
