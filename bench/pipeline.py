@@ -22,7 +22,6 @@ import random
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
+from bench.report import Report
 from models import AuditRecord
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
@@ -43,15 +43,6 @@ RESULTS = Path(__file__).parent / "results"
 STATES = ("On Queue", "Available", "Busy", "Meeting")  # any of these may follow any other
 OFF_QUEUE_STATES = ("Available", "Busy", "Meeting", "Training")  # allowed from any state
 UNLIMITED = "1000000"
-
-
-@dataclass
-class Report:
-    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, name: str, value: str, baseline: str, ratio: str) -> None:
-        self.rows.append((name, value, baseline, ratio))
 
 
 def updates_for(

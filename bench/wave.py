@@ -45,7 +45,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, insert, select
 
+from bench.report import Report
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
@@ -77,15 +77,6 @@ BURN_S = 60.0  # a whole rolling window of even traffic before scenario (A)
 EXCLUDED = ("admin.", "oauth.", "wfm.", "notifications.socket")  # not platform API calls
 BURN_ROUTE = "users.get"  # the burn's route; no wave or single uses it
 BULK_PUT = "presence.bulk_put"
-
-
-@dataclass
-class Report:
-    rows: list[tuple[str, str, str, str]] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, name: str, value: str, baseline: str, ratio: str) -> None:
-        self.rows.append((name, value, baseline, ratio))
 
 
 def physical_minimum_s(agents: int) -> float:
