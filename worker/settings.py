@@ -158,7 +158,10 @@ class Settings(BaseSettings):
         "(at most 1,000, a channel's topic limit).",
     )
     shift_dispatch_interval_s: float = Field(
-        default=15.0, gt=0, description="How often celery beat dispatches due shift changes."
+        default=5.0,
+        gt=0,
+        description="How often celery beat dispatches due shift changes (the most a change "
+        "starts late; each run is one indexed query).",
     )
     shift_stale_after_s: float = Field(
         default=900.0,

@@ -107,7 +107,11 @@ def handle_wave(
     with session_scope(rt.settings.database_url) as session:
         done = audit.existing_request_ids(session, ids)  # a retried or re-sent wave
     fresh = [(rid, e) for rid, e in zip(ids, elements, strict=True) if rid not in done]
-    parsed = _not_yet_audited(rt, _parse(rt, fresh, attempt, outcomes))
+    try:
+        parsed = _not_yet_audited(rt, _parse(rt, fresh, attempt, outcomes))
+    except GenesysError as exc:  # refused for good (credentials, permissions): all fail at once
+        outcomes.update(_fail_open(rt, fresh, attempt, exc))
+        return outcomes
     if not parsed:
         return outcomes
     rt.ordering.register_many([_ordering_key(e) for e in parsed])
@@ -155,6 +159,25 @@ def record_wave_dead_letter(
         outcome = record_dead_letter(rt, raw, replace(attempt, request_id=request_id), error)
         outcomes[outcome.value] += 1
     return outcomes
+
+
+def _fail_open(
+    rt: Runtime, elements: list[tuple[str, Any]], attempt: Attempt, exc: GenesysError
+) -> Counter[str]:
+    """Every element without an audit row yet ends ``failed`` with the platform's refusal."""
+    with session_scope(rt.settings.database_url) as session:
+        done = audit.existing_request_ids(session, [rid for rid, _ in elements])
+    failed: list[tuple[Draft, Outcome]] = []
+    for request_id, element in elements:
+        if request_id in done:
+            continue
+        mine = replace(attempt, request_id=request_id)
+        raw = element.get("update") if isinstance(element, dict) else element
+        draft = Draft(base_fields(mine, raw))
+        validated(draft, raw, mine)
+        draft.set(error_code=exc.code or str(exc.status), error_message=exc.message)
+        failed.append((draft, Outcome.FAILED))
+    return Counter(o.value for o in finish_batch(rt, failed))
 
 
 def _parse(

@@ -213,3 +213,35 @@ def test_waiting_waves_do_not_hold_the_pool_threads_that_single_updates_need(
     last_wave = max(by_id[rid].finished_at for rid in wave_ids)
     assert (last_wave - last_single).total_seconds() > 2, "the singles waited for the waves"
     assert {by_id[rid].attempts for rid in wave_ids} == {1}  # a busy process is no failure
+
+
+def test_a_refusal_for_good_fails_every_agent_at_once_without_retries(pipeline: Pipeline) -> None:
+    """The OAuth client may not read presence definitions: every agent of the wave ends failed
+    with the platform's code on the first attempt, and nothing is written."""
+    pipeline.admin(
+        "POST",
+        "/clients",
+        {
+            "client_id": "edit-only",
+            "client_secret": "edit-only-secret",
+            "permissions": ["presence:userPresence:edit"],
+        },
+    )
+    pipeline.start(
+        1, warm_up=False, GENESYS_CLIENT_ID="edit-only", GENESYS_CLIENT_SECRET="edit-only-secret"
+    )
+    agents = pipeline.agents(5)
+    wanted = {
+        rid: pipeline.update(a["id"], "On Queue")
+        for rid, a in zip(ids("p", 5), agents, strict=True)
+    }
+
+    pipeline.send_wave(wanted)
+    rows = pipeline.wait_rows(5, request_ids=wanted)
+    pipeline.wait_idle()
+
+    assert {(r.outcome, r.error_code, r.attempts) for r in rows} == {
+        ("failed", "missing.any.permissions", 1)
+    }
+    assert {r.user_id for r in rows} == {a["id"] for a in agents}
+    assert pipeline.route_count(BULK) == 0
