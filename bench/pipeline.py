@@ -17,18 +17,15 @@ baseline measured in the same run; results go to ``bench/results/pipeline.json``
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy import select
 
 from bench.report import Report
@@ -39,7 +36,6 @@ from sandbox.stack import LocalStack
 from worker.reports import SUCCESS, count_rows, percentile
 
 console = Console()
-RESULTS = Path(__file__).parent / "results"
 STATES = ("On Queue", "Available", "Busy", "Meeting")  # any of these may follow any other
 OFF_QUEUE_STATES = ("Available", "Busy", "Meeting", "Training")  # allowed from any state
 UNLIMITED = "1000000"
@@ -354,16 +350,8 @@ def main() -> None:
         bench_budget(report, args.budget, args.seconds)
     if args.only in (None, "d"):
         bench_latency(report, 20.0, 5 if args.quick else 15)
-    table = Table(title="presence pipeline benchmarks")
-    for column in ("measure", "presence worker", "baseline (same run)", "ratio"):
-        table.add_column(column)
-    for row in report.rows:
-        table.add_row(*row)
-    console.print(table)
-    RESULTS.mkdir(exist_ok=True)
     report.data["quick"] = args.quick
-    (RESULTS / "pipeline.json").write_text(json.dumps(report.data, indent=2, default=str))
-    console.print(f"results written to {RESULTS / 'pipeline.json'}")
+    report.publish(console, "presence pipeline benchmarks", "pipeline")
 
 
 if __name__ == "__main__":

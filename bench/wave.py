@@ -38,7 +38,6 @@ worst dispatch lateness.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys
@@ -46,12 +45,10 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy import func, insert, select
 
 from bench.report import Report
@@ -66,7 +63,6 @@ from worker.runtime import Runtime
 from worker.settings import Settings
 
 console = Console(width=max(Console().width, 140))
-RESULTS = Path(__file__).parent / "results"
 
 BUDGET = 300  # requests per rolling minute: the default budget
 BULK_MAX = 50  # agents per bulk PUT: the platform's maximum and BULK_BATCH_SIZE's default
@@ -551,15 +547,8 @@ def main() -> None:
     add_wave(report, f"(B) wave {agents_n:,}, idle budget", idle, args.quick)
     add_singles(report, singles, saturated, agents_n, args.quick)
     report.data.update(saturated=saturated, idle=idle, singles=singles, total_429=total_429)
-    table = Table(title="shift wave benchmark" + (" (quick: ratios not meaningful)" * args.quick))
-    for column in ("measure", "presence worker", "baseline (same run)", "ratio"):
-        table.add_column(column)
-    for row in report.rows:
-        table.add_row(*row)
-    console.print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "wave.json").write_text(json.dumps(report.data, indent=2, default=str))
-    console.print(f"results written to {RESULTS / 'wave.json'}")
+    title = "shift wave benchmark" + (" (quick: ratios not meaningful)" * args.quick)
+    report.publish(console, title, "wave")
     missing = sum(r["missing_audit_rows"] for r in (saturated, idle, singles))
     if missing or total_429:
         console.print(f"[red]FAILED: {missing} agent(s) without an audit row, {total_429} x 429")

@@ -90,6 +90,17 @@ def _ordering_key(element: Element) -> tuple[str, int, str]:
     return element.user_id, element.stamp_us, order_id(element.update, element.attempt)
 
 
+def _identified(elements: list[Any], attempt: Attempt) -> list[tuple[str, Any]]:
+    return [(element_request_id(attempt.request_id, i, e), e) for i, e in enumerate(elements)]
+
+
+def _unaudited(rt: Runtime, elements: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The (request id, element) pairs without a terminal audit row yet."""
+    with session_scope(rt.settings.database_url) as session:
+        done = audit.existing_request_ids(session, [rid for rid, _ in elements])
+    return [(rid, e) for rid, e in elements if rid not in done]
+
+
 def _chunks(items: list[Element], size: int) -> Iterator[list[Element]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -103,12 +114,9 @@ def handle_wave(
     Raises RetryLater when the platform or the budget asks to try again later.
     """
     outcomes: Counter[str] = Counter()
-    ids = [element_request_id(attempt.request_id, i, e) for i, e in enumerate(elements)]
-    with session_scope(rt.settings.database_url) as session:
-        done = audit.existing_request_ids(session, ids)  # a retried or re-sent wave
-    fresh = [(rid, e) for rid, e in zip(ids, elements, strict=True) if rid not in done]
+    fresh = _unaudited(rt, _identified(elements, attempt))  # a retried or re-sent wave
     try:
-        parsed = _not_yet_audited(rt, _parse(rt, fresh, attempt, outcomes))
+        parsed = _parse(rt, fresh, attempt, outcomes)
     except GenesysError as exc:  # refused for good (credentials, permissions): all fail at once
         outcomes.update(_fail_open(rt, fresh, attempt, exc))
         return outcomes
@@ -149,12 +157,7 @@ def record_wave_dead_letter(
 ) -> Counter[str]:
     """Retries are exhausted: every element not audited yet becomes ``dead_letter``."""
     outcomes: Counter[str] = Counter()
-    with session_scope(rt.settings.database_url) as session:
-        ids = [element_request_id(attempt.request_id, i, e) for i, e in enumerate(elements)]
-        done = audit.existing_request_ids(session, ids)
-    for request_id, element in zip(ids, elements, strict=True):
-        if request_id in done:
-            continue
+    for request_id, element in _unaudited(rt, _identified(elements, attempt)):
         raw = element.get("update") if isinstance(element, dict) else element
         outcome = record_dead_letter(rt, raw, replace(attempt, request_id=request_id), error)
         outcomes[outcome.value] += 1
@@ -165,12 +168,8 @@ def _fail_open(
     rt: Runtime, elements: list[tuple[str, Any]], attempt: Attempt, exc: GenesysError
 ) -> Counter[str]:
     """Every element without an audit row yet ends ``failed`` with the platform's refusal."""
-    with session_scope(rt.settings.database_url) as session:
-        done = audit.existing_request_ids(session, [rid for rid, _ in elements])
     failed: list[tuple[Draft, Outcome]] = []
-    for request_id, element in elements:
-        if request_id in done:
-            continue
+    for request_id, element in _unaudited(rt, elements):
         mine = replace(attempt, request_id=request_id)
         raw = element.get("update") if isinstance(element, dict) else element
         draft = Draft(base_fields(mine, raw))

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from models import ShiftChange
 from tests.capacity.conftest import Harness
 from tests.capacity.test_capacity_guard import pick_queue, policy_file, staff
-from tests.shifts.conftest import schedule
+from tests.support.shifts import schedule
 
 pytestmark = pytest.mark.timeout(420)
 BULK = "presence.bulk_put"
@@ -54,11 +54,11 @@ def test_a_beat_restart_mid_wave_and_two_beats_lose_nothing_and_apply_nothing_tw
     harness.start(2, concurrency=4, **fast)
     agents = [a["id"] for a in harness.agents(90, online=True)]
     t0 = datetime.now(UTC) + timedelta(seconds=1)
-    first = schedule(harness, [(a, "Busy", None) for a in agents[:30]], t0)
+    first = schedule(harness.database_url, [(a, "Busy", None) for a in agents[:30]], t0)
     second = schedule(
-        harness, [(a, "Busy", None) for a in agents[30:60]], t0 + timedelta(seconds=6)
+        harness.database_url, [(a, "Busy", None) for a in agents[30:60]], t0 + timedelta(seconds=6)
     )
-    lost = schedule(harness, [(a, "Busy", None) for a in agents[60:90]], t0)
+    lost = schedule(harness.database_url, [(a, "Busy", None) for a in agents[60:90]], t0)
     with Session(harness.engine) as session:  # claimed by a dispatcher that died before sending
         session.execute(
             update(ShiftChange)
@@ -119,10 +119,10 @@ def test_a_wave_mixing_valid_invalid_and_capacity_blocked_agents(
     )
     ghost = str(uuid.uuid4())
     due = datetime.now(UTC)
-    leaving = schedule(harness, [(a, "Break", "Coffee") for a in on_queue[:4]], due)
-    joining = schedule(harness, [(a, "On Queue", None) for a in others[:2]], due)
-    (unknown,) = schedule(harness, [(others[2], "Snoozing", None)], due)
-    (stranger,) = schedule(harness, [(ghost, "Busy", None)], due)
+    leaving = schedule(harness.database_url, [(a, "Break", "Coffee") for a in on_queue[:4]], due)
+    joining = schedule(harness.database_url, [(a, "On Queue", None) for a in others[:2]], due)
+    (unknown,) = schedule(harness.database_url, [(others[2], "Snoozing", None)], due)
+    (stranger,) = schedule(harness.database_url, [(ghost, "Busy", None)], due)
     before = harness.route_count(BULK)
 
     harness.beat(SHIFT_DISPATCH_INTERVAL_S="0.5")

@@ -27,6 +27,7 @@ ON_QUEUE = "onqueue"
 OBSERVING_MS = 3000  # longest a check waits for another worker's observation of a queue
 LISTING_KEY = "presence:capacity:listing"  # held while one worker lists every queue's members
 LISTING_MS = 30_000
+LISTING_PAGES_KEY = "presence:capacity:listing_pages"  # member pages of every queue, cached
 
 # KEYS: one reservation zset per queue. ARGV: request_id, then per queue 5 values:
 # on_queue, waiting, min_on_queue, max_waiting_per_agent, expires_at_ms.
@@ -163,6 +164,9 @@ class CapacityGuard:
         ]
         if len(missing) < 2:
             return {}
+        known_pages = self.redis.get(LISTING_PAGES_KEY)  # the listing's cost, learnt earlier
+        if known_pages is not None and int(known_pages) >= len(missing):
+            return {}
         if not self.redis.set(LISTING_KEY, 1, px=LISTING_MS, nx=True):
             deadline = time.monotonic() + LISTING_MS / 1000
             while self.redis.exists(LISTING_KEY) and time.monotonic() < deadline:
@@ -174,6 +178,7 @@ class CapacityGuard:
                 max(1, -(-int(q.get("joinedMemberCount", q.get("memberCount", 0))) // 100))
                 for q in queues
             )
+            self.redis.set(LISTING_PAGES_KEY, pages, ex=self.membership_ttl_s)
             if pages >= len(missing):
                 return {}
             joined: dict[str, list[str]] = {}

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from models import AuditRecord, ShiftChange
 from models.db import session_scope
+from tests.support.shifts import schedule
 from worker.settings import Settings
 from worker.shifts.dispatch import dispatch_due
 
@@ -34,24 +35,15 @@ def settings_for(url: str, **overrides: Any) -> Settings:
 
 
 def add_rows(url: str, count: int, due_at: datetime, *, first_agent: int = 0) -> list[int]:
-    with session_scope(url) as session:
-        rows = [
-            ShiftChange(
-                user_id=AGENT.format(first_agent + i),
-                due_at=due_at,
-                state="On Queue" if i % 2 else "Break",
-                reason=None if i % 2 else "Coffee",
-                capacity_policy="reject",
-                source="roster.csv",
-                status="scheduled",
-                created_at=datetime.now(UTC),
-                dispatches=0,
-            )
-            for i in range(count)
-        ]
-        session.add_all(rows)
-        session.flush()
-        return [r.id for r in rows]
+    changes = [
+        (
+            AGENT.format(first_agent + i),
+            "On Queue" if i % 2 else "Break",
+            None if i % 2 else "Coffee",
+        )
+        for i in range(count)
+    ]
+    return schedule(url, changes, due_at, source="roster.csv")
 
 
 def dispatched_metric() -> float:
