@@ -6,6 +6,7 @@ database) live in :mod:`tests.support.pipeline`, registered here as a plugin.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import httpx
@@ -70,19 +71,27 @@ def api(emulator: EmulatorProcess) -> Iterator[Api]:
     client.close()
 
 
+# ``REDIS_URL`` names the tests' Redis and the database number they may empty; without it, the
+# local server's database 9, or a private embedded server when none answers.
+TEST_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
-    """The base URL of a real Redis: 127.0.0.1:6379 when it answers, else a private one."""
-    handle = ensure_redis("redis://127.0.0.1:6379/0")
+    """The base URL (no database number) of a real Redis: ``REDIS_URL``'s server when it
+    answers, else a private one."""
+    base, _, _ = TEST_REDIS_URL.rpartition("/")
+    handle = ensure_redis(f"{base}/0")
     yield handle.url.rsplit("/", 1)[0]
     handle.stop()
 
 
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
-    """A Redis database reserved for tests (index 9), emptied before each test."""
+    """The tests' own Redis database (``REDIS_URL``'s number, default 9), emptied before each
+    test."""
     import redis
 
-    url = f"{redis_server}/9"
+    url = f"{redis_server}/{TEST_REDIS_URL.rpartition('/')[2] or '9'}"
     redis.Redis.from_url(url).flushdb()
     return url
