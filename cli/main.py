@@ -17,13 +17,13 @@ from sqlalchemy import select
 
 from cli.render import audit_table, progress_bar, stats_table
 from cli.shifts import app as shifts_app
-from models import AuditRecord, DeliveryState, Outcome, WfmDelivery
+from models import DeliveryState, Outcome, WfmDelivery
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
-from producer.schema import json_schema
-from worker import reports
+from producer.schema import invalid_message, json_schema
+from worker import audit as audit_service
+from worker import names, reports, wfm
 from worker.settings import get_settings
-from worker.updates import invalid_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -160,29 +160,15 @@ def requeue(
 ) -> None:
     """Enqueue again the requests that ended with OUTCOME (once each; a newer request for the
     same agent still wins)."""
-    allowed = {Outcome.DEAD_LETTER.value, Outcome.FAILED.value, Outcome.DRIFTED.value}
-    if outcome not in allowed:
-        err.print(f"[red]error:[/] only {', '.join(sorted(allowed))} can be requeued")
+    if outcome not in audit_service.REQUEUEABLE:
+        allowed = ", ".join(sorted(audit_service.REQUEUEABLE))
+        err.print(f"[red]error:[/] only {allowed} can be requeued")
         raise typer.Exit(2)
     producer = _producer()
-    count = 0
     with session_scope(get_settings().database_url) as session:
-        rows = session.scalars(
-            select(AuditRecord)
-            .where(AuditRecord.outcome == outcome, AuditRecord.requeued_as.is_(None))
-            .order_by(AuditRecord.id)
-            .limit(limit)
-        ).all()
-        for row in rows:
-            if not row.payload or "user_id" not in row.payload:
-                continue
-            payload = {k: v for k, v in row.payload.items() if k != "idempotency_key"}
-            try:
-                update = PresenceUpdate.model_validate(payload)
-            except ValidationError:
-                continue
-            row.requeued_as = producer.send(update)
-            count += 1
+        count = audit_service.requeue(
+            session, outcome=Outcome(outcome), limit=limit, send=producer.send
+        )
     producer.close()
     console.print(f"requeued {count} request(s) that ended {outcome}")
 
@@ -224,23 +210,15 @@ def wfm_retry(
     if (delivery_id is None) == (not all_failed):
         err.print("[red]error:[/] give exactly one of --id ID or --all")
         raise typer.Exit(2)
-    query = select(WfmDelivery).where(WfmDelivery.state == DeliveryState.FAILED.value)
-    if delivery_id is not None:
-        query = select(WfmDelivery).where(WfmDelivery.id == delivery_id)
+    try:
+        with session_scope(get_settings().database_url) as session:
+            ids = wfm.reset_failed(session, delivery_id=delivery_id)
+    except LookupError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     producer = _producer()
-    with session_scope(get_settings().database_url) as session:
-        rows = session.scalars(query).all()
-        if delivery_id is not None and not rows:
-            err.print(f"[red]error:[/] no WFM delivery with id {delivery_id}")
-            raise typer.Exit(2)
-        for row in rows:
-            row.state = DeliveryState.PENDING.value
-            row.attempts = 0
-            row.next_attempt_at = None
-        session.flush()
-        ids = [row.id for row in rows]
     for one in ids:  # after commit: the task must see the row pending
-        producer.app.send_task("wfm.sync", args=(one,), queue="wfm")
+        producer.app.send_task(names.WFM_SYNC_TASK, args=(one,), queue=names.WFM_QUEUE)
     producer.close()
     console.print(f"re-sent {len(ids)} deliver{'y' if len(ids) == 1 else 'ies'}")
 

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -97,6 +98,15 @@ class PresenceUpdate(BaseModel):
         if data.get("capacity_policy") == "reject":
             del data["capacity_policy"]  # the default: messages stay as small as before
         return data
+
+
+def invalid_message(exc: ValidationError) -> str:
+    """One line saying what is wrong with a payload, field by field."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "Invalid payload — " + "; ".join(parts)
 
 
 def json_schema() -> dict[str, Any]:

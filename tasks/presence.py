@@ -1,20 +1,22 @@
 """``presence.update`` and ``presence.wave``: thin Celery wrappers around
-:func:`worker.updates.handle_update` and :func:`worker.waves.handle_wave`."""
+:func:`worker.flow.single.handle_update` and :func:`worker.flow.wave.handle_wave`."""
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task
 
-from producer.schema import QUEUE, TASK_NAME, WAVE_TASK_NAME
+from producer.schema import PresenceUpdate
+from worker import names
 from worker.app import app
+from worker.flow.request import Attempt
+from worker.flow.single import handle_update, record_dead_letter
+from worker.flow.wave import handle_wave, record_wave_dead_letter
+from worker.retry import Delay, GiveUp, RetryLater
 from worker.runtime import Runtime
-from worker.updates import Attempt, RetryLater, backoff_s, handle_update, record_dead_letter
-from worker.waves import handle_wave, record_wave_dead_letter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,11 +41,12 @@ def _run(
     runtime: Runtime,
     payload: Any,
     attempt: Attempt,
+    age_s: Callable[[], float | None],
     work: Callable[[], T],
-    dead_letter: Callable[[RetryLater], T],
+    dead_letter: Callable[[GiveUp], T],
 ) -> T:
-    """Run ``work``; map RetryLater onto Celery's retry (countdown, failures counted) and give up
-    with ``dead_letter`` after ``MAX_RETRIES`` real failures or when the request is too old."""
+    """Run ``work``; on RetryLater ask the retry policy and map its answer onto Celery's retry
+    (countdown, failures counted) or ``dead_letter``."""
     try:
         try:
             return work()
@@ -53,21 +56,27 @@ def _run(
             # An unexpected error must not lose the request: retry it, then dead-letter it.
             log.exception("request %s failed unexpectedly", attempt.request_id)
             raise RetryLater(
-                backoff_s(runtime, attempt.failures, None),
-                f"internal error: {type(exc).__name__}",
-                failed=True,
-                code="internal.error",
+                Delay.FAILURE, f"internal error: {type(exc).__name__}", code="internal.error"
             ) from None
     except RetryLater as later:
-        failures = attempt.failures + 1 if later.failed else attempt.failures
-        if (later.failed and failures > runtime.settings.max_retries) or later.code == "too.old":
-            return dead_letter(later)
+        decision = runtime.retry.decide(later, failures=attempt.failures, age_s=age_s())
+        if isinstance(decision, GiveUp):
+            return dead_letter(decision)
         raise task.retry(
-            args=(payload,), kwargs={"failures": failures}, countdown=later.countdown_s
+            args=(payload,), kwargs={"failures": decision.failures}, countdown=decision.countdown_s
         ) from None
 
 
-@app.task(name=TASK_NAME, bind=True, max_retries=None)
+def _age_s(payload: Any, attempt: Attempt) -> float | None:
+    """How long ago the request was made, when its payload says so."""
+    try:
+        requested_at = PresenceUpdate.model_validate(payload).requested_at
+    except ValueError:
+        return None
+    return (attempt.started_at - requested_at).total_seconds()
+
+
+@app.task(name=names.UPDATE_TASK, bind=True, max_retries=None)
 def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     """Apply one presence update (``args == [payload]``); returns its terminal outcome.
 
@@ -76,18 +85,22 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     """
     payload, failures = _message(args, kwargs)
     runtime = Runtime.current()
-    attempt = Attempt(request_id=str(self.request.id), failures=failures, worker=runtime.name)
+    ports = runtime.ports
+    attempt = Attempt(
+        str(self.request.id), ports.clock.now(), failures=failures, worker=runtime.name
+    )
     return _run(
         self,
         runtime,
         payload,
         attempt,
-        lambda: handle_update(runtime, payload, attempt).value,
-        lambda later: record_dead_letter(runtime, payload, attempt, later).value,
+        lambda: _age_s(payload, attempt),
+        lambda: handle_update(ports, payload, attempt).value,
+        lambda give_up: record_dead_letter(ports, payload, attempt, give_up).value,
     )
 
 
-@app.task(name=WAVE_TASK_NAME, bind=True, max_retries=None)
+@app.task(name=names.WAVE_TASK, bind=True, max_retries=None)
 def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str, int]:
     """Apply a wave (``args == [[{"request_id": …, "update": {…}}, …]]``) with bulk PUTs;
     returns the count of each outcome. Retries as ``presence.update`` does; elements already
@@ -95,14 +108,17 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     payload, failures = _message(args, kwargs)
     elements: list[Any] = payload if isinstance(payload, list) else [payload]
     runtime = Runtime.current()
-    attempt = Attempt(request_id=str(self.request.id), failures=failures, worker=runtime.name)
+    ports = runtime.ports
+    attempt = Attempt(
+        str(self.request.id), ports.clock.now(), failures=failures, worker=runtime.name
+    )
 
     def requeue(request_id: str, update_payload: dict[str, Any], countdown_s: float) -> None:
         app.send_task(
-            TASK_NAME,
+            names.UPDATE_TASK,
             args=(update_payload,),
             task_id=request_id,
-            queue=QUEUE,
+            queue=names.PRESENCE_QUEUE,
             countdown=countdown_s,
         )
 
@@ -111,12 +127,10 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
         # back instead of parking a pool thread, so single updates and dispatch keep flowing.
         if not runtime.wave_lock.acquire(timeout=WAVE_LOCK_WAIT_S):
             raise RetryLater(
-                WAVE_LOCK_WAIT_S + random.uniform(0, WAVE_LOCK_WAIT_S),
-                "this process is applying another wave",
-                failed=False,
+                Delay.WAIT, "this process is applying another wave", countdown_s=WAVE_LOCK_WAIT_S
             )
         try:
-            return dict(handle_wave(runtime, elements, attempt, requeue))
+            return dict(handle_wave(ports, elements, attempt, requeue))
         finally:
             runtime.wave_lock.release()
 
@@ -125,6 +139,7 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
         runtime,
         elements,
         attempt,
+        lambda: None,  # a wave waits as long as it takes; its elements carry their own ages
         apply,
-        lambda later: dict(record_wave_dead_letter(runtime, elements, attempt, later)),
+        lambda give_up: dict(record_wave_dead_letter(ports, elements, attempt, give_up)),
     )

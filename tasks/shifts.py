@@ -6,14 +6,13 @@ from dataclasses import asdict
 from typing import Any
 
 from tasks.presence import wave
+from worker import names
 from worker.app import app
 from worker.runtime import Runtime
 from worker.shifts.dispatch import dispatch_due
 
-DISPATCH = "shifts.dispatch"
 
-
-@app.task(name=DISPATCH)
+@app.task(name=names.SHIFTS_DISPATCH_TASK)
 def dispatch() -> dict[str, Any]:
     """Send every due shift change as ``presence.wave`` messages; returns the dispatch report.
 

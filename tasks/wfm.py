@@ -10,17 +10,16 @@ from celery import Task
 
 from models import DeliveryState, WfmDelivery
 from models.db import session_scope
-from worker import wfm
+from worker import names, wfm
 from worker.app import app
 from worker.observability import metrics
+from worker.retry import RetryPolicy
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
-SYNC = "wfm.sync"
-SWEEP = "wfm.sweep"
 
 
-@app.task(name=SYNC, bind=True, max_retries=None)
+@app.task(name=names.WFM_SYNC_TASK, bind=True, max_retries=None)
 def sync(self: Task[Any, str], delivery_id: int) -> str:
     """Deliver one WFM event; retried with backoff on 5xx/408/429/timeouts, up to
     ``WFM_MAX_RETRIES``; other 4xx fail at once. Returns the delivery's state."""
@@ -42,6 +41,7 @@ def sync(self: Task[Any, str], delivery_id: int) -> str:
 
 def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> str:
     settings = runtime.settings
+    policy = RetryPolicy.for_wfm(settings)
     assert settings.wfm_webhook_url is not None
     with session_scope(settings.database_url) as session:
         delivery = session.get(WfmDelivery, delivery_id)
@@ -54,15 +54,10 @@ def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> st
             url=settings.wfm_webhook_url,
             secret=settings.wfm_webhook_secret.get_secret_value(),
             timeout_s=settings.wfm_timeout_s,
-            final=delivery.attempts >= settings.wfm_max_retries,
+            final=policy.exhausted(delivery.attempts + 1),
         )
         if attempted.result == "retry":
-            countdown = wfm.backoff_s(
-                settings.wfm_retry_backoff_s,
-                settings.wfm_retry_backoff_max_s,
-                delivery.attempts,
-                attempted.retry_after_s,
-            )
+            countdown = policy.backoff_s(delivery.attempts - 1, attempted.retry_after_s)
             delivery.next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
     metrics.record_wfm_delivery(attempted.result)  # delivered | retry | failed
     if attempted.result == "retry":
@@ -70,7 +65,7 @@ def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> st
     return attempted.result
 
 
-@app.task(name=SWEEP)
+@app.task(name=names.WFM_SWEEP_TASK)
 def sweep() -> int:
     """Re-enqueue pending deliveries whose send was lost (a crash between commit and send)."""
     settings = Runtime.current().settings

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from producer.schema import QUEUE
-from worker import observability
+from worker import names, observability
 from worker.settings import get_settings
 
 settings = get_settings()
@@ -23,8 +22,6 @@ if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_T
         f"{TASK_TIME_LIMIT_S} s (the task time limit)"
     )
 
-WFM_QUEUE = "wfm"
-SHIFTS_QUEUE = "shifts"
 app = Celery(
     "presence_worker",
     broker=settings.redis_url,
@@ -39,19 +36,21 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     worker_disable_rate_limits=True,
-    task_default_queue=QUEUE,
+    task_default_queue=names.PRESENCE_QUEUE,
     # WFM deliveries have their own queue so a failing WFM endpoint never delays presence work.
     # Shift dispatch has its own queue too, so a backlog of presence work never makes it late.
     task_routes={
-        "presence.*": {"queue": QUEUE},
-        "wfm.*": {"queue": WFM_QUEUE},
-        "shifts.*": {"queue": SHIFTS_QUEUE},
+        names.UPDATE_TASK: {"queue": names.PRESENCE_QUEUE},
+        names.WAVE_TASK: {"queue": names.PRESENCE_QUEUE},
+        names.WFM_SYNC_TASK: {"queue": names.WFM_QUEUE},
+        names.WFM_SWEEP_TASK: {"queue": names.WFM_QUEUE},
+        names.SHIFTS_DISPATCH_TASK: {"queue": names.SHIFTS_QUEUE},
     },
     beat_schedule={
-        "wfm-sweep": {"task": "wfm.sweep", "schedule": settings.wfm_sweep_interval_s},
+        "wfm-sweep": {"task": names.WFM_SWEEP_TASK, "schedule": settings.wfm_sweep_interval_s},
         # Expires with its interval: after downtime, one dispatch catches up, not a pile of them.
         "shift-dispatch": {
-            "task": "shifts.dispatch",
+            "task": names.SHIFTS_DISPATCH_TASK,
             "schedule": settings.shift_dispatch_interval_s,
             "options": {"expires": settings.shift_dispatch_interval_s},
         },

@@ -1,14 +1,20 @@
-"""Audit rows: the one terminal record of every request (keyword-only service functions)."""
+"""Audit rows in SQL: the one terminal record of every request (keyword-only service functions),
+and :class:`SqlAuditStore`, the recorder's store."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
+from pydantic import ValidationError
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models import AuditRecord
+from models import AuditRecord, Outcome
+from models.db import session_scope
+from producer.schema import PresenceUpdate
+from worker import wfm
+from worker.flow.record import AuditDraft, Written
 
 
 def find_existing(
@@ -44,19 +50,79 @@ def existing_request_ids(
     return found
 
 
-def write(session: Session, fields: dict[str, Any]) -> tuple[AuditRecord, bool]:
-    """Insert the terminal row; (row, True) when written, (existing row, False) when a row for the
-    same request id or idempotency key already exists (a concurrent duplicate)."""
-    record = AuditRecord(**fields)
-    session.add(record)
-    try:
-        session.flush()
-    except IntegrityError:
-        session.rollback()
-        existing = find_existing(
-            session, request_id=fields["request_id"], idempotency_key=fields.get("idempotency_key")
+REQUEUEABLE = frozenset({Outcome.DEAD_LETTER, Outcome.FAILED, Outcome.DRIFTED})
+
+
+def requeue(
+    session: Session, *, outcome: Outcome, limit: int, send: Callable[[PresenceUpdate], str]
+) -> int:
+    """Send again, once each, up to ``limit`` requests that ended ``outcome`` (oldest first);
+    each row records the new request id in ``requeued_as``. Returns how many were sent.
+
+    Raises ValueError for an outcome that cannot be requeued (see ``REQUEUEABLE``).
+    """
+    if outcome not in REQUEUEABLE:
+        raise ValueError(f"only {', '.join(sorted(REQUEUEABLE))} can be requeued")
+    rows = session.scalars(
+        select(AuditRecord)
+        .where(AuditRecord.outcome == outcome.value, AuditRecord.requeued_as.is_(None))
+        .order_by(AuditRecord.id)
+        .limit(limit)
+    ).all()
+    count = 0
+    for row in rows:
+        if not row.payload or "user_id" not in row.payload:
+            continue
+        payload = {k: v for k, v in row.payload.items() if k != "idempotency_key"}
+        try:
+            update = PresenceUpdate.model_validate(payload)
+        except ValidationError:
+            continue
+        row.requeued_as = send(update)
+        count += 1
+    return count
+
+
+class SqlAuditStore:
+    """The recorder's store on SQLAlchemy (SQLite or PostgreSQL): one transaction per write."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def find_outcome(self, *, request_id: str, idempotency_key: str | None) -> Outcome | None:
+        with session_scope(self.database_url) as session:
+            row = find_existing(session, request_id=request_id, idempotency_key=idempotency_key)
+            return Outcome(row.outcome) if row is not None else None
+
+    def audited(self, request_ids: list[str], idempotency_keys: list[str]) -> set[str]:
+        if not request_ids and not idempotency_keys:
+            return set()
+        with session_scope(self.database_url) as session:
+            return existing_request_ids(session, request_ids, idempotency_keys)
+
+    def write(self, drafts: list[AuditDraft], *, outbox: bool) -> list[Written]:
+        """All drafts in one transaction; when one collides with an existing row (a concurrent
+        duplicate), one transaction per draft instead, keeping the row written first."""
+        try:
+            with session_scope(self.database_url) as session:
+                records = [draft.to_record() for draft in drafts]
+                session.add_all(records)
+                session.flush()
+                return [self._outbox(session, record, outbox) for record in records]
+        except IntegrityError:
+            if len(drafts) == 1:
+                return [self._existing(drafts[0])]
+            return [self.write([draft], outbox=outbox)[0] for draft in drafts]
+
+    @staticmethod
+    def _outbox(session: Session, record: AuditRecord, outbox: bool) -> Written:
+        delivery = wfm.outbox_row(session, record) if outbox else None  # same transaction
+        return Written(Outcome(record.outcome), True, delivery.id if delivery else None)
+
+    def _existing(self, draft: AuditDraft) -> Written:
+        outcome = self.find_outcome(
+            request_id=draft.request_id, idempotency_key=draft.idempotency_key
         )
-        if existing is None:
-            raise
-        return existing, False
-    return record, True
+        if outcome is None:  # the collision was not with another terminal row: a real error
+            raise RuntimeError(f"audit row of {draft.request_id} could not be written")
+        return Written(outcome, False)

@@ -7,6 +7,7 @@ inside ``worker_process_init``, whose handlers must finish within seconds).
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -16,13 +17,20 @@ import httpx
 import redis
 from celery import Celery
 
+from worker import names
+from worker.audit import SqlAuditStore
 from worker.catalog import PresenceCatalog
+from worker.clock import SystemClock
+from worker.flow.ports import FlowConfig, Ports
+from worker.flow.record import AuditDraft, Recorder
 from worker.genesys.client import GenesysClient
 from worker.genesys.token import TokenProvider
 from worker.limiter import SharedRateLimiter
 from worker.notifications.listener import NotificationListener
 from worker.notifications.slots import ChannelSlots
+from worker.observability import metrics
 from worker.ordering import AgentOrdering
+from worker.retry import RetryPolicy
 from worker.rules.capacity import CapacityGuard, QueuePolicy, load_overrides
 from worker.rules.transitions import TransitionMatrix
 from worker.settings import Settings, get_settings
@@ -44,7 +52,9 @@ class Runtime:
     listener: NotificationListener
     capacity: CapacityGuard
     name: str
+    retry: RetryPolicy
     _producer: Celery | None = None
+    _ports: Ports | None = None
     # One wave at a time per process: a wave fills the process's channel with its agents.
     wave_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,7 +63,43 @@ class Runtime:
         if self._producer is None:
             self._producer = Celery(broker=self.settings.redis_url, set_as_current=False)
             self._producer.conf.update(task_serializer="json", accept_content=["json"])
-        self._producer.send_task("wfm.sync", args=(delivery_id,), queue="wfm")
+        self._producer.send_task(names.WFM_SYNC_TASK, args=(delivery_id,), queue=names.WFM_QUEUE)
+
+    @property
+    def ports(self) -> Ports:
+        """What the update flows use, over this process's connections."""
+        if self._ports is None:
+            settings = self.settings
+            store = SqlAuditStore(settings.database_url)
+            clock = SystemClock()
+            self._ports = Ports(
+                api=self.client,
+                catalog=self.catalog,
+                matrix=self.matrix,
+                ordering=self.ordering,
+                cache=self.cache,
+                capacity=self.capacity,
+                confirmations=self.listener,
+                audit=store,
+                recorder=Recorder(
+                    store,
+                    now=clock.now,
+                    observe=_observe,
+                    enqueue_wfm=self.enqueue_wfm,
+                    wfm_enabled=bool(settings.wfm_webhook_url),
+                ),
+                clock=clock,
+                config=FlowConfig(
+                    ack_timeout_s=settings.ack_timeout_s,
+                    agent_lock_ttl_s=settings.agent_lock_ttl_s,
+                    agent_lock_wait_s=settings.ack_timeout_s + settings.http_timeout_s,
+                    capacity_observation_ttl_s=settings.capacity_observation_ttl_s,
+                    capacity_defer_max_s=settings.capacity_defer_max_s,
+                    bulk_batch_size=settings.bulk_batch_size,
+                ),
+                jitter=random.uniform,
+            )
+        return self._ports
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -118,6 +164,7 @@ class Runtime:
                 reservation_grace_s=settings.capacity_reservation_grace_s,
             ),
             name=f"{socket.gethostname()}:{os.getpid()}",
+            retry=RetryPolicy.for_updates(settings),
         )
 
     _current: ClassVar[tuple[int, Runtime] | None] = None
@@ -132,3 +179,12 @@ class Runtime:
                 cached = (os.getpid(), cls.build(get_settings()))
                 cls._current = cached
             return cached[1]
+
+
+def _observe(draft: AuditDraft) -> None:
+    metrics.observe_update(
+        draft.outcome.value if draft.outcome is not None else "unknown",
+        requested_at=draft.requested_at,
+        finished_at=draft.finished_at,
+        confirm_ms=draft.confirm_ms,
+    )

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from worker.genesys.models import UserPresence
+
 # KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer (or equal) than what is stored.
 _SET_IF_NEWER = """
 local cur = redis.call('GET', KEYS[1])
@@ -30,6 +32,17 @@ class AgentState:
     system_presence: str  # as the platform spelled it (REST "On Queue" or event "ON_QUEUE")
     modified_ms: int
     seen_via: str  # event | patch | read
+
+
+def state_of(presence: UserPresence, seen_via: str) -> AgentState:
+    """The cache entry for a presence the platform answered (a write's answer or a read)."""
+    modified = presence.modified_date
+    return AgentState(
+        presence.presence_definition.id,
+        presence.presence_definition.system_presence or "",
+        int(modified.timestamp() * 1000) if modified is not None else 0,
+        seen_via,
+    )
 
 
 class StateCache:

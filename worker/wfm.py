@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -158,12 +157,6 @@ def deliver(
     return Attempted(result, retry_after)
 
 
-def backoff_s(first_s: float, max_s: float, attempts: int, retry_after_s: float | None) -> float:
-    """Exponential backoff with full jitter, never below the receiver's Retry-After."""
-    base = min(max_s, first_s * (2 ** max(0, attempts - 1)))
-    return max(random.uniform(base / 2, base), retry_after_s or 0.0)
-
-
 def stale(session: Session, *, older_than_s: float, limit: int = 500) -> list[int]:
     """Pending deliveries nobody has touched (or was due to retry) for ``older_than_s``: their
     send was lost."""
@@ -182,3 +175,23 @@ def stale(session: Session, *, older_than_s: float, limit: int = 500) -> list[in
         if len(out) >= limit:
             break
     return out
+
+
+def reset_failed(session: Session, *, delivery_id: int | None = None) -> list[int]:
+    """Make failed deliveries pending again (all of them, or the one ``delivery_id`` in any
+    state) with a fresh attempt count; returns their ids. Send them after the commit.
+
+    Raises LookupError when ``delivery_id`` names no delivery.
+    """
+    query = select(WfmDelivery).where(WfmDelivery.state == DeliveryState.FAILED.value)
+    if delivery_id is not None:
+        query = select(WfmDelivery).where(WfmDelivery.id == delivery_id)
+    rows = session.scalars(query).all()
+    if delivery_id is not None and not rows:
+        raise LookupError(f"no WFM delivery with id {delivery_id}")
+    for row in rows:
+        row.state = DeliveryState.PENDING.value
+        row.attempts = 0
+        row.next_attempt_at = None
+    session.flush()
+    return [row.id for row in rows]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
@@ -159,18 +159,21 @@ def _safely(record: Callable[[], object]) -> None:
 
 
 # -- recording (called from the flow, the client, the limiter and the listener) ---------------
-def observe_update(fields: Mapping[str, Any]) -> None:
-    """One terminal audit row was written (``fields`` as written: outcome, times, confirm_ms)."""
+def observe_update(
+    outcome: str,
+    *,
+    requested_at: datetime | None,
+    finished_at: datetime | None,
+    confirm_ms: float | None,
+) -> None:
+    """One terminal audit row was written, with these values."""
 
     def record() -> None:
-        outcome = str(fields["outcome"])
         UPDATES.labels(outcome).inc()
-        requested, finished = fields.get("requested_at"), fields.get("finished_at")
-        if isinstance(requested, datetime) and isinstance(finished, datetime):
-            seconds = max(0.0, (finished - requested).total_seconds())
+        if requested_at is not None and finished_at is not None:
+            seconds = max(0.0, (finished_at - requested_at).total_seconds())
             UPDATE_LATENCY.labels(outcome).observe(seconds)
-        confirm_ms = fields.get("confirm_ms")
-        if isinstance(confirm_ms, int | float):
+        if confirm_ms is not None:
             CONFIRMATION.labels(outcome).observe(max(0.0, confirm_ms / 1000))
 
     _safely(record)

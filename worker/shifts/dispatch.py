@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
 from producer.schema import wave_element
+from worker import names
 from worker.observability import metrics
 from worker.settings import Settings
 from worker.shifts.schedule import utc
@@ -108,7 +109,7 @@ def _payload(row: Any) -> dict[str, Any]:
         update_payload["reason"] = row.reason
     if row.capacity_policy == "force":
         update_payload["force_reason"] = "scheduled shift change"
-    return wave_element(f"shift-{row.id}", update_payload)
+    return wave_element(names.shift_request_id(row.id), update_payload)
 
 
 def claim_due(
@@ -142,7 +143,7 @@ def claim_due(
         if len(taken) < CLAIM_CHUNK:
             break
     lateness = _record_lateness(session, claimed, now)
-    request_id = literal("shift-", String) + cast(ShiftChange.id, String)
+    request_id = literal(names.SHIFT_REQUEST_PREFIX, String) + cast(ShiftChange.id, String)
     lost_before = now - timedelta(seconds=settings.shift_redispatch_after_s)
     reclaimed = _take(
         session,

@@ -17,6 +17,7 @@ from sqlalchemy import CursorResult, func, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import AuditRecord, ShiftChange, ShiftStatus
+from worker import names
 from worker.shifts.formats import ScheduledChange
 
 CHUNK = 500
@@ -161,7 +162,7 @@ class ShiftRow:
 
     @property
     def request_id(self) -> str:
-        return f"shift-{self.id}"
+        return names.shift_request_id(self.id)
 
 
 def list_changes(

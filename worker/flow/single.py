@@ -1,0 +1,171 @@
+"""The flow of one presence update, free of Celery.
+
+:func:`handle_update` either records exactly one terminal audit row and returns its outcome, or
+raises :class:`~worker.retry.RetryLater` having recorded nothing. Steps: parse (validate,
+resolve the definitions) → register as the agent's newest → under the agent's lock: recorded
+already? superseded? → the agent's presence now (shared cache, one GET on a miss) → the verdict
+(expected state, transition matrix, capacity guard) → subscribe → PATCH → confirm (socket
+event, another process's event, else one read-back) → record.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from models import Outcome
+from worker.flow import steps
+from worker.flow.decisions import SUPERSEDED, Defer, ReadBack, Reject, confirm
+from worker.flow.ports import Ports
+from worker.flow.record import AuditDraft
+from worker.flow.request import Attempt, Request, parse, validate
+from worker.genesys.client import CallLog, recording
+from worker.genesys.errors import GenesysError
+from worker.limiter import BudgetExhausted
+from worker.notifications.listener import PresenceEvent
+from worker.ordering import AgentBusy
+from worker.retry import Delay, GiveUp, RetryLater
+from worker.state_cache import state_of
+
+log = logging.getLogger(__name__)
+LOCK_RETRY_S = 1.0
+DEFER_JITTER_S = 1.0
+
+
+def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
+    """Apply one request; returns its terminal outcome or raises RetryLater (nothing recorded)."""
+    with recording() as calls:
+        try:
+            parsed = parse(ports.catalog, attempt, raw)
+        except GenesysError as exc:
+            if exc.retryable:
+                raise steps.failure(exc) from None
+            draft, _ = validate(attempt, raw)  # e.g. credentials or permissions
+            return _finish(ports, *steps.refused(draft, exc), calls)
+        except BudgetExhausted as exc:
+            raise steps.wait(exc.retry_in_s, str(exc)) from None
+        if isinstance(parsed, AuditDraft):
+            return _finish(ports, parsed, Outcome.INVALID, calls)
+        request = parsed
+        ports.ordering.register(*request.ordering_key)
+        config = ports.config
+        try:
+            with ports.ordering.lock(
+                request.user_id, ttl_s=config.agent_lock_ttl_s, wait_s=config.agent_lock_wait_s
+            ):
+                return _apply_locked(ports, request, calls)
+        except AgentBusy as exc:
+            raise steps.wait(LOCK_RETRY_S, str(exc)) from None
+        except BudgetExhausted as exc:
+            raise steps.wait(exc.retry_in_s, str(exc)) from None
+
+
+def _finish(ports: Ports, draft: AuditDraft, outcome: Outcome, calls: CallLog) -> Outcome:
+    steps.charge(draft, calls)
+    return ports.recorder.finish(draft, outcome)
+
+
+def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
+    recorded = ports.audit.find_outcome(
+        request_id=request.request_id, idempotency_key=request.update.idempotency_key
+    )
+    if recorded is not None:
+        return recorded  # a redelivery or a repeated key: applied once
+    if ports.ordering.is_superseded(*request.ordering_key):
+        return _finish(ports, *steps.rejected(request.draft, SUPERSEDED), calls)
+    try:
+        _load_current(ports, request)
+        decision = steps.verdict(ports, request)
+        if isinstance(decision, Reject):
+            return _finish(ports, *steps.rejected(request.draft, decision), calls)
+        if isinstance(decision, Defer):
+            raise RetryLater(
+                Delay.DEFER,
+                decision.message,
+                countdown_s=ports.config.capacity_observation_ttl_s
+                + ports.jitter(0, DEFER_JITTER_S),
+                code="capacity.deferred",
+            )
+        request.reserved, request.draft.note = decision.reserved, decision.note
+        return _write_and_confirm(ports, request, calls)
+    except GenesysError as exc:
+        if exc.retryable:
+            raise steps.failure(exc) from None
+        return _finish(ports, *steps.refused(request.draft, exc), calls)
+
+
+def _load_current(ports: Ports, request: Request) -> None:
+    """The agent's presence from the shared cache, or one GET on a miss."""
+    state = ports.cache.get(request.user_id)
+    if state is None:
+        presence, _ = ports.api.get_presence(request.user_id)
+        state = state_of(presence, "read")
+        ports.cache.put(request.user_id, state)
+    steps.describe_current(ports, request, state)
+
+
+def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcome:
+    """PATCH, then confirm. Once the PATCH is accepted nothing here raises: whatever the
+    confirmation learns (or fails to learn) is recorded, and the change is never sent again."""
+    draft, target = request.draft, request.target
+    subscribed = ports.confirmations.ensure_subscribed(request.user_id)
+    waiter = ports.confirmations.expect(request.user_id) if subscribed else None
+    event: PresenceEvent | None = None
+    try:
+        try:
+            presence, answer = ports.api.patch_presence(
+                request.user_id, target.id, request.update.message
+            )
+        except (GenesysError, BudgetExhausted):
+            steps.release(ports, [request])  # not applied: give the room back
+            raise
+        draft.correlation_id = answer.correlation_id
+        draft.api_ms = round(calls.api_s * 1000, 2)
+        written = state_of(presence, "patch")
+        ports.cache.put(request.user_id, written)
+        started = ports.clock.monotonic()
+        if waiter is not None:
+            event = waiter.wait_for(
+                target.id, answer.correlation_id, written.modified_ms, ports.config.ack_timeout_s
+            )
+            if event is None:
+                log.warning(
+                    "no confirming event for %s within %.1f s (%d other events seen)",
+                    request.user_id,
+                    ports.config.ack_timeout_s,
+                    len(waiter.events),
+                )
+    finally:
+        if waiter is not None:
+            ports.confirmations.done(waiter)
+    shared = ports.cache.get(request.user_id) if event is None else None
+    confirmation = confirm(
+        target.id, written.modified_ms, socket_event=event, shared=shared, read_back=None
+    )
+    if confirmation is None:
+        confirmation = confirm(
+            target.id,
+            written.modified_ms,
+            socket_event=None,
+            shared=None,
+            read_back=_read_back(ports, request.user_id),
+        )
+    assert confirmation is not None  # a read-back always decides
+    draft.confirm_ms = round((ports.clock.monotonic() - started) * 1000, 2)
+    return _finish(ports, *steps.confirmed(draft, confirmation), calls)
+
+
+def _read_back(ports: Ports, user_id: str) -> ReadBack:
+    try:
+        presence, _ = ports.api.get_presence(user_id)
+    except (GenesysError, BudgetExhausted) as exc:
+        return ReadBack(failure=str(exc))
+    ports.cache.put(user_id, state_of(presence, "read"))
+    return ReadBack(presence)
+
+
+def record_dead_letter(ports: Ports, raw: Any, attempt: Attempt, give_up: GiveUp) -> Outcome:
+    """Retries are exhausted: keep the request (requeueable) with the last error."""
+    draft, _ = validate(attempt, raw)
+    draft.error_code, draft.error_message = give_up.code, give_up.message
+    return ports.recorder.finish(draft, Outcome.DEAD_LETTER)

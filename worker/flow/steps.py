@@ -1,0 +1,106 @@
+"""The steps both drivers take, each over the ports: what the agent is in now, the verdict with
+the capacity guard asked when needed, and the ways a request ends."""
+
+from __future__ import annotations
+
+from models import Outcome
+from worker.flow.decisions import (
+    AskCapacity,
+    Confirmation,
+    Decision,
+    Defer,
+    Proceed,
+    Reject,
+    decide,
+    refusal,
+)
+from worker.flow.ports import Ports
+from worker.flow.record import AuditDraft
+from worker.flow.request import Request
+from worker.genesys.client import CallLog
+from worker.genesys.errors import GenesysError
+from worker.retry import Delay, RetryLater
+from worker.rules.capacity import CapacityVerdict
+from worker.state_cache import AgentState
+
+
+def describe_current(ports: Ports, request: Request, state: AgentState) -> None:
+    """Take ``state`` as the agent's presence before the change."""
+    definition = ports.catalog.by_id(state.definition_id)
+    label = definition.label if definition is not None else state.system_presence
+    request.set_current(definition, label, state.definition_id)
+
+
+def verdict(ports: Ports, request: Request) -> Proceed | Reject | Defer:
+    """The decision core's verdict, asking the capacity guard (and reserving room) only when the
+    change takes the agent off queue. Never :class:`AskCapacity`. Raises what the guard raises
+    (``GenesysError``, ``BudgetExhausted``)."""
+
+    def ask(room: CapacityVerdict | None = None) -> Decision:
+        return decide(
+            request.update,
+            request.target,
+            request.expected,
+            current=request.current,
+            current_label=request.current_label,
+            matrix=ports.matrix,
+            room=room,
+            now=ports.clock.now(),
+            defer_max_s=ports.config.capacity_defer_max_s,
+        )
+
+    decision = ask()
+    if isinstance(decision, AskCapacity):
+        decision = ask(ports.capacity.check_and_reserve(request.request_id, request.user_id))
+    assert not isinstance(decision, AskCapacity)  # decide() never asks twice
+    return decision
+
+
+def release(ports: Ports, requests: list[Request]) -> None:
+    """Give back the queue places of changes that were not applied."""
+    for request in requests:
+        if request.reserved:
+            ports.capacity.release(request.request_id, request.reserved)
+            request.reserved = ()
+
+
+def charge(draft: AuditDraft, calls: CallLog) -> None:
+    """Put the Genesys calls made for the request on its row."""
+    draft.genesys_requests = calls.calls
+    draft.limiter_wait_ms = round(calls.limiter_wait_s * 1000, 2)
+
+
+def rejected(draft: AuditDraft, decision: Reject) -> tuple[AuditDraft, Outcome]:
+    draft.error_code, draft.error_message = decision.code, decision.message
+    return draft, decision.outcome
+
+
+def refused(draft: AuditDraft, exc: GenesysError) -> tuple[AuditDraft, Outcome]:
+    """The platform refused the request for good: ``failed`` with its code and message."""
+    why = refusal(exc)
+    draft.error_code, draft.error_message = why.code, why.message
+    draft.correlation_id = why.correlation_id or draft.correlation_id
+    return draft, Outcome.FAILED
+
+
+def confirmed(draft: AuditDraft, confirmation: Confirmation) -> tuple[AuditDraft, Outcome]:
+    if confirmation.code is not None:
+        draft.error_code, draft.error_message = confirmation.code, confirmation.message
+    if confirmation.note is not None:
+        draft.note = confirmation.note
+    return draft, confirmation.outcome
+
+
+def failure(exc: GenesysError) -> RetryLater:
+    """A retryable platform failure (429, 5xx, timeout): try again after the backoff."""
+    return RetryLater(
+        Delay.FAILURE,
+        exc.message,
+        countdown_s=exc.retry_after_s or 0.0,
+        code=refusal(exc).code,
+    )
+
+
+def wait(countdown_s: float, message: str) -> RetryLater:
+    """Budget or another worker's lock: try again after ``countdown_s`` (not a failure)."""
+    return RetryLater(Delay.WAIT, message, countdown_s=countdown_s)
