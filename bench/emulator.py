@@ -1,7 +1,7 @@
 """The emulator's own ceiling: startup, PATCH throughput and latency, event fan-out.
 
 Run with ``.venv/bin/python -m bench.emulator`` (``--help`` for the knobs). Every figure is
-compared with a baseline measured in the same run (DESIGN §7): a trivial aiohttp server started
+compared with a baseline measured in the same run: a trivial aiohttp server started
 and loaded exactly like the emulator (``--serve-baseline`` mode of this module), so the result is
 a ratio that survives noisy, shared machines.
 

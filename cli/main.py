@@ -13,11 +13,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import select
 
 from cli.render import audit_table, progress_bar, stats_table
 from cli.shifts import app as shifts_app
-from models import DeliveryState, Outcome, WfmDelivery
+from models import Outcome
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
 from producer.schema import invalid_message, json_schema
@@ -182,12 +181,7 @@ app.add_typer(shifts_app, name="shifts")
 def wfm_failed(limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] = 50) -> None:
     """Deliveries that gave up, newest first, with their last error."""
     with session_scope(get_settings().database_url) as session:
-        rows = session.scalars(
-            select(WfmDelivery)
-            .where(WfmDelivery.state == DeliveryState.FAILED.value)
-            .order_by(WfmDelivery.id.desc())
-            .limit(limit)
-        ).all()
+        rows = wfm.failed(session, limit=limit)
         table = Table("id", "event id", "agent", "attempts", "last status", "last error")
         for row in rows:
             table.add_row(

@@ -177,6 +177,18 @@ def stale(session: Session, *, older_than_s: float, limit: int = 500) -> list[in
     return out
 
 
+def failed(session: Session, *, limit: int) -> list[WfmDelivery]:
+    """Deliveries that gave up, newest first."""
+    return list(
+        session.scalars(
+            select(WfmDelivery)
+            .where(WfmDelivery.state == DeliveryState.FAILED.value)
+            .order_by(WfmDelivery.id.desc())
+            .limit(limit)
+        )
+    )
+
+
 def reset_failed(session: Session, *, delivery_id: int | None = None) -> list[int]:
     """Make failed deliveries pending again (all of them, or the one ``delivery_id`` in any
     state) with a fresh attempt count; returns their ids. Send them after the commit.

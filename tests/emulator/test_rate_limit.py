@@ -1,4 +1,4 @@
-"""The per-token request limit (reference §5; DESIGN §5): N requests per rolling 60 s.
+"""The per-token request limit: N requests per rolling 60 s.
 
 The session emulator runs with the limit off, so this module starts its own with 10/minute.
 """

@@ -1,6 +1,6 @@
 """GET/PUT /api/v2/users/{id}/routingstatus and how routing status follows presence (§2.7).
 
-Emulator choices (DESIGN §5): On Queue presence ⇒ IDLE, INTERACTING with work, NOT_RESPONDING
+Emulator choices (see the README's emulator section): On Queue presence ⇒ IDLE, INTERACTING with work, NOT_RESPONDING
 after a missed alert; any other presence ⇒ OFF_QUEUE. PUT may take an agent off queue or clear
 NOT_RESPONDING, but going on queue is done by presence.
 """

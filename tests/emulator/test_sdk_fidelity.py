@@ -400,7 +400,7 @@ def test_patch_purecloud_presence(client: Sdk, agent: str, api: Any) -> None:
     data = client.check(result, "UserPresence")
     assert isinstance(data, dict)
     assert_user_presence(data, agent, ON_QUEUE_ID, "On Queue")
-    # The read-back agrees, and On Queue implies an on-queue routing status (DESIGN §5).
+    # The read-back agrees, and On Queue implies an on-queue routing status.
     read = client.presence.get_user_presences_purecloud(agent)
     client.check(read, "UserPresence")
     assert read.presence_definition.id == ON_QUEUE_ID

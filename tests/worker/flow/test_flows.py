@@ -76,7 +76,8 @@ class Wave:
             assert REQUEST not in w.store.rows
             return Result(later=later)
         if requeued:
-            assert requeued == [REQUEST] and REQUEST not in w.store.rows
+            assert requeued == [REQUEST]
+            assert REQUEST not in w.store.rows
             return Result(requeued=True)
         row = w.store.rows.get(REQUEST)
         return Result(outcome=row.outcome.value if row and row.outcome else None)
@@ -115,7 +116,8 @@ def wrote_nothing(w: World, flow: str) -> None:
 
 
 def gave_room_back(w: World, flow: str) -> None:
-    assert w.capacity.released == [REQUEST] and not w.capacity.reserved
+    assert w.capacity.released == [REQUEST]
+    assert not w.capacity.reserved
     assert w.api.writes[AGENT] == 0
 
 
@@ -292,7 +294,8 @@ def test_every_outcome_and_failure_point(flow: Single | Wave, scenario: Scenario
 
     expected = scenario.expect[flow.name]
     if isinstance(expected, Delay):
-        assert result.later is not None and result.later.delay is expected, result
+        assert result.later is not None, result
+        assert result.later.delay is expected, result
     elif expected == "requeued":
         assert result.requeued, result
     else:
@@ -358,9 +361,8 @@ def test_retries_run_out_into_a_dead_letter_with_a_real_code(
     assert (outcome, deliveries) == ("dead_letter", 4)  # the first try and three retries
     row = w.row(REQUEST)
     assert row.error_code == code
-    assert row.error_message is not None and row.error_message.startswith(
-        "Gave up after 4 attempts"
-    )
+    assert row.error_message is not None
+    assert row.error_message.startswith("Gave up after 4 attempts")
     assert row.requested_at == T0, "a dead-letter row keeps requested_at"
     assert w.api.writes[AGENT] == 0
 
@@ -403,7 +405,8 @@ def test_a_redelivered_request_is_not_applied_again(flow: Single | Wave) -> None
     flow.run(w, payload())
 
     assert w.api.writes[AGENT] == 1
-    assert len(w.store.rows) == 1 and w.observed == [REQUEST]
+    assert len(w.store.rows) == 1
+    assert w.observed == [REQUEST]
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
@@ -424,4 +427,5 @@ def test_a_database_failure_at_the_terminal_write_enqueues_nothing() -> None:
     with pytest.raises(RuntimeError):
         handle_update(w.ports, payload(), Attempt(REQUEST, w.clock.now()))
 
-    assert w.enqueued == [] and w.observed == []
+    assert w.enqueued == []
+    assert w.observed == []

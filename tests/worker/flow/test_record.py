@@ -1,0 +1,89 @@
+"""The recorder over the real SQL store (SQLite): one row per request, the WFM outbox row in the
+same transaction, metrics and the WFM enqueue only after the commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select
+
+import migrations
+from models import AuditRecord, Outcome, WfmDelivery
+from models.db import session_scope
+from tests.worker.flow.fakes import T0
+from worker.audit import SqlAuditStore
+from worker.flow.record import DRAFT_FIELDS, AuditDraft, Recorder
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    migrations.upgrade(url)
+    yield url
+
+
+def recorder(url: str, enqueued: list[int], observed: list[str]) -> Recorder:
+    return Recorder(
+        SqlAuditStore(url),
+        now=lambda: T0,
+        observe=lambda d: observed.append(d.request_id),
+        enqueue_wfm=enqueued.append,
+        wfm_enabled=True,
+    )
+
+
+def draft(request_id: str, **fields: object) -> AuditDraft:
+    return AuditDraft(request_id=request_id, started_at=T0, user_id="u1", **fields)  # type: ignore[arg-type]
+
+
+def test_the_draft_has_exactly_the_audit_columns() -> None:
+    columns = {c.key for c in inspect(AuditRecord).columns} - {"id"}
+    assert columns == DRAFT_FIELDS
+
+
+def test_an_unfinished_draft_cannot_become_a_row() -> None:
+    with pytest.raises(ValueError, match="no outcome"):
+        draft("r1").to_record()
+
+
+def test_a_batch_is_written_with_outbox_rows_for_state_changes_only(database: str) -> None:
+    enqueued: list[int] = []
+    observed: list[str] = []
+    outcomes = recorder(database, enqueued, observed).finish_many(
+        [(draft("r1"), Outcome.CONFIRMED), (draft("r2"), Outcome.SUPERSEDED)]
+    )
+
+    assert outcomes == [Outcome.CONFIRMED, Outcome.SUPERSEDED]
+    assert observed == ["r1", "r2"]
+    with session_scope(database) as session:
+        deliveries = session.scalars(select(WfmDelivery)).all()
+        assert [d.payload["request_id"] for d in deliveries] == ["r1"]
+        assert enqueued == [deliveries[0].id]
+
+
+def test_a_duplicate_keeps_the_first_row_and_is_neither_observed_nor_sent(database: str) -> None:
+    enqueued: list[int] = []
+    observed: list[str] = []
+    rec = recorder(database, enqueued, observed)
+    rec.finish(draft("r1", idempotency_key="k"), Outcome.CONFIRMED)
+
+    again = rec.finish_many(
+        [(draft("r2", idempotency_key="k"), Outcome.FAILED), (draft("r3"), Outcome.INVALID)]
+    )
+
+    assert again == [Outcome.CONFIRMED, Outcome.INVALID]
+    assert observed == ["r1", "r3"]
+    assert len(enqueued) == 1
+    with session_scope(database) as session:
+        assert sorted(session.scalars(select(AuditRecord.request_id))) == ["r1", "r3"]
+
+
+def test_nothing_is_sent_when_the_write_fails(tmp_path: Path) -> None:
+    enqueued: list[int] = []
+    observed: list[str] = []
+    unmigrated = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    with pytest.raises(Exception, match="no such table"):
+        recorder(unmigrated, enqueued, observed).finish(draft("r1"), Outcome.CONFIRMED)
+    assert enqueued == [] and observed == []
