@@ -3,7 +3,6 @@ same transaction, metrics and the WFM enqueue only after the commit."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,10 @@ from worker.flow.record import DRAFT_FIELDS, AuditDraft, Recorder
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[str]:
+def database(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
     migrations.upgrade(url)
-    yield url
+    return url
 
 
 def recorder(url: str, enqueued: list[int], observed: list[str]) -> Recorder:
@@ -86,4 +85,5 @@ def test_nothing_is_sent_when_the_write_fails(tmp_path: Path) -> None:
     unmigrated = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
     with pytest.raises(Exception, match="no such table"):
         recorder(unmigrated, enqueued, observed).finish(draft("r1"), Outcome.CONFIRMED)
-    assert enqueued == [] and observed == []
+    assert enqueued == []
+    assert observed == []
