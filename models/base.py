@@ -5,6 +5,8 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
+from models import storable
+
 # Stable constraint names, so Alembic migrations are the same on PostgreSQL and SQLite.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -17,3 +19,6 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+storable.install(Base)  # no write of any table fails on its content (models/storable.py)

@@ -72,6 +72,21 @@ class PresenceUpdate(BaseModel):
     def _user_id(cls, value: str) -> str:
         return check_user_id(value)
 
+    @field_validator("requested_at", "defer_until", mode="before")
+    @classmethod
+    def _iso_text(cls, value: Any) -> Any:
+        # Lax parsing would read 1 or true as a Unix time: only ISO-8601 text is a timestamp.
+        if isinstance(value, bool | int | float):
+            raise ValueError("must be an ISO-8601 timestamp with a timezone, not a number")
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _exact_version(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be the integer 1")
+        return value
+
     @field_validator("requested_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:

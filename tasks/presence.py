@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task
+from pydantic import ValidationError
 
+from models.storable import storable_id
 from producer.schema import PresenceUpdate
 from worker import names
 from worker.app import app
@@ -21,19 +23,51 @@ from worker.runtime import Runtime
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WAVE_LOCK_WAIT_S = 1.0
+RUNTIME_RETRY_S = 30.0
 
 
-def _message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, int]:
-    """(payload, earlier failures) of a message. The task signatures are open on purpose: a
-    message with the wrong arguments is recorded ``invalid`` instead of failing inside Celery,
-    where it would vanish without an audit row."""
+def _message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, object]:
+    """(payload, earlier failures as carried) of a message. The task signatures are open on
+    purpose: a message with the wrong arguments is recorded ``invalid`` instead of failing
+    inside Celery, where it would vanish without an audit row."""
     payload = (
         args[0]
         if len(args) == 1 and not kwargs.keys() - {"failures"}
         else {"args": list(args), **kwargs}
     )
-    failures = kwargs.get("failures", 0)
-    return payload, failures if isinstance(failures, int) else 0
+    return payload, kwargs.get("failures", 0)
+
+
+def _runtime(task: Task[Any, Any]) -> Runtime:
+    """This process's runtime. When it cannot be built (a configuration error, Redis down at
+    start), the message is retried later, never acknowledged away."""
+    try:
+        return Runtime.current()
+    except Exception as exc:
+        log.error(
+            "cannot start the update flow, retrying in %.0f s: %s", RUNTIME_RETRY_S, _why(exc)
+        )
+        raise task.retry(countdown=RUNTIME_RETRY_S, max_retries=None) from None
+
+
+def _why(exc: Exception) -> str:
+    """One line, without the input values a settings error would otherwise print (secrets)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _attempt(task: Task[Any, Any], runtime: Runtime, failures: object) -> Attempt:
+    """This delivery: a storable request id (a task id of any length gets a row) and a failure
+    count a producer cannot inflate or turn negative."""
+    return Attempt(
+        storable_id(str(task.request.id)),
+        runtime.ports.clock.now(),
+        failures=runtime.retry.clamp_failures(failures),
+        worker=runtime.name,
+    )
 
 
 def _run(
@@ -84,11 +118,9 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     waits for budget or for another worker's lock re-schedule without counting as failures.
     """
     payload, failures = _message(args, kwargs)
-    runtime = Runtime.current()
+    runtime = _runtime(self)
     ports = runtime.ports
-    attempt = Attempt(
-        str(self.request.id), ports.clock.now(), failures=failures, worker=runtime.name
-    )
+    attempt = _attempt(self, runtime, failures)
     return _run(
         self,
         runtime,
@@ -107,11 +139,9 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     audited are skipped on a retry."""
     payload, failures = _message(args, kwargs)
     elements: list[Any] = payload if isinstance(payload, list) else [payload]
-    runtime = Runtime.current()
+    runtime = _runtime(self)
     ports = runtime.ports
-    attempt = Attempt(
-        str(self.request.id), ports.clock.now(), failures=failures, worker=runtime.name
-    )
+    attempt = _attempt(self, runtime, failures)
 
     def requeue(request_id: str, update_payload: dict[str, Any], countdown_s: float) -> None:
         app.send_task(

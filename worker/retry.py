@@ -97,6 +97,13 @@ class RetryPolicy:
         base = min(self.max_s, self.first_s * (2**exponent))
         return max(self.uniform(base / 2, base), retry_after_s or 0.0)
 
+    def clamp_failures(self, value: object) -> int:
+        """A failure count carried by a message, made safe: producers can write it too, so
+        anything but an integer is 0, and it is kept within 0 and ``max_failures``."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            return 0
+        return min(max(0, value), self.max_failures)
+
     def exhausted(self, failures: int) -> bool:
         """Whether ``failures`` real failures are more than the policy retries."""
         return failures > self.max_failures

@@ -96,6 +96,7 @@ class Runtime:
                     capacity_observation_ttl_s=settings.capacity_observation_ttl_s,
                     capacity_defer_max_s=settings.capacity_defer_max_s,
                     bulk_batch_size=settings.bulk_batch_size,
+                    max_future_skew_s=settings.requested_at_max_skew_s,
                 ),
                 jitter=random.uniform,
             )
@@ -103,6 +104,9 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
+        """This process's runtime; raises ConfigError (one line naming the setting or file)
+        when the configuration cannot work."""
+        matrix, overrides = check_config(settings)
         r = redis.Redis.from_url(settings.redis_url)
         http = httpx.Client(
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
@@ -149,7 +153,7 @@ class Runtime:
             client=client,
             cache=cache,
             catalog=PresenceCatalog(r, client.presence_definitions),
-            matrix=TransitionMatrix.load(settings.transition_matrix_file),
+            matrix=matrix,
             ordering=AgentOrdering(r),
             listener=listener,
             capacity=CapacityGuard(
@@ -158,7 +162,7 @@ class Runtime:
                 default=QueuePolicy(
                     settings.capacity_min_on_queue, settings.capacity_max_waiting_per_agent
                 ),
-                overrides=load_overrides(settings.capacity_overrides_file),
+                overrides=overrides,
                 observation_ttl_s=settings.capacity_observation_ttl_s,
                 membership_ttl_s=settings.capacity_membership_ttl_s,
                 reservation_grace_s=settings.capacity_reservation_grace_s,
@@ -179,6 +183,23 @@ class Runtime:
                 cached = (os.getpid(), cls.build(get_settings()))
                 cls._current = cached
             return cached[1]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message names the setting or file."""
+
+
+def check_config(settings: Settings) -> tuple[TransitionMatrix, dict[str, QueuePolicy]]:
+    """The transition matrix and capacity overrides the settings name, and a Genesys URL;
+    raises ConfigError (one line) for the first that is unusable."""
+    try:
+        settings.api_base  # noqa: B018 - raises when neither region nor URL is set
+        return (
+            TransitionMatrix.load(settings.transition_matrix_file),
+            load_overrides(settings.capacity_overrides_file),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _observe(draft: AuditDraft) -> None:

@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     max_request_age_s: float = Field(
         default=6 * 3600.0, gt=0, description="A request still waiting after this is dead-lettered."
     )
+    requested_at_max_skew_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A request whose `requested_at` is further in the future than this is "
+        "invalid (clock skew allowed between producers and workers).",
+    )
     broker_visibility_timeout_s: int = Field(
         default=3600,
         ge=60,

@@ -113,8 +113,12 @@ def test_a_presence_that_no_rule_covers_may_not_be_left(tmp_path):
     ("text", "complaint"),
     [
         ("[groups\nworking = [", "matrix.toml: "),
-        ('[groups]\nworking = ["Available"]\n', "needs [groups] and [allow] tables"),
-        ('groups = "Available"\n[allow]\n', "needs [groups] and [allow] tables"),
+        ('[groups]\nworking = ["Available"]\n', "allow: Field required"),
+        ('groups = "Available"\n[allow]\n', "groups: Input should be a valid dictionary"),
+        ('[groups]\nworking = ["Avialable"]\n[allow]\n', "'Avialable' is not a system presence"),
+        ("[groups]\n[allow]\nworking = [1]\n", "allow.working.0: Input should be a valid string"),
+        ("[groups]\n[allow]\nworking = \"Available\"\n", "allow.working: Input should be a valid list"),
+        ("[groups]\n[allow]\n[extra]\n", "extra: Extra inputs are not permitted"),
     ],
 )
 def test_a_malformed_file_is_a_matrix_error_naming_the_file(tmp_path, text, complaint):

@@ -67,8 +67,10 @@ def is_in(current: Definition | None, expected: Definition) -> bool:
 
 
 def defer_deadline(update: PresenceUpdate, defer_max_s: float) -> datetime:
-    """Until when a ``defer`` request waits for room."""
-    return update.defer_until or update.requested_at + timedelta(seconds=defer_max_s)
+    """Until when a ``defer`` request waits for room: ``defer_until``, but never more than
+    ``defer_max_s`` after the request was made (the default when ``defer_until`` is unset)."""
+    latest = update.requested_at + timedelta(seconds=defer_max_s)
+    return min(update.defer_until, latest) if update.defer_until is not None else latest
 
 
 def needs_current(target: Definition, expected: Definition | None, matrix: Matrix) -> bool:

@@ -148,6 +148,7 @@ class FlowConfig:
     capacity_observation_ttl_s: float
     capacity_defer_max_s: float
     bulk_batch_size: int
+    max_future_skew_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,9 +85,13 @@ def new_draft(attempt: Attempt, raw: Any) -> AuditDraft:
     )
 
 
-def validate(attempt: Attempt, raw: Any) -> tuple[AuditDraft, PresenceUpdate | None]:
+def validate(
+    attempt: Attempt, raw: Any, *, max_future_skew_s: float | None = None
+) -> tuple[AuditDraft, PresenceUpdate | None]:
     """The request's draft, filled with what its payload says; the payload as a PresenceUpdate,
-    or None when it is invalid (the draft then carries the one-line reason)."""
+    or None when it is invalid (the draft then carries the one-line reason). With
+    ``max_future_skew_s``, a ``requested_at`` further ahead of the attempt is invalid: it would
+    win against every later request for the agent."""
     draft = new_draft(attempt, raw)
     try:
         update = PresenceUpdate.model_validate(raw)
@@ -95,6 +99,15 @@ def validate(attempt: Attempt, raw: Any) -> tuple[AuditDraft, PresenceUpdate | N
         draft.error_code, draft.error_message = "invalid.payload", invalid_message(exc)
         if isinstance(raw, dict) and raw.get("user_id") is not None:
             draft.user_id = str(raw["user_id"])[:64]
+        return draft, None
+    ahead_s = (update.requested_at - attempt.started_at).total_seconds()
+    if max_future_skew_s is not None and ahead_s > max_future_skew_s:
+        draft.user_id = update.user_id
+        draft.error_code = "invalid.payload"
+        draft.error_message = (
+            f"Invalid payload — requested_at: {ahead_s:.0f} s in the future; at most "
+            f"{max_future_skew_s:g} s ahead is accepted (REQUESTED_AT_MAX_SKEW_S)"
+        )
         return draft, None
     draft.user_id = update.user_id
     draft.source = update.source
@@ -108,13 +121,15 @@ def validate(attempt: Attempt, raw: Any) -> tuple[AuditDraft, PresenceUpdate | N
     return draft, update
 
 
-def parse(catalog: Catalog, attempt: Attempt, raw: Any) -> Request | AuditDraft:
+def parse(
+    catalog: Catalog, attempt: Attempt, raw: Any, *, max_future_skew_s: float
+) -> Request | AuditDraft:
     """The request, validated and resolved; or, when it is invalid, its draft carrying the
     one-line reason (to be recorded ``invalid``).
 
     Raises ``GenesysError`` or ``BudgetExhausted`` when the definitions cannot be fetched.
     """
-    draft, update = validate(attempt, raw)
+    draft, update = validate(attempt, raw, max_future_skew_s=max_future_skew_s)
     if update is None:
         return draft
     assert isinstance(raw, dict)  # it validated

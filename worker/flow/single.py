@@ -36,7 +36,9 @@ def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
     """Apply one request; returns its terminal outcome or raises RetryLater (nothing recorded)."""
     with recording() as calls:
         try:
-            parsed = parse(ports.catalog, attempt, raw)
+            parsed = parse(
+                ports.catalog, attempt, raw, max_future_skew_s=ports.config.max_future_skew_s
+            )
         except GenesysError as exc:
             if exc.retryable:
                 raise steps.failure(exc) from None

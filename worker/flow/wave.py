@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from models import Outcome
+from models.storable import storable_id
 from worker.flow import steps
 from worker.flow.decisions import (
     SUPERSEDED,
@@ -59,9 +60,9 @@ def element_request_id(wave_id: str, index: int, element: Any) -> str:
     """The element's request id, or a stable stand-in for a malformed element."""
     if isinstance(element, dict):
         request_id = element.get("request_id")
-        if isinstance(request_id, str) and 0 < len(request_id) <= 64:
-            return request_id
-    return f"{wave_id[:50]}:{index}"
+        if isinstance(request_id, str) and request_id:
+            return storable_id(request_id)
+    return storable_id(f"{wave_id}:{index}")
 
 
 def _identified(elements: list[Any], attempt: Attempt) -> list[tuple[Attempt, Any]]:
@@ -150,7 +151,12 @@ def _parse(
             invalid.append((draft, Outcome.INVALID))
             continue
         try:
-            result = parse(ports.catalog, mine, element["update"])
+            result = parse(
+                ports.catalog,
+                mine,
+                element["update"],
+                max_future_skew_s=ports.config.max_future_skew_s,
+            )
         except GenesysError as exc:
             ports.recorder.finish_many(invalid)  # keep what is decided; the retry skips it
             if exc.retryable:

@@ -16,9 +16,10 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import redis
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from worker.catalog import Definition
 from worker.genesys.client import GenesysClient
@@ -84,24 +85,41 @@ class CapacityVerdict:
     queues: tuple[str, ...] = ()
 
 
+class _Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    min_on_queue: int = Field(default=1, ge=0)
+    max_waiting_per_agent: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+
+
+class _OverridesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    queues: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], _Policy] = {}
+
+
 def load_overrides(path: Path | None) -> dict[str, QueuePolicy]:
     """Per-queue policies from a TOML file: ``[queues."<queue id>"] min_on_queue = 3 …``.
 
-    Raises ValueError naming the file when it is malformed.
+    Raises ValueError (one line, naming the file and the value) when the file cannot be read,
+    is not TOML, has unknown keys, or holds a wrong type, a negative or a non-finite number.
     """
     if path is None:
         return {}
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = _OverridesFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ValueError(f"cannot read CAPACITY_OVERRIDES_FILE {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"CAPACITY_OVERRIDES_FILE {path}: {exc}") from None
-    out = {}
-    for queue_id, values in (data.get("queues") or {}).items():
-        try:
-            out[queue_id] = QueuePolicy(**values)
-        except TypeError as exc:
-            raise ValueError(f"CAPACITY_OVERRIDES_FILE {path}: queue {queue_id}: {exc}") from None
-    return out
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "file"
+        raise ValueError(f"CAPACITY_OVERRIDES_FILE {path}: {where}: {error['msg']}") from None
+    return {
+        queue_id: QueuePolicy(p.min_on_queue, p.max_waiting_per_agent)
+        for queue_id, p in data.queues.items()
+    }
 
 
 def takes_out_of_routing(current: Definition | None, target: Definition) -> bool:

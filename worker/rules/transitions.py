@@ -12,6 +12,9 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from worker.catalog import Definition, normalize
 
@@ -52,6 +55,25 @@ class MatrixError(ValueError):
     """The transition matrix file is malformed."""
 
 
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class _MatrixFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    groups: dict[Name, list[Name]]
+    allow: dict[Name, list[Name]]
+
+
+def _first_error(exc: ValidationError) -> str:
+    """One line: where the first problem is and what it is."""
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "file"
+    return f"{where}: {error['msg']}" + (
+        f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     allowed: bool
@@ -66,18 +88,30 @@ class TransitionMatrix:
 
     @classmethod
     def from_toml(cls, text: str, *, origin: str = "transition matrix") -> TransitionMatrix:
-        """Parse a matrix; raises MatrixError naming what is wrong."""
+        """Parse a matrix; raises MatrixError (one line) naming what is wrong.
+
+        The file has exactly two tables: ``[groups]`` (group name → system presences) and
+        ``[allow]`` (group, system presence or org label → allowed targets, the same kinds).
+        Group members must be system presences; names in ``[allow]`` that are neither a group
+        nor a system presence are org labels, matched at run time.
+        """
         try:
-            data = tomllib.loads(text)
+            data = _MatrixFile.model_validate(tomllib.loads(text))
         except tomllib.TOMLDecodeError as exc:
             raise MatrixError(f"{origin}: {exc}") from None
-        groups_raw, allow_raw = data.get("groups"), data.get("allow")
-        if not isinstance(groups_raw, dict) or not isinstance(allow_raw, dict):
-            raise MatrixError(f"{origin}: needs [groups] and [allow] tables")
-        groups = {
-            normalize(g): {normalize(s) for s in members} for g, members in groups_raw.items()
-        }
-        allow = {normalize(k): {normalize(t) for t in targets} for k, targets in allow_raw.items()}
+        except ValidationError as exc:
+            raise MatrixError(f"{origin}: {_first_error(exc)}") from None
+        groups: dict[str, set[str]] = {}
+        for name, members in data.groups.items():
+            group = normalize(name)
+            unknown = [m for m in members if normalize(m) not in SYSTEM_PRESENCES]
+            if unknown:
+                raise MatrixError(
+                    f"{origin}: group {name!r}: {', '.join(map(repr, unknown))} "
+                    f"is not a system presence (use one of {', '.join(SYSTEM_PRESENCES)})"
+                )
+            groups[group] = {normalize(m) for m in members}
+        allow = {normalize(k): {normalize(t) for t in targets} for k, targets in data.allow.items()}
         return cls(groups, allow)
 
     @classmethod
@@ -85,10 +119,14 @@ class TransitionMatrix:
         if path is None:
             return cls.from_toml(DEFAULT_MATRIX, origin="default matrix")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise MatrixError(
                 f"cannot read TRANSITION_MATRIX_FILE {path}: {exc.strerror}"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise MatrixError(
+                f"TRANSITION_MATRIX_FILE {path} is not UTF-8 text: {exc.reason}"
             ) from None
         return cls.from_toml(text, origin=str(path))
 

@@ -17,6 +17,7 @@ from sqlalchemy import CursorResult, func, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from models import AuditRecord, ShiftChange, ShiftStatus
+from models.storable import fit_values
 from worker import names
 from worker.shifts.formats import ScheduledChange
 
@@ -100,12 +101,15 @@ def add_changes(
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         for key, change in latest.items():
-            wanted: dict[str, Any] = {
-                "state": change.state,
-                "reason": change.reason,
-                "capacity_policy": change.capacity_policy,
-                "source": source,
-            }
+            wanted: dict[str, Any] = fit_values(
+                ShiftChange.__table__,
+                {
+                    "state": change.state,
+                    "reason": change.reason,
+                    "capacity_policy": change.capacity_policy,
+                    "source": source,
+                },
+            )
             row = existing.get(key)
             counted = key not in seen
             seen.add(key)

@@ -384,6 +384,7 @@ def world(presences: dict[str, str], *, matrix: TransitionMatrix | None = None) 
             capacity_observation_ttl_s=10.0,
             capacity_defer_max_s=600.0,
             bulk_batch_size=50,
+            max_future_skew_s=300.0,
         ),
         jitter=lambda low, high: low,
     )
