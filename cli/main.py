@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.render import audit_table, progress_bar, stats_table
+from cli.render import audit_table, plain, progress_bar, stats_table
 from cli.shifts import app as shifts_app
 from models import Outcome
 from models.db import session_scope
@@ -71,7 +71,7 @@ def set_presence(
             idempotency_key=key, message=message, requested_at=datetime.now(UTC),
         )  # fmt: skip
     except ValidationError as exc:
-        err.print(f"[red]error:[/] {invalid_message(exc)}")
+        err.print(f"[red]error:[/] {escape(invalid_message(exc))}")
         raise typer.Exit(2) from None
     producer = _producer()
     request_id = producer.send(update)
@@ -91,7 +91,9 @@ def import_csv(
     with file.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     if rows and not {"user_id", "state"} <= set(rows[0]):
-        err.print(f"[red]error:[/] {file} needs at least the columns user_id and state")
+        err.print(
+            f"[red]error:[/] {escape(str(file))} needs at least the columns user_id and state"
+        )
         raise typer.Exit(2)
     producer = _producer()
     queued, bad = 0, 0
@@ -186,11 +188,11 @@ def wfm_failed(limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] 
         for row in rows:
             table.add_row(
                 str(row.id),
-                row.event_id,
-                str(row.payload.get("agent_id", ""))[:8],
+                plain(row.event_id),
+                plain(str(row.payload.get("agent_id", ""))[:8]),
                 str(row.attempts),
                 str(row.last_status or "-"),
-                row.last_error or "",
+                plain(row.last_error or ""),
             )
         console.print(table)
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from models import AuditRecord
 from worker.reports import Summary
+
+
+def plain(value: object) -> Text:
+    """Text from the database or the platform, shown as it is (never read as Rich markup)."""
+    return Text(str(value))
 
 
 def _ms(value: float | None) -> str:
@@ -25,7 +31,7 @@ def stats_table(summary: Summary) -> Table:
         table.add_column(column, justify="left" if column == "outcome" else "right")
     for row in summary.by_outcome:
         table.add_row(
-            row.outcome, str(row.count), _ms(row.p50_ms), _ms(row.p95_ms), _ms(row.p99_ms)
+            plain(row.outcome), str(row.count), _ms(row.p50_ms), _ms(row.p95_ms), _ms(row.p99_ms)
         )
     return table
 
@@ -45,12 +51,12 @@ def audit_table(rows: list[AuditRecord]) -> Table:
             total = (finished - row.requested_at).total_seconds() * 1000
         table.add_row(
             row.finished_at.strftime("%H:%M:%S"),
-            (row.user_id or "-")[:8],
-            f"{row.from_state or '?'} → {row.to_state or '?'}",
-            row.outcome,
+            plain((row.user_id or "-")[:8]),
+            plain(f"{row.from_state or '?'} → {row.to_state or '?'}"),
+            plain(row.outcome),
             _ms(total),
             str(row.genesys_requests),
-            row.error_message or "",
+            plain(row.error_message or ""),
         )
     return table
 

@@ -72,6 +72,14 @@ class PresenceUpdate(BaseModel):
     def _user_id(cls, value: str) -> str:
         return check_user_id(value)
 
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key_is_text(cls, value: str | None) -> str | None:
+        # The key identifies the request in the database, where NUL cannot be stored.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
     @field_validator("requested_at", "defer_until", mode="before")
     @classmethod
     def _iso_text(cls, value: Any) -> Any:

@@ -117,7 +117,10 @@ def test_a_presence_that_no_rule_covers_may_not_be_left(tmp_path):
         ('groups = "Available"\n[allow]\n', "groups: Input should be a valid dictionary"),
         ('[groups]\nworking = ["Avialable"]\n[allow]\n', "'Avialable' is not a system presence"),
         ("[groups]\n[allow]\nworking = [1]\n", "allow.working.0: Input should be a valid string"),
-        ("[groups]\n[allow]\nworking = \"Available\"\n", "allow.working: Input should be a valid list"),
+        (
+            '[groups]\n[allow]\nworking = "Available"\n',
+            "allow.working: Input should be a valid list",
+        ),
         ("[groups]\n[allow]\n[extra]\n", "extra: Extra inputs are not permitted"),
     ],
 )

@@ -17,7 +17,7 @@ from typing import Any
 from models import Outcome
 from worker.catalog import Definition, PresenceCatalog
 from worker.flow.ports import FlowConfig, Ports
-from worker.flow.record import AuditDraft, Recorder, Written
+from worker.flow.record import AuditDraft, AuditStore, Recorder, Written
 from worker.genesys.client import Answer
 from worker.genesys.models import UserPresence
 from worker.notifications.listener import PresenceEvent
@@ -341,7 +341,7 @@ class World:
     cache: FakeCache
     capacity: FakeCapacity
     confirmations: FakeConfirmations
-    store: FakeAuditStore
+    store: Any
     enqueued: list[int]
     observed: list[str]
     ports: Ports
@@ -350,9 +350,16 @@ class World:
         return self.store.rows[request_id]
 
 
-def world(presences: dict[str, str], *, matrix: TransitionMatrix | None = None) -> World:
+def world(
+    presences: dict[str, str],
+    *,
+    matrix: TransitionMatrix | None = None,
+    store: AuditStore | None = None,
+) -> World:
+    """The fakes wired together; ``store`` replaces the in-memory audit store (e.g. the real
+    SQL one)."""
     clock = FakeClock()
-    store = FakeAuditStore()
+    store = store or FakeAuditStore()
     enqueued: list[int] = []
     observed: list[str] = []
     cache = FakeCache()

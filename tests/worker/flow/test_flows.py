@@ -187,6 +187,27 @@ SCENARIOS = [
         check=wrote_nothing,
     ),
     Scenario(
+        "requested_at far in the future (it would win forever)",
+        both("invalid"),
+        raw=payload(requested_at="9999-12-31T00:00:00Z"),
+        code="invalid.payload",
+        check=lambda w, f: (wrote_nothing(w, f), _not_registered(w)),
+    ),
+    Scenario(
+        "requested_at as a number",
+        both("invalid"),
+        raw=payload(requested_at=-1),
+        code="invalid.payload",
+        check=wrote_nothing,
+    ),
+    Scenario(
+        "version as a boolean",
+        both("invalid"),
+        raw=payload(version=True),
+        code="invalid.payload",
+        check=wrote_nothing,
+    ),
+    Scenario(
         "expected state does not hold",
         both("rejected_transition"),
         raw=payload(expected_state="On Queue"),
@@ -276,6 +297,10 @@ SCENARIOS = [
 ]
 
 
+def _not_registered(w: World) -> None:
+    assert AGENT not in w.ordering.newest, "an invalid request never becomes the agent's newest"
+
+
 def _no_read_back(w: World, flow: str) -> None:
     assert w.api.calls["get"] + w.api.calls["bulk_get"] <= 1  # the current state only
 
@@ -316,10 +341,11 @@ def test_every_outcome_is_covered(flow: Single | Wave) -> None:
     assert {o.value for o in Outcome} - {"dead_letter"} <= covered  # dead_letter: below
 
 
-def drive(flow: Single | Wave, w: World, raw: Any, policy: RetryPolicy) -> tuple[str, int]:
+def drive(
+    flow: Single | Wave, w: World, raw: Any, policy: RetryPolicy, failures: int = 0
+) -> tuple[str, int]:
     """Deliver the request as the Celery task does, retrying as the policy says; returns the
     terminal outcome and the number of deliveries."""
-    failures = 0
     for delivery in range(1, 50):
         result = flow.run(w, raw, failures)
         if result.later is None:
@@ -429,3 +455,19 @@ def test_a_database_failure_at_the_terminal_write_enqueues_nothing() -> None:
 
     assert w.enqueued == []
     assert w.observed == []
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+@pytest.mark.parametrize("carried", [-1_000_000, 10**6, True, "3", None])
+def test_a_failure_count_set_by_a_producer_cannot_loop_or_overflow(
+    flow: Single | Wave, carried: object
+) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.api.faults["write"].extend([ServerError("PATCH failed", status=503)] * 10)
+    failures = POLICY.clamp_failures(carried)
+
+    outcome, deliveries = drive(flow, w, payload(), POLICY, failures)
+
+    assert outcome == "dead_letter"
+    assert deliveries <= 4
+    assert w.api.calls["patch"] + w.api.calls["bulk_put"] <= 4
