@@ -13,6 +13,11 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
+from emulator.launcher import EmulatorProcess
+from worker.embedded_redis import ensure_redis
+
+pytest_plugins = ["tests.support.pipeline"]
+
 # Fuzzing budgets: "ci" (the default, a short form) and "long" (HYPOTHESIS_PROFILE=long).
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -21,11 +26,6 @@ settings.register_profile(
     "long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-from emulator.launcher import EmulatorProcess
-from worker.embedded_redis import ensure_redis
-
-pytest_plugins = ["tests.support.pipeline"]
 
 
 @pytest.fixture(scope="session")
