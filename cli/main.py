@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
+from cli.doctor import doctor
+from cli.errors import run
 from cli.render import audit_table, progress_bar, stats_table
 from cli.shifts import app as shifts_app
 from models import AuditRecord, DeliveryState, Outcome, WfmDelivery
@@ -26,6 +28,7 @@ from worker.settings import get_settings
 from worker.updates import invalid_message
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.command()(doctor)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
 
@@ -343,7 +346,7 @@ def demo(
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":
