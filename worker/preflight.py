@@ -25,7 +25,13 @@ import httpx
 import redis
 from pydantic import ValidationError
 
-from worker.problems import database_problem, mask_url, redis_problem, settings_problem
+from worker.problems import (
+    database_problem,
+    first_line,
+    mask_url,
+    redis_problem,
+    settings_problem,
+)
 from worker.settings import Settings
 
 log = logging.getLogger("presence.preflight")
@@ -206,6 +212,12 @@ class _Api:
         return response
 
 
+def _transport(exc: httpx.HTTPError) -> str:
+    """The exception's kind and reason (httpx never puts credentials in either)."""
+    reason = first_line(str(exc))
+    return f"{type(exc).__name__} ({reason})" if reason else type(exc).__name__
+
+
 def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -266,7 +278,7 @@ class GenesysChecks:
                     Finding(
                         check,
                         Verdict.FAIL,
-                        f"{mask_url(self.settings.api_base)} failed: {type(exc).__name__}",
+                        f"{mask_url(self.settings.api_base)} failed: {_transport(exc)}",
                         f"check {self.variable} and the network",
                     )
                 )
@@ -292,7 +304,7 @@ class GenesysChecks:
                     "Genesys reachable",
                     Verdict.FAIL,
                     f"{self.variable} ({mask_url(settings.login_base)}) unreachable: "
-                    f"{type(exc).__name__}",
+                    f"{_transport(exc)}",
                     f"check {self.variable} and the network (proxy, firewall)",
                 )
             )
@@ -493,7 +505,7 @@ def check_wfm(settings: Settings, http: httpx.Client) -> list[Finding]:
             Finding(
                 "WFM endpoint",
                 Verdict.FAIL,
-                f"WFM_WEBHOOK_URL ({shown}) unreachable: {type(exc).__name__}",
+                f"WFM_WEBHOOK_URL ({shown}) unreachable: {_transport(exc)}",
                 "check WFM_WEBHOOK_URL and that the receiver runs",
                 fatal=False,
             ),
