@@ -108,3 +108,13 @@ def test_set_with_redis_down_names_redis_url(env, tmp_path):
     line = one_line(result)
     assert "cannot reach Redis at REDIS_URL (redis://:***@127.0.0.1:" in line
     assert_no_secret(result)
+
+
+def test_a_malformed_database_url_is_one_line_without_its_password(env, tmp_path):
+    env["DATABASE_URL"] = f"postgres ql://presence:{SECRET}@db/presence"
+
+    result = presence("migrate", env=env, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "DATABASE_URL is not a usable SQLAlchemy URL" in one_line(result)
+    assert_no_secret(result)

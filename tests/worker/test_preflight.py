@@ -284,3 +284,23 @@ def test_an_unreachable_wfm_endpoint_and_an_empty_secret_fail_without_being_fata
     assert "WFM_WEBHOOK_SECRET" in found["WFM secret"].detail
     assert not found["WFM endpoint"].fatal
     assert not found["WFM secret"].fatal
+
+
+# -- files --------------------------------------------------------------------------------------
+def test_an_unreadable_transition_matrix_file_is_named(setup, tmp_path):
+    missing = tmp_path / "matrix.toml"
+
+    found = checks(setup(transition_matrix_file=missing))
+
+    assert failed(found) == {"files"}
+    assert f"TRANSITION_MATRIX_FILE {missing}" in found["files"].detail
+
+
+def test_a_malformed_capacity_overrides_file_is_named(setup, tmp_path):
+    broken = tmp_path / "overrides.toml"
+    broken.write_text("[queues.\n")
+
+    found = checks(setup(capacity_overrides_file=broken))
+
+    assert failed(found) == {"files"}
+    assert f"CAPACITY_OVERRIDES_FILE {broken}" in found["files"].detail

@@ -150,3 +150,17 @@ def test_an_unknown_region_is_one_line_without_the_secret(env, tmp_path):
     )
     assert "mars_north_1" not in result.stderr
     assert SECRET[-8:] not in result.stderr
+
+
+def test_redis_down_is_one_line_naming_redis_url(env, tmp_path):
+    env["REDIS_URL"] = f"redis://:{SECRET}@127.0.0.1:{free_port()}/0"
+
+    result = start(env, tmp_path)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output
+    assert SECRET[-8:] not in output
+    assert any(
+        "Redis: cannot reach Redis at REDIS_URL (redis://:***@" in line for line in critical(output)
+    )
