@@ -238,7 +238,17 @@ def _verdict(
             f"the OAuth client may not ({_error_text(response)})",
             f"give its role the {permission} permission",
         )
-    if response.status_code <= accept and response.status_code < 500:
+    if response.status_code == 429 or response.status_code >= 500:
+        # The budget spent by running workers, or a platform outage: not the setup's fault, so
+        # a worker starting now is not stopped by it.
+        return Finding(
+            check,
+            Verdict.FAIL,
+            f"could not tell ({_error_text(response)})",
+            "run `presence doctor` again in a minute",
+            fatal=False,
+        )
+    if response.status_code <= accept:
         return ok(check, seen)
     return Finding(check, Verdict.FAIL, _error_text(response), "see the platform's message")
 

@@ -304,3 +304,17 @@ def test_a_malformed_capacity_overrides_file_is_named(setup, tmp_path):
 
     assert failed(found) == {"files"}
     assert f"CAPACITY_OVERRIDES_FILE {broken}" in found["files"].detail
+
+
+def test_a_spent_budget_fails_the_check_it_hit_without_being_fatal(api, setup):
+    api.admin(
+        "POST",
+        "/faults/errors",
+        {"endpoint": "queues.list", "status": 429, "count": 1, "retry_after_s": 1},
+    )
+
+    found = checks(setup())
+
+    assert failed(found) == {"read queues and members"}
+    assert "HTTP 429" in found["read queues and members"].detail
+    assert not found["read queues and members"].fatal
