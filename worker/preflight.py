@@ -37,6 +37,7 @@ from worker.settings import Settings
 log = logging.getLogger("presence.preflight")
 CHANNEL_KEY = "presence:doctor:channel:{{{client_id}}}"
 CHANNEL_KEEP_S = 20 * 3600  # under the platform's 24 h channel lifetime
+NOTIFY_FIX = "let the client's role create notification channels and subscribe to agents' presence"
 
 
 class Verdict(enum.StrEnum):
@@ -135,7 +136,8 @@ def check_redis(settings: Settings, timeout_s: float) -> tuple[redis.Redis | Non
         client.ping()
     except redis.RedisError as exc:
         client.close()
-        return None, Finding("Redis", Verdict.FAIL, redis_problem(settings.redis_url, exc))
+        seen, fix = redis_problem(settings.redis_url, exc)
+        return None, Finding("Redis", Verdict.FAIL, seen, fix)
     return client, ok("Redis", f"{mask_url(settings.redis_url)} answers")
 
 
@@ -180,7 +182,8 @@ def check_database(settings: Settings, timeout_s: float) -> Finding:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
-        return Finding("database", Verdict.FAIL, database_problem(url, exc), "fix DATABASE_URL")
+        seen = database_problem(url, exc)
+        return Finding("database", Verdict.FAIL, seen, "fix DATABASE_URL or start the database")
     finally:
         quiet.setLevel(level)
         engine.dispose()
@@ -230,13 +233,12 @@ def _error_text(response: httpx.Response) -> str:
 def _verdict(
     check: str, response: httpx.Response, permission: str, seen: str, *, accept: int = 299
 ) -> Finding:
-    """ok when the answer is 2xx (or up to ``accept``); a 403 names the missing permission."""
+    """ok when the answer is 2xx (or up to ``accept``); a 403 names the missing permission
+    (``permission`` with a space in it is the whole fix)."""
     if response.status_code == 403:
+        fix = permission if " " in permission else f"give its role the {permission} permission"
         return Finding(
-            check,
-            Verdict.FAIL,
-            f"the OAuth client may not ({_error_text(response)})",
-            f"give its role the {permission} permission",
+            check, Verdict.FAIL, f"the OAuth client may not ({_error_text(response)})", fix
         )
     if response.status_code == 429 or response.status_code >= 500:
         # The budget spent by running workers, or a platform outage: not the setup's fault, so
@@ -395,16 +397,14 @@ class GenesysChecks:
         if channel is None:
             created = self._call("POST", "/api/v2/notifications/channels")
             if created.status_code != 200:
-                return _verdict(check, created, "notification", "")
+                return _verdict(check, created, NOTIFY_FIX, "")
             channel = str(created.json()["id"])
             self.redis.set(key, channel, ex=CHANNEL_KEEP_S)
         topic = f"v2.users.{self.agent}.presence"
         response = self._call(
             "PUT", f"/api/v2/notifications/channels/{channel}/subscriptions", json=[{"id": topic}]
         )
-        return _verdict(
-            check, response, "notification", f"channel {channel} subscribed to one agent"
-        )
+        return _verdict(check, response, NOTIFY_FIX, f"channel {channel} subscribed to one agent")
 
     def _queues(self) -> Finding:
         response = self._call("GET", "/api/v2/routing/queues", params={"pageSize": 1})

@@ -51,11 +51,16 @@ def first_line(text: str) -> str:
     return text.strip()
 
 
-def redis_problem(url: str, exc: BaseException) -> str:
+def redis_problem(url: str, exc: BaseException) -> tuple[str, str]:
+    """What went wrong with the Redis at ``url``, and the fix."""
     reason = first_line(str(exc)).rstrip(".") or type(exc).__name__
     if "auth" in reason.lower() or "password" in reason.lower():
-        return f"Redis at REDIS_URL ({mask_url(url)}) refused the credentials: {reason}"
-    return f"cannot reach Redis at REDIS_URL ({mask_url(url)}): {reason}; start it or fix REDIS_URL"
+        seen = f"Redis at REDIS_URL ({mask_url(url)}) refused the credentials: {reason}"
+        return seen, "fix the password in REDIS_URL"
+    return (
+        f"cannot reach Redis at REDIS_URL ({mask_url(url)}): {reason}",
+        "start it or fix REDIS_URL",
+    )
 
 
 def database_problem(url: str, exc: BaseException) -> str:
@@ -88,7 +93,7 @@ def explain(exc: BaseException, *, redis_url: str | None, database_url: str | No
     if isinstance(exc, ValidationError) and exc.title == "Settings":
         return settings_problem(exc)
     if isinstance(exc, RedisConnectionError | RedisTimeoutError | KombuOperationalError):
-        return redis_problem(redis_url or "", exc)
+        return "; ".join(redis_problem(redis_url or "", exc))
     if isinstance(exc, DBAPIError):
         return database_problem(database_url or "", exc)
     if isinstance(exc, ArgumentError | NoSuchModuleError):
