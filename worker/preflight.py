@@ -36,6 +36,7 @@ from worker.settings import Settings
 
 log = logging.getLogger("presence.preflight")
 CHANNEL_KEY = "presence:doctor:channel:{{{client_id}}}"
+PLATFORM_CHANNELS = 20  # per OAuth client; the platform evicts the oldest beyond that
 CHANNEL_KEEP_S = 20 * 3600  # under the platform's 24 h channel lifetime
 NOTIFY_FIX = "let the client's role create notification channels and subscribe to agents' presence"
 
@@ -394,6 +395,15 @@ class GenesysChecks:
         if channel is not None:
             alive = self._call("HEAD", f"/api/v2/notifications/channels/{channel}")
             channel = channel if alive.status_code == 200 else None
+        if channel is None and self.settings.channel_slots >= PLATFORM_CHANNELS:
+            return Finding(
+                check,
+                Verdict.WARN,
+                f"CHANNEL_SLOTS={self.settings.channel_slots} leaves no channel for this check "
+                "(one more could evict a worker's)",
+                f"set CHANNEL_SLOTS below {PLATFORM_CHANNELS}",
+                fatal=False,
+            )
         if channel is None:
             created = self._call("POST", "/api/v2/notifications/channels")
             if created.status_code != 200:

@@ -318,3 +318,12 @@ def test_a_spent_budget_fails_the_check_it_hit_without_being_fatal(api, setup):
     assert failed(found) == {"read queues and members"}
     assert "HTTP 429" in found["read queues and members"].detail
     assert not found["read queues and members"].fatal
+
+
+def test_a_fleet_holding_every_channel_leaves_the_check_a_warning_not_a_new_channel(api, setup):
+    found = checks(setup(channel_slots=20))
+
+    assert failed(found) == set()
+    assert found["notifications"].verdict is Verdict.WARN
+    assert found["notifications"].fix == "set CHANNEL_SLOTS below 20"
+    assert api.admin("GET", "/channels").json() == []
