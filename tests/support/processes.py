@@ -51,7 +51,7 @@ def worker_env(
         "NOTIFICATION_HEARTBEAT_S": "0.5",
         "PYTHONUNBUFFERED": "1",
         # These workers are measured by the request and channel counts of the tests; the
-        # start-up checks have their own tests (tests/worker/test_preflight_start.py).
+        # start-up checks have their own tests (tests/worker/preflight/test_start.py).
         "PREFLIGHT_ON_START": "false",
     }
     env.update({name: str(value) for name, value in overrides.items()})

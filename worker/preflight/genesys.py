@@ -1,200 +1,23 @@
-"""Pre-flight checks: what ``presence doctor`` prints and what a worker verifies before consuming.
-
-:func:`run_checks` returns one :class:`Finding` per check, in order: settings, files, Redis,
-database (reachable, migrated to head), Genesys (reachable, credentials), the OAuth client's
-permissions for what the worker does, the API budget and the WFM endpoint. A check that depends
-on a failed one is skipped. Nothing is changed anywhere: the edit permission is probed with an
-empty bulk update (refused as empty when allowed), the notification check reuses one channel of
-its own (its id kept in Redis) and subscribes it to one agent. Genesys cost: one token request
-and at most nine API requests. Findings never contain a secret.
-"""
+"""The Genesys checks: reachable, credentials accepted, the OAuth client's permissions for what
+the worker does, the budget the platform announces. Harmless calls only (see the package)."""
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import ipaddress
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import redis
-from pydantic import ValidationError
 
-from worker.problems import (
-    database_problem,
-    first_line,
-    mask_url,
-    redis_problem,
-    settings_problem,
-)
+from worker.preflight.findings import Finding, Verdict, ok, skip
+from worker.problems import first_line, mask_url
 from worker.settings import Settings
 
-log = logging.getLogger("presence.preflight")
 CHANNEL_KEY = "presence:doctor:channel:{{{client_id}}}"
 PLATFORM_CHANNELS = 20  # per OAuth client; the platform evicts the oldest beyond that
 CHANNEL_KEEP_S = 20 * 3600  # under the platform's 24 h channel lifetime
 NOTIFY_FIX = "let the client's role create notification channels and subscribe to agents' presence"
-
-
-class Verdict(enum.StrEnum):
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "fail"
-    SKIP = "skip"
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One check's result: what was seen and, unless ok, what to do about it. ``fatal``: a
-    worker must not start with this failure."""
-
-    check: str
-    verdict: Verdict
-    detail: str
-    fix: str = ""
-    fatal: bool = True
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict is Verdict.FAIL
-
-    @property
-    def line(self) -> str:
-        """The finding as one log line."""
-        text = f"{self.check}: {self.detail}"
-        return f"{text}; {self.fix}" if self.fix else text
-
-
-def ok(check: str, detail: str) -> Finding:
-    return Finding(check, Verdict.OK, detail)
-
-
-def skip(check: str, detail: str) -> Finding:
-    return Finding(check, Verdict.SKIP, detail)
-
-
-def load_settings() -> tuple[Settings | None, Finding]:
-    """The settings from the environment, and the finding about them."""
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        return None, Finding("settings", Verdict.FAIL, settings_problem(exc), "fix the variable")
-    return settings, check_settings(settings)
-
-
-def check_settings(settings: Settings) -> Finding:
-    """Valid settings that name a Genesys org and an OAuth client."""
-    try:
-        base = settings.api_base
-    except ValueError as exc:
-        return Finding("settings", Verdict.FAIL, str(exc), "set one of them")
-    empty = [
-        name
-        for name, value in (
-            ("GENESYS_CLIENT_ID", settings.genesys_client_id),
-            ("GENESYS_CLIENT_SECRET", settings.genesys_client_secret.get_secret_value()),
-        )
-        if not value
-    ]
-    if empty:
-        return Finding(
-            "settings",
-            Verdict.FAIL,
-            f"{' and '.join(empty)} empty",
-            "set the OAuth client-credentials client of the org",
-        )
-    return ok("settings", f"valid; Genesys at {mask_url(base)}")
-
-
-def check_files(settings: Settings) -> Finding | None:
-    """The transition matrix and capacity override files load (None: neither is set)."""
-    from worker.rules.capacity import load_overrides
-    from worker.rules.transitions import TransitionMatrix
-
-    if settings.transition_matrix_file is None and settings.capacity_overrides_file is None:
-        return None
-    try:
-        TransitionMatrix.load(settings.transition_matrix_file)
-        load_overrides(settings.capacity_overrides_file)
-    except ValueError as exc:
-        return Finding("files", Verdict.FAIL, str(exc), "fix or unset the file")
-    named = [
-        str(p) for p in (settings.transition_matrix_file, settings.capacity_overrides_file) if p
-    ]
-    return ok("files", f"{', '.join(named)} loaded")
-
-
-def check_redis(settings: Settings, timeout_s: float) -> tuple[redis.Redis | None, Finding]:
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-    )
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        seen, fix = redis_problem(settings.redis_url, exc)
-        return None, Finding("Redis", Verdict.FAIL, seen, fix)
-    return client, ok("Redis", f"{mask_url(settings.redis_url)} answers")
-
-
-def check_database(settings: Settings, timeout_s: float) -> Finding:
-    """Reachable and at the migrations' head revision; an absent SQLite file is not created."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine, pool
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-
-    import migrations
-
-    url = settings.database_url
-    shown = mask_url(url)
-    migrate = "run `presence migrate`"
-    try:
-        parsed = make_url(url)
-        backend = parsed.get_backend_name()
-        connect_args: dict[str, Any] = {}
-        if backend == "sqlite":
-            path = parsed.database or ""
-            local = bool(path) and path != ":memory:" and not path.startswith("file:")
-            if local and not Path(path).exists():
-                where = Path(path).resolve().parent
-                fix = migrate if where.is_dir() else f"create {where} or fix DATABASE_URL"
-                return Finding(
-                    "database", Verdict.FAIL, f"DATABASE_URL ({shown}): no such file", fix
-                )
-        elif backend.startswith("postgres"):
-            connect_args["connect_timeout"] = max(1, int(timeout_s))
-        engine = create_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
-    except (ArgumentError, NoSuchModuleError, ValueError):
-        return Finding(
-            "database", Verdict.FAIL, "DATABASE_URL is not a usable SQLAlchemy URL", "fix it"
-        )
-    head = ScriptDirectory.from_config(migrations.alembic_config(url)).get_current_head()
-    quiet = logging.getLogger("alembic")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # not its INFO lines about plugins and DDL
-    try:
-        with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-    except SQLAlchemyError as exc:
-        seen = database_problem(url, exc)
-        return Finding("database", Verdict.FAIL, seen, "fix DATABASE_URL or start the database")
-    finally:
-        quiet.setLevel(level)
-        engine.dispose()
-    if current == head:
-        return ok("database", f"{shown} is at the latest revision ({head})")
-    if current is None:
-        return Finding("database", Verdict.FAIL, f"{shown} has no audit tables", migrate)
-    return Finding(
-        "database", Verdict.FAIL, f"{shown} is at revision {current}, not {head}", migrate
-    )
 
 
 class _Api:
@@ -216,7 +39,7 @@ class _Api:
         return response
 
 
-def _transport(exc: httpx.HTTPError) -> str:
+def transport_reason(exc: httpx.HTTPError) -> str:
     """The exception's kind and reason (httpx never puts credentials in either)."""
     reason = first_line(str(exc))
     return f"{type(exc).__name__} ({reason})" if reason else type(exc).__name__
@@ -291,7 +114,7 @@ class GenesysChecks:
                     Finding(
                         check,
                         Verdict.FAIL,
-                        f"{mask_url(self.settings.api_base)} failed: {_transport(exc)}",
+                        f"{mask_url(self.settings.api_base)} failed: {transport_reason(exc)}",
                         f"check {self.variable} and the network",
                     )
                 )
@@ -317,7 +140,7 @@ class GenesysChecks:
                     "Genesys reachable",
                     Verdict.FAIL,
                     f"{self.variable} ({mask_url(settings.login_base)}) unreachable: "
-                    f"{_transport(exc)}",
+                    f"{transport_reason(exc)}",
                     f"check {self.variable} and the network (proxy, firewall)",
                 )
             )
@@ -479,121 +302,3 @@ def _oauth_error(response: httpx.Response) -> str:
     if isinstance(body, dict):
         reason = body.get("error_description") or body.get("error") or body.get("message")
     return f"HTTP {response.status_code}: {reason or response.reason_phrase}"
-
-
-def _origin(url: str) -> str:
-    """Scheme, host, port and path only: a query string may carry a key."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_wfm(settings: Settings, http: httpx.Client) -> list[Finding]:
-    """The WFM endpoint answers (a HEAD: nothing is delivered) and the signing secret is set.
-    Not fatal for a worker: deliveries wait in the outbox."""
-    url = settings.wfm_webhook_url
-    if not url:
-        return [skip("WFM endpoint", "WFM_WEBHOOK_URL unset: no WFM sync")]
-    findings = []
-    if not settings.wfm_webhook_secret.get_secret_value():
-        findings.append(
-            Finding(
-                "WFM secret",
-                Verdict.FAIL,
-                "WFM_WEBHOOK_SECRET empty: events would be signed with an empty key",
-                "set it to the key the WFM receiver verifies with",
-                fatal=False,
-            )
-        )
-    else:
-        findings.append(ok("WFM secret", "set"))
-    shown = _origin(url)
-    try:
-        response = http.head(url)
-    except httpx.HTTPError as exc:
-        findings.insert(
-            0,
-            Finding(
-                "WFM endpoint",
-                Verdict.FAIL,
-                f"WFM_WEBHOOK_URL ({shown}) unreachable: {_transport(exc)}",
-                "check WFM_WEBHOOK_URL and that the receiver runs",
-                fatal=False,
-            ),
-        )
-        return findings
-    parts = urlsplit(url)
-    if parts.scheme == "http" and not _loopback(parts.hostname or ""):
-        endpoint = Finding(
-            "WFM endpoint",
-            Verdict.WARN,
-            f"{shown} answered, over plain http (events readable on the way)",
-            "use https",
-            fatal=False,
-        )
-    else:
-        endpoint = ok("WFM endpoint", f"{shown} answered HTTP {response.status_code} to HEAD")
-    findings.insert(0, endpoint)
-    return findings
-
-
-def run_checks(settings: Settings | None = None, *, timeout_s: float = 5.0) -> list[Finding]:
-    """Every check, in order (see the module docstring); ``settings`` None: read them now."""
-    if settings is None:
-        loaded, first = load_settings()
-    else:
-        loaded, first = settings, check_settings(settings)
-    findings = [first]
-    if loaded is None:
-        return findings
-    files = check_files(loaded)
-    if files is not None:
-        findings.append(files)
-    client, found = check_redis(loaded, timeout_s)
-    findings.append(found)
-    findings.append(check_database(loaded, timeout_s))
-    timeout = min(timeout_s, loaded.http_timeout_s)
-    try:
-        with httpx.Client(timeout=timeout) as http:
-            if first.failed:
-                findings.append(skip("Genesys", "skipped: fix the settings first"))
-            else:
-                findings.extend(GenesysChecks(loaded, http, client).run())
-            findings.extend(check_wfm(loaded, http))
-    finally:
-        if client is not None:
-            client.close()
-    return findings
-
-
-def on_worker_setup(**_: Any) -> None:
-    """``celeryd_after_setup``: log each problem as one line; exit (status 1) before consuming
-    when one is fatal. Off with PREFLIGHT_ON_START=false."""
-    from worker.settings import get_settings
-
-    settings = get_settings()
-    if not settings.preflight_on_start:
-        return
-    findings = run_checks(settings)
-    fatal = [f for f in findings if f.failed and f.fatal]
-    for finding in findings:
-        if finding in fatal:
-            log.critical("preflight: %s", finding.line)
-        elif finding.verdict in (Verdict.FAIL, Verdict.WARN):
-            log.warning("preflight: %s", finding.line)
-    if fatal:
-        log.critical(
-            "preflight: not starting, %d check(s) failed (`presence doctor` lists every check)",
-            len(fatal),
-        )
-        raise SystemExit(1)
-    log.info("preflight: %d checks passed against %s", len(findings), mask_url(settings.api_base))
