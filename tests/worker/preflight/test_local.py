@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 import migrations
+from tests.support.services import scratch_postgres_database
 from tests.worker.preflight.helpers import (
     SECRET,
     checks,
@@ -105,3 +108,15 @@ def test_a_malformed_capacity_overrides_file_is_named(setup, tmp_path):
 
     assert failed(found) == {"files"}
     assert f"CAPACITY_OVERRIDES_FILE {broken}" in found["files"].detail
+
+
+@pytest.mark.postgres
+def test_a_postgres_database_is_checked_for_its_revision(setup):
+    with scratch_postgres_database() as url:
+        before = checks(setup(database_url=url))["database"]
+        migrations.upgrade(url)
+        after = checks(setup(database_url=url))["database"]
+
+    assert before.verdict is Verdict.FAIL
+    assert before.fix == "run `presence migrate`"
+    assert after.verdict is Verdict.OK
