@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli.doctor import doctor
+from cli.errors import run
 from cli.render import audit_table, plain, progress_bar, stats_table
 from cli.shifts import app as shifts_app
 from models import Outcome
@@ -25,6 +27,7 @@ from worker import names, reports, wfm
 from worker.settings import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app.command()(doctor)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
 
@@ -317,7 +320,7 @@ def demo(
 
 
 def main() -> None:
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,24 @@ above any task runtime, countdown or retry delay.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import celeryd_after_setup
+from pydantic import ValidationError
 
-from worker import names, observability
+from worker import names, observability, preflight
+from worker.problems import settings_problem
 from worker.settings import get_settings
 
-settings = get_settings()
+try:
+    settings = get_settings()
+except ValidationError as exc:
+    # One line naming the variable (never its value), not a traceback: exits with status 1.
+    raise SystemExit(f"presence worker: {settings_problem(exc)}") from None
 TASK_TIME_LIMIT_S = 300
 # A retry is an ETA message that stays unacknowledged until it runs: the visibility timeout must
 # exceed the longest retry delay plus a task's runtime, or the message would run twice.
 if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_TIME_LIMIT_S:
-    raise ValueError(
-        "BROKER_VISIBILITY_TIMEOUT_S must exceed RETRY_BACKOFF_MAX_S + "
+    raise SystemExit(
+        "presence worker: BROKER_VISIBILITY_TIMEOUT_S must exceed RETRY_BACKOFF_MAX_S + "
         f"{TASK_TIME_LIMIT_S} s (the task time limit)"
     )
 
@@ -65,3 +72,6 @@ app.conf.update(
 )
 # Sentry at celeryd_init, the metrics exporter at worker_ready (worker/observability).
 observability.install()
+# The doctor's checks once per worker, in the main process before any pool process starts or
+# any message is consumed (never in worker_process_init).
+celeryd_after_setup.connect(preflight.on_worker_setup, weak=False)

@@ -192,12 +192,19 @@ class Settings(BaseSettings):
         "(all pool processes' with PROMETHEUS_MULTIPROC_DIR); unset = off.",
     )
 
+    preflight_on_start: bool = Field(
+        default=True,
+        description="A worker runs the `presence doctor` checks before consuming and refuses "
+        "to start on a fatal failure (one log line each).",
+    )
+
     @model_validator(mode="after")
     def _check_region(self) -> Settings:
         region = self.genesys_region
         if self.genesys_api_url is None and region is not None and region not in REGION_DOMAINS:
             known = ", ".join(sorted(REGION_DOMAINS))
-            raise ValueError(f"GENESYS_REGION {region!r} is unknown; use one of {known}")
+            # The variable, never its value: a settings error must not echo what was typed.
+            raise ValueError(f"GENESYS_REGION is not a known region; use one of {known}")
         return self
 
     @property

@@ -1,0 +1,143 @@
+"""The Genesys checks against the real emulator: a healthy client changes nothing and spends a
+handful of requests; each missing permission, a bad secret, an unreachable URL, a spent or
+misconfigured budget fail the row they concern."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.worker.preflight.helpers import (
+    NEEDED,
+    SECRET,
+    add_client,
+    api_requests,
+    checks,
+    failed,
+    free_port,
+)
+from worker.preflight import Verdict
+
+
+# -- a healthy setup ----------------------------------------------------------------------------
+def test_a_healthy_setup_passes_every_check_and_changes_nothing(api, setup):
+    before = api.admin("GET", "/users").json()
+
+    found = checks(setup())
+
+    assert failed(found) == set()
+    assert [name for name, f in found.items() if f.verdict is Verdict.OK] == [
+        "settings",
+        "Redis",
+        "database",
+        "Genesys reachable",
+        "credentials",
+        "read presence definitions",
+        "read agents and presence",
+        "edit presence",
+        "notifications",
+        "read queues and members",
+        "queue observations",
+        "API budget",
+    ]
+    assert found["WFM endpoint"].verdict is Verdict.SKIP
+    assert api.admin("GET", "/history").json() == {}, "no presence was written"
+    assert api.admin("GET", "/users").json() == before
+    assert api_requests(api) <= 9
+
+
+def test_repeated_runs_hold_one_notification_channel(api, setup):
+    for _ in range(3):
+        assert failed(checks(setup())) == set()
+
+    channels = api.admin("GET", "/channels").json()
+    assert len([c for c in channels if c["clientId"] == "doctor"]) == 1
+
+
+# -- the OAuth client's permissions -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("missing", "check"),
+    [
+        ("presence:presenceDefinition:view", "read presence definitions"),
+        ("presence:userPresence:edit", "edit presence"),
+        ("routing:queue:view", "read queues and members"),
+        ("analytics:queueObservation:view", "queue observations"),
+    ],
+)
+def test_each_missing_permission_fails_its_check_and_names_it(api, setup, missing, check):
+    add_client(api, "narrow", "narrow-secret", [p for p in NEEDED if p != missing])
+
+    found = checks(setup(genesys_client_id="narrow", genesys_client_secret="narrow-secret"))
+
+    assert failed(found) == {check}
+    assert missing in found[check].fix
+    assert found[check].fatal
+
+
+def test_a_refused_notification_channel_fails_the_notification_check(api, setup):
+    # The emulator grants channels to every client; the platform's refusal is injected.
+    api.admin(
+        "POST",
+        "/faults/errors",
+        {"endpoint": "notifications.channels.create", "status": 403, "count": 1},
+    )
+
+    found = checks(setup())
+
+    assert failed(found) == {"notifications"}
+    assert "HTTP 403" in found["notifications"].detail
+
+
+# -- Genesys ------------------------------------------------------------------------------------
+def test_a_bad_secret_fails_the_credentials_and_skips_the_permissions(setup):
+    found = checks(setup(genesys_client_secret="not-" + SECRET))
+
+    assert failed(found) == {"credentials"}
+    assert "GENESYS_CLIENT_SECRET" in found["credentials"].fix
+    assert "edit presence" not in found
+    assert "not-" not in found["credentials"].line
+
+
+def test_an_unreachable_url_is_named_and_skips_the_rest(setup):
+    url = f"http://127.0.0.1:{free_port()}"
+
+    found = checks(setup(genesys_api_url=url))
+
+    assert failed(found) == {"Genesys reachable"}
+    assert url in found["Genesys reachable"].detail
+    assert "GENESYS_API_URL" in found["Genesys reachable"].fix
+    assert "credentials" not in found
+
+
+def test_a_budget_below_the_configured_rate_is_a_warning_with_the_number(api, setup):
+    api.admin("PUT", "/settings", {"rate_limit_per_minute": 120})
+
+    found = checks(setup(rate_limit_per_minute=300))
+
+    assert failed(found) == set()
+    budget = found["API budget"]
+    assert budget.verdict is Verdict.WARN
+    assert "120/min allowed" in budget.detail
+    assert budget.fix == "set RATE_LIMIT_PER_MINUTE=120"
+
+
+def test_a_spent_budget_fails_the_check_it_hit_without_being_fatal(api, setup):
+    api.admin(
+        "POST",
+        "/faults/errors",
+        {"endpoint": "queues.list", "status": 429, "count": 1, "retry_after_s": 1},
+    )
+
+    found = checks(setup())
+
+    assert failed(found) == {"read queues and members"}
+    assert "HTTP 429" in found["read queues and members"].detail
+    assert not found["read queues and members"].fatal
+
+
+def test_a_fleet_holding_every_channel_leaves_the_check_a_warning_not_a_new_channel(api, setup):
+    found = checks(setup(channel_slots=20))
+
+    assert failed(found) == set()
+    assert found["notifications"].verdict is Verdict.WARN
+    assert found["notifications"].fix == "set CHANNEL_SLOTS below 20"
+    assert api.admin("GET", "/channels").json() == []
