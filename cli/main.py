@@ -24,6 +24,7 @@ from producer.schema import json_schema
 from worker import reports
 from worker.settings import get_settings
 from worker.updates import invalid_message
+from worker.version import package_version
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -38,6 +39,28 @@ CSV_COLUMNS = (
     "idempotency_key",
     "message",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(package_version())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed presence-worker version and exit.",
+        ),
+    ] = False,
+) -> None:
+    # The options that come before any command; the help text is the module docstring.
+    pass
 
 
 def _producer() -> PresenceProducer:
