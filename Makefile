@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -m pip check
+	$(PY) -m pip check || { echo "$(LOCK) does not satisfy pyproject.toml: run make lock-sync"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -55,13 +55,14 @@ bench: $(STAMP)  # about 15 minutes; each one also runs alone: python -m bench.<
 # lock: the newest versions within the ranges, and the base image's current digest.
 # lock-sync: after editing pyproject.toml, change only what the edit requires.
 # lock-check: change nothing; fail when a lock is out of sync (CI).
-lock: $(STAMP)
+# Order-only on the venv (it brings uv): an edited pyproject.toml is locked before it is installed.
+lock: | $(STAMP)
 	$(PY) -m tools.lock
 
-lock-sync: $(STAMP)
+lock-sync: | $(STAMP)
 	$(PY) -m tools.lock --keep
 
-lock-check: $(STAMP)
+lock-check: | $(STAMP)
 	$(PY) -m tools.lock --check
 
 clean:

@@ -107,7 +107,11 @@ def lock_drift(committed: Path, compiled: Path) -> list[str]:
     before = pins(committed.read_text()) if committed.exists() else []
     after = pins(compiled.read_text())
     rel = committed.relative_to(ROOT)
-    return list(difflib.unified_diff(before, after, f"{rel} (committed)", f"{rel} (from pyproject.toml)", lineterm=""))
+    return list(
+        difflib.unified_diff(
+            before, after, f"{rel} (committed)", f"{rel} (from pyproject.toml)", lineterm=""
+        )
+    )
 
 
 # -- the base image ---------------------------------------------------------------------------
@@ -141,7 +145,9 @@ def _run(cmd: Sequence[str]) -> bytes | None:
 
 
 def _via_buildx(image: str) -> str | None:
-    out = _run(["docker", "buildx", "imagetools", "inspect", image, "--format", "{{json .Manifest}}"])
+    out = _run(
+        ["docker", "buildx", "imagetools", "inspect", image, "--format", "{{json .Manifest}}"]
+    )
     if out is None:
         return None
     try:
@@ -205,7 +211,9 @@ def check() -> int:
         return 1
     if drift:
         print("\n".join(drift))
-        print(f"the lock files are out of sync with pyproject.toml: run `make lock-sync` (keeps the other pins) or `{REFRESH_COMMAND}`")
+        print(
+            f"the lock files are out of sync with pyproject.toml: run `make lock-sync` (keeps the other pins) or `{REFRESH_COMMAND}`"
+        )
         return 1
     print(f"lock files in sync with pyproject.toml; base image {image}@{digest}")
     return 0
@@ -215,7 +223,9 @@ def check() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.lock", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.lock", description=__doc__.splitlines()[0]
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="change nothing; exit 1 on drift")
     mode.add_argument("--keep", action="store_true", help="keep pins that still satisfy the ranges")
