@@ -120,7 +120,8 @@ def lock_drift(committed: Path, compiled: Path) -> list[str]:
 def base_image(dockerfile: str) -> tuple[str, str]:
     """``(image:tag, sha256:…)`` of the Dockerfile's first ``FROM``; ValueError when it is not
     pinned by digest."""
-    found = _FROM.search(dockerfile)
+    first = re.search(r"^FROM\s.*$", dockerfile, re.M)
+    found = _FROM.match(first[0]) if first is not None else None
     if found is None:
         raise ValueError("the Dockerfile's FROM is not pinned as image:tag@sha256:<digest>")
     return found["image"], found["digest"]

@@ -204,3 +204,9 @@ def test_a_dockerfile_pinned_by_tag_only_is_refused():
         lock.base_image("FROM python:3.11-slim\n")
     with pytest.raises(ValueError, match="not an image digest"):
         lock.pin_base_image(f"FROM python:3.11-slim@sha256:{'0' * 64}\n", "latest")
+
+
+def test_only_the_first_from_counts():
+    pinned_later = f"FROM python:3.11-slim AS build\nFROM python:3.11-slim@sha256:{'1' * 64}\n"
+    with pytest.raises(ValueError, match="not pinned"):
+        lock.base_image(pinned_later)
