@@ -4,12 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench compose-check clean
+LOCK := requirements/dev.txt
 
-$(STAMP): pyproject.toml
+.PHONY: install demo test lint format bench compose-check lock lock-sync lock-check clean
+
+# Exactly the locked versions (hash-checked; pip refuses anything the lock does not pin), then the
+# package itself, editable, with nothing more; pip check proves the lock satisfies pyproject.toml.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check || { echo "$(LOCK) does not satisfy pyproject.toml: run make lock-sync"; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -45,6 +50,20 @@ bench: $(STAMP)  # about 15 minutes; each one also runs alone: python -m bench.<
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.capacity
 	$(PY) -m bench.wave
+
+# requirements/dev.txt and requirements/runtime.txt from pyproject.toml with uv (tools/lock.py).
+# lock: the newest versions within the ranges, and the base image's current digest.
+# lock-sync: after editing pyproject.toml, change only what the edit requires.
+# lock-check: change nothing; fail when a lock is out of sync (CI).
+# Order-only on the venv (it brings uv): an edited pyproject.toml is locked before it is installed.
+lock: | $(STAMP)
+	$(PY) -m tools.lock
+
+lock-sync: | $(STAMP)
+	$(PY) -m tools.lock --keep
+
+lock-check: | $(STAMP)
+	$(PY) -m tools.lock --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cli.demo_shifts import run_shift_wave
@@ -27,6 +28,7 @@ from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
 from sandbox.stack import LocalStack
 from worker import reports
+from worker.embedded_redis import EmbeddedRedisMissing
 from worker.settings import get_settings
 
 DEMO_DB = 15
@@ -114,9 +116,13 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
     )
     # The emulator's WFM sink stands in for the workforce-management platform.
     stack.worker_env["WFM_WEBHOOK_SECRET"] = "wfm-sink-secret"  # noqa: S105 - the sink's default
-    console.rule("[bold]presence worker demo")
     try:
-        stack.start()
+        try:
+            stack.start()
+        except EmbeddedRedisMissing as exc:  # one actionable line, no traceback
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(exc))}")
+            return 1
+        console.rule("[bold]presence worker demo")
         assert stack.emulator is not None
         assert stack.redis is not None
         stack.worker_env["WFM_WEBHOOK_URL"] = f"{stack.emulator.base_url}/__wfm/events"

@@ -25,6 +25,7 @@ from producer.schema import invalid_message, json_schema
 from worker import audit as audit_service
 from worker import names, reports, wfm
 from worker.settings import get_settings
+from worker.version import package_version
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.command()(doctor)
@@ -40,6 +41,28 @@ CSV_COLUMNS = (
     "idempotency_key",
     "message",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(package_version())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed presence-worker version and exit.",
+        ),
+    ] = False,
+) -> None:
+    # The options that come before any command; the help text is the module docstring.
+    pass
 
 
 def _producer() -> PresenceProducer:

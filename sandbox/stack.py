@@ -60,13 +60,14 @@ class LocalStack:
     beats: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> LocalStack:
-        """Raises EmulatorStartError or RuntimeError when a piece does not come up."""
+        """Raises EmulatorStartError or RuntimeError when a piece does not come up
+        (EmbeddedRedisMissing when no Redis answers and none can be started)."""
         self.workdir = self.workdir or Path(tempfile.mkdtemp(prefix="presence-stack-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis = ensure_redis(self.redis_url)  # first: EmbeddedRedisMissing fails fast
         self.emulator = EmulatorProcess(
             client_id=self.client_id, client_secret=self.client_secret, args=self.emulator_args
         ).start()
-        self.redis = ensure_redis(self.redis_url)
         base = self.redis.url.rsplit("/", 1)[0]
         self.broker_url = self.redis.url if self.redis.embedded else f"{base}/{self.redis_db}"
         client = redis.Redis.from_url(self.broker_url)

@@ -163,8 +163,10 @@ def test_each_secret_reaches_only_the_services_that_use_it(production):
 def test_the_image_installs_the_package_and_runs_as_a_non_root_user():
     lines = (ROOT / "Dockerfile").read_text().splitlines()
     instructions = [line for line in lines if line[:1].isupper()]
-    assert "FROM python:3.11-slim" in instructions
-    assert any(line.startswith('RUN pip install ".[postgres]"') for line in instructions)
+    (base,) = [line for line in instructions if line.startswith("FROM ")]
+    assert base.startswith("FROM python:3.11-slim@sha256:")  # the tag, pinned by digest
+    assert "RUN pip install --require-hashes -r requirements/runtime.txt" in instructions
+    assert any(line.startswith("RUN pip install --no-deps .") for line in instructions)
     last_run = max(i for i, line in enumerate(instructions) if line.startswith("RUN "))
     users = [i for i, line in enumerate(instructions) if line.startswith("USER ")]
     assert users

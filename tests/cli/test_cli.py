@@ -248,3 +248,25 @@ def test_schema_prints_the_payload_json_schema(env):
     schema = json.loads(result.stdout)
     assert schema["title"] == "PresenceUpdate"
     assert {"user_id", "state", "requested_at"} <= set(schema["required"])
+
+
+def test_version_is_the_installed_package_metadata_version():
+    from importlib.metadata import version
+
+    result = run("--version")
+
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{version('presence-worker')}\n"
+
+
+def test_the_installed_presence_command_reports_the_same_version():
+    import subprocess
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    presence = Path(sys.executable).parent / "presence"  # the console script pip installed
+    done = subprocess.run([presence, "--version"], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == version("presence-worker")

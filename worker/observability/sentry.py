@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -38,6 +37,7 @@ from sentry_sdk.integrations.redis import RedisIntegration
 from sentry_sdk.integrations.sqlalchemy import SqlalchemyIntegration
 
 from worker.settings import Settings
+from worker.version import PACKAGE, package_version
 
 if TYPE_CHECKING:
     from sentry_sdk.transport import Transport
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FILTERED = "[Filtered]"
-PACKAGE = "presence-worker"
 MIN_SECRET_LENGTH = 4  # shorter configured values are not scanned for (they would shred text)
 
 # Keys whose values are credentials, wherever they sit in the event (frame variables, headers,
@@ -69,11 +68,8 @@ _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)([^\s@/]+)@")
 
 
 def release() -> str:
-    """``presence-worker@<installed version>``."""
-    try:
-        return f"{PACKAGE}@{version(PACKAGE)}"
-    except PackageNotFoundError:
-        return f"{PACKAGE}@unknown"
+    """``presence-worker@<installed version>`` (``@unknown`` when the package is not installed)."""
+    return f"{PACKAGE}@{package_version()}"
 
 
 def configured_secrets(settings: Settings) -> set[str]:

@@ -19,6 +19,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from importlib.metadata import version
 from typing import Any
 
 import httpx
@@ -165,7 +166,7 @@ def only_event(transport: CapturingTransport) -> tuple[dict[str, Any], str]:
 
 def assert_tagged(event: dict[str, Any], task_id: str) -> None:
     assert event["release"] == observed.release()
-    assert event["release"].startswith("presence-worker@")
+    assert event["release"] == f"presence-worker@{version('presence-worker')}"
     assert event["environment"] == "staging-test"
     assert event["tags"]["celery_task_name"] == "presence.update"
     assert event["tags"]["celery_task_id"] == task_id
