@@ -57,3 +57,11 @@ def test_wfm_failed_prints_markup_literally(env):  # noqa: F811
 
     assert result.exit_code == 0, result.output
     assert "[/]event" in result.stdout
+
+
+def test_set_echoes_a_bad_value_with_markup_literally(env):  # noqa: F811
+    result = run("set", "[/]nobody", "Break")
+
+    assert result.exit_code == 2
+    assert "[/]nobody" in result.output
+    assert "Traceback" not in result.output

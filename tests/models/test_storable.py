@@ -106,7 +106,7 @@ def test_a_single_update_is_recorded_whatever_its_content(
     database: str, raw: dict[str, Any], outcome: str
 ) -> None:
     w = world({AGENT: "def-available"}, store=SqlAuditStore(database))
-    request_id = storable_id("task-" + "\x00" * 3 + "9" * 100)
+    request_id = storable_id("task-\x00\ud800" + "9" * 100)  # NUL, surrogate, too long
 
     assert handle_update(w.ports, raw, Attempt(request_id, T0)).value == outcome
 
@@ -143,3 +143,18 @@ def test_a_wave_is_recorded_whole_when_one_element_is_unstorable(database: str) 
     assert len(recorded) == 3
     assert recorded["e-0"].outcome == recorded["e-2"].outcome == "confirmed"
     assert recorded[storable_id("e-1\x00" + "x" * 80)].outcome == "invalid"
+
+
+def test_a_dead_letter_of_unvalidated_content_is_recorded(database: str) -> None:
+    from worker.flow.single import record_dead_letter
+    from worker.retry import GiveUp
+
+    w = world({AGENT: "def-available"}, store=SqlAuditStore(database))
+    raw = {"user_id": "\x00" * 100, "source": "\ud800" * 500, "idempotency_key": "x" * 10_000}
+
+    outcome = record_dead_letter(
+        w.ports, raw, Attempt("dl-1", T0, failures=3), GiveUp("503", "Gave up after 4 attempts")
+    )
+
+    assert outcome.value == "dead_letter"
+    assert rows(database)["dl-1"].error_code == "503"
