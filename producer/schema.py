@@ -66,13 +66,16 @@ class PresenceUpdate(BaseModel):
     capacity_policy: Literal["reject", "defer", "force"] = "reject"
     defer_until: datetime | None = None
     force_reason: ShortText | None = None
+    # Set by `presence requeue`: the original request's identity (its idempotency key, else its
+    # request id), whose place in the agent's ordering the copy takes.
+    requeue_of: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
     @field_validator("user_id")
     @classmethod
     def _user_id(cls, value: str) -> str:
         return check_user_id(value)
 
-    @field_validator("idempotency_key")
+    @field_validator("idempotency_key", "requeue_of")
     @classmethod
     def _key_is_text(cls, value: str | None) -> str | None:
         # The key identifies the request in the database, where NUL cannot be stored.

@@ -74,6 +74,9 @@ def requeue(
         if not row.payload or "user_id" not in row.payload:
             continue
         payload = {k: v for k, v in row.payload.items() if k != "idempotency_key"}
+        # The copy keeps requested_at and takes the original's place in the agent's ordering:
+        # only a genuinely newer request supersedes it.
+        payload.setdefault("requeue_of", row.idempotency_key or row.request_id)
         try:
             update = PresenceUpdate.model_validate(payload)
         except ValidationError:

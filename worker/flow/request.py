@@ -53,9 +53,10 @@ class Request:
 
     @property
     def order_id(self) -> str:
-        """The request's identity for per-agent ordering: its idempotency key, else its id.
-        Duplicates (a repeated key) share it, or the copy would supersede the original."""
-        return self.update.idempotency_key or self.attempt.request_id
+        """The request's identity for per-agent ordering: the original's for a requeued copy,
+        else its idempotency key, else its id. Copies and duplicates (a repeated key) share it,
+        or the original's marker would supersede the copy (or the copy the original)."""
+        return self.update.requeue_of or self.update.idempotency_key or self.attempt.request_id
 
     @property
     def stamp_us(self) -> int:
@@ -71,6 +72,12 @@ class Request:
         self.current_label = label
         self.draft.from_state = label
         self.draft.from_definition_id = definition.id if definition is not None else definition_id
+
+
+def add_note(draft: AuditDraft, note: str | None) -> None:
+    """Append ``note`` to the row's notes (None adds nothing)."""
+    if note:
+        draft.note = f"{draft.note}; {note}" if draft.note else note
 
 
 def new_draft(attempt: Attempt, raw: Any) -> AuditDraft:
@@ -118,6 +125,8 @@ def validate(
     draft.queue_wait_ms = round(
         (attempt.started_at - update.requested_at).total_seconds() * 1000, 2
     )
+    if update.requeue_of is not None:
+        add_note(draft, f"requeue of {update.requeue_of}")
     return draft, update
 
 

@@ -18,7 +18,7 @@ from worker.flow import steps
 from worker.flow.decisions import SUPERSEDED, Defer, ReadBack, Reject, confirm
 from worker.flow.ports import Ports
 from worker.flow.record import AuditDraft
-from worker.flow.request import Attempt, Request, parse, validate
+from worker.flow.request import Attempt, Request, add_note, parse, validate
 from worker.genesys.client import CallLog, recording
 from worker.genesys.errors import GenesysError
 from worker.limiter import BudgetExhausted
@@ -88,7 +88,8 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
                 + ports.jitter(0, DEFER_JITTER_S),
                 code="capacity.deferred",
             )
-        request.reserved, request.draft.note = decision.reserved, decision.note
+        request.reserved = decision.reserved
+        add_note(request.draft, decision.note)
         return _write_and_confirm(ports, request, calls)
     except GenesysError as exc:
         if exc.retryable:

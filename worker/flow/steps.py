@@ -16,7 +16,7 @@ from worker.flow.decisions import (
 )
 from worker.flow.ports import Ports
 from worker.flow.record import AuditDraft
-from worker.flow.request import Request
+from worker.flow.request import Request, add_note
 from worker.genesys.client import CallLog
 from worker.genesys.errors import GenesysError
 from worker.retry import Delay, RetryLater
@@ -86,8 +86,7 @@ def refused(draft: AuditDraft, exc: GenesysError) -> tuple[AuditDraft, Outcome]:
 def confirmed(draft: AuditDraft, confirmation: Confirmation) -> tuple[AuditDraft, Outcome]:
     if confirmation.code is not None:
         draft.error_code, draft.error_message = confirmation.code, confirmation.message
-    if confirmation.note is not None:
-        draft.note = confirmation.note
+    add_note(draft, confirmation.note)
     return draft, confirmation.outcome
 
 

@@ -38,7 +38,7 @@ from worker.flow.decisions import (
 )
 from worker.flow.ports import Ports, Waiter
 from worker.flow.record import AuditDraft
-from worker.flow.request import Attempt, Request, new_draft, parse, validate
+from worker.flow.request import Attempt, Request, add_note, new_draft, parse, validate
 from worker.genesys.client import Answer, CallLog, recording
 from worker.genesys.errors import GenesysError
 from worker.genesys.models import UserPresence
@@ -258,7 +258,8 @@ def _apply_locked(
                     )
                     requeued += 1
                 else:
-                    request.reserved, request.draft.note = decision.reserved, decision.note
+                    request.reserved = decision.reserved
+                    add_note(request.draft, decision.note)
                     ready.append(request)
             done.extend(_put_and_confirm(ports, ready, covered, calls))
         except GenesysError as exc:

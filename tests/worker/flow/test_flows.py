@@ -471,3 +471,29 @@ def test_a_failure_count_set_by_a_producer_cannot_loop_or_overflow(
     assert outcome == "dead_letter"
     assert deliveries <= 4
     assert w.api.calls["patch"] + w.api.calls["bulk_put"] <= 4
+
+
+def stamp_us(offset_s: float = 0) -> int:
+    return int((T0 + timedelta(seconds=offset_s)).timestamp() * 1_000_000)
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+@pytest.mark.parametrize("original", ["zzz-original", "aaa-original"], ids=["sorts above", "below"])
+def test_a_requeued_copy_takes_its_originals_place(flow: Single | Wave, original: str) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.ordering.register(AGENT, stamp_us(), original)  # the original, dead-lettered
+
+    result = flow.run(w, payload(requeue_of=original))
+
+    assert result.outcome == "confirmed"
+    assert w.row(REQUEST).note == f"requeue of {original}"
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_a_requeued_copy_loses_to_a_genuinely_newer_request(flow: Single | Wave) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.ordering.register(AGENT, stamp_us(), "original")
+    w.ordering.register(AGENT, stamp_us(1), "newer")
+
+    assert flow.run(w, payload(requeue_of="original")).outcome == "superseded"
+    assert w.api.writes[AGENT] == 0
