@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -15,7 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
-from cli.render import audit_table, progress_bar, stats_table
+from cli.imports import import_updates
+from cli.render import audit_table, stats_table
 from cli.shifts import app as shifts_app
 from models import AuditRecord, DeliveryState, Outcome, WfmDelivery
 from models.db import session_scope
@@ -28,16 +27,6 @@ from worker.updates import invalid_message
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
-
-CSV_COLUMNS = (
-    "user_id",
-    "state",
-    "reason",
-    "source",
-    "expected_state",
-    "idempotency_key",
-    "message",
-)
 
 
 def _producer() -> PresenceProducer:
@@ -80,51 +69,7 @@ def set_presence(
     console.print(f"queued {request_id}")
 
 
-@app.command("import")
-def import_csv(
-    file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="CSV with a header row.")
-    ],
-    source: Annotated[str, typer.Option(help="Default source for rows without one.")] = "import",
-) -> None:
-    """Enqueue every valid row of a CSV (columns: user_id,state[,reason,source,expected_state,
-    idempotency_key,message]); print each bad row's error and a summary."""
-    with file.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"user_id", "state"} <= set(rows[0]):
-        err.print(f"[red]error:[/] {file} needs at least the columns user_id and state")
-        raise typer.Exit(2)
-    producer = _producer()
-    queued, bad = 0, 0
-    now = datetime.now(UTC)
-    with progress_bar(console) as progress:
-        task = progress.add_task("enqueueing", total=len(rows))
-        with producer.app.producer_or_acquire() as conn:
-            for number, row in enumerate(rows, start=2):  # line 1 is the header
-                fields = {k: (row.get(k) or "").strip() or None for k in CSV_COLUMNS}
-                fields["source"] = fields["source"] or source
-                try:
-                    # File order is request order: later lines win for the same agent.
-                    at = now + timedelta(microseconds=number)
-                    update = PresenceUpdate.model_validate({**fields, "requested_at": at})
-                except ValidationError as exc:
-                    bad += 1
-                    progress.console.print(
-                        f"[yellow]line {number}:[/] {invalid_message(exc)}", soft_wrap=True
-                    )
-                else:
-                    producer.app.send_task(
-                        "presence.update",
-                        args=[update.to_message()],
-                        queue="presence",
-                        producer=conn,
-                    )
-                    queued += 1
-                progress.advance(task)
-    producer.close()
-    console.print(f"queued {queued}, rejected {bad} of {len(rows)} rows")
-    if bad:
-        raise typer.Exit(1)
+app.command("import")(import_updates)
 
 
 @app.command()
