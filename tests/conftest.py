@@ -7,12 +7,13 @@ database) live in :mod:`tests.support.pipeline`, registered here as a plugin.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
 from emulator.launcher import EmulatorProcess
+from tests.support.redis_db import claim_database, split_database
 from worker.embedded_redis import ensure_redis
 
 pytest_plugins = ["tests.support.pipeline"]
@@ -71,27 +72,49 @@ def api(emulator: EmulatorProcess) -> Iterator[Api]:
     client.close()
 
 
-# ``REDIS_URL`` names the tests' Redis and the database number they may empty; without it, the
-# local server's database 9, or a private embedded server when none answers.
-TEST_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9")
+# ``REDIS_URL`` names the tests' Redis and the database number they may empty. Without it the
+# tests use the local server (or a private one when none answers) and claim a database of their
+# own there (:mod:`tests.support.redis_db`): never one that holds someone else's data.
+TEST_REDIS_URL = os.environ.get("REDIS_URL")
+LOCAL_REDIS = "redis://127.0.0.1:6379"
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """The base URL (no database number) of a real Redis: ``REDIS_URL``'s server when it
     answers, else a private one."""
-    base, _, _ = TEST_REDIS_URL.rpartition("/")
+    base = split_database(TEST_REDIS_URL)[0] if TEST_REDIS_URL else LOCAL_REDIS
     handle = ensure_redis(f"{base}/0")
     yield handle.url.rsplit("/", 1)[0]
     handle.stop()
 
 
-@pytest.fixture
-def redis_url(redis_server: str) -> str:
-    """The tests' own Redis database (``REDIS_URL``'s number, default 9), emptied before each
-    test."""
+@pytest.fixture(scope="session")
+def _redis_database(redis_server: str) -> Iterator[Callable[[], str]]:
+    """How to get the tests' database emptied: ``REDIS_URL``'s own number, else one claimed for
+    this run on a shared server (any number on a private one)."""
     import redis
 
-    url = f"{redis_server}/{TEST_REDIS_URL.rpartition('/')[2] or '9'}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    if TEST_REDIS_URL and split_database(TEST_REDIS_URL)[0] == redis_server:
+        url = f"{redis_server}/{split_database(TEST_REDIS_URL)[1]}"
+
+        def flushed() -> str:
+            redis.Redis.from_url(url).flushdb()
+            return url
+
+        yield flushed
+        return
+    claimed = claim_database(redis_server)
+
+    def emptied() -> str:
+        claimed.empty()
+        return claimed.url
+
+    yield emptied
+    claimed.release()
+
+
+@pytest.fixture
+def redis_url(_redis_database: Callable[[], str]) -> str:
+    """The tests' own Redis database, emptied before each test."""
+    return _redis_database()
