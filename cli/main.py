@@ -199,7 +199,9 @@ def schema() -> None:
 @app.command()
 def metrics(
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port of /metrics.")] = 9108,
-    address: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+    address: Annotated[
+        str | None, typer.Option(help="Interface to bind. Default: METRICS_HOST (127.0.0.1).")
+    ] = None,
 ) -> None:
     """Serve the workers' Prometheus metrics: every process's files in PROMETHEUS_MULTIPROC_DIR
     (the same directory as the workers') merged into one /metrics."""
@@ -209,6 +211,7 @@ def metrics(
     if path is None:
         err.print(f"[red]error:[/] set {observed.MULTIPROC_ENV} to the workers' metrics directory")
         raise typer.Exit(2)
+    address = address or get_settings().metrics_host
     try:
         _, thread = observed.serve(port, address)
     except OSError as exc:
