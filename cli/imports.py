@@ -90,8 +90,6 @@ def import_updates(
     file: Annotated[
         Path,
         typer.Argument(
-            exists=True,
-            dir_okay=False,
             help=f"CSV with a header row; columns {', '.join(COLUMNS)} (user_id, state required).",
         ),
     ],

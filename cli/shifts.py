@@ -88,7 +88,7 @@ def _time(option: str, value: str | None) -> datetime | None:
 def import_schedule(
     file: Annotated[
         Path,
-        typer.Argument(exists=True, dir_okay=False, help="A .csv or .json schedule."),
+        typer.Argument(help="A .csv or .json schedule."),
     ],
     source: Annotated[
         str | None, typer.Option(help="Recorded on every row. Default: the file's name.")

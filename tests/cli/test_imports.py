@@ -220,6 +220,17 @@ def test_a_file_that_is_not_utf8_names_the_file_and_line(env):
     assert env.broker.llen(QUEUE) == 0
 
 
+@pytest.mark.parametrize("where", ["missing.csv", "."], ids=["missing", "directory"])
+def test_a_path_that_cannot_be_read_is_one_line_and_exit_2(env, where):
+    path = env.tmp_path / where
+
+    result = run("import", str(path))
+
+    message = assert_one_line_error(result, 2)
+    assert message.startswith(f"cannot read {path}: ")
+    assert message.endswith(("No such file or directory", "Is a directory"))
+
+
 def test_redis_down_is_one_line_without_the_password_and_exit_1(env):
     env.monkeypatch.setenv("REDIS_URL", f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()
@@ -320,6 +331,19 @@ def test_an_unreachable_genesys_is_one_line_naming_the_url_and_no_secret(env):
     )
     assert "very-secret" not in result.output
     assert env.broker.llen(QUEUE) == 0
+
+
+def test_redis_down_while_checking_is_one_line_naming_redis_url(genesys):
+    genesys.monkeypatch.setenv("REDIS_URL", f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0")
+    get_settings.cache_clear()
+    path = csv_file(genesys, f"user_id,state\n{AGENT},Break\n")
+
+    result = run("import", str(path))
+
+    message = assert_one_line_error(result, 1)
+    assert message.startswith("Redis at redis://127.0.0.1:")
+    assert "(REDIS_URL): " in message
+    assert "s3cret-pw" not in result.output
 
 
 def test_no_check_imports_without_asking_genesys(env):

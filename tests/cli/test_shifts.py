@@ -241,6 +241,15 @@ def test_a_file_that_is_no_schedule_exits_2_with_one_line(env, name, text, expec
     assert result.stderr == expected
 
 
+def test_a_missing_file_is_one_line_and_exit_2(env):
+    path = env.tmp_path / "week49.csv"
+
+    result = run("import", str(path))
+
+    assert result.exit_code == 2
+    assert result.stderr == f"error: cannot read {path}: No such file or directory\n"
+
+
 def test_a_database_that_cannot_be_opened_is_one_line_and_exit_1(env, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{env.tmp_path / 'missing' / 'x.sqlite3'}")
     get_settings.cache_clear()
