@@ -1,7 +1,8 @@
 """Importers' check of states and reasons against the org's current presence definitions.
 
 The definitions come through the worker's own catalog (one Genesys call per ten minutes for the
-whole fleet, cached in Redis), so an import spends at most one request of the shared budget.
+whole fleet, cached in Redis), so an import spends at most one request of the shared budget (and
+a token request when no token is cached).
 Without Genesys settings nothing is checked and the note says so: the worker then rejects an
 unknown state or reason when it applies the row (audit outcome ``invalid``).
 """
@@ -74,7 +75,11 @@ def definition_check(settings: Settings, *, enabled: bool = True) -> Iterator[De
     r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     http = httpx.Client(timeout=settings.http_timeout_s)
     try:
-        catalog = PresenceCatalog(r, genesys_client(settings, r, http).presence_definitions)
+        # A clock that never moves: the definitions read once serve the whole import, so no row
+        # check ever reaches Redis or Genesys again.
+        catalog = PresenceCatalog(
+            r, genesys_client(settings, r, http).presence_definitions, clock=lambda: 0.0
+        )
         try:
             count = len(catalog.definitions())
         except redis.RedisError as exc:
