@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.support.processes import private_redis
+from tests.support.redis_db import split_database
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.timeout(400)
 def test_the_demo_applies_its_batch_and_a_shift_wave(tmp_path: Path) -> None:
     with private_redis() as url:  # the demo's database 15 on a server of the test's own
         run_and_check(url, tmp_path)
-        leftovers = redis.Redis.from_url(url.replace("/0", "/15")).keys("*")
+        leftovers = redis.Redis.from_url(f"{split_database(url)[0]}/15").keys("*")
     assert leftovers == [], "the demo removes its keys when it ends"
 
 
