@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
+from urllib.parse import urlsplit
 
 import typer
 from kombu.exceptions import OperationalError
@@ -70,8 +71,8 @@ def plan(rows: list[ImportRow], check: DefinitionCheck) -> list[str]:
     return lines
 
 
-def _send(producer: PresenceProducer, updates: list[PresenceUpdate]) -> int:
-    """Enqueue ``updates`` in order; the count sent (all of them, or fewer when Redis fails)."""
+def _send(producer: PresenceProducer, updates: list[PresenceUpdate]) -> tuple[int, str | None]:
+    """Enqueue ``updates`` in order: how many were sent, and why not all (None when all were)."""
     sent = 0
     with progress_bar(console) as progress:
         task = progress.add_task("enqueueing", total=len(updates))
@@ -79,11 +80,11 @@ def _send(producer: PresenceProducer, updates: list[PresenceUpdate]) -> int:
             chunk = updates[start : start + BATCH]
             try:
                 producer.send_many(chunk)
-            except OperationalError:
-                return sent
+            except OperationalError as exc:
+                return sent, (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
             sent += len(chunk)
             progress.advance(task, len(chunk))
-    return sent
+    return sent, None
 
 
 def import_updates(
@@ -135,12 +136,15 @@ def import_updates(
     if not dry_run and updates:
         producer = PresenceProducer(settings.redis_url)
         try:
-            sent = _send(producer, updates)
+            sent, failure = _send(producer, updates)
         finally:
             producer.close()
-        if sent < len(updates):
+        if failure is not None:
+            password = urlsplit(settings.redis_url).password
+            if password:
+                failure = failure.replace(password, "***")
             _fail(
-                f"Redis at {safe_url(settings.redis_url)} (REDIS_URL) is not reachable: queued "
+                f"Redis at {safe_url(settings.redis_url)} (REDIS_URL): {failure}; queued "
                 f"{sent} of {len(updates)} valid rows, in file order",
                 code=1,
             )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +19,8 @@ from typer.testing import CliRunner
 from cli.main import app
 from emulator.launcher import EmulatorProcess
 from producer.schema import QUEUE
+from tests.support.processes import stop
+from worker.embedded_redis import _server_binary, reachable
 from worker.settings import get_settings
 
 AGENT = "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6"
@@ -240,8 +244,43 @@ def test_redis_down_is_one_line_without_the_password_and_exit_1(env):
 
     message = assert_one_line_error(result, 1)
     assert message.startswith("Redis at redis://127.0.0.1:")
-    assert message.endswith("(REDIS_URL) is not reachable: queued 0 of 1 valid rows, in file order")
+    assert "(REDIS_URL): " in message
+    assert "Connection refused" in message
+    assert message.endswith("; queued 0 of 1 valid rows, in file order")
     assert "s3cret-pw" not in result.output
+
+
+@pytest.fixture
+def guarded_redis(tmp_path):
+    """A real redis-server that requires the password ``right-pw``; yields its port."""
+    port = free_port()
+    server = subprocess.Popen(
+        [_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", "right-pw"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not reachable(f"redis://:right-pw@127.0.0.1:{port}/0", 0.2):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        stop(server)
+
+
+def test_a_wrong_redis_password_is_one_line_without_it(env, guarded_redis):
+    env.monkeypatch.setenv("REDIS_URL", f"redis://:wrong-pw-123@127.0.0.1:{guarded_redis}/0")
+    get_settings.cache_clear()
+    path = csv_file(env, f"user_id,state\n{AGENT},Break\n")
+
+    result = run("import", str(path))
+
+    assert assert_one_line_error(result, 1) == (
+        f"Redis at redis://127.0.0.1:{guarded_redis}/0 (REDIS_URL): invalid username-password "
+        "pair or user is disabled; queued 0 of 1 valid rows, in file order"
+    )
+    assert "wrong-pw-123" not in result.output
 
 
 # -- checked against the org's presence definitions (the emulator) --------------------------------
