@@ -7,13 +7,18 @@ database) live in :mod:`tests.support.pipeline`, registered here as a plugin.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from emulator.launcher import EmulatorProcess
-from tests.support.redis_db import claim_database, split_database
+from tests.support.redis_db import (
+    ClaimedDatabase,
+    claim_database,
+    claim_given_database,
+    split_database,
+)
 from worker.embedded_redis import ensure_redis
 
 pytest_plugins = ["tests.support.pipeline"]
@@ -72,17 +77,18 @@ def api(emulator: EmulatorProcess) -> Iterator[Api]:
     client.close()
 
 
-# ``REDIS_URL`` names the tests' Redis and the database number they may empty. Without it the
-# tests use the local server (or a private one when none answers) and claim a database of their
-# own there (:mod:`tests.support.redis_db`): never one that holds someone else's data.
+# ``REDIS_URL`` names the tests' Redis and the one database they may use; without it they use the
+# local server (or a private one when none answers) and any free database there. Either way the
+# database is claimed first (:mod:`tests.support.redis_db`): never one that holds someone else's
+# data, never one another test run is using.
 TEST_REDIS_URL = os.environ.get("REDIS_URL")
 LOCAL_REDIS = "redis://127.0.0.1:6379"
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
-    """The base URL (no database number) of a real Redis: ``REDIS_URL``'s server when it
-    answers, else a private one."""
+    """The base URL (no database number) of a real Redis: ``REDIS_URL``'s server (else the local
+    one) when it answers, else a private one."""
     base = split_database(TEST_REDIS_URL)[0] if TEST_REDIS_URL else LOCAL_REDIS
     handle = ensure_redis(f"{base}/0")
     yield handle.url.rsplit("/", 1)[0]
@@ -90,31 +96,18 @@ def redis_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def _redis_database(redis_server: str) -> Iterator[Callable[[], str]]:
-    """How to get the tests' database emptied: ``REDIS_URL``'s own number, else one claimed for
-    this run on a shared server (any number on a private one)."""
-    import redis
-
+def _redis_database(redis_server: str) -> Iterator[ClaimedDatabase]:
+    """This run's claimed database: ``REDIS_URL``'s number on its server, else any free one."""
     if TEST_REDIS_URL and split_database(TEST_REDIS_URL)[0] == redis_server:
-        url = f"{redis_server}/{split_database(TEST_REDIS_URL)[1]}"
-
-        def flushed() -> str:
-            redis.Redis.from_url(url).flushdb()
-            return url
-
-        yield flushed
-        return
-    claimed = claim_database(redis_server)
-
-    def emptied() -> str:
-        claimed.empty()
-        return claimed.url
-
-    yield emptied
+        claimed = claim_given_database(redis_server, split_database(TEST_REDIS_URL)[1])
+    else:
+        claimed = claim_database(redis_server)
+    yield claimed
     claimed.release()
 
 
 @pytest.fixture
-def redis_url(_redis_database: Callable[[], str]) -> str:
+def redis_url(_redis_database: ClaimedDatabase) -> str:
     """The tests' own Redis database, emptied before each test."""
-    return _redis_database()
+    _redis_database.empty()
+    return _redis_database.url

@@ -13,6 +13,7 @@ from tests.support.redis_db import (
     LEASE_KEY,
     NoFreeDatabase,
     claim_database,
+    claim_given_database,
     split_database,
 )
 
@@ -80,6 +81,21 @@ def test_no_free_database_says_how_to_choose_one(server):
 
     with pytest.raises(NoFreeDatabase, match="set REDIS_URL"):
         claim_database(server)
+
+
+def test_the_database_redis_url_names_is_claimed_only_when_free(server):
+    db(server, 4).set("someone:else", "keep me")
+
+    with pytest.raises(
+        NoFreeDatabase, match="database 4, but it holds data that is not the tests'"
+    ):
+        claim_given_database(server, 4)
+    claimed = claim_given_database(server, 5)
+    with pytest.raises(NoFreeDatabase, match="database 5, but another test run holds it"):
+        claim_given_database(server, 5)
+
+    assert claimed.number == 5
+    assert db(server, 4).get("someone:else") == b"keep me"
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """A Redis database number of this test run's own on a shared server.
 
-Without ``REDIS_URL`` the tests use the local server, where other runs, other suites and other
-programs keep data. A run claims a database that is empty (or was left by an earlier test run)
-with a lease key set atomically in the same step, empties only that database, and gives it back
-at the end; a run that crashed leaves its lease to expire and its database reusable.
+Other runs, other suites and other programs keep data on the same server. A run claims a
+database that is empty (or was left by an earlier test run) with a lease key set atomically in
+the same step, empties only that database, and gives it back at the end; a run that crashed
+leaves its lease to expire and its database reusable. ``REDIS_URL`` names the one database to
+claim; without it any free number is taken.
 """
 
 from __future__ import annotations
@@ -71,6 +72,26 @@ class ClaimedDatabase:
                 client.flushdb()
 
 
+def _try_claim(base_url: str, number: int, owner: str) -> bool:
+    with redis.Redis.from_url(f"{base_url}/{number}") as client:
+        return bool(client.eval(_CLAIM, 2, LEASE_KEY, TAG_KEY, owner, LEASE_S))
+
+
+def claim_given_database(base_url: str, number: int) -> ClaimedDatabase:
+    """Claim database ``number``; ``NoFreeDatabase`` when it holds other data or another run's
+    lease (it is never emptied then)."""
+    owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if _try_claim(base_url, number, owner):
+        return ClaimedDatabase(base_url, number, owner)
+    with redis.Redis.from_url(f"{base_url}/{number}") as client:
+        leased = client.exists(LEASE_KEY)
+    why = "another test run holds it" if leased else "it holds data that is not the tests'"
+    raise NoFreeDatabase(
+        f"REDIS_URL names database {number}, but {why}: point REDIS_URL at an empty database "
+        "(the tests empty it before each test), or unset it to let them pick one"
+    )
+
+
 def claim_database(base_url: str) -> ClaimedDatabase:
     """Claim a free database number on the server at ``base_url`` (no database number)."""
     owner = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -82,9 +103,8 @@ def claim_database(base_url: str) -> ClaimedDatabase:
     for number in range(count):
         if number in SKIPPED:
             continue
-        with redis.Redis.from_url(f"{base_url}/{number}") as client:
-            if client.eval(_CLAIM, 2, LEASE_KEY, TAG_KEY, owner, LEASE_S):
-                return ClaimedDatabase(base_url, number, owner)
+        if _try_claim(base_url, number, owner):
+            return ClaimedDatabase(base_url, number, owner)
     raise NoFreeDatabase(
         f"no free database on {base_url}: every one holds data or another test run's lease; "
         "set REDIS_URL to a server and database the tests may empty"
