@@ -39,7 +39,7 @@ format: $(STAMP)
 # engine needed): once with dummy secrets, once as the sandbox. The wheel's docker-compose wrapper
 # script always exits 0, hence the binary itself.
 COMPOSE = $(shell $(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')
-COMPOSE_DUMMY_ENV := GENESYS_CLIENT_ID=check GENESYS_CLIENT_SECRET=check POSTGRES_PASSWORD=check FLOWER_BASIC_AUTH=check:check
+COMPOSE_DUMMY_ENV := GENESYS_CLIENT_ID=check GENESYS_CLIENT_SECRET=check POSTGRES_PASSWORD=check REDIS_PASSWORD=check FLOWER_BASIC_AUTH=check:check
 
 compose-check: $(STAMP)
 	$(COMPOSE_DUMMY_ENV) $(COMPOSE) --env-file /dev/null config --quiet

@@ -8,7 +8,11 @@ shift-change wave through ``celery beat`` (:mod:`cli.demo_shifts`).
 
 from __future__ import annotations
 
+import os
 import random
+import shlex
+import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -47,6 +51,38 @@ class Batch:
     @property
     def expected_rows(self) -> int:
         return len(self.updates) + len(self.raw) - self.duplicates
+
+    def rows_note(self) -> str:
+        """Why fewer requests finish (one audit row each) than were enqueued."""
+        sent = len(self.updates) + len(self.raw)
+        return (
+            f"{sent} enqueued, {self.expected_rows} to finish: {self.duplicates} repeat an "
+            "idempotency key (a producer that retried its send), so they are applied once and "
+            "add no audit row of their own."
+        )
+
+
+def presence_command() -> str:
+    """How to run ``presence`` from the current directory in a shell: the bare name when it is
+    on PATH as this installation, else the path of this installation's script."""
+    script = Path(sys.executable).parent / "presence"
+    found = shutil.which("presence")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "presence"
+    if not script.exists():
+        return f"{sys.executable} -m cli.main"
+    relative = os.path.relpath(script)
+    return str(script) if relative.startswith("..") else relative
+
+
+def explore_hint(database_url: str) -> str:
+    """The closing hint: commands that work as printed, from where the demo ran."""
+    command = f"DATABASE_URL={shlex.quote(database_url)} {presence_command()}"
+    lines = [
+        "Explore the demo's audit database (its emulator and worker have stopped):",
+        *(f"  {command} {args}" for args in ("audit --outcome superseded", "stats", "shifts list")),
+    ]
+    return escape("\n".join(lines))
 
 
 def build_batch(roster: list[dict[str, Any]], agents: int, rng: random.Random) -> Batch:
@@ -146,6 +182,7 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
             "(On Queue), breaks with reasons, out-of-order conflicts, repeated idempotency keys, "
             "and some invalid requests."
         )
+        console.print(batch.rows_note())
         producer = PresenceProducer(stack.broker_url)
         started = time.monotonic()
         producer.send_many(batch.updates)
@@ -188,10 +225,7 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
         )
         console.print(table)
         wave_done = run_shift_wave(stack, agents, console)
-        console.print(
-            "Explore: [bold]presence audit --outcome superseded[/], [bold]presence stats[/], "
-            f"[bold]presence shifts list[/] (with DATABASE_URL={stack.database_url})"
-        )
+        console.print(explore_hint(stack.database_url), soft_wrap=True)
         return 0 if done >= batch.expected_rows and wave_done else 1
     finally:
         stack.close()

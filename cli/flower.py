@@ -8,9 +8,10 @@ state of record for retries and dead letters is the audit table.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from collections.abc import Mapping
+
+from worker.addresses import is_loopback
 
 AUTH_ENV = "FLOWER_BASIC_AUTH"
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -34,15 +35,6 @@ def check_basic_auth(value: str) -> list[str]:
             )
         users.append(user.strip())
     return users
-
-
-def is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def flower_invocation(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -16,7 +14,8 @@ from rich.table import Table
 
 from cli.doctor import doctor
 from cli.errors import run
-from cli.render import audit_table, plain, progress_bar, stats_table
+from cli.imports import import_updates
+from cli.render import audit_table, plain, stats_table
 from cli.shifts import app as shifts_app
 from models import Outcome
 from models.db import session_scope
@@ -31,16 +30,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.command()(doctor)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # one line per error, whatever the width
-
-CSV_COLUMNS = (
-    "user_id",
-    "state",
-    "reason",
-    "source",
-    "expected_state",
-    "idempotency_key",
-    "message",
-)
 
 
 def _print_version(value: bool) -> None:
@@ -105,53 +94,7 @@ def set_presence(
     console.print(f"queued {request_id}")
 
 
-@app.command("import")
-def import_csv(
-    file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, help="CSV with a header row.")
-    ],
-    source: Annotated[str, typer.Option(help="Default source for rows without one.")] = "import",
-) -> None:
-    """Enqueue every valid row of a CSV (columns: user_id,state[,reason,source,expected_state,
-    idempotency_key,message]); print each bad row's error and a summary."""
-    with file.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"user_id", "state"} <= set(rows[0]):
-        err.print(
-            f"[red]error:[/] {escape(str(file))} needs at least the columns user_id and state"
-        )
-        raise typer.Exit(2)
-    producer = _producer()
-    queued, bad = 0, 0
-    now = datetime.now(UTC)
-    with progress_bar(console) as progress:
-        task = progress.add_task("enqueueing", total=len(rows))
-        with producer.app.producer_or_acquire() as conn:
-            for number, row in enumerate(rows, start=2):  # line 1 is the header
-                fields = {k: (row.get(k) or "").strip() or None for k in CSV_COLUMNS}
-                fields["source"] = fields["source"] or source
-                try:
-                    # File order is request order: later lines win for the same agent.
-                    at = now + timedelta(microseconds=number)
-                    update = PresenceUpdate.model_validate({**fields, "requested_at": at})
-                except ValidationError as exc:
-                    bad += 1
-                    progress.console.print(
-                        f"[yellow]line {number}:[/] {invalid_message(exc)}", soft_wrap=True
-                    )
-                else:
-                    producer.app.send_task(
-                        "presence.update",
-                        args=[update.to_message()],
-                        queue="presence",
-                        producer=conn,
-                    )
-                    queued += 1
-                progress.advance(task)
-    producer.close()
-    console.print(f"queued {queued}, rejected {bad} of {len(rows)} rows")
-    if bad:
-        raise typer.Exit(1)
+app.command("import")(import_updates)
 
 
 @app.command()
@@ -254,7 +197,9 @@ def schema() -> None:
 @app.command()
 def metrics(
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port of /metrics.")] = 9108,
-    address: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+    address: Annotated[
+        str | None, typer.Option(help="Interface to bind. Default: METRICS_HOST (127.0.0.1).")
+    ] = None,
 ) -> None:
     """Serve the workers' Prometheus metrics: every process's files in PROMETHEUS_MULTIPROC_DIR
     (the same directory as the workers') merged into one /metrics."""
@@ -264,6 +209,7 @@ def metrics(
     if path is None:
         err.print(f"[red]error:[/] set {observed.MULTIPROC_ENV} to the workers' metrics directory")
         raise typer.Exit(2)
+    address = address or get_settings().metrics_host
     try:
         _, thread = observed.serve(port, address)
     except OSError as exc:

@@ -17,19 +17,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
-from cli.render import progress_bar
+from cli.definitions import DefinitionCheck, DefinitionsUnavailable, definition_check
+from cli.render import SHOWN_ERRORS, progress_bar
 from models import ShiftStatus
 from models.db import engine_for, session_scope
 from worker.settings import get_settings
 from worker.shifts import schedule
-from worker.shifts.formats import ISO_HINT, ScheduledChange, parse_schedule
+from worker.shifts.formats import ISO_HINT, RowResult, ScheduledChange, parse_schedule
 from worker.shifts.schedule import ShiftRow, utc
 
 app = typer.Typer(no_args_is_help=True, help="Scheduled shift changes: import, list, cancel.")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-SHOWN_ERRORS = 20
 SOURCE_MAX = 100
 STATUSES = tuple(s.value for s in ShiftStatus)
 
@@ -61,6 +61,18 @@ def _rolled_back(url: str) -> Iterator[Session]:
         session.close()
 
 
+def checked(results: list[RowResult], check: DefinitionCheck, where: str) -> list[RowResult]:
+    """``results`` with the valid rows whose state or reason the org does not define made
+    invalid (``where`` is how the file counts rows: line or change)."""
+    out = []
+    for row in results:
+        problem = None if row.change is None else check.problem(row.change.state, row.change.reason)
+        out.append(
+            row if problem is None else RowResult(row.line, None, f"{where} {row.line}: {problem}")
+        )
+    return out
+
+
 def _time(option: str, value: str | None) -> datetime | None:
     """An option's ISO 8601 time; without an offset it is UTC, like the times ``list`` shows."""
     if value is None:
@@ -76,7 +88,7 @@ def _time(option: str, value: str | None) -> datetime | None:
 def import_schedule(
     file: Annotated[
         Path,
-        typer.Argument(exists=True, dir_okay=False, help="A .csv or .json schedule."),
+        typer.Argument(help="A .csv or .json schedule."),
     ],
     source: Annotated[
         str | None, typer.Option(help="Recorded on every row. Default: the file's name.")
@@ -85,11 +97,16 @@ def import_schedule(
         bool,
         typer.Option("--dry-run", help="Validate and count against the database; write nothing."),
     ] = False,
+    no_check: Annotated[
+        bool,
+        typer.Option("--no-check", help="Do not check states and reasons against Genesys first."),
+    ] = False,
 ) -> None:
     """Schedule every valid row of FILE; print each bad row's error (the first 20) and a summary.
 
-    Importing again updates rows still scheduled and leaves the others alone. Exits 1 when a
-    row was invalid (the valid ones are still imported).
+    Importing again updates rows still scheduled and leaves the others alone. States and
+    reasons are checked against the org's presence definitions when the Genesys settings are
+    set. Exits 1 when a row was invalid (the valid ones are still imported).
     """
     label = (source if source is not None else file.name[:SOURCE_MAX]).strip()
     if not label or len(label) > SOURCE_MAX:
@@ -98,6 +115,14 @@ def import_schedule(
         results = list(parse_schedule(file))
     except ValueError as exc:
         _fail(str(exc))
+    try:
+        with definition_check(get_settings(), enabled=not no_check) as check:
+            results = checked(
+                results, check, "change" if file.suffix.lower() == ".json" else "line"
+            )
+    except DefinitionsUnavailable as exc:
+        _fail(str(exc), code=1)
+    console.print(escape(check.note), soft_wrap=True)
     errors: list[str] = []
     with (
         _database() as url,

@@ -2,7 +2,9 @@
 
 Signature contract (the worker signs, the sink verifies): header ``X-Presence-Timestamp`` holds
 Unix seconds, header ``X-Presence-Signature`` holds ``sha256=<hex>`` where ``<hex>`` is
-HMAC-SHA256 with the shared secret over ``<timestamp>.<raw body>``.
+HMAC-SHA256 with the shared secret over ``<timestamp>.<raw body>``. A timestamp more than
+:data:`TOLERANCE_S` from the sink's clock is stale (a replay): the delivery is invalid. The sink
+answers an invalid delivery 401, as a verifying receiver does, and records it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 TIMESTAMP_HEADER = "X-Presence-Timestamp"
 SIGNATURE_HEADER = "X-Presence-Signature"
 SECRET_HEADERS = ("authorization", SIGNATURE_HEADER.lower())
+TOLERANCE_S = 300
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -25,8 +28,23 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def verify(secret: str, timestamp: str | None, signature: str | None, body: bytes) -> bool:
+def verify(
+    secret: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    *,
+    now: float | None = None,
+) -> bool:
+    """True when ``signature`` signs ``body`` at ``timestamp`` and the timestamp is at most
+    :data:`TOLERANCE_S` seconds from ``now`` (default: this clock)."""
     if not timestamp or not signature:
+        return False
+    try:
+        age_s = abs((time.time() if now is None else now) - int(timestamp))
+    except ValueError:
+        return False
+    if age_s > TOLERANCE_S:
         return False
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 

@@ -1,8 +1,8 @@
 """``LocalStack``: start the emulator, pick a Redis, create an audit database, run workers.
 
 Every process it starts is stopped when the stack closes. The Redis is the one at the given URL
-(one database index reserved for the stack, emptied of the stack's keys) or, when none answers,
-a private embedded server.
+(one database index reserved for the stack: its old ``presence*`` keys are removed at start,
+and every key it wrote at close) or, when none answers, a private embedded server.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class LocalStack:
     database_url: str = ""
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     beats: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _kept: set[bytes] = field(default_factory=set)
 
     def start(self) -> LocalStack:
         """Raises EmulatorStartError or RuntimeError when a piece does not come up
@@ -73,6 +74,8 @@ class LocalStack:
         client = redis.Redis.from_url(self.broker_url)
         for key in client.scan_iter("presence*"):
             client.delete(key)  # the stack's own leftovers: queue, limiter, caches
+        self._kept = set(client.scan_iter())  # not the stack's: left alone at close
+        client.close()
         database = self.workdir / (self.database_file or f"audit-{uuid.uuid4().hex[:8]}.sqlite3")
         for leftover in (
             database,
@@ -160,7 +163,22 @@ class LocalStack:
         if self.emulator is not None:
             self.emulator.stop()
         if self.redis is not None:
+            if not self.redis.embedded and self.broker_url:
+                self._remove_keys()
             self.redis.stop()
+
+    def _remove_keys(self) -> None:
+        """Delete what the stack wrote to its database (broker queues, limiter, caches): every
+        key that was not there when it started."""
+        client = redis.Redis.from_url(self.broker_url)
+        try:
+            ours = [key for key in client.scan_iter(count=1000) if key not in self._kept]
+            for start in range(0, len(ours), 500):
+                client.delete(*ours[start : start + 500])
+        except redis.RedisError:
+            pass  # the server went away: nothing left to clean
+        finally:
+            client.close()
 
     def __enter__(self) -> LocalStack:
         return self.start() if self.emulator is None else self

@@ -19,6 +19,17 @@ from worker.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(url: str, secret: str) -> None:
+    """Log each unsafe WFM setting once per process, at WARNING."""
+    for warning in wfm.config_warnings(url, secret):
+        if warning not in _warned:
+            _warned.add(warning)
+            log.warning("%s", warning)
+
+
 @app.task(name=names.WFM_SYNC_TASK, bind=True, max_retries=None)
 def sync(self: Task[Any, str], delivery_id: int) -> str:
     """Deliver one WFM event; retried with backoff on 5xx/408/429/timeouts, up to
@@ -27,6 +38,7 @@ def sync(self: Task[Any, str], delivery_id: int) -> str:
     settings = runtime.settings
     if not settings.wfm_webhook_url:
         return "disabled"
+    _warn_once(settings.wfm_webhook_url, settings.wfm_webhook_secret.get_secret_value())
     # One sender per delivery at a time (a sweep may re-enqueue a row whose retry is running).
     lock = runtime.redis.lock(
         f"presence:wfm:delivery:{delivery_id}", timeout=settings.wfm_timeout_s + 30

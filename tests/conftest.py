@@ -14,6 +14,12 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from emulator.launcher import EmulatorProcess
+from tests.support.redis_db import (
+    ClaimedDatabase,
+    claim_database,
+    claim_given_database,
+    split_database,
+)
 from worker.embedded_redis import ensure_redis
 
 pytest_plugins = ["tests.support.pipeline"]
@@ -81,27 +87,37 @@ def api(emulator: EmulatorProcess) -> Iterator[Api]:
     client.close()
 
 
-# ``REDIS_URL`` names the tests' Redis and the database number they may empty; without it, the
-# local server's database 9, or a private embedded server when none answers.
-TEST_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9")
+# ``REDIS_URL`` names the tests' Redis and the one database they may use; without it they use the
+# local server (or a private one when none answers) and any free database there. Either way the
+# database is claimed first (:mod:`tests.support.redis_db`): never one that holds someone else's
+# data, never one another test run is using.
+TEST_REDIS_URL = os.environ.get("REDIS_URL")
+LOCAL_REDIS = "redis://127.0.0.1:6379"
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
-    """The base URL (no database number) of a real Redis: ``REDIS_URL``'s server when it
-    answers, else a private one."""
-    base, _, _ = TEST_REDIS_URL.rpartition("/")
+    """The base URL (no database number) of a real Redis: ``REDIS_URL``'s server (else the local
+    one) when it answers, else a private one."""
+    base = split_database(TEST_REDIS_URL)[0] if TEST_REDIS_URL else LOCAL_REDIS
     handle = ensure_redis(f"{base}/0")
     yield handle.url.rsplit("/", 1)[0]
     handle.stop()
 
 
-@pytest.fixture
-def redis_url(redis_server: str) -> str:
-    """The tests' own Redis database (``REDIS_URL``'s number, default 9), emptied before each
-    test."""
-    import redis
+@pytest.fixture(scope="session")
+def _redis_database(redis_server: str) -> Iterator[ClaimedDatabase]:
+    """This run's claimed database: ``REDIS_URL``'s number on its server, else any free one."""
+    if TEST_REDIS_URL and split_database(TEST_REDIS_URL)[0] == redis_server:
+        claimed = claim_given_database(redis_server, split_database(TEST_REDIS_URL)[1])
+    else:
+        claimed = claim_database(redis_server)
+    yield claimed
+    claimed.release()
 
-    url = f"{redis_server}/{TEST_REDIS_URL.rpartition('/')[2] or '9'}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+
+@pytest.fixture
+def redis_url(_redis_database: ClaimedDatabase) -> str:
+    """The tests' own Redis database, emptied before each test."""
+    _redis_database.empty()
+    return _redis_database.url

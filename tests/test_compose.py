@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {  # variable → a value that must only appear where the variable is used
     "GENESYS_CLIENT_SECRET": "sentinel-client-secret",
     "POSTGRES_PASSWORD": "sentinel-db-password",
+    "REDIS_PASSWORD": "sentinel-redis-password",
     "FLOWER_BASIC_AUTH": "ops:sentinel-flower-password",
 }
 REQUIRED = {"GENESYS_CLIENT_ID": "sentinel-client-id", **SECRETS}
@@ -94,6 +95,7 @@ def test_services_and_profiles(production, sandbox):
 def test_commands(production):
     assert production["redis"]["command"] == [
         "redis-server", "--appendonly", "yes", "--maxmemory-policy", "noeviction",
+        "--requirepass", SECRETS["REDIS_PASSWORD"],
     ]  # fmt: skip
     assert production["migrate"]["command"] == ["presence", "migrate"]
     assert production["migrate"]["restart"] == "no"
@@ -156,8 +158,17 @@ def test_each_secret_reaches_only_the_services_that_use_it(production):
     assert where == {
         "GENESYS_CLIENT_SECRET": {"worker"},
         "POSTGRES_PASSWORD": {"postgres", "migrate", "worker"},
+        "REDIS_PASSWORD": {"redis", "worker", "beat", "flower"},
         "FLOWER_BASIC_AUTH": {"flower"},
     }
+
+
+def test_every_service_reaches_redis_with_its_password(production):
+    password = SECRETS["REDIS_PASSWORD"]
+    assert production["redis"]["environment"]["REDISCLI_AUTH"] == password
+    for name in ("worker", "beat", "flower"):
+        url = production[name]["environment"]["REDIS_URL"]
+        assert url == f"redis://:{password}@redis:6379/0", name
 
 
 def test_the_image_installs_the_package_and_runs_as_a_non_root_user():

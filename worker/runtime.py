@@ -24,6 +24,7 @@ from worker.clock import SystemClock
 from worker.flow.ports import FlowConfig, Ports
 from worker.flow.record import AuditDraft, Recorder
 from worker.genesys.client import GenesysClient
+from worker.genesys.connect import budget_key, genesys_client
 from worker.genesys.token import TokenProvider
 from worker.limiter import SharedRateLimiter
 from worker.notifications.listener import NotificationListener
@@ -112,29 +113,9 @@ class Runtime:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             timeout=settings.http_timeout_s,
         )
-        client_key = settings.genesys_client_id or "default"
-        limiter = SharedRateLimiter(
-            r,
-            key=client_key,
-            limit_per_minute=settings.effective_rate_per_minute,
-            provisional_s=settings.http_timeout_s + 5,
-        )
-        tokens = TokenProvider(
-            r,
-            http,
-            login_base=settings.login_base,
-            client_id=settings.genesys_client_id,
-            client_secret=settings.genesys_client_secret.get_secret_value(),
-            timeout_s=settings.http_timeout_s,
-        )
-        client = GenesysClient(
-            http,
-            tokens,
-            limiter,
-            api_base=settings.api_base,
-            timeout_s=settings.http_timeout_s,
-            max_inline_wait_s=settings.limiter_max_inline_wait_s,
-        )
+        client_key = budget_key(settings)
+        client = genesys_client(settings, r, http)
+        limiter, tokens = client.limiter, client.tokens
         cache = StateCache(r, ttl_s=settings.state_cache_ttl_s)
         listener = NotificationListener(
             client,

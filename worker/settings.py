@@ -191,6 +191,11 @@ class Settings(BaseSettings):
         description="Serve Prometheus metrics on this port from the worker's main process "
         "(all pool processes' with PROMETHEUS_MULTIPROC_DIR); unset = off.",
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Interface the metrics exporters bind (METRICS_PORT and `presence metrics`); "
+        "0.0.0.0 for every interface, e.g. in a container.",
+    )
 
     preflight_on_start: bool = Field(
         default=True,

@@ -14,6 +14,9 @@ Event (JSON, ``Content-Type: application/json``)::
 Headers: ``X-Presence-Event-Id``, ``X-Presence-Timestamp`` (Unix seconds) and
 ``X-Presence-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>" with the secret>``.
 Receivers de-duplicate by ``event_id``: a delivery can arrive more than once, never zero times.
+The timestamp is signed too: receivers reject a delivery whose timestamp is more than
+:data:`SIGNATURE_TOLERANCE_S` away from their clock (a replay); every attempt is signed afresh,
+so a retried delivery is never stale.
 """
 
 from __future__ import annotations
@@ -26,15 +29,37 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import AuditRecord, DeliveryState, Outcome, WfmAttempt, WfmDelivery
+from worker.addresses import is_loopback
 
 STATE_CHANGING = {Outcome.CONFIRMED.value, Outcome.APPLIED_UNCONFIRMED.value, Outcome.DRIFTED.value}
 RETRYABLE_STATUSES = {408, 429}
+SIGNATURE_TOLERANCE_S = 300  # receivers refuse older (or later) timestamps
+
+
+def config_warnings(url: str | None, secret: str) -> list[str]:
+    """One line per unsafe WFM setting: an empty signing key, or plain HTTP beyond loopback."""
+    if not url:
+        return []
+    warnings = []
+    if not secret:
+        warnings.append(
+            "WFM_WEBHOOK_SECRET is empty: deliveries are signed with an empty key, which anyone "
+            "can forge; set a long random secret and give it to the receiver"
+        )
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        warnings.append(
+            f"WFM_WEBHOOK_URL is plain http:// to {parts.hostname}: events travel unencrypted "
+            "and can be read or replayed on the way; use https://"
+        )
+    return warnings
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

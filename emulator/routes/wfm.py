@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emulator.http import parse, read_json, respond
 from emulator.server import emulator_of
-from emulator.wfm_sink import SinkFailure
+from emulator.wfm_sink import TOLERANCE_S, SinkFailure
 
 SINK_PATH = "/__wfm/events"
 
@@ -22,7 +22,8 @@ class FailBody(BaseModel):
 
 
 async def receive(request: web.Request) -> web.Response:
-    """Records the delivery; answers 200, or the configured failure (possibly late)."""
+    """Records the delivery; answers 200, the configured failure (possibly late), or 401 when
+    the signature is wrong or its timestamp stale."""
     emu = emulator_of(request)
     raw = await request.content.read(emu.limits.max_body_bytes + 1)
     failure = emu.wfm.next_failure()
@@ -30,7 +31,18 @@ async def receive(request: web.Request) -> web.Response:
     if failure is not None and failure.delay_s:
         await asyncio.sleep(failure.delay_s)
     delivery = emu.wfm.record(dict(request.headers), raw, status)
-    return respond({"accepted": status < 300, "eventId": delivery.event_id}, status)
+    if not delivery.signature_valid and delivery.status < 300:
+        delivery.status = 401
+        return respond(
+            {
+                "accepted": False,
+                "eventId": delivery.event_id,
+                "error": "signature invalid, or its timestamp older than "
+                f"{TOLERANCE_S} s (a replay)",
+            },
+            401,
+        )
+    return respond({"accepted": delivery.status < 300, "eventId": delivery.event_id}, status)
 
 
 async def deliveries(request: web.Request) -> web.Response:

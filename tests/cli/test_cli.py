@@ -92,54 +92,6 @@ def test_set_rejects_a_bad_user_id_with_one_line_and_exit_2(env):
     assert env.broker.llen(QUEUE) == 0
 
 
-# -- import -------------------------------------------------------------------------------------
-def test_import_enqueues_the_good_rows_and_reports_each_bad_one(env, tmp_path):
-    csv_file = tmp_path / "shift.csv"
-    csv_file.write_text(
-        "user_id,state,reason\n"
-        f"{AGENT},Break,Coffee\n"
-        "not-a-user,Break,\n"
-        f"{OTHER},On Queue,\n"
-        f"{AGENT},,\n"
-    )
-
-    result = run("import", str(csv_file))
-
-    assert result.exit_code == 1
-    errors = [line for line in result.stdout.splitlines() if line.startswith("line ")]
-    assert len(errors) == 2, result.stdout
-    assert errors[0].startswith("line 3: Invalid payload — user_id: Value error,")
-    assert "is not a Genesys user id" in errors[0]
-    assert errors[0].endswith("67a2b32e58b8)"), "each error is one whole line"
-    assert errors[1].startswith("line 5: Invalid payload — state: ")
-    assert "queued 2, rejected 2 of 4 rows" in result.stdout
-    assert [(m["user_id"], m["state"], m["source"]) for m in queued(env)] == [
-        (AGENT, "Break", "import"),
-        (OTHER, "On Queue", "import"),
-    ]
-
-
-def test_import_of_only_good_rows_exits_0(env, tmp_path):
-    csv_file = tmp_path / "shift.csv"
-    csv_file.write_text(f"user_id,state,source\n{AGENT},Meal,wfm\n")
-
-    result = run("import", str(csv_file))
-
-    assert result.exit_code == 0, result.output
-    assert [m["source"] for m in queued(env)] == ["wfm"]
-
-
-def test_import_without_the_required_columns_exits_2(env, tmp_path):
-    csv_file = tmp_path / "shift.csv"
-    csv_file.write_text(f"agent,presence\n{AGENT},Break\n")
-
-    result = run("import", str(csv_file))
-
-    assert result.exit_code == 2
-    assert "needs at least the columns user_id and state" in result.stderr
-    assert env.broker.llen(QUEUE) == 0
-
-
 # -- audit, stats -------------------------------------------------------------------------------
 def test_audit_rejects_an_unknown_outcome(env):
     result = run("audit", "--outcome", "x")

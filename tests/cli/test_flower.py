@@ -240,3 +240,17 @@ def test_flower_is_read_only_by_default(ops: Ops):
 
     assert response.status_code == 403
     assert "Read only" in response.text
+
+
+def test_only_the_documented_paths_answer_without_credentials(ops: Ops):
+    """/healthcheck and /metrics are Flower's own unauthenticated paths (docs/operators.md):
+    they carry task names and counts, never a payload or the broker password."""
+    health = httpx.get(f"{ops.flower_url}/healthcheck", timeout=10)
+    metrics = httpx.get(f"{ops.flower_url}/metrics", timeout=10)
+
+    assert (health.status_code, health.text) == (200, "OK")
+    assert metrics.status_code == 200
+    assert "flower_" in metrics.text
+    assert PASSWORD not in metrics.text
+    for path in ("/api/workers", "/api/tasks", "/tasks", "/workers", "/broker"):
+        assert httpx.get(f"{ops.flower_url}{path}", timeout=10).status_code == 401, path

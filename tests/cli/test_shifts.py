@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
@@ -27,8 +28,10 @@ def env(monkeypatch, tmp_path):
     database_url = f"sqlite:///{tmp_path / 'presence.sqlite3'}"
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("COLUMNS", "200")
+    for name in ("GENESYS_REGION", "GENESYS_API_URL", "GENESYS_CLIENT_ID", "GENESYS_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
-    yield SimpleNamespace(database_url=database_url, tmp_path=tmp_path)
+    yield SimpleNamespace(database_url=database_url, tmp_path=tmp_path, monkeypatch=monkeypatch)
     get_settings.cache_clear()
 
 
@@ -90,6 +93,55 @@ def test_import_schedules_the_good_rows_and_reports_each_bad_one(env):
         (OTHER, "On Queue", None, "roster.csv", "scheduled"),
     ]
     assert rows[0].due_at.replace(tzinfo=UTC) == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+
+
+def test_import_says_when_states_are_not_checked(env):
+    path = schedule_file(env, HEADER + f"{AGENT},2099-12-01T09:00:00Z,Holiday,,\n")
+
+    result = run("import", str(path))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "states and reasons not checked: GENESYS_REGION or GENESYS_API_URL, GENESYS_CLIENT_ID, "
+        "GENESYS_CLIENT_SECRET not set (the worker rejects unknown ones when it applies each row)"
+    )
+
+
+@pytest.mark.parametrize("name", ["roster.csv", "roster.json"])
+def test_unknown_states_and_reasons_are_rejected_at_import(env, emulator, redis_url, name):
+    httpx.post(f"{emulator.base_url}/__emulator/reset").raise_for_status()
+    for variable, value in {
+        "REDIS_URL": redis_url,
+        "GENESYS_API_URL": emulator.base_url,
+        "GENESYS_CLIENT_ID": emulator.client_id,
+        "GENESYS_CLIENT_SECRET": emulator.client_secret,
+    }.items():
+        env.monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    rows = [
+        (AGENT, "2099-12-01T09:00:00Z", "Break", "Coffee"),
+        (OTHER, "2099-12-01T09:00:00Z", "Holiday", None),
+        (AGENT, "2099-12-01T10:00:00Z", "Meal", "Brunch"),
+    ]
+    if name.endswith(".csv"):
+        text = HEADER + "".join(f"{u},{t},{s},{r or ''},\n" for u, t, s, r in rows)
+        where = ["line 3", "line 4"]
+    else:
+        changes = [{"user_id": u, "at": t, "state": s, "reason": r} for u, t, s, r in rows]
+        text = json.dumps({"version": 1, "changes": changes})
+        where = ["change 2", "change 3"]
+
+    result = run("import", str(schedule_file(env, text, name=name)))
+
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines()[0].startswith("states and reasons checked against ")
+    errors = [line for line in result.stdout.splitlines() if line.startswith(("line", "change"))]
+    assert errors[0].startswith(f"{where[0]}: Unknown state 'Holiday'; use one of: ")
+    assert (
+        errors[1]
+        == f"{where[1]}: Unknown reason 'Brunch' for state 'Meal'; reasons for Meal: Lunch"
+    )
+    assert [(r.state, r.reason) for r in stored(env)] == [("Break", "Coffee")]
 
 
 def test_import_of_good_rows_exits_0_and_importing_again_changes_nothing(env):
@@ -187,6 +239,15 @@ def test_a_file_that_is_no_schedule_exits_2_with_one_line(env, name, text, expec
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr == expected
+
+
+def test_a_missing_file_is_one_line_and_exit_2(env):
+    path = env.tmp_path / "week49.csv"
+
+    result = run("import", str(path))
+
+    assert result.exit_code == 2
+    assert result.stderr == f"error: cannot read {path}: No such file or directory\n"
 
 
 def test_a_database_that_cannot_be_opened_is_one_line_and_exit_1(env, monkeypatch):

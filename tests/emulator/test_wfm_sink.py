@@ -97,12 +97,46 @@ def test_a_badly_signed_delivery_is_recorded_as_invalid(api: Api, tamper: str) -
     elif tamper == "body changed after signing":
         headers[SIGNATURE_HEADER] = sign(SECRET, timestamp, event("e-2"))
 
-    httpx.post(f"{api.emulator.base_url}{SINK}", content=raw, headers=headers)
+    response = httpx.post(f"{api.emulator.base_url}{SINK}", content=raw, headers=headers)
 
+    assert response.status_code == 401
+    assert response.json()["accepted"] is False
     seen = deliveries(api)
     (recorded,) = seen["deliveries"]
     assert recorded["signatureValid"] is False
+    assert recorded["status"] == 401
     assert seen["summary"]["badSignatures"] == 1
+    assert seen["summary"]["accepted"] == 0
+
+
+@pytest.mark.parametrize("offset_s", [-301, 301], ids=["replayed", "from-the-future"])
+def test_a_delivery_signed_more_than_300_s_away_is_refused_as_stale(
+    api: Api, offset_s: int
+) -> None:
+    raw = event("e-1")
+    timestamp = str(int(time.time()) + offset_s)
+    headers = {
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(SECRET, timestamp, raw),  # correctly signed, but stale
+        "Content-Type": "application/json",
+    }
+
+    response = httpx.post(f"{api.emulator.base_url}{SINK}", content=raw, headers=headers)
+
+    assert response.status_code == 401
+    assert "older than 300 s" in response.json()["error"]
+    (recorded,) = deliveries(api)["deliveries"]
+    assert recorded["signatureValid"] is False
+
+
+def test_a_delivery_signed_within_the_tolerance_is_accepted(api: Api) -> None:
+    raw = event("e-1")
+    timestamp = str(int(time.time()) - 290)
+    headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(SECRET, timestamp, raw)}
+
+    response = httpx.post(f"{api.emulator.base_url}{SINK}", content=raw, headers=headers)
+
+    assert response.status_code == 200
 
 
 def test_the_sink_fails_the_requested_number_of_times_then_accepts(api: Api) -> None:
@@ -141,12 +175,12 @@ def test_the_summary_counts_duplicates_by_event_id_among_accepted_deliveries(api
     deliver(api, event("e-2"))
     deliver(api, event("e-2"))
     deliver(api, event("e-2"))
-    deliver(api, event("e-3"), secret="not-the-secret")
+    deliver(api, event("e-3"), secret="not-the-secret")  # refused: 401
 
     assert deliveries(api)["summary"] == {
         "received": 6,
-        "accepted": 5,
-        "uniqueEvents": 3,
+        "accepted": 4,
+        "uniqueEvents": 2,
         "duplicates": 2,
         "badSignatures": 1,
     }

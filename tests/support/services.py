@@ -1,6 +1,7 @@
 """Real Redis and PostgreSQL for tests.
 
-Redis: the one at 127.0.0.1:6379 when it answers, otherwise a private embedded server.
+Redis: see ``tests/conftest.py`` (``REDIS_URL``'s database, else one claimed on the local server
+through :mod:`tests.support.redis_db`, else a private embedded server).
 PostgreSQL: skipped locally when absent, a failure under CI=true (CI must run those tests).
 """
 

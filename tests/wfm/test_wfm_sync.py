@@ -241,7 +241,7 @@ def test_signatures_verify_on_the_sink_side(harness: Harness) -> None:
         assert not verify(WFM_SECRET, timestamp, signature, raw + b" ")  # one byte more
 
     # The sink really checks: replays of the first event with a wrong key or a changed body
-    # are recorded with signatureValid false (only the correctly signed copy passes).
+    # are refused and recorded with signatureValid false (only the correctly signed copy passes).
     body = dict(outbox[recorded[0]["eventId"]].payload)
     timestamp = str(int(time.time()))
     tampered = canonical({**body, "outcome": "drifted"})
@@ -250,7 +250,7 @@ def test_signatures_verify_on_the_sink_side(harness: Harness) -> None:
         (tampered, wfm.sign(WFM_SECRET, timestamp, canonical(body)), False),
         (canonical(body), wfm.sign(WFM_SECRET, timestamp, canonical(body)), True),
     ]
-    for raw, signature, _ in copies:
+    statuses = [
         harness.http.post(
             harness.sink_url,
             content=raw,
@@ -259,6 +259,34 @@ def test_signatures_verify_on_the_sink_side(harness: Harness) -> None:
                 TIMESTAMP_HEADER: timestamp,
                 SIGNATURE_HEADER: signature,
             },
-        ).raise_for_status()
+        ).status_code
+        for raw, signature, _ in copies
+    ]
+    assert statuses == [401, 401, 200]
     replays = harness.sink()["deliveries"][len(recorded) :]
     assert [d["signatureValid"] for d in replays] == [valid for _, _, valid in copies]
+
+
+def test_an_empty_secret_and_plain_http_beyond_loopback_are_logged_once_per_process(
+    harness: Harness,
+) -> None:
+    """WFM_WEBHOOK_SECRET empty and WFM_WEBHOOK_URL http:// to another host: the worker warns
+    once per process, one line each, and still attempts the deliveries."""
+    url = "http://wfm.invalid/events"
+    fleet = harness.start(1, concurrency=4, WFM_WEBHOOK_URL=url, WFM_WEBHOOK_SECRET="",
+                          WFM_MAX_RETRIES=0)  # fmt: skip
+    ids = [harness.send(harness.update(u, "Busy")) for u in off_queue_agents(harness, 2)]
+    harness.wait_rows(len(ids), request_ids=ids)
+    harness.wait_deliveries(states={"failed"})
+    assert len(harness.deliveries()) >= 2
+
+    log = (fleet.logdir / "worker-0.log").read_text(errors="replace")
+    secret = [line for line in log.splitlines() if "WFM_WEBHOOK_SECRET is empty" in line]
+    plain = [line for line in log.splitlines() if "WFM_WEBHOOK_URL is plain http://" in line]
+    assert len(secret) == 1, log[-3000:]
+    assert len(plain) == 1, log[-3000:]
+    assert "WARNING" in secret[0]
+    assert plain[0].endswith(
+        "WFM_WEBHOOK_URL is plain http:// to wfm.invalid: events travel unencrypted and can be "
+        "read or replayed on the way; use https://"
+    )

@@ -246,8 +246,8 @@ def registry() -> CollectorRegistry:
     return merged
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``/metrics`` from a daemon thread of this process."""
+def serve(port: int, addr: str) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` on ``addr``:``port`` from a daemon thread of this process."""
     server, thread = start_http_server(port, addr=addr, registry=registry())
     return server, thread
 
@@ -256,7 +256,8 @@ def on_worker_ready(**_: Any) -> None:
     """``worker_ready`` receiver (main process): the in-worker exporter when METRICS_PORT is set."""
     from worker.settings import get_settings
 
-    port = get_settings().metrics_port
+    settings = get_settings()
+    port, host = settings.metrics_port, settings.metrics_host
     if port is None:
         return
     if multiproc_dir() is None:
@@ -266,11 +267,11 @@ def on_worker_ready(**_: Any) -> None:
             MULTIPROC_ENV,
         )
     try:
-        serve(port)
+        serve(port, host)
     except OSError as exc:
-        log.error("cannot serve metrics on port %d: %s", port, exc)
+        log.error("cannot serve metrics on %s:%d (METRICS_HOST, METRICS_PORT): %s", host, port, exc)
         return
-    log.info("serving Prometheus metrics on port %d", port)
+    log.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
 
 
 def on_process_shutdown(**_: Any) -> None:

@@ -1,14 +1,12 @@
 """Shift schedules (CSV, or a JSON schedule export) read into validated rows, one result per row.
 
 A bad row never stops the read: its :class:`RowResult` carries a one-line error instead. Only a
-file that is no schedule at all (unreadable, not UTF-8, not JSON, a bad CSV header, an unknown
-file-wide time zone) raises ``ValueError``, with a one-line message.
+file that is no schedule at all (unreadable, not UTF-8, not JSON, a bad CSV header, no rows, an
+unknown file-wide time zone) raises ``ValueError``, with a one-line message.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from producer.schema import ShortText, check_user_id
+from worker import rowfiles
 
 REQUIRED_COLUMNS = ("user_id", "at", "state")
 COLUMNS = (*REQUIRED_COLUMNS, "reason", "timezone", "capacity_policy")
@@ -131,28 +130,7 @@ class RowResult:
 
 def describe(exc: ValidationError) -> str:
     """One line naming each bad field of a :class:`ScheduledChange` and what is wrong with it."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        field = ".".join(str(p) for p in error["loc"])
-        kind, given = error["type"], error.get("input")
-        if kind == "value_error":
-            text = str(error["ctx"]["error"])
-        elif kind == "missing":
-            text = "empty or missing (required)"
-        elif kind == "extra_forbidden":
-            text = f"unknown field (the fields are {', '.join(COLUMNS)})"
-        elif kind == "literal_error":
-            text = f"{given!r:.60} is not {error['ctx']['expected']}"
-        elif kind == "string_too_short":
-            text = "empty"
-        elif kind == "string_too_long":
-            text = f"longer than {error['ctx']['max_length']} characters"
-        elif kind == "string_type":
-            text = f"{given!r:.60} is not text"
-        else:
-            text = error["msg"]
-        parts.append(f"{field}: {text}" if field else text)
-    return " ".join("; ".join(parts).split())
+    return rowfiles.describe(exc, COLUMNS)
 
 
 def _validate(line: int, where: str, fields: Mapping[str, Any], zone: str | None) -> RowResult:
@@ -161,18 +139,6 @@ def _validate(line: int, where: str, fields: Mapping[str, Any], zone: str | None
     except ValidationError as exc:
         return RowResult(line, None, f"{where}: {describe(exc)}")
     return RowResult(line, change, None)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            return handle.read()
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{path.name} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def parse_schedule(path: Path) -> Iterator[RowResult]:
@@ -187,7 +153,7 @@ def parse_schedule(path: Path) -> Iterator[RowResult]:
             f"{path.name}: unknown schedule format {suffix or '(no suffix)'!r}; "
             f"use a {' or '.join(SUFFIXES)} file"
         )
-    text = _read_text(path)
+    text = rowfiles.read_text(path)
     try:
         if suffix == ".csv":
             return _csv_rows(text)
@@ -196,77 +162,14 @@ def parse_schedule(path: Path) -> Iterator[RowResult]:
         raise ValueError(f"{path.name}: {exc}") from None
 
 
-def _csv_records(text: str) -> list[tuple[int, list[str] | str]]:
-    """(start line, cells or a csv error) per record, without blank and ``#`` lines."""
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records: list[tuple[int, list[str] | str]] = []
-    while True:
-        start = reader.line_num + 1
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return records
-        except csv.Error as exc:
-            records.append((start, f"not readable as CSV: {exc}"))
-            continue
-        if not any(cell.strip() for cell in cells) or cells[0].lstrip().startswith("#"):
-            continue
-        records.append((start, cells))
-
-
-def _csv_columns(line: int, header: list[str]) -> list[str]:
-    names = [cell.strip().lower() for cell in header]
-    while names and not names[-1]:
-        names.pop()
-    problems = []
-    if "" in names:
-        problems.append(f"column {names.index('') + 1} has no name")
-    unknown = [name for name in names if name and name not in COLUMNS]
-    if unknown:
-        problems.append(f"unknown column(s) {', '.join(repr(n[:40]) for n in unknown)}")
-    repeated = sorted({name for name in names if name and names.count(name) > 1})
-    if repeated:
-        problems.append(f"column(s) {', '.join(repeated)} given twice")
-    missing = [name for name in REQUIRED_COLUMNS if name not in names]
-    if missing:
-        problems.append(f"missing column(s) {', '.join(missing)}")
-    if problems:
-        raise ValueError(
-            f"line {line}: {'; '.join(problems)} (the columns are {', '.join(COLUMNS)}; "
-            f"{', '.join(REQUIRED_COLUMNS)} are required)"
-        )
-    return names
-
-
 def _csv_rows(text: str) -> Iterator[RowResult]:
-    records = _csv_records(text)
-    if not records:
-        raise ValueError(f"no header row (the columns are {', '.join(COLUMNS)})")
-    header_line, header = records[0]
-    if isinstance(header, str):
-        raise ValueError(f"line {header_line}: {header}")
-    return _csv_changes(_csv_columns(header_line, header), records[1:])
-
-
-def _csv_changes(
-    columns: list[str], records: list[tuple[int, list[str] | str]]
-) -> Iterator[RowResult]:
-    for line, cells in records:
-        where = f"line {line}"
-        if isinstance(cells, str):
-            yield RowResult(line, None, f"{where}: {' '.join(cells.split())}")
-        elif any(cell.strip() for cell in cells[len(columns) :]):
-            yield RowResult(
-                line,
-                None,
-                f"{where}: {len(cells)} cells but the header names {len(columns)} columns "
-                "(quote values that contain commas)",
-            )
-        else:
-            fields = {
-                name: cell for name, cell in zip(columns, cells, strict=False) if cell.strip()
-            }
-            yield _validate(line, where, fields, None)
+    rows = rowfiles.csv_rows(text, COLUMNS, REQUIRED_COLUMNS)  # raises now, not when iterated
+    return (
+        RowResult(row.line, None, f"line {row.line}: {row.error}")
+        if row.fields is None
+        else _validate(row.line, f"line {row.line}", row.fields, None)
+        for row in rows
+    )
 
 
 def _json_kind(value: object) -> str:
@@ -317,6 +220,8 @@ def _json_rows(text: str) -> Iterator[RowResult]:
             'expected {"version": 1, "changes": [...]} or a list of changes, got '
             f"{_json_kind(data) if data is not None else 'no changes list'}"
         )
+    if not data:
+        raise ValueError("the changes list is empty: nothing to import")
     return _json_changes(data, zone)
 
 

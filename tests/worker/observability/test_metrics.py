@@ -248,3 +248,57 @@ def test_the_exporter_refuses_to_start_without_the_workers_directory(monkeypatch
     result = CliRunner().invoke(app, ["metrics", "--port", "9108"])
 
     assert result.exit_code == 2
+
+
+def listening_on(port: int) -> set[str]:
+    """The IPv4 addresses a socket of this machine listens on at ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")], ids=["default", "all"]
+)
+def test_the_exporter_binds_loopback_unless_metrics_host_says_otherwise(
+    tmp_path: Path, host: str | None, expected: str
+) -> None:
+    port = _free_port()
+    env = {**os.environ, m.MULTIPROC_ENV: str(tmp_path)}
+    env.pop("METRICS_HOST", None)
+    if host is not None:
+        env["METRICS_HOST"] = host
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "metrics", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: answering(port), 30, "the exporter")
+        assert listening_on(port) == {expected}
+    finally:
+        processes.stop(exporter)
+    assert exporter.stderr is not None
+    assert f"on http://{expected}:{port}/metrics" in exporter.stderr.read()
+
+
+def test_the_workers_exporter_binds_loopback_by_default(monkeypatch, tmp_path: Path) -> None:
+    from worker.settings import get_settings
+
+    port = _free_port()
+    monkeypatch.setenv("METRICS_PORT", str(port))
+    monkeypatch.delenv("METRICS_HOST", raising=False)
+    monkeypatch.setenv(m.MULTIPROC_ENV, str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        m.on_worker_ready()
+    finally:
+        get_settings.cache_clear()
+
+    wait_for(lambda: answering(port), 10, "the worker's exporter")
+    assert listening_on(port) == {"127.0.0.1"}

@@ -350,6 +350,16 @@ def test_line_numbers_count_skipped_lines(tmp_path):
             "capacity_policy)",
         ),
         (
+            "shift.csv",
+            "# roster\n\nuser_id,at,state\n\n",
+            "shift.csv: no rows after the header on line 3: nothing to import",
+        ),
+        (
+            "shift.json",
+            '{"version": 1, "changes": []}',
+            "shift.json: the changes list is empty: nothing to import",
+        ),
+        (
             "shift.json",
             '{"changes": [}',
             "shift.json: not valid JSON: Expecting value (line 1, column 14)",
@@ -382,6 +392,8 @@ def test_line_numbers_count_skipped_lines(tmp_path):
         "columns",
         "repeated",
         "no-header",
+        "header-only",
+        "no-json-changes",
         "json",
         "version",
         "file-zone",
@@ -400,7 +412,10 @@ def test_a_file_that_is_not_utf8_raises_one_line(tmp_path):
     path = tmp_path / "shift.csv"
     path.write_bytes("user_id,at,state\nJürgen\n".encode("latin-1"))
 
-    with pytest.raises(ValueError, match=r"^shift\.csv is not UTF-8 text \(byte 18\); save it"):
+    with pytest.raises(
+        ValueError,
+        match=r"^shift\.csv: line 2 is not UTF-8 text \(byte 2 of the line\); save the file as",
+    ):
         parse_schedule(path)
 
 

@@ -1,0 +1,55 @@
+"""The one way to build a Genesys client from the settings: the worker's runtime and the CLI's
+definition checks share the fleet's Redis-backed token and request budget."""
+
+from __future__ import annotations
+
+import httpx
+import redis
+
+from worker.genesys.client import GenesysClient
+from worker.genesys.token import TokenProvider
+from worker.limiter import SharedRateLimiter
+from worker.settings import Settings
+
+
+def missing_settings(settings: Settings) -> list[str]:
+    """The variables still needed before Genesys can be called (empty: ready)."""
+    missing = []
+    if not (settings.genesys_api_url or settings.genesys_region):
+        missing.append("GENESYS_REGION or GENESYS_API_URL")
+    if not settings.genesys_client_id:
+        missing.append("GENESYS_CLIENT_ID")
+    if not settings.genesys_client_secret.get_secret_value():
+        missing.append("GENESYS_CLIENT_SECRET")
+    return missing
+
+
+def budget_key(settings: Settings) -> str:
+    """The key the limiter and the channel slots share among processes of one OAuth client."""
+    return settings.genesys_client_id or "default"
+
+
+def genesys_client(settings: Settings, r: redis.Redis, http: httpx.Client) -> GenesysClient:
+    """A client spending the OAuth client's shared budget and token, like every worker."""
+    limiter = SharedRateLimiter(
+        r,
+        key=budget_key(settings),
+        limit_per_minute=settings.effective_rate_per_minute,
+        provisional_s=settings.http_timeout_s + 5,
+    )
+    tokens = TokenProvider(
+        r,
+        http,
+        login_base=settings.login_base,
+        client_id=settings.genesys_client_id,
+        client_secret=settings.genesys_client_secret.get_secret_value(),
+        timeout_s=settings.http_timeout_s,
+    )
+    return GenesysClient(
+        http,
+        tokens,
+        limiter,
+        api_base=settings.api_base,
+        timeout_s=settings.http_timeout_s,
+        max_inline_wait_s=settings.limiter_max_inline_wait_s,
+    )
