@@ -31,7 +31,7 @@ from models import Outcome
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
 from sandbox.stack import LocalStack
-from worker import reports
+from worker import names, reports
 from worker.embedded_redis import EmbeddedRedisMissing
 from worker.settings import get_settings
 
@@ -187,7 +187,7 @@ def run_demo(*, agents: int, budget: int, console: Console) -> int:
         started = time.monotonic()
         producer.send_many(batch.updates)
         for raw in batch.raw:
-            producer.app.send_task("presence.update", args=[raw], queue="presence")
+            producer.app.send_task(names.UPDATE_TASK, args=[raw], queue=names.PRESENCE_QUEUE)
         producer.close()
         with progress_bar(console) as progress:
             task = progress.add_task("requests finished", total=batch.expected_rows)

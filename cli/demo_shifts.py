@@ -24,6 +24,7 @@ from cli.render import progress_bar
 from models import AuditRecord, ShiftChange
 from models.db import session_scope
 from sandbox.stack import LocalStack
+from worker import names
 from worker.shifts import schedule
 from worker.shifts.formats import parse_schedule
 
@@ -82,7 +83,7 @@ def run_shift_wave(stack: LocalStack, agents: int, console: Console) -> bool:
         "presence.wave messages (bulk PUTs of 50)"
     )
     with session_scope(stack.database_url) as session:
-        ids = [f"shift-{i}" for i in session.scalars(select(ShiftChange.id))]
+        ids = [names.shift_request_id(i) for i in session.scalars(select(ShiftChange.id))]
     done: list[AuditRecord] = []
     with progress_bar(console) as progress:
         task = progress.add_task("shift changes applied", total=len(ids))
