@@ -26,6 +26,7 @@ from worker.flow.record import AuditDraft, Recorder
 from worker.genesys.client import GenesysClient
 from worker.genesys.connect import budget_key, genesys_client
 from worker.genesys.token import TokenProvider
+from worker.intents import WriteIntents
 from worker.limiter import SharedRateLimiter
 from worker.notifications.listener import NotificationListener
 from worker.notifications.slots import ChannelSlots
@@ -78,6 +79,10 @@ class Runtime:
                 catalog=self.catalog,
                 matrix=self.matrix,
                 ordering=self.ordering,
+                intents=WriteIntents(
+                    self.redis,
+                    ttl_s=int(settings.max_request_age_s + settings.broker_visibility_timeout_s),
+                ),
                 cache=self.cache,
                 capacity=self.capacity,
                 confirmations=self.listener,

@@ -78,6 +78,16 @@ class Ordering(Protocol):
     def unlock_many(self, owners: dict[str, str]) -> None: ...
 
 
+class Intents(Protocol):
+    """Marks of requests whose write may have reached the platform."""
+
+    def mark(self, writes: dict[str, str]) -> None:
+        """Record, before sending, that each request (id → target definition) is written."""
+        ...
+
+    def marked(self, request_ids: list[str]) -> dict[str, str]: ...
+
+
 class StateCache(Protocol):
     """The shared view of agents' current presence."""
 
@@ -159,6 +169,7 @@ class Ports:
     catalog: Catalog
     matrix: Matrix
     ordering: Ordering
+    intents: Intents
     cache: StateCache
     capacity: Capacity
     confirmations: Confirmations[Any]

@@ -19,9 +19,10 @@ from worker.flow.record import AuditDraft
 from worker.flow.request import Request, add_note
 from worker.genesys.client import CallLog
 from worker.genesys.errors import GenesysError
+from worker.genesys.models import UserPresence
 from worker.retry import Delay, RetryLater
 from worker.rules.capacity import CapacityVerdict
-from worker.state_cache import AgentState
+from worker.state_cache import AgentState, state_of
 
 
 def describe_current(ports: Ports, request: Request, state: AgentState) -> None:
@@ -54,6 +55,20 @@ def verdict(ports: Ports, request: Request) -> Proceed | Reject | Defer:
         decision = ask(ports.capacity.check_and_reserve(request.request_id, request.user_id))
     assert not isinstance(decision, AskCapacity)  # decide() never asks twice
     return decision
+
+
+EARLIER_WRITE = "an earlier delivery sent this change; read back"
+
+
+def applied_earlier(ports: Ports, request: Request, presence: UserPresence | None) -> bool:
+    """Whether a marked request's earlier write took effect, from the agent's read-back
+    (``presence``): then its row is settled ``applied_unconfirmed``, never written again."""
+    if presence is not None:
+        ports.cache.put(request.user_id, state_of(presence, "read"))
+    if presence is None or presence.presence_definition.id != request.target.id:
+        return False
+    add_note(request.draft, EARLIER_WRITE)
+    return True
 
 
 def release(ports: Ports, requests: list[Request]) -> None:

@@ -238,14 +238,15 @@ def _apply_locked(
     requeued = 0
     live: list[Request] = []
     batch = _not_yet_audited(ports, batch)  # again, under the locks: a single may just have ended
-    superseded = ports.ordering.superseded_among([r.ordering_key for r in batch])
-    for request in batch:
-        if request.order_id in superseded:
-            done.append(steps.rejected(request.draft, SUPERSEDED))
-        else:
-            live.append(request)
     with recording() as calls:
         try:
+            batch = _settle_earlier_writes(ports, batch, done)
+            superseded = ports.ordering.superseded_among([r.ordering_key for r in batch])
+            for request in batch:
+                if request.order_id in superseded:
+                    done.append(steps.rejected(request.draft, SUPERSEDED))
+                else:
+                    live.append(request)
             _load_current(ports, live)
             ready: list[Request] = []
             for request in live:
@@ -282,6 +283,25 @@ def _apply_locked(
     if requeued:
         outcomes["requeued"] += requeued
     return outcomes
+
+
+def _settle_earlier_writes(ports: Ports, batch: list[Request], done: Done) -> list[Request]:
+    """Requests an earlier delivery may have sent are read back (in bulk), never written twice:
+    those whose change took effect join ``done`` as applied; the others are returned, to go on."""
+    marked = ports.intents.marked([r.request_id for r in batch])
+    earlier = [r.user_id for r in batch if r.request_id in marked]
+    read: dict[str, UserPresence] = {}
+    for start in range(0, len(earlier), BULK_READ_LIMIT):
+        read.update(ports.api.get_presences_bulk(earlier[start : start + BULK_READ_LIMIT]))
+    rest = []
+    for request in batch:
+        if request.request_id in marked and steps.applied_earlier(
+            ports, request, read.get(request.user_id)
+        ):
+            done.append((request.draft, Outcome.APPLIED_UNCONFIRMED))
+        else:
+            rest.append(request)
+    return rest
 
 
 def _charge(done: Done, calls: CallLog, unbilled: CallLog) -> None:
@@ -355,6 +375,7 @@ def _put_and_confirm(ports: Ports, ready: list[Request], covered: set[str], call
     done: Done = []
     unconfirmed: list[tuple[Request, int]] = []
     try:
+        ports.intents.mark({r.request_id: r.target.id for r in ready})
         applied, refused = _put_isolating(ports, ready)
         for request, exc in refused:
             steps.release(ports, [request])

@@ -72,14 +72,19 @@ class FakeApi:
     """The platform's presence endpoints over a dict of agent → definition id.
 
     ``faults["write"]`` / ``faults["read"]``: exceptions raised by the next writes / reads, in
-    order (``None`` lets one call through). ``writes`` counts every accepted change per agent.
+    order (``None`` lets one call through); ``faults["after_write"]``: raised by the next writes
+    *after* the platform applied them (an answer lost to a timeout). ``writes`` counts every accepted change per agent.
     """
 
     def __init__(self, clock: FakeClock, presences: dict[str, str]) -> None:
         self.clock = clock
         self.presences = dict(presences)
         self.modified: dict[str, datetime] = {}
-        self.faults: dict[str, list[Exception | None]] = {"write": [], "read": []}
+        self.faults: dict[str, list[Exception | None]] = {
+            "write": [],
+            "read": [],
+            "after_write": [],
+        }
         self.calls: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()
         self.refuse: dict[str, Exception] = {}  # agent → error its write always gets
@@ -125,7 +130,9 @@ class FakeApi:
         self._fault("write")
         if user_id in self.refuse:
             raise self.refuse[user_id]
-        return self._write(user_id, definition_id), Answer(None, f"corr-{user_id}", 200)
+        written = self._write(user_id, definition_id)
+        self._fault("after_write")
+        return written, Answer(None, f"corr-{user_id}", 200)
 
     def put_presences_bulk(
         self, changes: list[tuple[str, str, str | None]]
@@ -136,6 +143,7 @@ class FakeApi:
             if user_id in self.refuse:
                 raise self.refuse[user_id]
         written = [self._write(u, d) for u, d, _ in changes]
+        self._fault("after_write")
         return written, Answer(None, "corr-bulk", 200)
 
     def get_presences_bulk(self, user_ids: list[str]) -> dict[str, UserPresence]:
@@ -192,6 +200,17 @@ class FakeOrdering:
 
     def unlock_many(self, owners: dict[str, str]) -> None:
         self.locked -= set(owners)
+
+
+class FakeIntents:
+    def __init__(self) -> None:
+        self.marks: dict[str, str] = {}
+
+    def mark(self, writes: dict[str, str]) -> None:
+        self.marks.update(writes)
+
+    def marked(self, request_ids: list[str]) -> dict[str, str]:
+        return {r: self.marks[r] for r in request_ids if r in self.marks}
 
 
 class FakeCache:
@@ -338,6 +357,7 @@ class World:
     api: FakeApi
     catalog: FakeCatalog
     ordering: FakeOrdering
+    intents: FakeIntents
     cache: FakeCache
     capacity: FakeCapacity
     confirmations: FakeConfirmations
@@ -367,6 +387,7 @@ def world(
         "api": FakeApi(clock, presences),
         "catalog": FakeCatalog(),
         "ordering": FakeOrdering(),
+        "intents": FakeIntents(),
         "cache": cache,
         "capacity": FakeCapacity(),
         "confirmations": FakeConfirmations(cache),

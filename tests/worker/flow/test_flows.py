@@ -497,3 +497,55 @@ def test_a_requeued_copy_loses_to_a_genuinely_newer_request(flow: Single | Wave)
 
     assert flow.run(w, payload(requeue_of="original")).outcome == "superseded"
     assert w.api.writes[AGENT] == 0
+
+
+# -- a change is sent at most once per request -----------------------------------------------------
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_a_write_whose_answer_was_lost_is_read_back_not_sent_again(flow: Single | Wave) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.api.faults["after_write"].append(TransportError("PATCH timed out after 10 s"))
+
+    first = flow.run(w, payload())
+    second = flow.run(w, payload())
+
+    assert first.later is not None
+    assert first.later.delay is Delay.FAILURE
+    assert second.outcome == "applied_unconfirmed"
+    assert w.api.writes[AGENT] == 1
+    assert w.row(REQUEST).note == "an earlier delivery sent this change; read back"
+    assert w.enqueued == [1], "the applied change reaches WFM"
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_a_write_whose_row_could_not_be_committed_is_recorded_on_redelivery(
+    flow: Single | Wave,
+) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.store.fault = RuntimeError("database is down")
+    with pytest.raises(RuntimeError):
+        flow.run(w, payload())
+    w.store.fault = None
+
+    assert flow.run(w, payload()).outcome == "applied_unconfirmed"
+    assert w.api.writes[AGENT] == 1
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_an_applied_change_is_never_recorded_superseded(flow: Single | Wave) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.api.faults["after_write"].append(ServerError("gateway timeout", status=504))
+    flow.run(w, payload())
+    w.ordering.register(AGENT, stamp_us(60), "newer")  # a newer request arrived meanwhile
+
+    assert flow.run(w, payload()).outcome == "applied_unconfirmed"
+    assert w.api.writes[AGENT] == 1
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_a_write_that_never_reached_the_platform_is_sent_on_redelivery(flow: Single | Wave) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.api.faults["write"].append(TransportError("connection refused"))  # marked, never applied
+    assert flow.run(w, payload()).later is not None
+
+    assert flow.run(w, payload()).outcome == "confirmed"
+    assert w.api.writes[AGENT] == 1

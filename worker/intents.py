@@ -1,0 +1,43 @@
+"""Write intents: which requests may already have reached the platform.
+
+A flow marks a request just before its write is sent. A later delivery of the same request that
+finds the mark (the worker died, the database refused the terminal row, the write timed out)
+cannot know whether the platform applied it, so it reads the agent back instead of writing
+again: a change is sent at most once per request, and an applied one is recorded as applied.
+"""
+
+from __future__ import annotations
+
+import redis
+
+
+class WriteIntents:
+    """Marks in Redis, kept ``ttl_s`` (longer than any redelivery can take)."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def key(request_id: str) -> str:
+        return f"presence:intent:{request_id}"
+
+    def mark(self, writes: dict[str, str]) -> None:
+        """Record that each request (request id → target definition id) is about to be sent."""
+        if not writes:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for request_id, definition_id in writes.items():
+            pipe.set(self.key(request_id), definition_id, ex=self.ttl_s)
+        pipe.execute()
+
+    def marked(self, request_ids: list[str]) -> dict[str, str]:
+        """The requests among ``request_ids`` that were marked, with their target definition."""
+        if not request_ids:
+            return {}
+        values = self.redis.mget([self.key(r) for r in request_ids])
+        return {
+            r: v.decode() if isinstance(v, bytes) else str(v)
+            for r, v in zip(request_ids, values, strict=True)
+            if v is not None
+        }
