@@ -3,19 +3,15 @@ surrogates, over-long ids and texts, huge payloads — each of which once lost a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-import migrations
 from models import AuditRecord, WfmDelivery
 from models.db import session_scope
 from models.storable import JSON_LIMIT, TEXT_LIMIT, clean, clean_json, storable_id
 from producer.schema import wave_element
-from tests.support.services import scratch_postgres_database
 from tests.worker.flow.fakes import T0, world
 from worker.audit import SqlAuditStore
 from worker.flow.request import Attempt
@@ -25,16 +21,11 @@ from worker.flow.wave import handle_wave
 AGENT = "3ce84f47-4e65-4756-a815-67a2b32e58b8"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-        migrations.upgrade(url)
-        yield url
-        return
-    with scratch_postgres_database() as url:
-        migrations.upgrade(url)
-        yield url
+BOTH_DATABASES = pytest.mark.parametrize(
+    "audit_database",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 
 
 def rows(url: str) -> dict[str, AuditRecord]:
@@ -59,6 +50,7 @@ def test_text_and_json_are_cleaned_and_bounded() -> None:
     assert len(clean_json({"big": "x" * 5_000_000})["truncated"]) < JSON_LIMIT
 
 
+@BOTH_DATABASES
 @pytest.mark.parametrize(
     ("raw", "outcome"),
     [
@@ -103,8 +95,9 @@ def test_text_and_json_are_cleaned_and_bounded() -> None:
     ],
 )
 def test_a_single_update_is_recorded_whatever_its_content(
-    database: str, raw: dict[str, Any], outcome: str
+    audit_database: str, raw: dict[str, Any], outcome: str
 ) -> None:
+    database = audit_database
     w = world({AGENT: "def-available"}, store=SqlAuditStore(database))
     request_id = storable_id("task-\x00\ud800" + "9" * 100)  # NUL, surrogate, too long
 
@@ -118,7 +111,9 @@ def test_a_single_update_is_recorded_whatever_its_content(
             assert session.scalars(select(WfmDelivery)).one().audit_id == row.id
 
 
-def test_a_wave_is_recorded_whole_when_one_element_is_unstorable(database: str) -> None:
+@BOTH_DATABASES
+def test_a_wave_is_recorded_whole_when_one_element_is_unstorable(audit_database: str) -> None:
+    database = audit_database
     others = [f"{AGENT[:-1]}{i}" for i in range(3)]
     w = world(dict.fromkeys(others, "def-available"), store=SqlAuditStore(database))
     elements = [
@@ -145,7 +140,9 @@ def test_a_wave_is_recorded_whole_when_one_element_is_unstorable(database: str) 
     assert recorded[storable_id("e-1\x00" + "x" * 80)].outcome == "invalid"
 
 
-def test_a_dead_letter_of_unvalidated_content_is_recorded(database: str) -> None:
+@BOTH_DATABASES
+def test_a_dead_letter_of_unvalidated_content_is_recorded(audit_database: str) -> None:
+    database = audit_database
     from worker.flow.single import record_dead_letter
     from worker.retry import GiveUp
 

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.fuzzing import result_or_one_line
 from tests.worker.flow.fakes import DEFINITIONS
 from worker.rules.capacity import load_overrides
-from worker.rules.transitions import SYSTEM_PRESENCES, MatrixError, TransitionMatrix
+from worker.rules.transitions import SYSTEM_PRESENCES, TransitionMatrix
 
 pytestmark = pytest.mark.fuzz
 
@@ -62,15 +63,8 @@ matrix_files = st.dictionaries(
 
 @given(text=matrix_files)
 def test_a_matrix_file_loads_or_says_what_is_wrong_in_one_line(text: str) -> None:
-    try:
-        matrix = TransitionMatrix.from_toml(text, origin="matrix.toml")
-    except MatrixError as exc:
-        complaint = str(exc)
-    else:
-        complaint = None
-    if complaint is not None:
-        assert "\n" not in complaint
-        assert complaint.startswith("matrix.toml: ")
+    matrix = result_or_one_line(lambda: TransitionMatrix.from_toml(text, origin="matrix.toml"))
+    if matrix is None:
         return
     for current in DEFINITIONS:  # a matrix that loads answers every question
         for target in DEFINITIONS:
@@ -107,17 +101,8 @@ def test_capacity_overrides_load_only_with_finite_non_negative_numbers(text: str
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "capacity.toml"
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
-        try:
-            policies = load_overrides(path)
-        except ValueError as exc:
-            complaint = str(exc)
-        else:
-            complaint = None
-    if complaint is not None:
-        assert "\n" not in complaint
-        assert "CAPACITY_OVERRIDES_FILE" in complaint
-        return
-    for policy in policies.values():
+        policies = result_or_one_line(lambda: load_overrides(path))
+    for policy in (policies or {}).values():
         assert isinstance(policy.min_on_queue, int)
         assert not isinstance(policy.min_on_queue, bool)
         assert policy.min_on_queue >= 0
