@@ -489,10 +489,11 @@ def assert_one_row_each_and_applied(pipeline: Pipeline, sent: dict[str, tuple[st
     assert all(r.outcome in APPLIED for r in rows), [(r.outcome, r.error_message) for r in rows]
     history = pipeline.history(user_id for user_id, _ in sent.values())
     for user_id, definition_id in sent.values():
-        # A write cut off by the kill may have reached the platform before the redelivery
-        # wrote it again: at least once, and always the requested state.
-        assert history[user_id], user_id
-        assert {c["definitionId"] for c in history[user_id]} == {definition_id}
+        # A write cut off by the kill may or may not have reached the platform: the redelivery
+        # reads the agent back and writes only when the change has not taken effect (an agent
+        # already in the requested state needs none). At most once, always the requested state.
+        assert len(history[user_id]) <= 1, history[user_id]
+        assert {c["definitionId"] for c in history[user_id]} <= {definition_id}
         assert pipeline.current_definition(user_id) == definition_id
 
 
