@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker import names, observability
+from worker import broker, names, observability
 from worker.settings import get_settings
 
 settings = get_settings()
@@ -25,6 +25,8 @@ if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_T
 app = Celery(
     "presence_worker",
     broker=settings.redis_url,
+    # Kombu's Redis transport with malformed messages refused before delivery (worker.broker).
+    broker_transport=broker.TRANSPORT,
     include=["tasks.presence", "tasks.shifts", "tasks.wfm"],
 )
 app.conf.update(
