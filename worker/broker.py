@@ -121,10 +121,12 @@ class Transport(kombu_redis.Transport):
             if queue not in GUARDED_QUEUES:
                 raise
             # A shape the check does not know yet: settle the message rather than the worker.
+            # Quarantined, not audited: the task may have been handed to the pool already.
             log.exception("delivering a message from %s failed", queue)
             self._settle(message)
             detail = f"delivery failed: {type(exc).__name__}: {exc}"
-            refuse(queue, message, Refusal("delivery", detail[:300], *_identity(message)))
+            refusal = Refusal("delivery", detail[:300], *_identity(message))
+            refuse(queue, message, refusal, audit=False)
 
     def _settle(self, message: dict[str, Any]) -> None:
         """Take a message the consumer's callback already holds out of ``unacked``."""
@@ -169,21 +171,19 @@ def task_signatures() -> dict[str, inspect.Signature | None]:
 
 
 # -- recording ------------------------------------------------------------------------------
-class _Sinks:
-    """This process's recorder and Redis client for refused messages, built on first use."""
+class Sinks:
+    """Where refused messages go: the recorder (audit rows) and the Redis of the quarantine."""
 
     _lock = threading.Lock()
-    _current: tuple[int, _Sinks] | None = None
+    _current: tuple[int, Sinks] | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, redis_url: str, database_url: str) -> None:
         from worker.audit import SqlAuditStore
         from worker.clock import SystemClock
-        from worker.settings import get_settings
 
-        settings = get_settings()
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = redis.Redis.from_url(redis_url)
         self.recorder = Recorder(
-            SqlAuditStore(settings.database_url),
+            SqlAuditStore(database_url),
             now=SystemClock().now,
             observe=_observe,
             enqueue_wfm=lambda _delivery_id: None,
@@ -192,10 +192,15 @@ class _Sinks:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
-    def get(cls) -> _Sinks:
+    def current(cls) -> Sinks:
+        """This process's, from the settings (``REDIS_URL``, ``DATABASE_URL``), built on first
+        use after any fork."""
+        from worker.settings import get_settings
+
         with cls._lock:
             if cls._current is None or cls._current[0] != os.getpid():
-                cls._current = (os.getpid(), cls())
+                settings = get_settings()
+                cls._current = (os.getpid(), cls(settings.redis_url, settings.database_url))
             return cls._current[1]
 
 
@@ -205,16 +210,21 @@ def _observe(draft: AuditDraft) -> None:
     )
 
 
-def refuse(queue: str, raw: object, refusal: Refusal) -> str:
-    """Record, count and log one refused message; returns where it was recorded (``audit``,
-    ``quarantine`` or ``log`` when both stores failed). Never raises."""
+def refuse(
+    queue: str, raw: object, refusal: Refusal, *, audit: bool = True, sinks: Sinks | None = None
+) -> str:
+    """Record, count and log one refused message; returns where it was recorded: ``audit`` (a
+    ``presence.update`` with a usable id, unless ``audit`` is false), else ``quarantine``, or
+    ``log`` when no store took it. ``sinks`` defaults to this process's. Never raises."""
     text = _raw_text(raw)
     where, note = "log", ""
-    try:
-        sinks = _Sinks.get()
-    except Exception as exc:
-        sinks, note = None, f"no recorder: {type(exc).__name__}: {exc}"
-    if sinks is not None and refusal.request_id is not None and refusal.task == names.UPDATE_TASK:
+    if sinks is None:
+        try:
+            sinks = Sinks.current()
+        except Exception as exc:
+            note = f"no recorder: {type(exc).__name__}: {exc}"
+    auditable = audit and refusal.request_id is not None and refusal.task == names.UPDATE_TASK
+    if sinks is not None and auditable:
         try:
             _audit(sinks, refusal, text, raw)
             where = "audit"
@@ -235,7 +245,7 @@ def refuse(queue: str, raw: object, refusal: Refusal) -> str:
     return where
 
 
-def _audit(sinks: _Sinks, refusal: Refusal, text: str, raw: object) -> None:
+def _audit(sinks: Sinks, refusal: Refusal, text: str, raw: object) -> None:
     assert refusal.request_id is not None
     draft = AuditDraft(
         request_id=refusal.request_id,
@@ -249,7 +259,7 @@ def _audit(sinks: _Sinks, refusal: Refusal, text: str, raw: object) -> None:
     sinks.recorder.finish(draft, Outcome.INVALID)
 
 
-def _quarantine(sinks: _Sinks, queue: str, refusal: Refusal, text: str, note: str) -> None:
+def _quarantine(sinks: Sinks, queue: str, refusal: Refusal, text: str, note: str) -> None:
     record = {
         "at": datetime.now(UTC).isoformat(),
         "queue": queue,

@@ -1,6 +1,7 @@
-"""The guarded transport, end to end: every broken envelope of the matrix (and seeded random
-mutations of the documented one), LPUSHed around good messages onto a real Redis consumed by a
-real ``celery -A worker.app worker`` (threads and prefork) against the emulator.
+"""The guarded transport: first in this process over a real Redis (Kombu's consumer on
+:class:`worker.broker.Transport`), then end to end: every broken envelope of the matrix (and seeded
+random mutations of the documented one), LPUSHed around good messages onto a real Redis consumed by
+a real ``celery -A worker.app worker`` (threads and prefork) against the emulator.
 
 No worker exits; every good neighbour is applied; nothing is left queued or unacknowledged; each
 refused message is recorded (an ``invalid`` audit row or a quarantine record) and counted.
@@ -8,7 +9,9 @@ refused message is recorded (an ``invalid`` audit row or a quarantine record) an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -18,20 +21,197 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+from kombu.transport import redis as kombu_redis
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
+import migrations
 from emulator.launcher import EmulatorProcess
-from models import Outcome
+from models import AuditRecord, Outcome
 from tests.support.envelopes import SHAPES, envelope, mutations
 from tests.support.pipeline import Pipeline, opened
-from worker.broker import QUARANTINE_KEY, QUARANTINE_LIMIT, RAW_CHARS, task_signatures
+from worker import broker
+from worker.broker import (
+    QUARANTINE_KEY,
+    QUARANTINE_LIMIT,
+    RAW_CHARS,
+    Sinks,
+    Transport,
+    Unreadable,
+    refuse,
+    task_signatures,
+)
 from worker.embedded_redis import _free_port
-from worker.envelopes import inspect_envelope
+from worker.envelopes import Refusal, inspect_envelope
 
 APPLIED = {Outcome.CONFIRMED.value, Outcome.APPLIED_UNCONFIRMED.value}
 MUTATIONS = 20
 
 
+# -- in this process: Kombu's consumer over the guarded transport ---------------------------------
+@pytest.fixture
+def sinks(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sinks:
+    database_url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+    migrations.upgrade(database_url)
+    made = Sinks(redis_url, database_url)
+    monkeypatch.setattr(Sinks, "_current", (os.getpid(), made))
+    return made
+
+
+def audit_rows(sinks: Sinks) -> list[AuditRecord]:
+    engine = create_engine(sinks.recorder.store.database_url, poolclass=NullPool)  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        rows = list(session.scalars(select(AuditRecord)))
+    engine.dispose()
+    return rows
+
+
+def quarantine(client: redis.Redis) -> list[dict[str, Any]]:
+    return [json.loads(r) for r in client.lrange(QUARANTINE_KEY, 0, -1)]
+
+
+def refused_count(queue: str, reason: str, recorded: str) -> float:
+    labels = {"queue": queue, "reason": reason, "recorded": recorded}
+    return REGISTRY.get_sample_value("presence_refused_messages_total", labels) or 0.0
+
+
+def consume(redis_url: str, raws: list[str], wanted: int, on_message: Any = None) -> list[Any]:
+    """LPUSH ``raws`` onto ``presence`` and drain it with a Kombu consumer on our transport until
+    ``wanted`` messages reached the callback (each acknowledged)."""
+    client = redis.Redis.from_url(redis_url)
+    for raw in raws:
+        client.lpush("presence", raw)
+    received: list[Any] = []
+
+    def callback(body: Any, message: Any) -> None:
+        if on_message is not None:
+            on_message(message)
+        received.append(message.headers["id"])
+        message.ack()
+
+    queue = Queue("presence", Exchange("", type="direct"), routing_key="presence")
+    with (
+        Connection(redis_url, transport=Transport) as connection,
+        connection.Consumer(queue, callbacks=[callback], accept=["json"]),
+    ):
+        deadline = time.monotonic() + 20
+        while len(received) < wanted and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=1)
+    client.close()
+    return received
+
+
+def test_text_that_is_not_json_loads_as_a_marker_instead_of_raising():
+    broker.install()
+
+    marker = kombu_redis.loads("not json")  # type: ignore[attr-defined]
+
+    assert isinstance(marker, Unreadable)
+    assert marker.text == "not json"
+    assert marker == {}
+    assert kombu_redis.loads('{"a": 1}') == {"a": 1}  # type: ignore[attr-defined]
+
+
+def test_a_consumer_on_the_transport_gets_the_good_messages_around_broken_ones(
+    sinks: Sinks, redis_url: str
+):
+    good = [envelope([{"n": n}], str(uuid.uuid4())) for n in range(2)]
+    broken = envelope([{}], str(uuid.uuid4()))
+    broken["content-type"] = ""
+    before = refused_count("presence", "json", "quarantine")
+
+    received = consume(
+        redis_url,
+        [json.dumps(good[0]), "not json", json.dumps(broken), json.dumps(good[1])],
+        wanted=2,
+    )
+
+    assert received == [g["headers"]["id"] for g in good]
+    (row,) = audit_rows(sinks)
+    assert (row.request_id, row.outcome, row.error_code) == (
+        broken["headers"]["id"], Outcome.INVALID.value, "envelope.content_type",
+    )  # fmt: skip
+    assert row.payload is not None
+    assert json.loads(row.payload["envelope"])["headers"]["id"] == broken["headers"]["id"]
+    assert [r["reason"] for r in quarantine(sinks.redis)] == ["json"]
+    assert refused_count("presence", "json", "quarantine") == before + 1
+    assert sinks.redis.hlen("unacked") == 0
+    assert sinks.redis.llen("presence") == 0
+
+
+def test_a_message_whose_delivery_fails_is_settled_and_quarantined_not_fatal(
+    sinks: Sinks, redis_url: str
+):
+    poison, after = (envelope([{}], str(uuid.uuid4())) for _ in range(2))
+
+    def explode(message: Any) -> None:
+        if message.headers["id"] == poison["headers"]["id"]:
+            raise ValueError("a shape nobody foresaw")
+
+    received = consume(redis_url, [json.dumps(poison), json.dumps(after)], 1, explode)
+
+    assert received == [after["headers"]["id"]]
+    (record,) = quarantine(sinks.redis)
+    assert (record["reason"], record["request_id"]) == ("delivery", poison["headers"]["id"])
+    assert "a shape nobody foresaw" in record["detail"]
+    assert audit_rows(sinks) == []  # the task may have been handed on: no verdict of ours
+    assert sinks.redis.hlen("unacked") == 0
+    assert sinks.redis.zcard("unacked_index") == 0
+
+
+def test_a_row_the_database_refuses_goes_to_the_quarantine_with_the_reason(
+    redis_url: str, tmp_path: Path
+):
+    unmigrated = Sinks(redis_url, f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    refusal = Refusal("body", "the body is a JSON null", "req-1", "presence.update")
+
+    where = refuse("presence", {"headers": {"id": "req-1"}}, refusal, sinks=unmigrated)
+
+    assert where == "quarantine"
+    (record,) = quarantine(unmigrated.redis)
+    assert record["request_id"] == "req-1"
+    assert record["note"].startswith("audit write failed: OperationalError")
+
+
+def test_when_no_store_takes_it_the_log_line_is_the_record(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    nowhere = Sinks(f"redis://127.0.0.1:{_free_port()}/0", f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    before = refused_count("wfm", "json", "log")
+
+    where = refuse("wfm", "x" * 10_000, Refusal("json", "not JSON"), sinks=nowhere)
+
+    assert where == "log"
+    assert refused_count("wfm", "json", "log") == before + 1
+    (line,) = [r.getMessage() for r in caplog.records if "refused a message" in r.getMessage()]
+    assert "quarantine failed" in line
+    assert len(line) < 2_000  # the raw text is cut in the log too
+
+
+def test_a_flood_of_refusals_keeps_the_newest_records_only(sinks: Sinks):
+    for n in range(QUARANTINE_LIMIT + 5):
+        refuse("presence", "bad", Refusal("json", f"not JSON {n}"), sinks=sinks)
+
+    records = quarantine(sinks.redis)
+    assert len(records) == QUARANTINE_LIMIT
+    assert records[0]["detail"] == f"not JSON {QUARANTINE_LIMIT + 4}"
+
+
+def test_a_huge_envelope_is_stored_cut(sinks: Sinks):
+    where = refuse("presence", "y" * 5_000_000, Refusal("json", "not JSON"), sinks=sinks)
+
+    (record,) = quarantine(sinks.redis)
+    assert where == "quarantine"
+    assert (len(record["raw"]), record["raw_chars"]) == (RAW_CHARS, 5_000_000)
+
+
+# -- end to end: real workers ------------------------------------------------------------------
 @pytest.fixture
 def pipeline(
     pipeline_emulator: EmulatorProcess,
