@@ -163,6 +163,12 @@ SHAPES: list[Shape] = [
     Shape("timelimit a string", _set("headers.timelimit", "60"), "timelimit", "audit"),
     Shape("timelimit negative", _set("headers.timelimit", [-1, None]), "timelimit", "audit"),
     Shape("compressed", _set("headers.compression", "application/x-gzip"), "compression", "audit"),
+    Shape(
+        "a broken wave",
+        lambda m: _body(None)(_set("headers.task", "presence.wave")(m)),
+        "body",
+        "quarantine",
+    ),
     Shape("root_id an object", _set("headers.root_id", {"a": 1}), "headers", "audit"),
 ]
 
