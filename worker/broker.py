@@ -43,7 +43,7 @@ from kombu.transport import redis as kombu_redis
 
 from models import Outcome
 from worker import names
-from worker.envelopes import Refusal, auditable_id, inspect_envelope
+from worker.envelopes import Refusal, auditable_id, identity, inspect_envelope
 from worker.flow.record import AuditDraft, Recorder
 from worker.observability import metrics
 
@@ -125,7 +125,7 @@ class Transport(kombu_redis.Transport):
             log.exception("delivering a message from %s failed", queue)
             self._settle(message)
             detail = f"delivery failed: {type(exc).__name__}: {exc}"
-            refusal = Refusal("delivery", detail[:300], *_identity(message))
+            refusal = Refusal("delivery", detail[:300], *identity(message))
             refuse(queue, message, refusal, audit=False)
 
     def _settle(self, message: dict[str, Any]) -> None:
@@ -137,14 +137,6 @@ class Transport(kombu_redis.Transport):
                     channel.qos.ack(tag)
             except Exception:
                 log.exception("could not settle message %r", tag)
-
-
-def _identity(message: dict[str, Any]) -> tuple[str | None, str | None]:
-    headers = message.get("headers")
-    if not isinstance(headers, dict):
-        return None, None
-    task = headers.get("task")
-    return auditable_id(headers.get("id")), task if isinstance(task, str) else None
 
 
 # -- what the check accepts -----------------------------------------------------------------

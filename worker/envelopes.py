@@ -58,7 +58,7 @@ def inspect_envelope(raw: object, tasks: Mapping[str, inspect.Signature | None])
     """None when ``raw`` (a decoded Redis list item) is a protocol-2 message for one of
     ``tasks`` (name → the task's call signature, or None to skip the argument check) that Kombu
     and Celery can take; else the first problem found."""
-    request_id, task = _identity(raw)
+    request_id, task = identity(raw)
     try:
         _check(raw, tasks)
     except _Refused as refused:
@@ -82,7 +82,8 @@ def auditable_id(value: object) -> str | None:
     return value
 
 
-def _identity(raw: object) -> tuple[str | None, str | None]:
+def identity(raw: object) -> tuple[str | None, str | None]:
+    """(``headers.id`` when :func:`auditable_id` accepts it, ``headers.task`` when a string)."""
     headers = raw.get("headers") if isinstance(raw, dict) else None
     if not isinstance(headers, dict):
         return None, None
