@@ -233,5 +233,7 @@ def _short(value: object, limit: int = 60) -> str:
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
+    """One storable line: whitespace runs become one space; control characters and lone
+    surrogates (a database may refuse them) become ``?``."""
+    flat = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
     return flat if len(flat) <= limit else f"{flat[:limit]}…"

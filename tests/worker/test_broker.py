@@ -35,6 +35,7 @@ from emulator.launcher import EmulatorProcess
 from models import AuditRecord, Outcome
 from tests.support.envelopes import SHAPES, envelope, mutations
 from tests.support.pipeline import Pipeline, opened
+from tests.support.services import scratch_postgres_database
 from worker import broker
 from worker.broker import (
     QUARANTINE_KEY,
@@ -54,13 +55,20 @@ MUTATIONS = 20
 
 
 # -- in this process: Kombu's consumer over the guarded transport ---------------------------------
-@pytest.fixture
-def sinks(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sinks:
-    database_url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-    migrations.upgrade(database_url)
-    made = Sinks(redis_url, database_url)
-    monkeypatch.setattr(Sinks, "_current", (os.getpid(), made))
-    return made
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sinks(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Sinks]:
+    """This process's sinks, over the test Redis and a migrated audit database of each kind."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            database_url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+        else:
+            database_url = stack.enter_context(scratch_postgres_database())
+        migrations.upgrade(database_url)
+        made = Sinks(redis_url, database_url)
+        monkeypatch.setattr(Sinks, "_current", (os.getpid(), made))
+        yield made
 
 
 def audit_rows(sinks: Sinks) -> list[AuditRecord]:
@@ -82,7 +90,7 @@ def refused_count(queue: str, reason: str, recorded: str) -> float:
 
 def consume(redis_url: str, raws: list[str], wanted: int, on_message: Any = None) -> list[Any]:
     """LPUSH ``raws`` onto ``presence`` and drain it with a Kombu consumer on our transport until
-    ``wanted`` messages reached the callback (each acknowledged)."""
+    the list is empty and ``wanted`` messages reached the callback (each acknowledged)."""
     client = redis.Redis.from_url(redis_url)
     for raw in raws:
         client.lpush("presence", raw)
@@ -100,7 +108,7 @@ def consume(redis_url: str, raws: list[str], wanted: int, on_message: Any = None
         connection.Consumer(queue, callbacks=[callback], accept=["json"]),
     ):
         deadline = time.monotonic() + 20
-        while len(received) < wanted and time.monotonic() < deadline:
+        while (len(received) < wanted or client.llen("presence")) and time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
                 connection.drain_events(timeout=1)
     client.close()
@@ -143,6 +151,18 @@ def test_a_consumer_on_the_transport_gets_the_good_messages_around_broken_ones(
     assert refused_count("presence", "json", "quarantine") == before + 1
     assert sinks.redis.hlen("unacked") == 0
     assert sinks.redis.llen("presence") == 0
+
+
+def test_text_a_database_refuses_never_costs_the_audit_row(sinks: Sinks, redis_url: str):
+    broken = envelope([{"user_id": "a\x00b"}], str(uuid.uuid4()))
+    broken["headers"]["eta"] = "to\x00morrow \ud800"
+
+    consume(redis_url, [json.dumps(broken)], wanted=0)
+
+    (row,) = audit_rows(sinks)
+    assert (row.outcome, row.error_code) == (Outcome.INVALID.value, "envelope.eta")
+    assert "\x00" not in (row.error_message or "")
+    assert quarantine(sinks.redis) == []
 
 
 def test_a_message_whose_delivery_fails_is_settled_and_quarantined_not_fatal(
