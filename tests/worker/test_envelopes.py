@@ -94,7 +94,7 @@ def taken_by_kombu_and_celery(raw: dict[str, Any]) -> None:
         timezone.to_system(request.eta).timestamp()
     args, kwargs, embed = loads(message.body)  # the pool's unpacking
     dict(**(embed or {}))
-    SIGNATURES[request.name].bind(*args, **kwargs)  # type: ignore[union-attr]
+    SIGNATURES[message.headers["task"]].bind(*args, **kwargs)  # type: ignore[union-attr]
 
 
 json_values = st.recursive(
