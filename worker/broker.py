@@ -53,6 +53,7 @@ TRANSPORT: Final = "worker.broker:Transport"
 QUARANTINE_KEY: Final = "presence:quarantine"
 QUARANTINE_LIMIT: Final = 1000
 """Records kept in the quarantine list (the newest first); older ones are trimmed."""
+QUARANTINE_TIMEOUT_S: Final = 5.0
 RAW_CHARS: Final = 4096
 """Characters of the raw envelope kept in a quarantine record or an audit row."""
 GUARDED_QUEUES: Final = frozenset({names.PRESENCE_QUEUE, names.WFM_QUEUE, names.SHIFTS_QUEUE})
@@ -149,7 +150,12 @@ def task_signatures() -> dict[str, inspect.Signature | None]:
     if _signatures is None:
         from worker.app import app
 
-        app.loader.import_default_modules()  # the app's ``include``: a worker imported them already
+        try:
+            app.loader.import_default_modules()  # the app's ``include`` (a worker has them)
+        except Exception:
+            # Not the guard's failure to report: check the envelopes, skip the arguments.
+            log.exception("cannot import the worker's tasks")
+            return dict.fromkeys(OUR_TASKS)
         found: dict[str, inspect.Signature | None] = {}
         for name in OUR_TASKS:
             task = app.tasks.get(name)
@@ -173,7 +179,12 @@ class Sinks:
         from worker.audit import SqlAuditStore
         from worker.clock import SystemClock
 
-        self.redis = redis.Redis.from_url(redis_url)
+        # Bounded waits: a Redis that does not answer must not hang the consumer.
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=QUARANTINE_TIMEOUT_S,
+            socket_connect_timeout=QUARANTINE_TIMEOUT_S,
+        )
         self.recorder = Recorder(
             SqlAuditStore(database_url),
             now=SystemClock().now,
