@@ -11,7 +11,7 @@ from celery import Celery
 from celery.signals import celeryd_after_setup
 from pydantic import ValidationError
 
-from worker import names, observability, preflight
+from worker import broker, names, observability, preflight
 from worker.problems import settings_problem
 from worker.settings import get_settings
 
@@ -32,6 +32,8 @@ if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_T
 app = Celery(
     "presence_worker",
     broker=settings.redis_url,
+    # Kombu's Redis transport with malformed messages refused before delivery (worker.broker).
+    broker_transport=broker.TRANSPORT,
     include=["tasks.presence", "tasks.shifts", "tasks.wfm"],
 )
 app.conf.update(

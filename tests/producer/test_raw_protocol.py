@@ -190,7 +190,11 @@ def test_mistakes_end_as_documented(stack: Stack):
     assert stack.row(unknown_field).outcome == "invalid"
     assert "colour" in (stack.row(unknown_field).error_message or "")
     assert stack.row(extra_arg).outcome == "invalid"
-    stack.wait_drained()  # the broken ones are dropped, not left behind …
+    stack.wait_drained()  # the broken ones are removed, not left behind …
+    client = redis.Redis.from_url(stack.redis_url)
+    quarantined = [json.loads(r) for r in client.lrange("presence:quarantine", 0, -1)]
+    client.close()  # … recorded in the quarantine (no usable task: no request to audit) …
+    assert sorted(r["reason"] for r in quarantined) == ["json", "task"]
     engine = create_engine(stack.database_url, poolclass=NullPool)
     with Session(engine) as session:  # … and leave no row
         assert (

@@ -74,6 +74,9 @@ SHIFT_CHANGES_TOTAL: Final[str] = "presence_shift_changes_total"
 """Counter {event}: scheduled shift changes ``dispatched``, ``resent`` or ``skipped`` (stale)."""
 SHIFT_LATENESS_SECONDS: Final[str] = "presence_shift_lateness_seconds"
 """Histogram: due time → dispatch of each dispatched shift change."""
+REFUSED_MESSAGES_TOTAL: Final[str] = "presence_refused_messages_total"
+"""Counter {queue, reason, recorded}: broker messages refused before any task ran (malformed
+envelopes, unknown tasks); ``recorded`` is ``audit``, ``quarantine`` or ``log``."""
 
 _dir = os.environ.get(MULTIPROC_ENV)
 if _dir:
@@ -140,6 +143,13 @@ SHIFT_LATENESS = Histogram(
     "Due time to dispatch of scheduled shift changes.",
     buckets=(0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 900, 3600),
 )
+
+REFUSED_MESSAGES = Counter(
+    _suffixless(REFUSED_MESSAGES_TOTAL),
+    "Broker messages refused before any task ran, by queue, reason and where recorded.",
+    ["queue", "reason", "recorded"],
+)
+REFUSED_QUEUES: Final = frozenset({"presence", "wfm", "shifts"})
 
 for _outcome in Outcome:  # every outcome exported from the start, at 0
     UPDATES.labels(_outcome.value)
@@ -229,6 +239,13 @@ def record_shift_dispatch(lateness_s: list[float], resent: int, skipped: int) ->
         SHIFT_CHANGES.labels("skipped").inc(skipped)
 
     _safely(record)
+
+
+def record_refused_message(queue: str, reason: str, recorded: str) -> None:
+    """One broker message was refused (``reason``: a fixed label of ``worker.envelopes``) and
+    recorded in ``recorded``; queues other than the task queues count as ``other``."""
+    label = queue if queue in REFUSED_QUEUES else "other"
+    _safely(lambda: REFUSED_MESSAGES.labels(label, reason[:40], recorded).inc())
 
 
 # -- exporting ------------------------------------------------------------------------------
