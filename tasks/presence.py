@@ -8,15 +8,18 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from celery import Task
+from celery.app.task import Context
+from celery.signals import task_revoked
 from pydantic import ValidationError
 
+from models import Outcome
 from models.storable import storable_id
 from producer.schema import PresenceUpdate
 from worker import names
 from worker.app import app
 from worker.flow.request import Attempt
-from worker.flow.single import handle_update, record_dead_letter
-from worker.flow.wave import handle_wave, record_wave_dead_letter
+from worker.flow.single import handle_update, record_dead_letter, record_ended
+from worker.flow.wave import handle_wave, record_wave_dead_letter, record_wave_ended
 from worker.retry import Delay, GiveUp, RetryLater
 from worker.runtime import Runtime
 
@@ -59,11 +62,11 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _attempt(task: Task[Any, Any], runtime: Runtime, failures: object) -> Attempt:
+def _attempt(request: Context, runtime: Runtime, failures: object) -> Attempt:
     """This delivery: a storable request id (a task id of any length gets a row) and a failure
     count a producer cannot inflate or turn negative."""
     return Attempt(
-        storable_id(str(task.request.id)),
+        storable_id(str(request.id)),
         runtime.ports.clock.now(),
         failures=runtime.retry.clamp_failures(failures),
         worker=runtime.name,
@@ -110,6 +113,37 @@ def _age_s(payload: Any, attempt: Attempt) -> float | None:
     return (attempt.started_at - requested_at).total_seconds()
 
 
+@task_revoked.connect
+def _record_expired(
+    sender: Task[Any, Any] | None = None,
+    request: Context | None = None,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    """A message whose producer-set ``expires`` passed before a worker ran it is dropped by
+    Celery: record it (``invalid``, ``message.expired``) so that it does not vanish."""
+    if not expired or sender is None or request is None:
+        return
+    if sender.name not in (names.UPDATE_TASK, names.WAVE_TASK):
+        return
+    try:
+        runtime = Runtime.current()
+        attempt = _attempt(request, runtime, 0)
+        payload, _carried = _message(tuple(request.args or ()), dict(request.kwargs or {}))
+        message = f"Expired before a worker ran it (the message's expires: {request.expires})"
+        if sender.name == names.UPDATE_TASK:
+            record_ended(
+                runtime.ports, payload, attempt, Outcome.INVALID, "message.expired", message
+            )
+        else:
+            elements = payload if isinstance(payload, list) else [payload]
+            record_wave_ended(
+                runtime.ports, elements, attempt, Outcome.INVALID, "message.expired", message
+            )
+    except Exception:
+        log.exception("could not record expired request %s", getattr(request, "id", "?"))
+
+
 @app.task(name=names.UPDATE_TASK, bind=True, max_retries=None)
 def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     """Apply one presence update (``args == [payload]``); returns its terminal outcome.
@@ -120,7 +154,7 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     payload, failures = _message(args, kwargs)
     runtime = _runtime(self)
     ports = runtime.ports
-    attempt = _attempt(self, runtime, failures)
+    attempt = _attempt(self.request, runtime, failures)
     return _run(
         self,
         runtime,
@@ -141,7 +175,7 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     elements: list[Any] = payload if isinstance(payload, list) else [payload]
     runtime = _runtime(self)
     ports = runtime.ports
-    attempt = _attempt(self, runtime, failures)
+    attempt = _attempt(self.request, runtime, failures)
 
     def requeue(request_id: str, update_payload: dict[str, Any], countdown_s: float) -> None:
         app.send_task(

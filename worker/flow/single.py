@@ -175,6 +175,14 @@ def _read_back(ports: Ports, user_id: str) -> ReadBack:
 
 def record_dead_letter(ports: Ports, raw: Any, attempt: Attempt, give_up: GiveUp) -> Outcome:
     """Retries are exhausted: keep the request (requeueable) with the last error."""
+    return record_ended(ports, raw, attempt, Outcome.DEAD_LETTER, give_up.code, give_up.message)
+
+
+def record_ended(
+    ports: Ports, raw: Any, attempt: Attempt, outcome: Outcome, code: str, message: str
+) -> Outcome:
+    """End the request without applying it: its row says ``outcome``, ``code`` and ``message``
+    (with what its payload tells, valid or not)."""
     draft, _ = validate(attempt, raw)
-    draft.error_code, draft.error_message = give_up.code, give_up.message
-    return ports.recorder.finish(draft, Outcome.DEAD_LETTER)
+    draft.error_code, draft.error_message = code, message
+    return ports.recorder.finish(draft, outcome)

@@ -118,11 +118,25 @@ def record_wave_dead_letter(
     ports: Ports, elements: list[Any], attempt: Attempt, give_up: GiveUp
 ) -> Counter[str]:
     """Retries are exhausted: every element not audited yet becomes ``dead_letter``."""
+    return record_wave_ended(
+        ports, elements, attempt, Outcome.DEAD_LETTER, give_up.code, give_up.message
+    )
+
+
+def record_wave_ended(
+    ports: Ports,
+    elements: list[Any],
+    attempt: Attempt,
+    outcome: Outcome,
+    code: str,
+    message: str,
+) -> Counter[str]:
+    """End every element not audited yet without applying it (see ``single.record_ended``)."""
     entries: Done = []
     for mine, element in _unaudited(ports, _identified(elements, attempt)):
         draft, _ = validate(mine, _payload(element))
-        draft.error_code, draft.error_message = give_up.code, give_up.message
-        entries.append((draft, Outcome.DEAD_LETTER))
+        draft.error_code, draft.error_message = code, message
+        entries.append((draft, outcome))
     return Counter(o.value for o in ports.recorder.finish_many(entries))
 
 
