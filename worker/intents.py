@@ -8,7 +8,20 @@ again: a change is sent at most once per request, and an applied one is recorded
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
+
 import redis
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A write about to be sent: its target, the agent's ``modifiedDate`` known before it (0:
+    unknown) and when it was marked (ms since the epoch)."""
+
+    target_id: str
+    before_ms: int
+    at_ms: int
 
 
 class WriteIntents:
@@ -22,22 +35,22 @@ class WriteIntents:
     def key(request_id: str) -> str:
         return f"presence:intent:{request_id}"
 
-    def mark(self, writes: dict[str, str]) -> None:
-        """Record that each request (request id → target definition id) is about to be sent."""
+    def mark(self, writes: dict[str, Intent]) -> None:
+        """Record that each request (request id → its intent) is about to be sent."""
         if not writes:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for request_id, definition_id in writes.items():
-            pipe.set(self.key(request_id), definition_id, ex=self.ttl_s)
+        for request_id, intent in writes.items():
+            pipe.set(self.key(request_id), json.dumps(asdict(intent)), ex=self.ttl_s)
         pipe.execute()
 
-    def marked(self, request_ids: list[str]) -> dict[str, str]:
-        """The requests among ``request_ids`` that were marked, with their target definition."""
+    def marked(self, request_ids: list[str]) -> dict[str, Intent]:
+        """The requests among ``request_ids`` that were marked, with their intents."""
         if not request_ids:
             return {}
         values = self.redis.mget([self.key(r) for r in request_ids])
         return {
-            r: v.decode() if isinstance(v, bytes) else str(v)
+            r: Intent(**json.loads(v))
             for r, v in zip(request_ids, values, strict=True)
             if v is not None
         }

@@ -17,6 +17,7 @@ from worker.catalog import Definition
 from worker.flow.ports import Matrix
 from worker.genesys.errors import GenesysError, TransportError
 from worker.genesys.models import UserPresence
+from worker.intents import Intent
 from worker.notifications.listener import PresenceEvent
 from worker.rules.capacity import ON_QUEUE, CapacityVerdict, takes_out_of_routing
 from worker.state_cache import AgentState
@@ -175,6 +176,29 @@ def confirm(
         return Confirmation(Outcome.APPLIED_UNCONFIRMED)
     seen = presence.presence_definition.system_presence if presence is not None else "nothing"
     return Confirmation(Outcome.DRIFTED, "drifted", f"Read back {seen} after the change")
+
+
+# -- did an earlier delivery's write take effect? -----------------------------------------------
+# Worker and platform clocks differ by little; past this, a write is taken as applied (the safe
+# side: a change recorded applied that the agent already had, rather than a change sent twice).
+CLOCK_SKEW_ALLOWANCE_MS = 2000
+
+
+def took_effect(marked: Intent, presence: UserPresence | None) -> bool:
+    """Whether the write ``marked`` before it was sent has taken effect, given the agent's
+    presence read back now: the agent is in the target, and its ``modifiedDate`` moved past the
+    one known before the write (when none was known: is no older than the mark, give or take
+    the clocks' skew). An agent that was already in the target and has not changed since says
+    the write never arrived."""
+    if presence is None or presence.presence_definition.id != marked.target_id:
+        return False
+    modified = presence.modified_date
+    if modified is None:
+        return True  # nothing tells them apart: never write twice
+    modified_ms = int(modified.timestamp() * 1000)
+    if marked.before_ms:
+        return modified_ms > marked.before_ms
+    return modified_ms >= marked.at_ms - CLOCK_SKEW_ALLOWANCE_MS
 
 
 # -- what the platform said no with ---------------------------------------------------------------

@@ -17,6 +17,7 @@ from worker.catalog import Definition
 from worker.flow.record import AuditStore, Recorder
 from worker.genesys.client import Answer
 from worker.genesys.models import UserPresence
+from worker.intents import Intent
 from worker.notifications.listener import PresenceEvent
 from worker.rules.capacity import CapacityVerdict
 from worker.rules.transitions import Verdict
@@ -81,11 +82,11 @@ class Ordering(Protocol):
 class Intents(Protocol):
     """Marks of requests whose write may have reached the platform."""
 
-    def mark(self, writes: dict[str, str]) -> None:
-        """Record, before sending, that each request (id → target definition) is written."""
+    def mark(self, writes: dict[str, Intent]) -> None:
+        """Record, before sending, that each request (id → its intent) is written."""
         ...
 
-    def marked(self, request_ids: list[str]) -> dict[str, str]: ...
+    def marked(self, request_ids: list[str]) -> dict[str, Intent]: ...
 
 
 class StateCache(Protocol):

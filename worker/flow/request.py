@@ -41,6 +41,7 @@ class Request:
     draft: AuditDraft
     current: Definition | None = None
     current_label: str | None = None
+    current_ms: int = 0  # the agent's modifiedDate as last known before the change (0: unknown)
     reserved: tuple[str, ...] = ()
 
     @property
@@ -66,10 +67,13 @@ class Request:
     def ordering_key(self) -> tuple[str, int, str]:
         return self.user_id, self.stamp_us, self.order_id
 
-    def set_current(self, definition: Definition | None, label: str, definition_id: str) -> None:
+    def set_current(
+        self, definition: Definition | None, label: str, definition_id: str, modified_ms: int
+    ) -> None:
         """Record the agent's presence before the change (on the draft too)."""
         self.current = definition
         self.current_label = label
+        self.current_ms = modified_ms
         self.draft.from_state = label
         self.draft.from_definition_id = definition.id if definition is not None else definition_id
 

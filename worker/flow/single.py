@@ -74,10 +74,11 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
     if recorded is not None:
         return recorded  # a redelivery or a repeated key: applied once
     try:
-        if ports.intents.marked([request.request_id]):
+        marked = ports.intents.marked([request.request_id]).get(request.request_id)
+        if marked is not None:
             # An earlier delivery may have sent the write: read back, never write twice.
             presence, _ = ports.api.get_presence(request.user_id)
-            if steps.applied_earlier(ports, request, presence):
+            if steps.applied_earlier(ports, request, marked, presence):
                 return _finish(ports, request.draft, Outcome.APPLIED_UNCONFIRMED, calls)
         if ports.ordering.is_superseded(*request.ordering_key):
             return _finish(ports, *steps.rejected(request.draft, SUPERSEDED), calls)
@@ -121,7 +122,7 @@ def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcom
     event: PresenceEvent | None = None
     try:
         try:
-            ports.intents.mark({request.request_id: target.id})
+            ports.intents.mark({request.request_id: steps.intent(ports, request)})
             presence, answer = ports.api.patch_presence(
                 request.user_id, target.id, request.update.message
             )

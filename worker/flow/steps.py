@@ -13,6 +13,7 @@ from worker.flow.decisions import (
     Reject,
     decide,
     refusal,
+    took_effect,
 )
 from worker.flow.ports import Ports
 from worker.flow.record import AuditDraft
@@ -20,6 +21,7 @@ from worker.flow.request import Request, add_note
 from worker.genesys.client import CallLog
 from worker.genesys.errors import GenesysError
 from worker.genesys.models import UserPresence
+from worker.intents import Intent
 from worker.retry import Delay, RetryLater
 from worker.rules.capacity import CapacityVerdict
 from worker.state_cache import AgentState, state_of
@@ -29,7 +31,7 @@ def describe_current(ports: Ports, request: Request, state: AgentState) -> None:
     """Take ``state`` as the agent's presence before the change."""
     definition = ports.catalog.by_id(state.definition_id)
     label = definition.label if definition is not None else state.system_presence
-    request.set_current(definition, label, state.definition_id)
+    request.set_current(definition, label, state.definition_id, state.modified_ms)
 
 
 def verdict(ports: Ports, request: Request) -> Proceed | Reject | Defer:
@@ -60,12 +62,20 @@ def verdict(ports: Ports, request: Request) -> Proceed | Reject | Defer:
 EARLIER_WRITE = "an earlier delivery sent this change; read back"
 
 
-def applied_earlier(ports: Ports, request: Request, presence: UserPresence | None) -> bool:
+def intent(ports: Ports, request: Request) -> Intent:
+    """What to mark before sending ``request``'s write."""
+    at_ms = int(ports.clock.now().timestamp() * 1000)
+    return Intent(request.target.id, request.current_ms, at_ms)
+
+
+def applied_earlier(
+    ports: Ports, request: Request, marked: Intent, presence: UserPresence | None
+) -> bool:
     """Whether a marked request's earlier write took effect, from the agent's read-back
     (``presence``): then its row is settled ``applied_unconfirmed``, never written again."""
     if presence is not None:
         ports.cache.put(request.user_id, state_of(presence, "read"))
-    if presence is None or presence.presence_definition.id != request.target.id:
+    if not took_effect(marked, presence):
         return False
     add_note(request.draft, EARLIER_WRITE)
     return True

@@ -309,8 +309,9 @@ def _settle_earlier_writes(ports: Ports, batch: list[Request], done: Done) -> li
         read.update(ports.api.get_presences_bulk(earlier[start : start + BULK_READ_LIMIT]))
     rest = []
     for request in batch:
-        if request.request_id in marked and steps.applied_earlier(
-            ports, request, read.get(request.user_id)
+        mark = marked.get(request.request_id)
+        if mark is not None and steps.applied_earlier(
+            ports, request, mark, read.get(request.user_id)
         ):
             done.append((request.draft, Outcome.APPLIED_UNCONFIRMED))
         else:
@@ -389,7 +390,7 @@ def _put_and_confirm(ports: Ports, ready: list[Request], covered: set[str], call
     done: Done = []
     unconfirmed: list[tuple[Request, int]] = []
     try:
-        ports.intents.mark({r.request_id: r.target.id for r in ready})
+        ports.intents.mark({r.request_id: steps.intent(ports, r) for r in ready})
         applied, refused = _put_isolating(ports, ready)
         for request, exc in refused:
             steps.release(ports, [request])

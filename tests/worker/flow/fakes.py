@@ -20,6 +20,7 @@ from worker.flow.ports import FlowConfig, Ports
 from worker.flow.record import AuditDraft, AuditStore, Recorder, Written
 from worker.genesys.client import Answer
 from worker.genesys.models import UserPresence
+from worker.intents import Intent
 from worker.notifications.listener import PresenceEvent
 from worker.ordering import AgentBusy
 from worker.rules.capacity import CapacityVerdict
@@ -204,12 +205,12 @@ class FakeOrdering:
 
 class FakeIntents:
     def __init__(self) -> None:
-        self.marks: dict[str, str] = {}
+        self.marks: dict[str, Intent] = {}
 
-    def mark(self, writes: dict[str, str]) -> None:
+    def mark(self, writes: dict[str, Intent]) -> None:
         self.marks.update(writes)
 
-    def marked(self, request_ids: list[str]) -> dict[str, str]:
+    def marked(self, request_ids: list[str]) -> dict[str, Intent]:
         return {r: self.marks[r] for r in request_ids if r in self.marks}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,9 +21,11 @@ from worker.flow.decisions import (
     error_code,
     needs_current,
     refusal,
+    took_effect,
 )
 from worker.genesys.errors import Forbidden, GenesysError, ServerError, TransportError
 from worker.genesys.models import UserPresence
+from worker.intents import Intent
 from worker.notifications.listener import PresenceEvent
 from worker.rules.capacity import CapacityVerdict
 from worker.rules.transitions import TransitionMatrix
@@ -234,3 +236,35 @@ def test_a_permission_refusal_says_where_to_look() -> None:
     why = refusal(Forbidden("Missing permission", status=403, code="missing", correlation_id="c1"))
     assert (why.code, why.correlation_id) == ("missing", "c1")
     assert why.message == "Missing permission (check the OAuth client's roles)"
+
+
+def presence_at(definition_id: str, modified_ms: int | None) -> UserPresence:
+    body: dict[str, object] = {"presenceDefinition": {"id": definition_id}}
+    if modified_ms is not None:
+        body["modifiedDate"] = datetime.fromtimestamp(modified_ms / 1000, UTC).isoformat()
+    return UserPresence.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("marked", "presence", "applied"),
+    [
+        (Intent("def-break", 5_000, 9_000), presence_at("def-break", 9_500), True),
+        (Intent("def-break", 5_000, 9_000), presence_at("def-break", 5_000), False),
+        (Intent("def-break", 5_000, 9_000), presence_at("def-meal", 9_500), False),
+        (Intent("def-break", 0, 9_000), presence_at("def-break", 8_000), True),  # within skew
+        (Intent("def-break", 0, 9_000), presence_at("def-break", 1_000), False),
+        (Intent("def-break", 0, 9_000), presence_at("def-break", None), True),
+        (Intent("def-break", 0, 9_000), None, False),
+    ],
+    ids=[
+        "in the target, changed since",
+        "in the target, unchanged since before the write",
+        "in another presence",
+        "in the target, no earlier date known, changed about when marked",
+        "in the target long before the mark",
+        "no modifiedDate at all: never write twice",
+        "nothing read back",
+    ],
+)
+def test_took_effect(marked: Intent, presence: UserPresence | None, applied: bool) -> None:
+    assert took_effect(marked, presence) is applied

@@ -549,3 +549,15 @@ def test_a_write_that_never_reached_the_platform_is_sent_on_redelivery(flow: Sin
 
     assert flow.run(w, payload()).outcome == "confirmed"
     assert w.api.writes[AGENT] == 1
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_an_agent_already_in_the_target_before_a_failed_write_is_written_on_redelivery(
+    flow: Single | Wave,
+) -> None:
+    w = world({AGENT: BREAK})  # already in the requested state, unchanged since
+    w.api.faults["write"].append(ServerError("bulk failed", status=503))  # marked, not applied
+    assert flow.run(w, payload()).later is not None
+
+    assert flow.run(w, payload()).outcome == "confirmed"
+    assert w.api.writes[AGENT] == 1
