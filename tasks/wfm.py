@@ -12,6 +12,7 @@ from models import DeliveryState, WfmDelivery
 from models.db import session_scope
 from worker import names, wfm
 from worker.app import app
+from worker.broker.retry import republish
 from worker.observability import metrics
 from worker.retry import RetryPolicy
 from worker.runtime import Runtime
@@ -73,7 +74,7 @@ def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> st
             delivery.next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
     metrics.record_wfm_delivery(attempted.result)  # delivered | retry | failed
     if attempted.result == "retry":
-        raise task.retry(args=(delivery_id,), countdown=countdown)
+        republish(task, args=(delivery_id,), countdown_s=countdown)
     return attempted.result
 
 

@@ -12,6 +12,7 @@ from celery.signals import celeryd_after_setup
 from pydantic import ValidationError
 
 from worker import names, observability, preflight
+from worker.broker import redis_restore
 from worker.problems import settings_problem
 from worker.settings import get_settings
 
@@ -29,6 +30,9 @@ if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_T
         f"{TASK_TIME_LIMIT_S} s (the task time limit)"
     )
 
+# Before any broker connection: the Redis transport that survives Redis going away while this
+# worker holds messages (worker/broker/redis_restore.py).
+redis_restore.install()
 app = Celery(
     "presence_worker",
     broker=settings.redis_url,

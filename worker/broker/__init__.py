@@ -1,0 +1,1 @@
+"""What the worker adds to Celery and kombu's Redis broker to keep every message it holds."""
