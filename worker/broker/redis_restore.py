@@ -24,6 +24,7 @@ import logging
 from typing import Any
 
 import redis
+import kombu.transport
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
@@ -72,3 +73,6 @@ def install() -> None:
     """Make ``redis://`` and ``rediss://`` broker URLs use this transport (idempotent)."""
     for scheme in SCHEMES:
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+        # kombu caches each name's class on first use; a name resolved before this must not
+        # keep the unguarded one.
+        kombu.transport._transport_cache.pop(scheme, None)
