@@ -75,4 +75,4 @@ def install() -> None:
         TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
         # kombu caches each name's class on first use; a name resolved before this must not
         # keep the unguarded one.
-        kombu.transport._transport_cache.pop(scheme, None)
+        getattr(kombu.transport, "_transport_cache", {}).pop(scheme, None)
