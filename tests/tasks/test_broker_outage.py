@@ -72,7 +72,7 @@ def test_redis_restart_while_retries_are_due_loses_nothing(
     rows = outage.wait_rows(REQUESTS, request_ids=ids, timeout_s=150)
     outage.wait_idle(timeout_s=120)
     rows = outage.rows(ids)
-    logs = outage.logs()
+    logs = outage.full_logs()
     assert Counter(r.request_id for r in rows) == dict.fromkeys(ids, 1), [
         (r.request_id, r.outcome) for r in rows
     ]

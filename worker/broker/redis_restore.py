@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 import kombu.transport
+import redis
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
