@@ -22,6 +22,7 @@ from emulator.launcher import EmulatorProcess
 from tests.support.pipeline import Pipeline, opened
 from tests.support.processes import DurableRedis, durable_redis
 
+pytestmark = pytest.mark.timeout(300)  # a worker warm-up, an outage and every retry
 REQUESTS = 8
 KILL_AFTER_S = 1.5  # > 1 s: AOF everysec has written the queued messages by then
 PATCH_LATENCY_MS = 3000  # the PATCHes in flight answer (503) while Redis is down
@@ -69,8 +70,8 @@ def test_redis_restart_while_retries_are_due_loses_nothing(
     redis_server.start()
     outage.admin("DELETE", "/faults")
 
-    rows = outage.wait_rows(REQUESTS, request_ids=ids, timeout_s=150)
-    outage.wait_idle(timeout_s=120)
+    rows = outage.wait_rows(REQUESTS, request_ids=ids, timeout_s=120)
+    outage.wait_idle(timeout_s=60)
     rows = outage.rows(ids)
     logs = outage.full_logs()
     assert Counter(r.request_id for r in rows) == dict.fromkeys(ids, 1), [
