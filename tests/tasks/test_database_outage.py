@@ -20,7 +20,7 @@ from emulator.launcher import EmulatorProcess
 from tests.support.pipeline import Pipeline, opened
 from tests.support.services import PrivatePostgres, private_postgres
 
-pytestmark = pytest.mark.timeout(300)  # a worker warm-up, an outage and every retry
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]  # warm-up, outage, retries
 SINGLES = 5
 WAVE = 3
 DOWN_S = 8.0
