@@ -17,28 +17,31 @@ from models.storable import storable_id
 from producer.schema import PresenceUpdate
 from worker import names
 from worker.app import app
+from worker.broker.retry import republish
 from worker.flow.request import Attempt
 from worker.flow.single import handle_update, record_dead_letter, record_ended
 from worker.flow.wave import handle_wave, record_wave_dead_letter, record_wave_ended
-from worker.retry import Delay, GiveUp, RetryLater
+from worker.retry import Delay, GiveUp, PendingDeadLetter, RetryLater
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WAVE_LOCK_WAIT_S = 1.0
 RUNTIME_RETRY_S = 30.0
+# The message key of a dead-letter decided but not yet written (the database was down).
+PENDING_DEAD_LETTER = "dead_letter"
 
 
-def _message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, object]:
-    """(payload, earlier failures as carried) of a message. The task signatures are open on
-    purpose: a message with the wrong arguments is recorded ``invalid`` instead of failing
-    inside Celery, where it would vanish without an audit row."""
+def _message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, object, object]:
+    """(payload, earlier failures as carried, a pending dead-letter as carried) of a message.
+    The task signatures are open on purpose: a message with the wrong arguments is recorded
+    ``invalid`` instead of failing inside Celery, where it would vanish without an audit row."""
     payload = (
         args[0]
-        if len(args) == 1 and not kwargs.keys() - {"failures"}
+        if len(args) == 1 and not kwargs.keys() - {"failures", PENDING_DEAD_LETTER}
         else {"args": list(args), **kwargs}
     )
-    return payload, kwargs.get("failures", 0)
+    return payload, kwargs.get("failures", 0), kwargs.get(PENDING_DEAD_LETTER)
 
 
 def _runtime(task: Task[Any, Any]) -> Runtime:
@@ -50,7 +53,7 @@ def _runtime(task: Task[Any, Any]) -> Runtime:
         log.error(
             "cannot start the update flow, retrying in %.0f s: %s", RUNTIME_RETRY_S, _why(exc)
         )
-        raise task.retry(countdown=RUNTIME_RETRY_S, max_retries=None) from None
+        republish(task, countdown_s=RUNTIME_RETRY_S)
 
 
 def _why(exc: Exception) -> str:
@@ -81,9 +84,18 @@ def _run(
     age_s: Callable[[], float | None],
     work: Callable[[], T],
     dead_letter: Callable[[GiveUp], T],
+    pending: object = None,
 ) -> T:
     """Run ``work``; on RetryLater ask the retry policy and map its answer onto Celery's retry
-    (countdown, failures counted) or ``dead_letter``."""
+    (countdown, failures counted) or ``dead_letter``. ``pending`` is a dead-letter an earlier
+    delivery decided but could not write: it is written now, without running ``work`` again.
+
+    Never acknowledges a request whose fate is not written: a retry that cannot be published
+    keeps its message (:func:`worker.broker.retry.republish`), a dead-letter that cannot be
+    written is retried later."""
+    carried = PendingDeadLetter.parse(pending)
+    if carried is not None:
+        return _dead_letter(task, runtime, payload, attempt, dead_letter, carried)
     try:
         try:
             return work()
@@ -98,10 +110,47 @@ def _run(
     except RetryLater as later:
         decision = runtime.retry.decide(later, failures=attempt.failures, age_s=age_s())
         if isinstance(decision, GiveUp):
-            return dead_letter(decision)
-        raise task.retry(
-            args=(payload,), kwargs={"failures": decision.failures}, countdown=decision.countdown_s
-        ) from None
+            return _dead_letter(
+                task, runtime, payload, attempt, dead_letter, PendingDeadLetter(decision, 0)
+            )
+        republish(
+            task,
+            args=(payload,),
+            kwargs={"failures": decision.failures},
+            countdown_s=decision.countdown_s,
+        )
+
+
+def _dead_letter(
+    task: Task[Any, Any],
+    runtime: Runtime,
+    payload: Any,
+    attempt: Attempt,
+    dead_letter: Callable[[GiveUp], T],
+    pending: PendingDeadLetter,
+) -> T:
+    """Write the dead-letter row(s); when that fails (the database is down), retry the write
+    with the policy's backoff, never giving up and never counting it as a platform failure."""
+    try:
+        return dead_letter(pending.give_up)
+    except Exception as exc:
+        countdown_s = runtime.retry.backoff_s(pending.tries)
+        log.error(
+            "request %s: cannot record dead_letter yet (attempt %d), retrying in %.1f s: %s",
+            attempt.request_id,
+            pending.tries + 1,
+            countdown_s,
+            _why(exc),
+        )
+        republish(
+            task,
+            args=(payload,),
+            kwargs={
+                "failures": attempt.failures,
+                PENDING_DEAD_LETTER: pending.next_try().to_message(),
+            },
+            countdown_s=countdown_s,
+        )
 
 
 def _age_s(payload: Any, attempt: Attempt) -> float | None:
@@ -129,7 +178,9 @@ def _record_expired(
     try:
         runtime = Runtime.current()
         attempt = _attempt(request, runtime, 0)
-        payload, _carried = _message(tuple(request.args or ()), dict(request.kwargs or {}))
+        payload, _failures, _pending = _message(
+            tuple(request.args or ()), dict(request.kwargs or {})
+        )
         message = f"Expired before a worker ran it (the message's expires: {request.expires})"
         if sender.name == names.UPDATE_TASK:
             record_ended(
@@ -151,7 +202,7 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     Real failures are retried with backoff up to ``MAX_RETRIES`` and then dead-lettered;
     waits for budget or for another worker's lock re-schedule without counting as failures.
     """
-    payload, failures = _message(args, kwargs)
+    payload, failures, pending = _message(args, kwargs)
     runtime = _runtime(self)
     ports = runtime.ports
     attempt = _attempt(self.request, runtime, failures)
@@ -163,6 +214,7 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
         lambda: _age_s(payload, attempt),
         lambda: handle_update(ports, payload, attempt).value,
         lambda give_up: record_dead_letter(ports, payload, attempt, give_up).value,
+        pending,
     )
 
 
@@ -171,7 +223,7 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     """Apply a wave (``args == [[{"request_id": …, "update": {…}}, …]]``) with bulk PUTs;
     returns the count of each outcome. Retries as ``presence.update`` does; elements already
     audited are skipped on a retry."""
-    payload, failures = _message(args, kwargs)
+    payload, failures, pending = _message(args, kwargs)
     elements: list[Any] = payload if isinstance(payload, list) else [payload]
     runtime = _runtime(self)
     ports = runtime.ports
@@ -206,4 +258,5 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
         lambda: None,  # a wave waits as long as it takes; its elements carry their own ages
         apply,
         lambda give_up: dict(record_wave_dead_letter(ports, elements, attempt, give_up)),
+        pending,
     )

@@ -6,12 +6,15 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from celery import Task
+from redis.lock import Lock
 
 from models import DeliveryState, WfmDelivery
 from models.db import session_scope
 from worker import names, wfm
 from worker.app import app
+from worker.broker.retry import republish
 from worker.observability import metrics
 from worker.retry import RetryPolicy
 from worker.runtime import Runtime
@@ -48,7 +51,17 @@ def sync(self: Task[Any, str], delivery_id: int) -> str:
     try:
         return _sync_locked(self, runtime, delivery_id)
     finally:
+        _release(lock)
+
+
+def _release(lock: Lock) -> None:
+    """Release a delivery's lock. When Redis cannot answer (it is down, or the lock expired) the
+    lock's timeout frees it: that must not replace the task's own end, such as a retry kept for
+    redelivery while Redis is down, with an error that acknowledges the message away."""
+    try:
         lock.release()
+    except redis.RedisError as exc:
+        log.warning("could not release a WFM delivery lock (it expires by itself): %s", exc)
 
 
 def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> str:
@@ -73,7 +86,7 @@ def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> st
             delivery.next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
     metrics.record_wfm_delivery(attempted.result)  # delivered | retry | failed
     if attempted.result == "retry":
-        raise task.retry(args=(delivery_id,), countdown=countdown)
+        republish(task, args=(delivery_id,), countdown_s=countdown)
     return attempted.result
 
 

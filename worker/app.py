@@ -11,7 +11,8 @@ from celery import Celery
 from celery.signals import celeryd_after_setup
 from pydantic import ValidationError
 
-from worker import broker, names, observability, preflight
+from worker import names, observability, preflight
+from worker.broker import guard
 from worker.problems import settings_problem
 from worker.settings import get_settings
 
@@ -32,8 +33,9 @@ if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_T
 app = Celery(
     "presence_worker",
     broker=settings.redis_url,
-    # Kombu's Redis transport with malformed messages refused before delivery (worker.broker).
-    broker_transport=broker.TRANSPORT,
+    # Kombu's Redis transport with malformed messages refused before delivery
+    # (worker/broker/guard.py) and surviving Redis going away (worker/broker/redis_restore.py).
+    broker_transport=guard.TRANSPORT,
     include=["tasks.presence", "tasks.shifts", "tasks.wfm"],
 )
 app.conf.update(

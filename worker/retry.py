@@ -132,3 +132,32 @@ class RetryPolicy:
             )
         jitter = self.uniform(0, WAIT_JITTER_S) if later.delay is Delay.WAIT else 0.0
         return Retry(later.countdown_s + jitter, failures)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDeadLetter:
+    """A :class:`GiveUp` decided but not written yet (the audit database was down); ``tries``
+    failed writes so far. Carried by the retried message so the next delivery writes it at once
+    instead of running the request again."""
+
+    give_up: GiveUp
+    tries: int
+
+    @classmethod
+    def parse(cls, value: object) -> PendingDeadLetter | None:
+        """The pending dead-letter a message carries, or None when it carries none (or anything
+        but ``{"code": str, "message": str, "tries": int}``, which producers could write too)."""
+        if not isinstance(value, dict) or set(value) != {"code", "message", "tries"}:
+            return None
+        code, message, tries = value["code"], value["message"], value["tries"]
+        if not (isinstance(code, str) and isinstance(message, str)):
+            return None
+        if isinstance(tries, bool) or not isinstance(tries, int):
+            return None
+        return cls(GiveUp(code, message), min(max(0, tries), MAX_EXPONENT))
+
+    def next_try(self) -> PendingDeadLetter:
+        return PendingDeadLetter(self.give_up, min(self.tries + 1, MAX_EXPONENT))
+
+    def to_message(self) -> dict[str, object]:
+        return {"code": self.give_up.code, "message": self.give_up.message, "tries": self.tries}

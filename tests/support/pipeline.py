@@ -182,6 +182,11 @@ class Pipeline:
     def logs(self) -> str:
         return "\n".join(fleet.logs() for fleet in self.fleets)
 
+    def full_logs(self) -> str:
+        """Every line every worker logged (:meth:`logs` keeps the tails only)."""
+        paths = sorted(self.workdir.rglob("worker-*.log"))
+        return "\n".join(path.read_text(errors="replace") for path in paths)
+
     def close(self) -> None:
         for fleet in self.fleets:
             fleet.stop()

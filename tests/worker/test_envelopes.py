@@ -17,7 +17,7 @@ from kombu.utils.json import loads
 
 from tests.support.envelopes import SHAPES, Shape, encoded, envelope, mutations
 from worker.app import app
-from worker.broker import Unreadable, guarded_loads, task_signatures
+from worker.broker.guard import Unreadable, guarded_loads, task_signatures
 from worker.envelopes import auditable_id, inspect_envelope
 
 SIGNATURES = task_signatures()  # imports the tasks into ``app``

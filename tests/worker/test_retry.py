@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from worker.retry import Delay, GiveUp, Retry, RetryLater, RetryPolicy
+from worker.retry import (
+    MAX_EXPONENT,
+    Delay,
+    GiveUp,
+    PendingDeadLetter,
+    Retry,
+    RetryLater,
+    RetryPolicy,
+)
 
 TOP = RetryPolicy(first_s=2, max_s=300, max_failures=3, max_age_s=900, uniform=lambda a, b: b)
 
@@ -49,3 +57,40 @@ def test_waits_do_not_count_as_failures_but_end_with_the_request_age() -> None:
 def test_a_deferral_follows_its_own_deadline_not_the_age() -> None:
     defer = RetryLater(Delay.DEFER, "no room", countdown_s=10)
     assert TOP.decide(defer, failures=0, age_s=10_000) == Retry(10, 0)
+
+
+# -- a dead-letter that could not be written yet --------------------------------------------------
+def test_a_pending_dead_letter_round_trips_through_its_message() -> None:
+    pending = PendingDeadLetter(GiveUp("retries.exhausted", "Gave up after 4 attempts"), 0)
+    carried = pending.next_try().to_message()
+    assert carried == {
+        "code": "retries.exhausted",
+        "message": "Gave up after 4 attempts",
+        "tries": 1,
+    }
+    assert PendingDeadLetter.parse(carried) == PendingDeadLetter(pending.give_up, 1)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "dead",
+        {"code": "x", "message": "y"},
+        {"code": 1, "message": "y", "tries": 0},
+        {"code": "x", "message": "y", "tries": True},
+        {"code": "x", "message": "y", "tries": "1"},
+        {"code": "x", "message": "y", "tries": 0, "extra": 1},
+    ],
+)
+def test_anything_but_a_pending_dead_letter_is_none(value: object) -> None:
+    assert PendingDeadLetter.parse(value) is None
+
+
+def test_a_pending_dead_letters_tries_are_kept_within_the_backoffs_range() -> None:
+    parsed = PendingDeadLetter.parse({"code": "x", "message": "y", "tries": 10**9})
+    assert parsed is not None
+    assert parsed.tries == MAX_EXPONENT
+    assert PendingDeadLetter.parse({"code": "x", "message": "y", "tries": -5}) == PendingDeadLetter(
+        GiveUp("x", "y"), 0
+    )

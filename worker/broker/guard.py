@@ -43,13 +43,14 @@ from kombu.transport import redis as kombu_redis
 
 from models import Outcome
 from worker import names
+from worker.broker import redis_restore
 from worker.envelopes import Refusal, auditable_id, identity, inspect_envelope
 from worker.flow.record import AuditDraft, Recorder
 from worker.observability import metrics
 
 log = logging.getLogger(__name__)
 
-TRANSPORT: Final = "worker.broker:Transport"
+TRANSPORT: Final = "worker.broker.guard:Transport"
 QUARANTINE_KEY: Final = "presence:quarantine"
 QUARANTINE_LIMIT: Final = 1000
 """Records kept in the quarantine list (the newest first); older ones are trimmed."""
@@ -97,9 +98,10 @@ def install() -> None:
     vars(kombu_redis)["loads"] = guarded_loads
 
 
-class Transport(kombu_redis.Transport):
-    """Kombu's Redis transport; messages of :data:`GUARDED_QUEUES` that are not well-formed tasks
-    of ours are refused before delivery (see the module docstring)."""
+class Transport(redis_restore.Transport):
+    """Kombu's Redis transport, with restores that survive a lost Redis
+    (:mod:`worker.broker.redis_restore`); messages of :data:`GUARDED_QUEUES` that are not
+    well-formed tasks of ours are refused before delivery (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         install()

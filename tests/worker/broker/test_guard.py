@@ -1,5 +1,5 @@
 """The guarded transport: first in this process over a real Redis (Kombu's consumer on
-:class:`worker.broker.Transport`), then end to end: every broken envelope of the matrix (and seeded
+:class:`worker.broker.guard.Transport`), then end to end: every broken envelope of the matrix (and seeded
 random mutations of the documented one), LPUSHed around good messages onto a real Redis consumed by
 a real ``celery -A worker.app worker`` (threads and prefork) against the emulator.
 
@@ -36,8 +36,8 @@ from models import AuditRecord, Outcome
 from tests.support.envelopes import SHAPES, envelope, mutations
 from tests.support.pipeline import Pipeline, opened
 from tests.support.services import scratch_postgres_database
-from worker import broker
-from worker.broker import (
+from worker.broker import guard as broker
+from worker.broker.guard import (
     QUARANTINE_KEY,
     QUARANTINE_LIMIT,
     RAW_CHARS,
