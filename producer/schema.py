@@ -126,12 +126,18 @@ class PresenceUpdate(BaseModel):
         return data
 
 
+def error_location(loc: tuple[int | str, ...], whole: str) -> str:
+    """Where a validation error is, on one line: the path's parts joined by dots (a part that is
+    not printable text shown quoted and escaped), or ``whole`` for the whole input."""
+    parts = [p if isinstance(p, str) and p.isprintable() else repr(p) for p in loc]
+    return ".".join(str(p) for p in parts) or whole
+
+
 def invalid_message(exc: ValidationError) -> str:
     """One line saying what is wrong with a payload, field by field."""
     parts = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "payload"
-        parts.append(f"{where}: {error['msg']}")
+        parts.append(f"{error_location(error['loc'], 'payload')}: {error['msg']}")
     return "Invalid payload — " + "; ".join(parts)
 
 

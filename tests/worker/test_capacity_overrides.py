@@ -64,3 +64,11 @@ def test_a_file_that_is_not_utf8_is_a_one_line_error(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe[queues]")
     with pytest.raises(ValueError, match="CAPACITY_OVERRIDES_FILE"):
         load_overrides(path)
+
+
+def test_a_queue_id_with_a_line_break_is_named_on_one_line(tmp_path: Path) -> None:
+    path = overrides(tmp_path, '[queues."\\n"]\nmin = 0\n')  # found by fuzzing
+    with pytest.raises(ValueError, match="Extra inputs") as caught:
+        load_overrides(path)
+    assert "\n" not in str(caught.value)
+    assert r"queues.'\n'.min" in str(caught.value)

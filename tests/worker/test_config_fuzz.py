@@ -17,7 +17,8 @@ from tests.worker.flow.fakes import DEFINITIONS
 from worker.rules.capacity import load_overrides
 from worker.rules.transitions import SYSTEM_PRESENCES, TransitionMatrix
 
-pytestmark = pytest.mark.fuzz
+# The long budget (HYPOTHESIS_PROFILE=long) takes minutes; the short one seconds.
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(3600)]
 
 names = st.sampled_from([*SYSTEM_PRESENCES, "On Queue", "Coffee", "working", "away "]) | st.text(
     max_size=20

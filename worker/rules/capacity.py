@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from producer.schema import error_location
 from worker.catalog import Definition
 from worker.genesys.client import GenesysClient
 
@@ -114,7 +115,7 @@ def load_overrides(path: Path | None) -> dict[str, QueuePolicy]:
         raise ValueError(f"CAPACITY_OVERRIDES_FILE {path}: {exc}") from None
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "file"
+        where = error_location(error["loc"], "file")
         raise ValueError(f"CAPACITY_OVERRIDES_FILE {path}: {where}: {error['msg']}") from None
     return {
         queue_id: QueuePolicy(p.min_on_queue, p.max_waiting_per_agent)

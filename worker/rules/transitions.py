@@ -16,6 +16,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from producer.schema import error_location
 from worker.catalog import Definition, normalize
 
 DEFAULT_MATRIX = """
@@ -68,7 +69,7 @@ class _MatrixFile(BaseModel):
 def _first_error(exc: ValidationError) -> str:
     """One line: where the first problem is and what it is."""
     error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"]) or "file"
+    where = error_location(error["loc"], "file")
     return f"{where}: {error['msg']}" + (
         f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     )

@@ -28,7 +28,8 @@ from worker.genesys.errors import BadRequest, NotFound, ServerError, TransportEr
 from worker.limiter import BudgetExhausted
 from worker.retry import RetryLater
 
-pytestmark = pytest.mark.fuzz
+# The long budget (HYPOTHESIS_PROFILE=long) takes minutes; the short one seconds.
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(3600)]
 
 AGENT = "3ce84f47-4e65-4756-a815-67a2b32e58b8"
 APPLIED = {"confirmed", "applied_unconfirmed", "drifted"}

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from tests.support.fuzzing import result_or_one_line
 from worker.shifts.formats import COLUMNS, parse_schedule
 
-pytestmark = pytest.mark.fuzz
+# The long budget (HYPOTHESIS_PROFILE=long) takes minutes; the short one seconds.
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(3600)]
 
 AGENT = "3ce84f47-4e65-4756-a815-67a2b32e58b8"
 cells = st.sampled_from(
