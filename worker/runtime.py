@@ -90,7 +90,7 @@ class Runtime:
                 recorder=Recorder(
                     store,
                     now=clock.now,
-                    observe=_observe,
+                    observe=observe_row,
                     enqueue_wfm=self.enqueue_wfm,
                     wfm_enabled=bool(settings.wfm_webhook_url),
                 ),
@@ -188,7 +188,8 @@ def check_config(settings: Settings) -> tuple[TransitionMatrix, dict[str, QueueP
         raise ConfigError(str(exc)) from None
 
 
-def _observe(draft: AuditDraft) -> None:
+def observe_row(draft: AuditDraft) -> None:
+    """The metrics of one terminal row, once it is committed (the recorder's ``observe``)."""
     metrics.observe_update(
         draft.outcome.value if draft.outcome is not None else "unknown",
         requested_at=draft.requested_at,

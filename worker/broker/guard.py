@@ -180,6 +180,7 @@ class Sinks:
     def __init__(self, redis_url: str, database_url: str) -> None:
         from worker.audit import SqlAuditStore
         from worker.clock import SystemClock
+        from worker.runtime import observe_row
 
         # Bounded waits: a Redis that does not answer must not hang the consumer.
         self.redis = redis.Redis.from_url(
@@ -190,7 +191,7 @@ class Sinks:
         self.recorder = Recorder(
             SqlAuditStore(database_url),
             now=SystemClock().now,
-            observe=_observe,
+            observe=observe_row,
             enqueue_wfm=lambda _delivery_id: None,
             wfm_enabled=False,  # an invalid row never changed an agent
         )
@@ -207,12 +208,6 @@ class Sinks:
                 settings = get_settings()
                 cls._current = (os.getpid(), cls(settings.redis_url, settings.database_url))
             return cls._current[1]
-
-
-def _observe(draft: AuditDraft) -> None:
-    metrics.observe_update(
-        Outcome.INVALID.value, requested_at=None, finished_at=draft.finished_at, confirm_ms=None
-    )
 
 
 def refuse(

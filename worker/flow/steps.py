@@ -12,6 +12,7 @@ from worker.flow.decisions import (
     Proceed,
     Reject,
     decide,
+    error_code,
     refusal,
     took_effect,
 )
@@ -121,7 +122,7 @@ def failure(exc: GenesysError) -> RetryLater:
         Delay.FAILURE,
         exc.message,
         countdown_s=exc.retry_after_s or 0.0,
-        code=refusal(exc).code,
+        code=error_code(exc),
     )
 
 
