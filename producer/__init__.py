@@ -1,4 +1,5 @@
-"""Enqueue presence updates without importing any worker code.
+"""Enqueue presence updates; on a Redis broker the only worker code used is the broker ledger's
+transport (``worker.broker.ledger``: kombu and redis, no settings).
 
 >>> from producer import PresenceProducer
 >>> PresenceProducer("redis://127.0.0.1:6379/0").set_presence("<user id>", "Break", reason="Coffee")

@@ -18,11 +18,26 @@ from producer.schema import (
 )
 
 
+# Kombu's Redis transport writing the broker ledger with each push: a message a worker pops
+# and dies with before holding it is enqueued again (worker/broker/ledger.py).
+LEDGER_TRANSPORT = "worker.broker.ledger:Transport"
+
+
 class PresenceProducer:
-    """Validates payloads locally and enqueues them; needs only the broker URL."""
+    """Validates payloads locally and enqueues them; needs only the broker URL.
+
+    On a Redis broker each message is recorded in the broker ledger in the same MULTI as its
+    push, so a message taken by a worker that is killed before it holds it is enqueued again
+    instead of lost."""
 
     def __init__(self, broker_url: str) -> None:
-        self.app = Celery("presence-producer", broker=broker_url, set_as_current=False)
+        ledgered = broker_url.split("://", 1)[0] in ("redis", "rediss")
+        self.app = Celery(
+            "presence-producer",
+            broker=broker_url,
+            broker_transport=LEDGER_TRANSPORT if ledgered else None,
+            set_as_current=False,
+        )
         self.app.conf.update(
             task_serializer="json", accept_content=["json"], task_ignore_result=True
         )

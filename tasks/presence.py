@@ -17,17 +17,18 @@ from models.storable import storable_id
 from producer.schema import PresenceUpdate
 from worker import names
 from worker.app import app
-from worker.broker.retry import republish
+from worker.broker import ledger
+from worker.broker.retry import broker_client, republish
 from worker.flow.request import Attempt
 from worker.flow.single import handle_update, record_dead_letter, record_ended
 from worker.flow.wave import handle_wave, record_wave_dead_letter, record_wave_ended
 from worker.retry import Delay, GiveUp, PendingDeadLetter, RetryLater
 from worker.runtime import Runtime
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WAVE_LOCK_WAIT_S = 1.0
-RUNTIME_RETRY_S = 30.0
 # The message key of a dead-letter decided but not yet written (the database was down).
 PENDING_DEAD_LETTER = "dead_letter"
 
@@ -50,10 +51,10 @@ def _runtime(task: Task[Any, Any]) -> Runtime:
     try:
         return Runtime.current()
     except Exception as exc:
-        log.error(
-            "cannot start the update flow, retrying in %.0f s: %s", RUNTIME_RETRY_S, _why(exc)
-        )
-        republish(task, countdown_s=RUNTIME_RETRY_S)
+        # The settings themselves were read when the app was imported: they are valid here.
+        retry_s = get_settings().runtime_retry_s
+        log.error("cannot start the update flow, retrying in %.0f s: %s", retry_s, _why(exc))
+        republish(task, countdown_s=retry_s)
 
 
 def _why(exc: Exception) -> str:
@@ -230,13 +231,12 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     attempt = _attempt(self.request, runtime, failures)
 
     def requeue(request_id: str, update_payload: dict[str, Any], countdown_s: float) -> None:
-        app.send_task(
-            names.UPDATE_TASK,
-            args=(update_payload,),
-            task_id=request_id,
-            queue=names.PRESENCE_QUEUE,
-            countdown=countdown_s,
+        # Through the ledger's schedule like any retry: never an ETA held in worker memory.
+        entry = ledger.Scheduled(
+            request_id, names.UPDATE_TASK, [update_payload], {}, names.PRESENCE_QUEUE
         )
+        due = runtime.ports.clock.now().timestamp() + countdown_s
+        ledger.schedule(broker_client(str(app.conf.broker_url)), entry, due)
 
     def apply() -> dict[str, int]:
         # One wave per process (it fills the process's channel). A busy process hands the wave

@@ -1,18 +1,19 @@
 """The Celery application: ``celery -A worker.app worker`` (prefork or ``--pool threads``).
 
 JSON only; ``acks_late`` with ``task_reject_on_worker_lost`` so a killed worker's message is
-redelivered (every task is idempotent through the audit table); prefetch 1; a visibility timeout
-above any task runtime, countdown or retry delay.
+redelivered (every task is idempotent through the audit table); prefetch 1; retries wait in the
+broker ledger (:mod:`worker.broker.ledger`), published when due by each worker's mover, so the
+visibility timeout only has to exceed a task's runtime.
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from pydantic import ValidationError
 
 from worker import names, observability, preflight
-from worker.broker import guard
+from worker.broker import guard, mover
 from worker.problems import settings_problem
 from worker.settings import get_settings
 
@@ -22,11 +23,11 @@ except ValidationError as exc:
     # One line naming the variable (never its value), not a traceback: exits with status 1.
     raise SystemExit(f"presence worker: {settings_problem(exc)}") from None
 TASK_TIME_LIMIT_S = 300
-# A retry is an ETA message that stays unacknowledged until it runs: the visibility timeout must
-# exceed the longest retry delay plus a task's runtime, or the message would run twice.
-if settings.broker_visibility_timeout_s <= settings.retry_backoff_max_s + TASK_TIME_LIMIT_S:
+# A held message is redelivered after the visibility timeout: it must exceed a task's runtime,
+# or a message still running would run twice. Retries are not held (the ledger keeps them).
+if settings.broker_visibility_timeout_s <= TASK_TIME_LIMIT_S:
     raise SystemExit(
-        "presence worker: BROKER_VISIBILITY_TIMEOUT_S must exceed RETRY_BACKOFF_MAX_S + "
+        "presence worker: BROKER_VISIBILITY_TIMEOUT_S must exceed "
         f"{TASK_TIME_LIMIT_S} s (the task time limit)"
     )
 
@@ -66,7 +67,10 @@ app.conf.update(
             "options": {"expires": settings.shift_dispatch_interval_s},
         },
     },
-    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        "ledger_check_after_s": settings.ledger_check_after_s,
+    },
     broker_connection_retry_on_startup=True,
     task_time_limit=TASK_TIME_LIMIT_S,
     task_soft_time_limit=TASK_TIME_LIMIT_S - 60,
@@ -79,3 +83,14 @@ observability.install()
 # The doctor's checks once per worker, in the main process before any pool process starts or
 # any message is consumed (never in worker_process_init).
 celeryd_after_setup.connect(preflight.on_worker_setup, weak=False)
+
+
+@worker_ready.connect(weak=False)
+def _start_mover(**_: object) -> None:
+    """Each worker's main process publishes due retries and re-enqueues lost messages."""
+    mover.start(app, settings.redis_url, settings.schedule_poll_s, settings.ledger_check_after_s)
+
+
+@worker_shutdown.connect(weak=False)
+def _stop_mover(**_: object) -> None:
+    mover.stop()

@@ -106,10 +106,35 @@ class Settings(BaseSettings):
         "invalid (clock skew allowed between producers and workers).",
     )
     broker_visibility_timeout_s: int = Field(
-        default=3600,
+        default=600,
         ge=60,
-        description="Unacknowledged messages are redelivered after this; keep it above any "
-        "retry delay plus task runtime.",
+        description="A message held by a worker that died is redelivered after this; it must "
+        "exceed the task time limit (300 s). Retries wait in the broker ledger, not in a "
+        "worker, so no retry delay counts here.",
+    )
+    broker_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A retry that Redis cannot take is written again for this long before its "
+        "message is handed back for redelivery.",
+    )
+    runtime_retry_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A message a worker cannot start its update flow for (a configuration "
+        "error, Redis down at start) is retried after this.",
+    )
+    ledger_check_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A queued presence message not yet held by a worker is looked up after "
+        "this; one a killed worker took from the queue and never held is enqueued again.",
+    )
+    schedule_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often each worker publishes the retries that are due and checks the "
+        "ledger.",
     )
     capacity_min_on_queue: int = Field(
         default=1, ge=0, description="Agents that must stay on queue in every queue."

@@ -43,7 +43,7 @@ from kombu.transport import redis as kombu_redis
 
 from models import Outcome
 from worker import names
-from worker.broker import redis_restore
+from worker.broker import ledger
 from worker.envelopes import Refusal, auditable_id, identity, inspect_envelope
 from worker.flow.record import AuditDraft, Recorder
 from worker.observability import metrics
@@ -98,10 +98,11 @@ def install() -> None:
     vars(kombu_redis)["loads"] = guarded_loads
 
 
-class Transport(redis_restore.Transport):
-    """Kombu's Redis transport, with restores that survive a lost Redis
-    (:mod:`worker.broker.redis_restore`); messages of :data:`GUARDED_QUEUES` that are not
-    well-formed tasks of ours are refused before delivery (see the module docstring)."""
+class Transport(ledger.Transport):
+    """Kombu's Redis transport, writing the broker ledger (:mod:`worker.broker.ledger`), with
+    restores that survive a lost Redis (:mod:`worker.broker.redis_restore`); messages of
+    :data:`GUARDED_QUEUES` that are not well-formed tasks of ours are refused before delivery
+    (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         install()
@@ -115,6 +116,7 @@ class Transport(redis_restore.Transport):
             refusal = inspect_envelope(message, task_signatures())
             if refusal is not None:
                 refuse(queue, message, refusal)
+                self.forget(message)  # recorded: its ledger entry must not push it again
                 return
         try:
             super()._deliver(message, queue)

@@ -1,0 +1,223 @@
+"""The broker ledger against a real Redis: a ledgered push writes its entry in the same MULTI,
+the consumer's ``unacked`` write clears it, and :func:`move_due` (with an injected clock) pushes
+again a message popped by a worker that died before holding it, leaves waiting ones alone, and
+publishes scheduled retries once when due."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Connection
+
+from producer.api import PresenceProducer
+from producer.schema import PresenceUpdate
+from worker import names
+from worker.broker import ledger
+
+
+@pytest.fixture
+def producer(redis_url: str) -> Iterator[PresenceProducer]:
+    sender = PresenceProducer(redis_url)
+    yield sender
+    sender.close()
+
+
+@pytest.fixture
+def consumer(redis_url: str) -> Iterator[Any]:
+    """A channel of the worker's kind, taking messages as Celery's consumer does (``unacked``)."""
+    with Connection(redis_url, transport=ledger.Transport) as connection:
+        yield connection.default_channel
+
+
+def _update(user: int = 1) -> PresenceUpdate:
+    return PresenceUpdate(
+        user_id=str(uuid.UUID(int=user)),
+        state="Available",
+        source="test",
+        requested_at=datetime.now(UTC),
+    )
+
+
+def _entries(r: redis.Redis) -> dict[str, dict[str, Any]]:
+    return {e["key"]: e for e in ledger.pending(r)}
+
+
+def _later(seconds: float = ledger.CHECK_AFTER_S + 1) -> float:
+    return time.time() + seconds
+
+
+def test_a_published_update_has_a_queued_entry_until_a_consumer_holds_it(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    request_id = producer.send(_update())
+
+    entry = _entries(r)[request_id]
+    assert entry["state"] == "queued" and entry["list"] == names.PRESENCE_QUEUE
+    assert [m.decode() for m in r.lrange(names.PRESENCE_QUEUE, 0, -1)] == [entry["message"]]
+
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert message is not None and message.headers["id"] == request_id
+    assert r.hexists(ledger.UNACKED_KEY, message.delivery_tag)
+    assert _entries(r) == {}  # custody passed to ``unacked`` in the same round trip
+
+
+def test_a_message_popped_by_a_worker_that_died_is_pushed_again_once(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    request_id = producer.send(_update())
+    assert r.brpop([names.PRESENCE_QUEUE], timeout=1) is not None  # popped, never held
+
+    assert ledger.move_due(r, _never, now=time.time()) == ledger.Moved()  # not due yet
+    moved = ledger.move_due(r, _never, now=_later())
+    assert moved.requeued == 1
+    assert r.llen(names.PRESENCE_QUEUE) == 1
+    again = ledger.move_due(r, _never, now=_later())  # looked at again later: still waiting
+    assert (again.requeued, r.llen(names.PRESENCE_QUEUE)) == (0, 1)
+
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert message is not None and message.headers["id"] == request_id
+    assert _entries(r) == {}
+
+
+def test_a_message_still_waiting_in_its_queue_is_not_duplicated(
+    r: redis.Redis, producer: PresenceProducer
+) -> None:
+    ids = [producer.send(_update(n + 1)) for n in range(3)]
+
+    moved = ledger.move_due(r, _never, now=_later())
+
+    assert (moved.waiting, moved.requeued) == (3, 0)
+    assert r.llen(names.PRESENCE_QUEUE) == 3
+    assert set(_entries(r)) == set(ids)
+    assert all(e["due"] > time.time() + ledger.CHECK_AFTER_S for e in _entries(r).values())
+
+
+def test_an_entry_whose_clear_was_lost_is_dropped_when_its_message_is_held(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    request_id = producer.send(_update())
+    written = r.hget(ledger.ENTRIES_KEY, request_id)
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert message is not None and written is not None
+    r.hset(ledger.ENTRIES_KEY, request_id, written)  # as if the clear never reached Redis
+    r.zadd(ledger.LEDGER_KEY, {request_id: time.time()})
+
+    moved = ledger.move_due(r, _never, now=_later())
+
+    assert (moved.settled, moved.requeued) == (1, 0)
+    assert r.llen(names.PRESENCE_QUEUE) == 0 and _entries(r) == {}
+
+
+def test_a_restored_message_is_ledgered_again(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    request_id = producer.send(_update())
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert message is not None
+
+    message.reject(requeue=True)  # kombu's restore: back on the list, out of ``unacked``
+
+    entry = _entries(r)[request_id]
+    assert json.loads(entry["message"])["headers"]["redelivered"] is True
+    assert [m.decode() for m in r.lrange(names.PRESENCE_QUEUE, 0, -1)] == [entry["message"]]
+    assert ledger.move_due(r, _never, now=_later()).waiting == 1
+
+
+def test_other_tasks_are_not_ledgered(redis_url: str, r: redis.Redis) -> None:
+    app = Celery(broker=redis_url, broker_transport=ledger.TRANSPORT, set_as_current=False)
+    app.send_task(names.WFM_SYNC_TASK, args=(1,), queue=names.WFM_QUEUE)
+    app.close()
+    assert r.llen(names.WFM_QUEUE) == 1 and _entries(r) == {}
+
+
+# -- scheduled retries ------------------------------------------------------------------------
+RETRY = ledger.Scheduled("wfm-1", names.WFM_SYNC_TASK, [7], {}, names.WFM_QUEUE)
+
+
+def test_a_scheduled_retry_is_published_once_when_due(r: redis.Redis) -> None:
+    sent: list[ledger.Scheduled] = []
+    ledger.schedule(r, RETRY, due=1000.0)
+
+    assert ledger.move_due(r, sent.append, now=999.0) == ledger.Moved()
+    assert ledger.move_due(r, sent.append, now=1000.0).published == 1
+    assert ledger.move_due(r, sent.append, now=5000.0) == ledger.Moved()
+
+    assert sent == [RETRY]
+    assert _entries(r) == {}
+
+
+def test_a_publish_that_fails_is_tried_again_after_the_claim(r: redis.Redis) -> None:
+    sent: list[ledger.Scheduled] = []
+
+    def broker_down(_entry: ledger.Scheduled) -> None:
+        raise ConnectionError("broker down")
+
+    ledger.schedule(r, RETRY, due=1000.0)
+    assert ledger.move_due(r, broker_down, now=1000.0).failed == 1
+    assert ledger.move_due(r, sent.append, now=1000.0 + ledger.CLAIM_S - 1) == ledger.Moved()
+    assert ledger.move_due(r, sent.append, now=1000.0 + ledger.CLAIM_S).published == 1
+    assert sent == [RETRY]
+
+
+def test_two_movers_never_publish_the_same_entry_twice(r: redis.Redis) -> None:
+    sent: list[ledger.Scheduled] = []
+    for n in range(50):
+        ledger.schedule(r, ledger.Scheduled(f"t-{n}", RETRY.task, [n], {}, RETRY.queue), 10.0)
+
+    first = ledger.move_due(r, sent.append, now=10.0, limit=30)
+    second = ledger.move_due(r, sent.append, now=10.0, limit=30)
+
+    assert (first.published, second.published) == (30, 20)
+    assert sorted(e.id for e in sent) == sorted(f"t-{n}" for n in range(50))
+
+
+def test_a_retry_rescheduled_while_it_was_published_keeps_the_newer_entry(
+    r: redis.Redis,
+) -> None:
+    newer = ledger.Scheduled(RETRY.id, RETRY.task, [8], {}, RETRY.queue)
+
+    def publish_and_reschedule(_entry: ledger.Scheduled) -> None:
+        ledger.schedule(r, newer, due=2000.0)  # the published task ran and retried already
+
+    ledger.schedule(r, RETRY, due=1000.0)
+    ledger.move_due(r, publish_and_reschedule, now=1000.0)
+
+    assert _entries(r)[RETRY.id]["args"] == [8]
+    assert _entries(r)[RETRY.id]["due"] == 2000.0
+
+
+def test_a_scheduled_update_published_through_the_ledger_becomes_queued(
+    redis_url: str, r: redis.Redis
+) -> None:
+    app = Celery(broker=redis_url, broker_transport=ledger.TRANSPORT, set_as_current=False)
+    entry = ledger.Scheduled("req-1", names.UPDATE_TASK, [{"x": 1}], {"failures": 2}, "presence")
+
+    def send(scheduled: ledger.Scheduled) -> None:
+        app.send_task(
+            scheduled.task,
+            args=scheduled.args,
+            kwargs=scheduled.kwargs,
+            task_id=scheduled.id,
+            queue=scheduled.queue,
+        )
+
+    ledger.schedule(r, entry, due=1000.0)
+    assert ledger.move_due(r, send, now=1000.0).published == 1
+    app.close()
+
+    queued = _entries(r)["req-1"]
+    assert queued["state"] == "queued"
+    assert json.loads(queued["message"])["headers"]["id"] == "req-1"
+    assert r.llen(names.PRESENCE_QUEUE) == 1
+
+
+def _never(entry: ledger.Scheduled) -> None:
+    raise AssertionError(f"nothing was scheduled, yet {entry} was published")

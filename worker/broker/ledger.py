@@ -1,0 +1,338 @@
+"""The broker ledger: a request's custody in Redis whenever no worker's acknowledgement holds it.
+
+Kombu's Redis transport keeps a held message in its ``unacked`` hash and restores it after the
+visibility timeout. Two gaps remain, and the ledger closes both:
+
+* **popped, never held** — a consumer's ``BRPOP`` removes a message from its list before the
+  consumer writes it to ``unacked``; a worker SIGKILLed in between loses it. So every
+  ``presence.update`` and ``presence.wave`` message pushed through :class:`Channel` (the
+  producer library, the worker's own sends, kombu's restores) gets a *queued* entry written in
+  the same MULTI as its ``LPUSH``, and the ``unacked`` write clears it in the same pipeline
+  (:meth:`QoS.append`). An entry still there after ``check_after_s`` is looked up: held in
+  ``unacked`` (cleared), still in its list (looked at again later), or neither — popped and
+  lost — and pushed again.
+* **waiting for a retry** — a Celery countdown retry sits unacknowledged in a worker's memory
+  until its ETA, which is why the visibility timeout had to exceed the longest retry delay.
+  Instead, :func:`schedule` writes a *scheduled* entry (the task, its arguments, when it is
+  due) and only then is the message acknowledged; :func:`move_due` (run by every worker, see
+  :mod:`worker.broker.mover`) publishes it when due.
+
+Two keys: the sorted set :data:`LEDGER_KEY` (id → when to look at the entry, epoch seconds) and
+the hash :data:`ENTRIES_KEY` (id → the entry as JSON). Ids are Celery task ids: a request id for
+``presence.update``. Every step writes the next custody before dropping the last, so a crash
+anywhere leaves a duplicate at worst, which the per-request idempotency (audit table, write
+intents) makes harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
+
+from worker import names
+from worker.broker import redis_restore
+
+log = logging.getLogger(__name__)
+
+TRANSPORT: Final = "worker.broker.ledger:Transport"
+LEDGER_KEY: Final = "presence:ledger"
+ENTRIES_KEY: Final = "presence:ledger:entries"
+UNACKED_KEY: Final = "unacked"  # kombu's default ``unacked_key``
+LEDGERED_TASKS: Final = frozenset({names.UPDATE_TASK, names.WAVE_TASK})
+"""Tasks whose messages get a queued entry. WFM deliveries have their outbox and sweeper, shift
+dispatch runs again on its interval."""
+CHECK_AFTER_S: Final = 120.0
+"""Default time after which a queued entry is looked up (``ledger_check_after_s``)."""
+CLAIM_S: Final = 30.0
+"""A scheduled entry taken by a mover is due again after this unless the mover settles it."""
+MOVE_LIMIT: Final = 200
+
+# id → entry; queued entries are settled in Lua, scheduled ones are returned for publishing.
+_CLAIM: Final = """
+local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+local scheduled = {}
+local requeued, settled, waiting = 0, 0, 0
+for _, id in ipairs(due) do
+  local raw = redis.call('HGET', KEYS[2], id)
+  if not raw then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local entry = cjson.decode(raw)
+    if entry.state == 'queued' then
+      if redis.call('HEXISTS', KEYS[3], entry.tag) == 1 then
+        redis.call('ZREM', KEYS[1], id)
+        redis.call('HDEL', KEYS[2], id)
+        settled = settled + 1
+      elseif redis.call('LPOS', entry.list, entry.message, 'RANK', -1) then
+        redis.call('ZADD', KEYS[1], ARGV[4], id)
+        waiting = waiting + 1
+      else
+        redis.call('LPUSH', entry.list, entry.message)
+        redis.call('ZADD', KEYS[1], ARGV[4], id)
+        requeued = requeued + 1
+      end
+    else
+      redis.call('ZADD', KEYS[1], ARGV[3], id)
+      table.insert(scheduled, raw)
+    end
+  end
+end
+return {requeued, settled, waiting, scheduled}
+"""
+
+# Drop an entry only if it is still the one this caller knows (ARGV[1]: its JSON, or for a
+# queued entry ARGV[2]: its delivery tag); a newer entry under the same id is kept.
+_SETTLE: Final = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return 0 end
+if ARGV[2] ~= '' then
+  local entry = cjson.decode(raw)
+  if entry.state ~= 'queued' or entry.tag ~= ARGV[2] then return 0 end
+elseif raw ~= ARGV[3] then
+  return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A task to publish when due: ``id`` is its Celery task id (kept across the retry)."""
+
+    id: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "state": "scheduled",
+                "id": self.id,
+                "task": self.task,
+                "args": self.args,
+                "kwargs": self.kwargs,
+                "queue": self.queue,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Scheduled:
+        data = json.loads(raw)
+        return cls(data["id"], data["task"], data["args"], data["kwargs"], data["queue"])
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """What one :func:`move_due` pass did."""
+
+    published: int = 0
+    requeued: int = 0  # queued entries popped by a worker that died before holding them
+    settled: int = 0  # queued entries found held (their clear was lost)
+    waiting: int = 0  # queued entries still in their list
+    failed: int = 0  # scheduled entries whose publish failed (due again after CLAIM_S)
+
+
+def ledgered_id(message: Mapping[str, Any]) -> str | None:
+    """The task id a kombu message dict is ledgered under, or None for messages of other tasks
+    (or any shape but a Celery protocol-2 envelope)."""
+    headers = message.get("headers")
+    if not isinstance(headers, Mapping) or headers.get("task") not in LEDGERED_TASKS:
+        return None
+    task_id = headers.get("id")
+    return task_id if isinstance(task_id, str) and task_id else None
+
+
+def delivery_tag(message: Mapping[str, Any]) -> str | None:
+    properties = message.get("properties")
+    tag = properties.get("delivery_tag") if isinstance(properties, Mapping) else None
+    return tag if isinstance(tag, str) else None
+
+
+def queued_entry(list_key: str, tag: str, message: str) -> str:
+    return json.dumps(
+        {"state": "queued", "list": list_key, "tag": tag, "message": message},
+        separators=(",", ":"),
+    )
+
+
+def record_queued(
+    pipe: Any, task_id: str, list_key: str, tag: str, message: str, due: float
+) -> None:
+    """Queue the commands writing a queued entry on ``pipe`` (a pipeline or publish batch)."""
+    pipe.hset(ENTRIES_KEY, task_id, queued_entry(list_key, tag, message))
+    pipe.zadd(LEDGER_KEY, {task_id: due})
+
+
+def schedule(client: redis.Redis, entry: Scheduled, due: float) -> None:
+    """Write ``entry`` to be published at ``due`` (epoch seconds); returns once Redis has it.
+    Raises ``redis.RedisError`` when it cannot."""
+    with client.pipeline() as pipe:
+        pipe.hset(ENTRIES_KEY, entry.id, entry.to_json())
+        pipe.zadd(LEDGER_KEY, {entry.id: due})
+        pipe.execute()
+
+
+def forget_queued(client: Any, task_id: str, tag: str) -> None:
+    """Drop the queued entry of ``task_id`` if it is the one of delivery ``tag`` (on ``client``,
+    a Redis client or pipeline): the message is held in ``unacked`` now, or its fate written."""
+    client.eval(_SETTLE, 2, LEDGER_KEY, ENTRIES_KEY, task_id, tag, "")
+
+
+def settle(client: redis.Redis, entry_id: str, raw: str) -> bool:
+    """Drop the entry of ``entry_id`` if it is still ``raw`` (published, nothing newer)."""
+    return bool(client.eval(_SETTLE, 2, LEDGER_KEY, ENTRIES_KEY, entry_id, "", raw))
+
+
+def move_due(
+    client: redis.Redis,
+    send: Callable[[Scheduled], None],
+    *,
+    now: float,
+    check_after_s: float = CHECK_AFTER_S,
+    claim_s: float = CLAIM_S,
+    limit: int = MOVE_LIMIT,
+) -> Moved:
+    """One pass over the entries due at ``now``: queued ones are settled in Redis (held: dropped;
+    still listed: looked at again after ``check_after_s``; lost: pushed again), scheduled ones
+    are claimed for ``claim_s`` and published with ``send``, then dropped unless a newer entry
+    replaced them (a ledgered task's publish writes its queued entry). Raises
+    ``redis.RedisError`` when Redis cannot be reached; a failed ``send`` is logged and retried
+    after ``claim_s``."""
+    result = client.eval(
+        _CLAIM, 3, LEDGER_KEY, ENTRIES_KEY, UNACKED_KEY,
+        now, limit, now + claim_s, now + check_after_s,
+    )  # fmt: skip
+    requeued, settled, waiting, claimed = result
+    published = failed = 0
+    for raw in claimed:
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        entry = Scheduled.from_json(text)
+        try:
+            send(entry)
+        except Exception as exc:
+            failed += 1
+            log.warning("could not publish scheduled %s %s yet: %s", entry.task, entry.id, exc)
+            continue
+        settle(client, entry.id, text)
+        published += 1
+    if requeued:
+        log.warning(
+            "re-enqueued %d message(s) a worker took from the queue and died before holding",
+            requeued,
+        )
+    return Moved(published, int(requeued), int(settled), int(waiting), failed)
+
+
+def pending(client: redis.Redis) -> list[dict[str, Any]]:
+    """Every entry (for operators and tests): the decoded JSON plus its ``due`` time."""
+    entries = client.hgetall(ENTRIES_KEY)
+    scores = dict(client.zrange(LEDGER_KEY, 0, -1, withscores=True))
+    return [
+        {**json.loads(raw), "key": key.decode(), "due": scores.get(key)}
+        for key, raw in entries.items()
+    ]
+
+
+# -- the transport ------------------------------------------------------------------------------
+class QoS(redis_restore.QoS):
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Kombu's ``append`` (the ``unacked`` write), with the message's queued entry dropped in
+        the same pipeline: custody passes from the ledger to ``unacked`` in one round trip."""
+        raw = getattr(message, "_raw", None)
+        task_id = ledgered_id(raw) if isinstance(raw, Mapping) else None
+        if task_id is None:
+            super().append(message, delivery_tag)
+            return
+        delivery = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(
+                self.unacked_key,
+                delivery_tag,
+                kombu_redis.dumps([raw, delivery["exchange"], delivery["routing_key"]]),
+            )
+            forget_queued(pipe, task_id, delivery_tag)
+            pipe.execute()
+        kombu_virtual.QoS.append(self, message, delivery_tag)
+
+
+class Channel(redis_restore.Channel):
+    """Kombu's Redis channel writing the ledger with each push of a ledgered task's message."""
+
+    QoS = QoS
+    ledger_check_after_s: float = CHECK_AFTER_S
+    from_transport_options = (
+        *redis_restore.Channel.from_transport_options,
+        "ledger_check_after_s",
+    )
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        task_id = ledgered_id(message)
+        tag = delivery_tag(message)
+        if task_id is None or tag is None or (self._expires and queue in self._expires):
+            super()._put(queue, message, **kwargs)
+            return
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        text = kombu_redis.dumps(message)
+        due = time.time() + self.ledger_check_after_s
+        batch = kwargs.pop("_publish_batch", None)
+        if batch is not None:
+            # A non-transactional batch: the entry first, so a partial write errs on its side.
+            batch.add("hset", ENTRIES_KEY, task_id, queued_entry(key, tag, text))
+            batch.add("zadd", LEDGER_KEY, {task_id: due})
+            batch.add("lpush", key, text)
+            return
+        with self.conn_or_acquire() as client, client.pipeline() as pipe:
+            record_queued(pipe, task_id, key, tag, text, due)
+            pipe.lpush(key, text)
+            pipe.execute()
+
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        """Kombu's restore (back onto the list), with a queued entry written in its
+        transaction: a restored message can be popped and lost like a new one."""
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        task_id = ledgered_id(payload) if isinstance(payload, Mapping) else None
+        tag = delivery_tag(payload) if isinstance(payload, Mapping) else None
+        if task_id is None or tag is None:
+            return
+        text = kombu_redis.dumps(payload)  # what kombu pushed (the payload marked redelivered)
+        due = time.time() + self.ledger_check_after_s
+        for queue in self._lookup(exchange, routing_key):
+            key = self._q_for_pri(queue, self._get_message_priority(payload, reverse=False))
+            record_queued(pipe, task_id, key, tag, text, due)
+
+
+class Transport(redis_restore.Transport):
+    Channel = Channel
+
+    def forget(self, message: Any) -> None:
+        """Drop the queued entry of a message that never reached ``unacked`` but whose fate is
+        written (a refused message). Never raises: a kept entry only costs a redelivery."""
+        if not isinstance(message, Mapping):
+            return
+        task_id, tag = ledgered_id(message), delivery_tag(message)
+        if task_id is None or tag is None:
+            return
+        for channel in self.channels or []:
+            try:
+                with channel.conn_or_acquire() as client:
+                    forget_queued(client, task_id, tag)
+                return
+            except Exception as exc:
+                log.warning("could not clear the ledger entry of %s: %s", task_id, exc)
+                return

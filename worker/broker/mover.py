@@ -1,0 +1,99 @@
+"""The mover: a thread in each worker's main process running :func:`worker.broker.ledger.move_due`
+every ``SCHEDULE_POLL_S``, so retries are published when due and messages lost between a pop
+and ``unacked`` are pushed again, with no beat process needed (any live worker moves them; the
+Lua claim makes concurrent movers safe)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from worker.broker import ledger
+
+log = logging.getLogger(__name__)
+
+
+class Mover:
+    """Runs :func:`ledger.move_due` on ``client`` every ``poll_s`` until stopped; a Redis that
+    cannot be reached is logged once per outage and tried again on the next pass."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        send: Callable[[ledger.Scheduled], None],
+        *,
+        poll_s: float,
+        check_after_s: float = ledger.CHECK_AFTER_S,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.send = send
+        self.poll_s = poll_s
+        self.check_after_s = check_after_s
+        self.now = now
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._down = False
+
+    def run_once(self) -> ledger.Moved | None:
+        """One pass; None when Redis could not be reached."""
+        try:
+            moved = ledger.move_due(
+                self.client, self.send, now=self.now(), check_after_s=self.check_after_s
+            )
+        except redis.RedisError as exc:
+            if not self._down:
+                log.warning("the ledger mover cannot reach Redis (%s); trying again", exc)
+            self._down = True
+            return None
+        if self._down:
+            log.info("the ledger mover reaches Redis again")
+        self._down = False
+        return moved
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ledger-mover", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                moved = self.run_once()
+            except Exception:  # the thread must outlive any one pass
+                log.exception("the ledger mover's pass failed")
+                moved = None
+            busy = moved is not None and moved.published + moved.requeued >= ledger.MOVE_LIMIT
+            self._stop.wait(0 if busy else self.poll_s)
+
+
+_current: Mover | None = None
+
+
+def start(app: Any, redis_url: str, poll_s: float, check_after_s: float) -> Mover:
+    """Start this process's mover, publishing through ``app`` (a Celery app)."""
+    global _current
+
+    def send(entry: ledger.Scheduled) -> None:
+        app.send_task(
+            entry.task, args=entry.args, kwargs=entry.kwargs, task_id=entry.id, queue=entry.queue
+        )
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    _current = Mover(client, send, poll_s=poll_s, check_after_s=check_after_s)
+    _current.start()
+    return _current
+
+
+def stop() -> None:
+    if _current is not None:
+        _current.stop()
