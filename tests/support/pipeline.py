@@ -34,6 +34,7 @@ from models import AuditRecord
 from producer.schema import QUEUE, TASK_NAME, WAVE_TASK_NAME, wave_element
 from tests.support.fleet import WorkerFleet
 from tests.support.processes import private_redis, worker_env
+from worker.broker.ledger import ENTRIES_KEY
 from tests.support.services import scratch_postgres_database
 
 APPLIED = {"confirmed", "applied_unconfirmed"}
@@ -272,8 +273,22 @@ class Pipeline:
 
     # -- the broker ---------------------------------------------------------------------------
     def queue_length(self, queue: str = QUEUE) -> int:
-        """Messages of ``queue`` waiting or held by a worker (running, or a retry's ETA)."""
-        return int(self.redis.llen(queue)) + len(self.unacked(self.redis, queue))
+        """Messages of ``queue`` waiting, held by a worker, or scheduled for a retry (in the
+        broker ledger)."""
+        return (
+            int(self.redis.llen(queue))
+            + len(self.unacked(self.redis, queue))
+            + self.scheduled(self.redis, queue)
+        )
+
+    @staticmethod
+    def scheduled(client: redis.Redis, queue: str = QUEUE) -> int:
+        """Retries of ``queue`` waiting in the broker ledger's schedule."""
+        return sum(
+            1
+            for raw in client.hvals(ENTRIES_KEY)
+            if (entry := json.loads(raw))["state"] == "scheduled" and entry["queue"] == queue
+        )
 
     @staticmethod
     def unacked(client: redis.Redis, queue: str = QUEUE) -> list[str]:

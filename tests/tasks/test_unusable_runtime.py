@@ -13,8 +13,13 @@ def test_messages_wait_for_a_worker_that_can_apply_them(pipeline: Pipeline, tmp_
     broken = tmp_path / "matrix.toml"
     broken.write_text("[groups\n")
     agents = pipeline.agents(5, online=True)
+    # A retry after 2 s instead of 30: the same path, each message retried and never dropped.
     unusable = pipeline.start(
-        1, warm_up=False, PREFLIGHT_ON_START="false", TRANSITION_MATRIX_FILE=str(broken)
+        1,
+        warm_up=False,
+        PREFLIGHT_ON_START="false",
+        TRANSITION_MATRIX_FILE=str(broken),
+        RUNTIME_RETRY_S="2",
     )
     sent = [pipeline.send(pipeline.update(a["id"], "Break", reason="Coffee")) for a in agents]
 
@@ -23,12 +28,13 @@ def test_messages_wait_for_a_worker_that_can_apply_them(pipeline: Pipeline, tmp_
         assert time.monotonic() < deadline, unusable.logs()
         time.sleep(0.2)
     assert pipeline.rows() == []
-    while pipeline.queue_length() != len(sent):  # each one held for its retry, none dropped
+    while pipeline.queue_length() != len(sent):  # each one kept for its retry, none dropped
         assert time.monotonic() < deadline, (pipeline.queue_length(), unusable.logs())
         time.sleep(0.2)
-    unusable.stop()  # a warm shutdown hands the held retries back to the queue
+    unusable.stop()  # the retries wait in the broker ledger for the next worker
 
-    pipeline.start(1)
+    # No warm-up: the new worker applies the due retries as soon as it starts.
+    pipeline.start(1, warm_up=False)
     rows = pipeline.wait_rows(len(sent), request_ids=sent)
 
     assert sorted(r.request_id for r in rows) == sorted(sent)
