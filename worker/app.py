@@ -67,10 +67,7 @@ app.conf.update(
             "options": {"expires": settings.shift_dispatch_interval_s},
         },
     },
-    broker_transport_options={
-        "visibility_timeout": settings.broker_visibility_timeout_s,
-        "ledger_check_after_s": settings.ledger_check_after_s,
-    },
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     broker_connection_retry_on_startup=True,
     task_time_limit=TASK_TIME_LIMIT_S,
     task_soft_time_limit=TASK_TIME_LIMIT_S - 60,

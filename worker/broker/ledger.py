@@ -17,8 +17,10 @@ visibility timeout. Two gaps remain, and the ledger closes both:
   due) and only then is the message acknowledged; :func:`move_due` (run by every worker, see
   :mod:`worker.broker.mover`) publishes it when due.
 
-Two keys: the sorted set :data:`LEDGER_KEY` (id → when to look at the entry, epoch seconds) and
-the hash :data:`ENTRIES_KEY` (id → the entry as JSON). Ids are Celery task ids: a request id for
+Three keys: the hash :data:`ENTRIES_KEY` (id → the entry as JSON) and two sorted sets,
+:data:`QUEUED_KEY` (when each queued entry was pushed) and :data:`SCHEDULED_KEY` (when each
+retry is due); how long a queued entry may wait before it is looked up is the workers' setting,
+not the producers'. Ids are Celery task ids: a request id for
 ``presence.update``. Every step writes the next custody before dropping the last, so a crash
 anywhere leaves a duplicate at worst, which the per-request idempotency (audit table, write
 intents) makes harmless.
@@ -43,55 +45,64 @@ from worker.broker import redis_restore
 log = logging.getLogger(__name__)
 
 TRANSPORT: Final = "worker.broker.ledger:Transport"
-LEDGER_KEY: Final = "presence:ledger"
+QUEUED_KEY: Final = "presence:ledger:queued"
+"""Sorted set: id → when its message was pushed (or last found waiting), epoch seconds."""
+SCHEDULED_KEY: Final = "presence:ledger:scheduled"
+"""Sorted set: id → when its retry is due (or its claim ends), epoch seconds."""
 ENTRIES_KEY: Final = "presence:ledger:entries"
+"""Hash: id → the entry as JSON (``state`` ``queued`` or ``scheduled``)."""
 UNACKED_KEY: Final = "unacked"  # kombu's default ``unacked_key``
 LEDGERED_TASKS: Final = frozenset({names.UPDATE_TASK, names.WAVE_TASK})
 """Tasks whose messages get a queued entry. WFM deliveries have their outbox and sweeper, shift
 dispatch runs again on its interval."""
 CHECK_AFTER_S: Final = 120.0
-"""Default time after which a queued entry is looked up (``ledger_check_after_s``)."""
+"""Default age after which a queued entry is looked up (``LEDGER_CHECK_AFTER_S``)."""
 CLAIM_S: Final = 30.0
 """A scheduled entry taken by a mover is due again after this unless the mover settles it."""
 MOVE_LIMIT: Final = 200
 
-# id → entry; queued entries are settled in Lua, scheduled ones are returned for publishing.
+# KEYS: queued, scheduled, entries, unacked. ARGV: now, limit, claim until, queued before.
+# Queued entries old enough are settled here; scheduled ones due are claimed and returned.
 _CLAIM: Final = """
-local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
-local scheduled = {}
 local requeued, settled, waiting = 0, 0, 0
-for _, id in ipairs(due) do
-  local raw = redis.call('HGET', KEYS[2], id)
-  if not raw then
+local old = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[4], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(old) do
+  local raw = redis.call('HGET', KEYS[3], id)
+  local entry = raw and cjson.decode(raw)
+  if not entry or entry.state ~= 'queued' then
     redis.call('ZREM', KEYS[1], id)
+  elseif redis.call('HEXISTS', KEYS[4], entry.tag) == 1 then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
+    settled = settled + 1
+  elseif redis.call('LPOS', entry.list, entry.message, 'RANK', -1) then
+    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    waiting = waiting + 1
   else
-    local entry = cjson.decode(raw)
-    if entry.state == 'queued' then
-      if redis.call('HEXISTS', KEYS[3], entry.tag) == 1 then
-        redis.call('ZREM', KEYS[1], id)
-        redis.call('HDEL', KEYS[2], id)
-        settled = settled + 1
-      elseif redis.call('LPOS', entry.list, entry.message, 'RANK', -1) then
-        redis.call('ZADD', KEYS[1], ARGV[4], id)
-        waiting = waiting + 1
-      else
-        redis.call('LPUSH', entry.list, entry.message)
-        redis.call('ZADD', KEYS[1], ARGV[4], id)
-        requeued = requeued + 1
-      end
-    else
-      redis.call('ZADD', KEYS[1], ARGV[3], id)
-      table.insert(scheduled, raw)
-    end
+    redis.call('LPUSH', entry.list, entry.message)
+    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    requeued = requeued + 1
+  end
+end
+local scheduled = {}
+local due = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do
+  local raw = redis.call('HGET', KEYS[3], id)
+  if not raw or cjson.decode(raw).state ~= 'scheduled' then
+    redis.call('ZREM', KEYS[2], id)
+  else
+    redis.call('ZADD', KEYS[2], ARGV[3], id)
+    table.insert(scheduled, raw)
   end
 end
 return {requeued, settled, waiting, scheduled}
 """
 
-# Drop an entry only if it is still the one this caller knows (ARGV[1]: its JSON, or for a
-# queued entry ARGV[2]: its delivery tag); a newer entry under the same id is kept.
+# KEYS: queued, scheduled, entries. ARGV: id, a delivery tag or '', an entry's JSON or ''.
+# Drop the entry of ARGV[1] only if it is still the one the caller knows: the queued entry of
+# delivery ARGV[2], or exactly ARGV[3]; a newer entry under the same id is kept.
 _SETTLE: Final = """
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
+local raw = redis.call('HGET', KEYS[3], ARGV[1])
 if not raw then return 0 end
 if ARGV[2] ~= '' then
   local entry = cjson.decode(raw)
@@ -100,7 +111,8 @@ elseif raw ~= ARGV[3] then
   return 0
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
 
@@ -169,11 +181,13 @@ def queued_entry(list_key: str, tag: str, message: str) -> str:
 
 
 def record_queued(
-    pipe: Any, task_id: str, list_key: str, tag: str, message: str, due: float
+    pipe: Any, task_id: str, list_key: str, tag: str, message: str, now: float
 ) -> None:
-    """Queue the commands writing a queued entry on ``pipe`` (a pipeline or publish batch)."""
+    """Queue the commands writing a queued entry on ``pipe`` (a pipeline or publish batch),
+    replacing any scheduled one of ``task_id``."""
     pipe.hset(ENTRIES_KEY, task_id, queued_entry(list_key, tag, message))
-    pipe.zadd(LEDGER_KEY, {task_id: due})
+    pipe.zadd(QUEUED_KEY, {task_id: now})
+    pipe.zrem(SCHEDULED_KEY, task_id)
 
 
 def schedule(client: redis.Redis, entry: Scheduled, due: float) -> None:
@@ -181,19 +195,21 @@ def schedule(client: redis.Redis, entry: Scheduled, due: float) -> None:
     Raises ``redis.RedisError`` when it cannot."""
     with client.pipeline() as pipe:
         pipe.hset(ENTRIES_KEY, entry.id, entry.to_json())
-        pipe.zadd(LEDGER_KEY, {entry.id: due})
+        pipe.zadd(SCHEDULED_KEY, {entry.id: due})
+        pipe.zrem(QUEUED_KEY, entry.id)
         pipe.execute()
 
 
 def forget_queued(client: Any, task_id: str, tag: str) -> None:
     """Drop the queued entry of ``task_id`` if it is the one of delivery ``tag`` (on ``client``,
     a Redis client or pipeline): the message is held in ``unacked`` now, or its fate written."""
-    client.eval(_SETTLE, 2, LEDGER_KEY, ENTRIES_KEY, task_id, tag, "")
+    client.eval(_SETTLE, 3, QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, task_id, tag, "")
 
 
 def settle(client: redis.Redis, entry_id: str, raw: str) -> bool:
     """Drop the entry of ``entry_id`` if it is still ``raw`` (published, nothing newer)."""
-    return bool(client.eval(_SETTLE, 2, LEDGER_KEY, ENTRIES_KEY, entry_id, "", raw))
+    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY)
+    return bool(client.eval(_SETTLE, 3, *keys, entry_id, "", raw))
 
 
 def move_due(
@@ -205,16 +221,14 @@ def move_due(
     claim_s: float = CLAIM_S,
     limit: int = MOVE_LIMIT,
 ) -> Moved:
-    """One pass over the entries due at ``now``: queued ones are settled in Redis (held: dropped;
-    still listed: looked at again after ``check_after_s``; lost: pushed again), scheduled ones
-    are claimed for ``claim_s`` and published with ``send``, then dropped unless a newer entry
-    replaced them (a ledgered task's publish writes its queued entry). Raises
-    ``redis.RedisError`` when Redis cannot be reached; a failed ``send`` is logged and retried
-    after ``claim_s``."""
-    result = client.eval(
-        _CLAIM, 3, LEDGER_KEY, ENTRIES_KEY, UNACKED_KEY,
-        now, limit, now + claim_s, now + check_after_s,
-    )  # fmt: skip
+    """One pass at ``now``: queued entries older than ``check_after_s`` are settled in Redis
+    (held in ``unacked``: dropped; still in their list: looked at again ``check_after_s``
+    later; neither, so popped and lost: pushed again); scheduled entries due are claimed for
+    ``claim_s`` and published with ``send``, then dropped unless a newer entry replaced them (a
+    ledgered task's publish writes its queued entry). Raises ``redis.RedisError`` when Redis
+    cannot be reached; a failed ``send`` is logged and tried again after ``claim_s``."""
+    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, UNACKED_KEY)
+    result = client.eval(_CLAIM, 4, *keys, now, limit, now + claim_s, now - check_after_s)
     requeued, settled, waiting, claimed = result
     published = failed = 0
     for raw in claimed:
@@ -237,11 +251,15 @@ def move_due(
 
 
 def pending(client: redis.Redis) -> list[dict[str, Any]]:
-    """Every entry (for operators and tests): the decoded JSON plus its ``due`` time."""
+    """Every entry (for operators and tests): the decoded JSON plus its ``at`` time (pushed or
+    last found waiting for a queued entry, due for a scheduled one)."""
     entries = client.hgetall(ENTRIES_KEY)
-    scores = dict(client.zrange(LEDGER_KEY, 0, -1, withscores=True))
+    scores = {
+        **dict(client.zrange(QUEUED_KEY, 0, -1, withscores=True)),
+        **dict(client.zrange(SCHEDULED_KEY, 0, -1, withscores=True)),
+    }
     return [
-        {**json.loads(raw), "key": key.decode(), "due": scores.get(key)}
+        {**json.loads(raw), "key": key.decode(), "at": scores.get(key)}
         for key, raw in entries.items()
     ]
 
@@ -273,11 +291,6 @@ class Channel(redis_restore.Channel):
     """Kombu's Redis channel writing the ledger with each push of a ledgered task's message."""
 
     QoS = QoS
-    ledger_check_after_s: float = CHECK_AFTER_S
-    from_transport_options = (
-        *redis_restore.Channel.from_transport_options,
-        "ledger_check_after_s",
-    )
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         task_id = ledgered_id(message)
@@ -287,16 +300,17 @@ class Channel(redis_restore.Channel):
             return
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         text = kombu_redis.dumps(message)
-        due = time.time() + self.ledger_check_after_s
+        now = time.time()
         batch = kwargs.pop("_publish_batch", None)
         if batch is not None:
             # A non-transactional batch: the entry first, so a partial write errs on its side.
             batch.add("hset", ENTRIES_KEY, task_id, queued_entry(key, tag, text))
-            batch.add("zadd", LEDGER_KEY, {task_id: due})
+            batch.add("zadd", QUEUED_KEY, {task_id: now})
+            batch.add("zrem", SCHEDULED_KEY, task_id)
             batch.add("lpush", key, text)
             return
         with self.conn_or_acquire() as client, client.pipeline() as pipe:
-            record_queued(pipe, task_id, key, tag, text, due)
+            record_queued(pipe, task_id, key, tag, text, now)
             pipe.lpush(key, text)
             pipe.execute()
 
@@ -311,10 +325,9 @@ class Channel(redis_restore.Channel):
         if task_id is None or tag is None:
             return
         text = kombu_redis.dumps(payload)  # what kombu pushed (the payload marked redelivered)
-        due = time.time() + self.ledger_check_after_s
         for queue in self._lookup(exchange, routing_key):
             key = self._q_for_pri(queue, self._get_message_priority(payload, reverse=False))
-            record_queued(pipe, task_id, key, tag, text, due)
+            record_queued(pipe, task_id, key, tag, text, time.time())
 
 
 class Transport(redis_restore.Transport):

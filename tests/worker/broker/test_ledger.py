@@ -97,7 +97,7 @@ def test_a_message_still_waiting_in_its_queue_is_not_duplicated(
     assert (moved.waiting, moved.requeued) == (3, 0)
     assert r.llen(names.PRESENCE_QUEUE) == 3
     assert set(_entries(r)) == set(ids)
-    assert all(e["due"] > time.time() + ledger.CHECK_AFTER_S for e in _entries(r).values())
+    assert all(e["at"] > time.time() + ledger.CHECK_AFTER_S for e in _entries(r).values())
 
 
 def test_an_entry_whose_clear_was_lost_is_dropped_when_its_message_is_held(
@@ -108,7 +108,7 @@ def test_an_entry_whose_clear_was_lost_is_dropped_when_its_message_is_held(
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
     assert message is not None and written is not None
     r.hset(ledger.ENTRIES_KEY, request_id, written)  # as if the clear never reached Redis
-    r.zadd(ledger.LEDGER_KEY, {request_id: time.time()})
+    r.zadd(ledger.QUEUED_KEY, {request_id: time.time()})
 
     moved = ledger.move_due(r, _never, now=_later())
 
@@ -191,7 +191,7 @@ def test_a_retry_rescheduled_while_it_was_published_keeps_the_newer_entry(
     ledger.move_due(r, publish_and_reschedule, now=1000.0)
 
     assert _entries(r)[RETRY.id]["args"] == [8]
-    assert _entries(r)[RETRY.id]["due"] == 2000.0
+    assert _entries(r)[RETRY.id]["at"] == 2000.0
 
 
 def test_a_scheduled_update_published_through_the_ledger_becomes_queued(

@@ -109,4 +109,4 @@ def test_a_retry_lands_in_the_real_ledger(r: redis.Redis, redis_url: str) -> Non
     with pytest.raises(Retry):
         republish(cast(Task[Any, Any], task), countdown_s=60, wait_s=1, now=lambda: 1000.0)
     [entry] = ledger.pending(r)
-    assert (entry["state"], entry["id"], entry["due"]) == ("scheduled", "task-1", 1060.0)
+    assert (entry["state"], entry["id"], entry["at"]) == ("scheduled", "task-1", 1060.0)
