@@ -11,6 +11,7 @@ terminal row, without manual steps and long before the visibility timeout (produ
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,32 @@ def test_a_retry_held_by_a_killed_worker_is_run_by_the_next_one(
     assert time.monotonic() - killed_at < BOUND_S
     pipeline.wait_idle(timeout_s=30)
     assert len(pipeline.rows([request_id])) == 1
+
+
+def test_a_message_pushed_again_after_it_was_applied_changes_nothing(
+    pipeline: Pipeline, producer: PresenceProducer
+) -> None:
+    """The ledger may push a message again that was applied (its clear never reached Redis, or
+    a pop raced the check): the duplicate finds the request's row — one row, one PATCH."""
+    [agent] = pipeline.agents(1, online=True)
+    update = PresenceUpdate.model_validate(pipeline.update(agent["id"], "Break", reason="Coffee"))
+    request_id = producer.send(update)
+    [written] = ledger.pending(pipeline.redis)  # before any worker takes it
+    fleet = pipeline.start(
+        1,
+        warm_up=False,
+        BROKER_VISIBILITY_TIMEOUT_S=VISIBILITY_TIMEOUT_S,
+        LEDGER_CHECK_AFTER_S=CHECK_AFTER_S,
+    )
+    assert [r.outcome for r in pipeline.wait_rows(1, request_ids=[request_id])] == ["confirmed"]
+    patches = pipeline.route_count("presence.patch")
+
+    # As if the clear had been lost: the queued entry is back, its message long done.
+    pipeline.redis.hset(ledger.ENTRIES_KEY, request_id, json.dumps(
+        {k: written[k] for k in ("state", "list", "tag", "message")}))  # fmt: skip
+    pipeline.redis.zadd(ledger.QUEUED_KEY, {request_id: time.time() - CHECK_AFTER_S})
+    _wait(lambda: "re-enqueued 1 message(s)" in fleet.logs(), 30, fleet.logs())
+    _wait(lambda: pipeline.queue_length() == 0 and ledger.pending(pipeline.redis) == [], 30, "")
+
+    assert [r.outcome for r in pipeline.rows([request_id])] == ["confirmed"]
+    assert pipeline.route_count("presence.patch") == patches
