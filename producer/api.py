@@ -17,7 +17,6 @@ from producer.schema import (
     wave_element,
 )
 
-
 # Kombu's Redis transport writing the broker ledger with each push: a message a worker pops
 # and dies with before holding it is enqueued again (worker/broker/ledger.py).
 LEDGER_TRANSPORT = "worker.broker.ledger:Transport"

@@ -34,8 +34,8 @@ from models import AuditRecord
 from producer.schema import QUEUE, TASK_NAME, WAVE_TASK_NAME, wave_element
 from tests.support.fleet import WorkerFleet
 from tests.support.processes import private_redis, worker_env
-from worker.broker.ledger import ENTRIES_KEY
 from tests.support.services import scratch_postgres_database
+from worker.broker.ledger import ENTRIES_KEY
 
 APPLIED = {"confirmed", "applied_unconfirmed"}
 P = TypeVar("P", bound="Pipeline")

@@ -105,8 +105,10 @@ def test_a_retry_held_by_a_killed_worker_is_run_by_the_next_one(
 
     # The retry is written and the message acknowledged: only the ledger has the request.
     _wait(
-        lambda: any(e["state"] == "scheduled" for e in ledger.pending(pipeline.redis))
-        and pipeline.unacked(pipeline.redis) == [],
+        lambda: (
+            any(e["state"] == "scheduled" for e in ledger.pending(pipeline.redis))
+            and pipeline.unacked(pipeline.redis) == []
+        ),
         60,
         f"no retry was scheduled\n{fleet.logs()}",
     )

@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -43,6 +43,8 @@ from worker import names
 from worker.broker import redis_restore
 
 log = logging.getLogger(__name__)
+# Through the module dict: the kombu stubs do not declare the module's imported names.
+_dumps: Callable[[Any], str] = vars(kombu_redis)["dumps"]
 
 TRANSPORT: Final = "worker.broker.ledger:Transport"
 QUEUED_KEY: Final = "presence:ledger:queued"
@@ -253,11 +255,10 @@ def move_due(
 def pending(client: redis.Redis) -> list[dict[str, Any]]:
     """Every entry (for operators and tests): the decoded JSON plus its ``at`` time (pushed or
     last found waiting for a queued entry, due for a scheduled one)."""
-    entries = client.hgetall(ENTRIES_KEY)
-    scores = {
-        **dict(client.zrange(QUEUED_KEY, 0, -1, withscores=True)),
-        **dict(client.zrange(SCHEDULED_KEY, 0, -1, withscores=True)),
-    }
+    entries = cast(dict[bytes, bytes], client.hgetall(ENTRIES_KEY))
+    scores: dict[Any, Any] = {}
+    for key in (QUEUED_KEY, SCHEDULED_KEY):
+        scores.update(cast(list[tuple[Any, Any]], client.zrange(key, 0, -1, withscores=True)))
     return [
         {**json.loads(raw), "key": key.decode(), "at": scores.get(key)}
         for key, raw in entries.items()
@@ -280,7 +281,7 @@ class QoS(redis_restore.QoS):
             pipe.hset(
                 self.unacked_key,
                 delivery_tag,
-                kombu_redis.dumps([raw, delivery["exchange"], delivery["routing_key"]]),
+                _dumps([raw, delivery["exchange"], delivery["routing_key"]]),
             )
             forget_queued(pipe, task_id, delivery_tag)
             pipe.execute()
@@ -293,13 +294,14 @@ class Channel(redis_restore.Channel):
     QoS = QoS
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        me: Any = self  # kombu's stubs leave out the Redis channel's helpers
         task_id = ledgered_id(message)
         tag = delivery_tag(message)
-        if task_id is None or tag is None or (self._expires and queue in self._expires):
+        if task_id is None or tag is None or (me._expires and queue in me._expires):
             super()._put(queue, message, **kwargs)
             return
-        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
-        text = kombu_redis.dumps(message)
+        key = me._q_for_pri(queue, me._get_message_priority(message, reverse=False))
+        text = _dumps(message)
         now = time.time()
         batch = kwargs.pop("_publish_batch", None)
         if batch is not None:
@@ -309,7 +311,7 @@ class Channel(redis_restore.Channel):
             batch.add("zrem", SCHEDULED_KEY, task_id)
             batch.add("lpush", key, text)
             return
-        with self.conn_or_acquire() as client, client.pipeline() as pipe:
+        with me.conn_or_acquire() as client, client.pipeline() as pipe:
             record_queued(pipe, task_id, key, tag, text, now)
             pipe.lpush(key, text)
             pipe.execute()
@@ -319,14 +321,15 @@ class Channel(redis_restore.Channel):
     ) -> None:
         """Kombu's restore (back onto the list), with a queued entry written in its
         transaction: a restored message can be popped and lost like a new one."""
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        me: Any = self
+        cast(Any, super())._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
         task_id = ledgered_id(payload) if isinstance(payload, Mapping) else None
         tag = delivery_tag(payload) if isinstance(payload, Mapping) else None
         if task_id is None or tag is None:
             return
-        text = kombu_redis.dumps(payload)  # what kombu pushed (the payload marked redelivered)
-        for queue in self._lookup(exchange, routing_key):
-            key = self._q_for_pri(queue, self._get_message_priority(payload, reverse=False))
+        text = _dumps(payload)  # what kombu pushed (the payload marked redelivered)
+        for queue in me._lookup(exchange, routing_key):
+            key = me._q_for_pri(queue, me._get_message_priority(payload, reverse=False))
             record_queued(pipe, task_id, key, tag, text, time.time())
 
 
@@ -341,7 +344,8 @@ class Transport(redis_restore.Transport):
         task_id, tag = ledgered_id(message), delivery_tag(message)
         if task_id is None or tag is None:
             return
-        for channel in self.channels or []:
+        channels: list[Any] = list(self.channels or [])
+        for channel in channels:
             try:
                 with channel.conn_or_acquire() as client:
                     forget_queued(client, task_id, tag)

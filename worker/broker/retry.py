@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import redis
 from celery import Task
@@ -69,7 +69,7 @@ def republish(
         except (redis.RedisError, OSError) as exc:
             failure: Exception = exc
         else:
-            raise Retry(f"scheduled in {countdown_s:.1f} s", when=countdown_s)
+            raise Retry(f"scheduled in {countdown_s:.1f} s", when=cast(Any, countdown_s))
         if clock() >= deadline:
             break
         log.warning(

@@ -60,11 +60,13 @@ def test_a_published_update_has_a_queued_entry_until_a_consumer_holds_it(
     request_id = producer.send(_update())
 
     entry = _entries(r)[request_id]
-    assert entry["state"] == "queued" and entry["list"] == names.PRESENCE_QUEUE
+    assert entry["state"] == "queued"
+    assert entry["list"] == names.PRESENCE_QUEUE
     assert [m.decode() for m in r.lrange(names.PRESENCE_QUEUE, 0, -1)] == [entry["message"]]
 
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
-    assert message is not None and message.headers["id"] == request_id
+    assert message is not None
+    assert message.headers["id"] == request_id
     assert r.hexists(ledger.UNACKED_KEY, message.delivery_tag)
     assert _entries(r) == {}  # custody passed to ``unacked`` in the same round trip
 
@@ -83,7 +85,8 @@ def test_a_message_popped_by_a_worker_that_died_is_pushed_again_once(
     assert (again.requeued, r.llen(names.PRESENCE_QUEUE)) == (0, 1)
 
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
-    assert message is not None and message.headers["id"] == request_id
+    assert message is not None
+    assert message.headers["id"] == request_id
     assert _entries(r) == {}
 
 
@@ -106,14 +109,16 @@ def test_an_entry_whose_clear_was_lost_is_dropped_when_its_message_is_held(
     request_id = producer.send(_update())
     written = r.hget(ledger.ENTRIES_KEY, request_id)
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
-    assert message is not None and written is not None
+    assert message is not None
+    assert written is not None
     r.hset(ledger.ENTRIES_KEY, request_id, written)  # as if the clear never reached Redis
     r.zadd(ledger.QUEUED_KEY, {request_id: time.time()})
 
     moved = ledger.move_due(r, _never, now=_later())
 
     assert (moved.settled, moved.requeued) == (1, 0)
-    assert r.llen(names.PRESENCE_QUEUE) == 0 and _entries(r) == {}
+    assert r.llen(names.PRESENCE_QUEUE) == 0
+    assert _entries(r) == {}
 
 
 def test_a_restored_message_is_ledgered_again(
@@ -135,7 +140,8 @@ def test_other_tasks_are_not_ledgered(redis_url: str, r: redis.Redis) -> None:
     app = Celery(broker=redis_url, broker_transport=ledger.TRANSPORT, set_as_current=False)
     app.send_task(names.WFM_SYNC_TASK, args=(1,), queue=names.WFM_QUEUE)
     app.close()
-    assert r.llen(names.WFM_QUEUE) == 1 and _entries(r) == {}
+    assert r.llen(names.WFM_QUEUE) == 1
+    assert _entries(r) == {}
 
 
 # -- scheduled retries ------------------------------------------------------------------------
