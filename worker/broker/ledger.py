@@ -24,6 +24,10 @@ not the producers'. Ids are Celery task ids: a request id for
 ``presence.update``. Every step writes the next custody before dropping the last, so a crash
 anywhere leaves a duplicate at worst, which the per-request idempotency (audit table, write
 intents) makes harmless.
+
+Upstream: the pop-then-record window is celery/celery#7950 (and the warm-shutdown variant
+celery/celery#4354); ETA messages held past the visibility timeout are celery/kombu#337 and
+celery/celery#2599. No kombu release changes either, hence this subclass of kombu's transport.
 """
 
 from __future__ import annotations
