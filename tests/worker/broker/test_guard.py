@@ -37,6 +37,7 @@ from tests.support.envelopes import SHAPES, envelope, mutations
 from tests.support.pipeline import Pipeline, opened
 from tests.support.services import scratch_postgres_database
 from worker.broker import guard as broker
+from worker.broker import ledger
 from worker.broker.guard import (
     QUARANTINE_KEY,
     QUARANTINE_LIMIT,
@@ -151,6 +152,21 @@ def test_a_consumer_on_the_transport_gets_the_good_messages_around_broken_ones(
     assert refused_count("presence", "json", "quarantine") == before + 1
     assert sinks.redis.hlen("unacked") == 0
     assert sinks.redis.llen("presence") == 0
+
+
+def test_a_refused_message_leaves_no_ledger_entry_to_push_it_again(sinks: Sinks, redis_url: str):
+    broken = envelope([{}], str(uuid.uuid4()))
+    broken["content-type"] = ""
+    text = json.dumps(broken)
+    with sinks.redis.pipeline() as pipe:  # as the producer's push writes it
+        tag = broken["properties"]["delivery_tag"]
+        ledger.record_queued(pipe, broken["headers"]["id"], "presence", tag, text, time.time())
+        pipe.execute()
+
+    consume(redis_url, [text], wanted=0)
+
+    assert [r.outcome for r in audit_rows(sinks)] == [Outcome.INVALID.value]
+    assert ledger.pending(sinks.redis) == []  # recorded: the ledger must not push it again
 
 
 def test_text_a_database_refuses_never_costs_the_audit_row(sinks: Sinks, redis_url: str):
