@@ -57,6 +57,10 @@ SCHEDULED_KEY: Final = "presence:ledger:scheduled"
 """Sorted set: id → when its retry is due (or its claim ends), epoch seconds."""
 ENTRIES_KEY: Final = "presence:ledger:entries"
 """Hash: id → the entry as JSON (``state`` ``queued`` or ``scheduled``)."""
+TAKEN_KEY: Final = "presence:ledger:taken"
+"""Hash: list → the newest push time of a ledgered message a consumer took from it."""
+SCAN_MAX: Final = 1000
+"""A list this long or shorter is searched for an old entry's message whatever its position."""
 UNACKED_KEY: Final = "unacked"  # kombu's default ``unacked_key``
 LEDGERED_TASKS: Final = frozenset({names.UPDATE_TASK, names.WAVE_TASK})
 """Tasks whose messages get a queued entry. WFM deliveries have their outbox and sweeper, shift
@@ -67,9 +71,18 @@ CLAIM_S: Final = 30.0
 """A scheduled entry taken by a mover is due again after this unless the mover settles it."""
 MOVE_LIMIT: Final = 200
 
-# KEYS: queued, scheduled, entries, unacked. ARGV: now, limit, claim until, queued before.
-# Queued entries old enough are settled here; scheduled ones due are claimed and returned.
+# KEYS: queued, scheduled, entries, unacked, taken. ARGV: now, limit, claim until, queued
+# before, scan max. Queued entries old enough are settled here; scheduled ones due are claimed
+# and returned. A list is first in, first out: while no message pushed after an entry's was
+# taken from a long list, the entry's message is still in it, and the list is not searched.
 _CLAIM: Final = """
+local function listed(entry)
+  local taken = tonumber(redis.call('HGET', KEYS[5], entry.list) or '-1')
+  if taken < (entry.pushed or 0) and redis.call('LLEN', entry.list) > tonumber(ARGV[5]) then
+    return true
+  end
+  return redis.call('LPOS', entry.list, entry.message, 'RANK', -1)
+end
 local requeued, settled, waiting = 0, 0, 0
 local old = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[4], 'BYSCORE', 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(old) do
@@ -81,7 +94,7 @@ for _, id in ipairs(old) do
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[3], id)
     settled = settled + 1
-  elseif redis.call('LPOS', entry.list, entry.message, 'RANK', -1) then
+  elseif listed(entry) then
     redis.call('ZADD', KEYS[1], ARGV[1], id)
     waiting = waiting + 1
   else
@@ -104,15 +117,20 @@ end
 return {requeued, settled, waiting, scheduled}
 """
 
-# KEYS: queued, scheduled, entries. ARGV: id, a delivery tag or '', an entry's JSON or ''.
+# KEYS: queued, scheduled, entries, taken. ARGV: id, a delivery tag or '', an entry's JSON or ''.
 # Drop the entry of ARGV[1] only if it is still the one the caller knows: the queued entry of
-# delivery ARGV[2], or exactly ARGV[3]; a newer entry under the same id is kept.
+# delivery ARGV[2] (its push time then counts as taken from its list), or exactly ARGV[3]; a
+# newer entry under the same id is kept.
 _SETTLE: Final = """
 local raw = redis.call('HGET', KEYS[3], ARGV[1])
 if not raw then return 0 end
 if ARGV[2] ~= '' then
   local entry = cjson.decode(raw)
   if entry.state ~= 'queued' or entry.tag ~= ARGV[2] then return 0 end
+  local taken = tonumber(redis.call('HGET', KEYS[4], entry.list) or '-1')
+  if entry.pushed and entry.pushed > taken then
+    redis.call('HSET', KEYS[4], entry.list, entry.pushed)
+  end
 elseif raw ~= ARGV[3] then
   return 0
 end
@@ -179,19 +197,29 @@ def delivery_tag(message: Mapping[str, Any]) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
-def queued_entry(list_key: str, tag: str, message: str) -> str:
+def queued_entry(list_key: str, tag: str, message: str, pushed: float) -> str:
+    """A queued entry: ``pushed`` is when the message went to the back of its list (0 for one
+    restored to its front, which is taken next)."""
     return json.dumps(
-        {"state": "queued", "list": list_key, "tag": tag, "message": message},
+        {"state": "queued", "list": list_key, "tag": tag, "message": message, "pushed": pushed},
         separators=(",", ":"),
     )
 
 
 def record_queued(
-    pipe: Any, task_id: str, list_key: str, tag: str, message: str, now: float
+    pipe: Any,
+    task_id: str,
+    list_key: str,
+    tag: str,
+    message: str,
+    now: float,
+    *,
+    front: bool = False,
 ) -> None:
     """Queue the commands writing a queued entry on ``pipe`` (a pipeline or publish batch),
-    replacing any scheduled one of ``task_id``."""
-    pipe.hset(ENTRIES_KEY, task_id, queued_entry(list_key, tag, message))
+    replacing any scheduled one of ``task_id``; ``front``: pushed to the end taken next."""
+    entry = queued_entry(list_key, tag, message, 0.0 if front else now)
+    pipe.hset(ENTRIES_KEY, task_id, entry)
     pipe.zadd(QUEUED_KEY, {task_id: now})
     pipe.zrem(SCHEDULED_KEY, task_id)
 
@@ -209,13 +237,13 @@ def schedule(client: redis.Redis, entry: Scheduled, due: float) -> None:
 def forget_queued(client: Any, task_id: str, tag: str) -> None:
     """Drop the queued entry of ``task_id`` if it is the one of delivery ``tag`` (on ``client``,
     a Redis client or pipeline): the message is held in ``unacked`` now, or its fate written."""
-    client.eval(_SETTLE, 3, QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, task_id, tag, "")
+    client.eval(_SETTLE, 4, QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, TAKEN_KEY, task_id, tag, "")
 
 
 def settle(client: redis.Redis, entry_id: str, raw: str) -> bool:
     """Drop the entry of ``entry_id`` if it is still ``raw`` (published, nothing newer)."""
-    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY)
-    return bool(client.eval(_SETTLE, 3, *keys, entry_id, "", raw))
+    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, TAKEN_KEY)
+    return bool(client.eval(_SETTLE, 4, *keys, entry_id, "", raw))
 
 
 def move_due(
@@ -226,15 +254,19 @@ def move_due(
     check_after_s: float = CHECK_AFTER_S,
     claim_s: float = CLAIM_S,
     limit: int = MOVE_LIMIT,
+    scan_max: int = SCAN_MAX,
 ) -> Moved:
     """One pass at ``now``: queued entries older than ``check_after_s`` are settled in Redis
     (held in ``unacked``: dropped; still in their list: looked at again ``check_after_s``
     later; neither, so popped and lost: pushed again); scheduled entries due are claimed for
     ``claim_s`` and published with ``send``, then dropped unless a newer entry replaced them (a
-    ledgered task's publish writes its queued entry). Raises ``redis.RedisError`` when Redis
-    cannot be reached; a failed ``send`` is logged and tried again after ``claim_s``."""
-    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, UNACKED_KEY)
-    result = client.eval(_CLAIM, 4, *keys, now, limit, now + claim_s, now - check_after_s)
+    ledgered task's publish writes its queued entry). A list longer than ``scan_max`` is not
+    searched while no message pushed after the entry's was taken from it (first in, first out:
+    it is still there). Raises ``redis.RedisError`` when Redis cannot be reached; a failed
+    ``send`` is logged and tried again after ``claim_s``."""
+    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, UNACKED_KEY, TAKEN_KEY)
+    args = (now, limit, now + claim_s, now - check_after_s, scan_max)
+    result = client.eval(_CLAIM, 5, *keys, *args)
     requeued, settled, waiting, claimed = result
     published = failed = 0
     for raw in claimed:
@@ -310,7 +342,7 @@ class Channel(redis_restore.Channel):
         batch = kwargs.pop("_publish_batch", None)
         if batch is not None:
             # A non-transactional batch: the entry first, so a partial write errs on its side.
-            batch.add("hset", ENTRIES_KEY, task_id, queued_entry(key, tag, text))
+            batch.add("hset", ENTRIES_KEY, task_id, queued_entry(key, tag, text, now))
             batch.add("zadd", QUEUED_KEY, {task_id: now})
             batch.add("zrem", SCHEDULED_KEY, task_id)
             batch.add("lpush", key, text)
@@ -334,7 +366,7 @@ class Channel(redis_restore.Channel):
         text = _dumps(payload)  # what kombu pushed (the payload marked redelivered)
         for queue in me._lookup(exchange, routing_key):
             key = me._q_for_pri(queue, me._get_message_priority(payload, reverse=False))
-            record_queued(pipe, task_id, key, tag, text, time.time())
+            record_queued(pipe, task_id, key, tag, text, time.time(), front=not leftmost)
 
 
 class Transport(redis_restore.Transport):

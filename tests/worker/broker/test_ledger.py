@@ -90,6 +90,26 @@ def test_a_message_popped_by_a_worker_that_died_is_pushed_again_once(
     assert _entries(r) == {}
 
 
+def test_a_long_queue_is_searched_only_once_a_newer_message_was_taken(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    ids = [producer.send(_update(n + 1)) for n in range(5)]
+    assert r.brpop([names.PRESENCE_QUEUE], timeout=1) is not None  # the oldest, lost
+
+    # Four still queued, more than scan_max, none newer taken: the lost one is not found yet.
+    first = ledger.move_due(r, _never, now=_later(), scan_max=2)
+    assert (first.requeued, first.waiting) == (0, 5)
+
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)  # a newer one is taken
+    assert message is not None
+    assert message.headers["id"] == ids[1]
+    second = ledger.move_due(r, _never, now=_later(2 * ledger.CHECK_AFTER_S + 2), scan_max=2)
+
+    assert (second.requeued, second.waiting) == (1, 3)
+    assert r.llen(names.PRESENCE_QUEUE) == 4
+    assert set(_entries(r)) == {ids[0], *ids[2:]}
+
+
 def test_a_message_still_waiting_in_its_queue_is_not_duplicated(
     r: redis.Redis, producer: PresenceProducer
 ) -> None:
