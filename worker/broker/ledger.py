@@ -143,13 +143,15 @@ return 1
 
 @dataclass(frozen=True, slots=True)
 class Scheduled:
-    """A task to publish when due: ``id`` is its Celery task id (kept across the retry)."""
+    """A task to publish when due: ``id`` is its Celery task id (kept across the retry) and
+    ``expires`` the original message's ``expires`` (ISO-8601), kept too."""
 
     id: str
     task: str
     args: list[Any]
     kwargs: dict[str, Any]
     queue: str
+    expires: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -160,6 +162,7 @@ class Scheduled:
                 "args": self.args,
                 "kwargs": self.kwargs,
                 "queue": self.queue,
+                "expires": self.expires,
             },
             separators=(",", ":"),
         )
@@ -167,7 +170,15 @@ class Scheduled:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Scheduled:
         data = json.loads(raw)
-        return cls(data["id"], data["task"], data["args"], data["kwargs"], data["queue"])
+        expires = data.get("expires")
+        return cls(
+            data["id"],
+            data["task"],
+            data["args"],
+            data["kwargs"],
+            data["queue"],
+            expires if isinstance(expires, str) else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,12 @@ def start(app: Any, redis_url: str, poll_s: float, check_after_s: float) -> Move
 
     def send(entry: ledger.Scheduled) -> None:
         app.send_task(
-            entry.task, args=entry.args, kwargs=entry.kwargs, task_id=entry.id, queue=entry.queue
+            entry.task,
+            args=entry.args,
+            kwargs=entry.kwargs,
+            task_id=entry.id,
+            queue=entry.queue,
+            expires=entry.expires,
         )
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NoReturn, cast
 
 import redis
@@ -59,6 +60,7 @@ def republish(
         args=list(task.request.args or ()) if args is None else list(args),
         kwargs=dict(task.request.kwargs or {}) if kwargs is None else dict(kwargs),
         queue=queue_of(task),
+        expires=_expires(task),
     )
     write = store or broker_store(str(task.app.conf.broker_url))
     wait_s = broker_wait_s() if wait_s is None else wait_s
@@ -97,6 +99,14 @@ def queue_of(task: Task[Any, Any]) -> str:
     route = (task.app.conf.task_routes or {}).get(task.name) or {}
     queue = route.get("queue") if isinstance(route, dict) else None
     return str(queue or task.app.conf.task_default_queue)
+
+
+def _expires(task: Task[Any, Any]) -> str | None:
+    """The current message's ``expires`` as ISO-8601 text (Celery keeps it across a retry)."""
+    expires = getattr(task.request, "expires", None)
+    if isinstance(expires, datetime):
+        return expires.isoformat()
+    return expires if isinstance(expires, str) else None
 
 
 def broker_wait_s() -> float:

@@ -110,3 +110,17 @@ def test_a_retry_lands_in_the_real_ledger(r: redis.Redis, redis_url: str) -> Non
         republish(cast(Task[Any, Any], task), countdown_s=60, wait_s=1, now=lambda: 1000.0)
     [entry] = ledger.pending(r)
     assert (entry["state"], entry["id"], entry["at"]) == ("scheduled", "task-1", 1060.0)
+
+
+def test_the_messages_expires_is_kept_across_the_retry() -> None:
+    store = FlakyBroker(failures=0)
+    task = SimpleNamespace(
+        name=TASK.name,
+        request=SimpleNamespace(**{**vars(TASK.request), "expires": "2030-01-01T00:00:00+00:00"}),
+        app=TASK.app,
+    )
+    with pytest.raises(Retry):
+        republish(cast(Task[Any, Any], task), countdown_s=1, wait_s=0, store=store, now=lambda: 0.0)
+    [(entry, _due)] = store.calls
+    assert entry.expires == "2030-01-01T00:00:00+00:00"
+    assert ledger.Scheduled.from_json(entry.to_json()) == entry
