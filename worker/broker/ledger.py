@@ -99,6 +99,8 @@ for _, id in ipairs(old) do
     waiting = waiting + 1
   else
     redis.call('LPUSH', entry.list, entry.message)
+    entry.pushed = tonumber(ARGV[1])
+    redis.call('HSET', KEYS[3], id, cjson.encode(entry))
     redis.call('ZADD', KEYS[1], ARGV[1], id)
     requeued = requeued + 1
   end

@@ -78,9 +78,11 @@ def test_a_message_popped_by_a_worker_that_died_is_pushed_again_once(
     assert r.brpop([names.PRESENCE_QUEUE], timeout=1) is not None  # popped, never held
 
     assert ledger.move_due(r, _never, now=time.time()) == ledger.Moved()  # not due yet
-    moved = ledger.move_due(r, _never, now=_later())
+    now = _later()
+    moved = ledger.move_due(r, _never, now=now)
     assert moved.requeued == 1
     assert r.llen(names.PRESENCE_QUEUE) == 1
+    assert _entries(r)[request_id]["pushed"] == pytest.approx(now)  # at the back again
     again = ledger.move_due(r, _never, now=_later())  # looked at again later: still waiting
     assert (again.requeued, r.llen(names.PRESENCE_QUEUE)) == (0, 1)
 
