@@ -3,7 +3,8 @@
 :func:`handle_update` either records exactly one terminal audit row and returns its outcome, or
 raises :class:`~worker.retry.RetryLater` having recorded nothing. Steps: parse (validate,
 resolve the definitions) → register as the agent's newest → under the agent's lock: recorded
-already? superseded? → the agent's presence now (shared cache, one GET on a miss) → the verdict
+already? superseded? → the agent's presence now (shared cache; on a miss one GET, only when a
+rule needs it) → the verdict
 (expected state, transition matrix, capacity guard) → subscribe → PATCH → confirm (socket
 event, another process's event, else one read-back) → record.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from models import Outcome
 from worker.flow import steps
-from worker.flow.decisions import SUPERSEDED, Defer, ReadBack, Reject, confirm
+from worker.flow.decisions import SUPERSEDED, Defer, ReadBack, Reject, confirm, needs_current
 from worker.flow.ports import Ports
 from worker.flow.record import AuditDraft
 from worker.flow.request import Attempt, Request, add_note, parse, validate
@@ -104,13 +105,15 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
 
 
 def _load_current(ports: Ports, request: Request) -> None:
-    """The agent's presence from the shared cache, or one GET on a miss."""
+    """The agent's presence from the shared cache; on a miss, one GET only when a rule needs
+    it (:func:`~worker.flow.decisions.needs_current`, as for a wave's agents)."""
     state = ports.cache.get(request.user_id)
-    if state is None:
+    if state is None and needs_current(request.target, request.expected, ports.matrix):
         presence, _ = ports.api.get_presence(request.user_id)
         state = state_of(presence, "read")
         ports.cache.put(request.user_id, state)
-    steps.describe_current(ports, request, state)
+    if state is not None:
+        steps.describe_current(ports, request, state)
 
 
 def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcome:
