@@ -111,5 +111,11 @@ class AgentOrdering:
         return {u: o for (u, o), ok in zip(owners.items(), taken, strict=True) if ok}
 
     def unlock_many(self, owners: dict[str, str]) -> None:
+        """Release locks taken by :meth:`try_lock_many` (each only if still ours), in one
+        round trip."""
+        if not owners:
+            return
+        pipe = self.redis.pipeline(transaction=False)
         for user_id, owner in owners.items():
-            self._unlock(keys=[f"presence:agent:{user_id}:lock"], args=[owner])
+            self._unlock(keys=[f"presence:agent:{user_id}:lock"], args=[owner], client=pipe)
+        pipe.execute()

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from worker.ordering import AgentBusy, AgentOrdering
 
@@ -125,3 +126,26 @@ def test_many_locks_are_taken_without_waiting_and_released_by_their_owner(orderi
     ordering.unlock_many(owners)
     assert r.get(f"presence:agent:{AGENT}:lock") is None
     assert r.get(f"presence:agent:{OTHER}:lock") == b"someone-else"
+
+
+def test_many_locks_are_released_in_one_round_trip_and_only_where_still_ours(
+    ordering, r, monkeypatch
+):
+    agents = [f"2c9e5d7e-0000-4000-8000-{n:012d}" for n in range(10, 60)]
+    owners = ordering.try_lock_many(agents, ttl_s=5)
+    r.set(f"presence:agent:{agents[0]}:lock", "next-holder", px=5_000)  # ours expired, retaken
+    r.script_flush()  # a fresh server: the pipeline loads the script itself
+    sends: list[int] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sends.append(1)
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    ordering.unlock_many(owners)
+    monkeypatch.undo()
+
+    assert r.get(f"presence:agent:{agents[0]}:lock") == b"next-holder"
+    assert all(r.get(f"presence:agent:{a}:lock") is None for a in agents[1:])
+    assert len(sends) <= 3  # script check and load, then every release at once
