@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models import AuditRecord, Outcome
@@ -42,54 +42,110 @@ class Summary:
     by_outcome: list[OutcomeStats]
 
 
-def _ms(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    if start.tzinfo is None and end.tzinfo is not None:
-        end = end.replace(tzinfo=None)
-    elif end.tzinfo is None and start.tzinfo is not None:
-        start = start.replace(tzinfo=None)
-    return (end - start).total_seconds() * 1000
+# Request → terminal row, in milliseconds, as each database computes it. SQLite keeps datetimes
+# as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC): whole seconds by strftime, microseconds from the
+# text (julianday's floating point would blur them).
+_LATENCY_MS = {
+    "postgresql": "EXTRACT(EPOCH FROM (finished_at - requested_at)) * 1000",
+    "sqlite": (
+        "(strftime('%s', finished_at) - strftime('%s', requested_at)) * 1000.0"
+        " + (CAST(substr(finished_at, 21, 6) AS INTEGER)"
+        " - CAST(substr(requested_at, 21, 6) AS INTEGER)) / 1000.0"
+    ),
+}
+
+# Nearest rank on both: PostgreSQL's percentile_disc is the smallest value whose cumulative
+# share reaches q, which is exactly the nearest-rank definition of :func:`percentile`.
+_PERCENTILES_PG = f"""
+SELECT outcome, percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency)
+FROM (SELECT outcome, {_LATENCY_MS["postgresql"]} AS latency FROM presence_audit
+      WHERE {{where}} AND requested_at IS NOT NULL) AS timed
+GROUP BY outcome
+"""
+# SQLite has no percentile aggregate: number each outcome's latencies in order (its sorter
+# spills to disk, so memory stays flat) and keep the rows at the three nearest ranks.
+_PERCENTILES_SQLITE = f"""
+SELECT outcome, rn, n, latency FROM (
+  SELECT outcome, latency,
+         ROW_NUMBER() OVER (PARTITION BY outcome ORDER BY latency) AS rn,
+         COUNT(*) OVER (PARTITION BY outcome) AS n
+  FROM (SELECT outcome, {_LATENCY_MS["sqlite"]} AS latency FROM presence_audit
+        WHERE {{where}} AND requested_at IS NOT NULL)
+)
+WHERE rn IN (MAX(1, (50 * n + 99) / 100), MAX(1, (95 * n + 99) / 100), MAX(1, (99 * n + 99) / 100))
+"""
+QUANTILES = (50, 95, 99)
 
 
-def summarize(session: Session, *, since_id: int = 0) -> Summary:
-    """Success rate, end-to-end latency percentiles by outcome, Genesys requests per update.
+def nearest_rank(q: int, n: int) -> int:
+    """The 1-based rank of the q-th percentile among ``n`` ordered values (nearest rank)."""
+    return max(1, min(n, math.ceil(q * n / 100)))
+
+
+def _percentiles(
+    session: Session, since: datetime | None, since_id: int
+) -> dict[str, tuple[float | None, ...]]:
+    """{outcome: (p50, p95, p99)} of request → terminal row latency, computed in the database."""
+    dialect = session.get_bind().dialect.name
+    where = "id > :since_id" + (" AND finished_at >= :since" if since is not None else "")
+    params: dict[str, object] = {"since_id": since_id}
+    if since is not None:
+        params["since"] = since
+    out: dict[str, tuple[float | None, ...]] = {}
+    if dialect == "postgresql":
+        sql = text(_PERCENTILES_PG.format(where=where))
+        for outcome, values in session.execute(sql, params):
+            out[outcome] = tuple(float(v) if v is not None else None for v in values)
+        return out
+    if dialect != "sqlite":
+        raise ValueError(f"presence stats supports PostgreSQL and SQLite, not {dialect}")
+    at_rank: dict[str, dict[int, float]] = defaultdict(dict)
+    counts: dict[str, int] = {}
+    if since is not None:  # as SQLite stores it: UTC text, to the microsecond
+        params["since"] = since.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+    sql = text(_PERCENTILES_SQLITE.format(where=where))
+    for outcome, rank, n, latency in session.execute(sql, params):
+        at_rank[outcome][int(rank)] = float(latency)
+        counts[outcome] = int(n)
+    for outcome, values in at_rank.items():
+        out[outcome] = tuple(values[nearest_rank(q, counts[outcome])] for q in QUANTILES)
+    return out
+
+
+def summarize(session: Session, *, since: datetime | None = None, since_id: int = 0) -> Summary:
+    """Success rate, end-to-end latency percentiles by outcome, Genesys requests per update,
+    over the rows finished at or after ``since`` (every row when None) with an id above
+    ``since_id``.
 
     Latency is request → terminal row (``requested_at`` → ``finished_at``). Requests per
     update counts every Genesys call attributed to the updates that reached the platform.
+    Everything is aggregated by the database (served by the ``finished_at`` index): memory
+    does not grow with the table.
     """
-    rows = session.execute(
-        select(
-            AuditRecord.outcome,
-            AuditRecord.requested_at,
-            AuditRecord.finished_at,
-            AuditRecord.genesys_requests,
-        ).where(AuditRecord.id > since_id)
-    ).all()
-    latencies: dict[str, list[float]] = defaultdict(list)
-    counts: dict[str, int] = defaultdict(int)
+    if since is not None and since.tzinfo is not None:
+        since = since.astimezone(UTC)
+    window = AuditRecord.id > since_id
+    if since is not None:
+        window = window & (AuditRecord.finished_at >= since)
+    counts: dict[str, int] = {}
     calls = 0
-    applied = 0
-    for outcome, requested, finished, requests in rows:
-        counts[outcome] += 1
-        calls += requests or 0
-        if outcome in SUCCESS or outcome == Outcome.DRIFTED.value:
-            applied += 1
-        latency = _ms(requested, finished)
-        if latency is not None:
-            latencies[outcome].append(latency)
-    total = len(rows)
-    by_outcome = [
-        OutcomeStats(
-            outcome,
-            counts[outcome],
-            percentile(latencies[outcome], 50),
-            percentile(latencies[outcome], 95),
-            percentile(latencies[outcome], 99),
+    for outcome, count, requests in session.execute(
+        select(
+            AuditRecord.outcome, func.count(), func.coalesce(func.sum(AuditRecord.genesys_requests), 0)
         )
-        for outcome in sorted(counts, key=lambda o: -counts[o])
+        .where(window)
+        .group_by(AuditRecord.outcome)
+    ):
+        counts[outcome] = int(count)
+        calls += int(requests)
+    applied = sum(n for o, n in counts.items() if o in SUCCESS or o == Outcome.DRIFTED.value)
+    quantiles = _percentiles(session, since, since_id) if counts else {}
+    total = sum(counts.values())
+    by_outcome = [
+        OutcomeStats(outcome, counts[outcome], *quantiles.get(outcome, (None, None, None)))
+        for outcome in sorted(counts, key=lambda o: (-counts[o], o))
     ]
-    success = sum(counts[o] for o in SUCCESS)
+    success = sum(counts.get(o, 0) for o in SUCCESS)
     return Summary(
         total=total,
         success_rate=success / total if total else 0.0,
