@@ -42,24 +42,29 @@ class Summary:
     by_outcome: list[OutcomeStats]
 
 
-# Request → terminal row, in milliseconds, as each database computes it. SQLite keeps datetimes
-# as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC): whole seconds by strftime, microseconds from the
-# text (julianday's floating point would blur them).
-_LATENCY_MS = {
-    "postgresql": "EXTRACT(EPOCH FROM (finished_at - requested_at)) * 1000",
-    "sqlite": (
-        "(strftime('%s', finished_at) - strftime('%s', requested_at)) * 1000.0"
-        " + (CAST(substr(finished_at, 21, 6) AS INTEGER)"
-        " - CAST(substr(requested_at, 21, 6) AS INTEGER)) / 1000.0"
-    ),
-}
+# Request → terminal row, in milliseconds, as each database computes it (NULL without a request
+# time). PostgreSQL: date_part's double precision sorts faster than EXTRACT's numeric. SQLite
+# keeps datetimes as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC): whole seconds by strftime,
+# microseconds from the text (julianday's floating point would blur them).
+_LATENCY_PG = "date_part('epoch', finished_at - requested_at) * 1000"
+_LATENCY_SQLITE = (
+    "(strftime('%s', finished_at) - strftime('%s', requested_at)) * 1000.0"
+    " + (CAST(substr(finished_at, 21, 6) AS INTEGER)"
+    " - CAST(substr(requested_at, 21, 6) AS INTEGER)) / 1000.0"
+)
 
-# Nearest rank on both: PostgreSQL's percentile_disc is the smallest value whose cumulative
-# share reaches q, which is exactly the nearest-rank definition of :func:`percentile`.
-_PERCENTILES_PG = f"""
-SELECT outcome, percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency)
-FROM (SELECT outcome, {_LATENCY_MS["postgresql"]} AS latency FROM presence_audit
-      WHERE {{where}} AND requested_at IS NOT NULL) AS timed
+# One pass on PostgreSQL. Nearest rank on both backends: percentile_disc is the smallest value
+# whose cumulative share reaches q — the nearest-rank definition of :func:`percentile` — and
+# ignores NULL latencies, as the count does not.
+_SUMMARY_PG = f"""
+SELECT outcome, count(*), coalesce(sum(genesys_requests), 0),
+       percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {_LATENCY_PG})
+FROM presence_audit WHERE {{where}}
+GROUP BY outcome
+"""
+_COUNTS_SQLITE = """
+SELECT outcome, count(*), coalesce(sum(genesys_requests), 0)
+FROM presence_audit WHERE {where}
 GROUP BY outcome
 """
 # SQLite has no percentile aggregate: number each outcome's latencies in order (its sorter
@@ -69,12 +74,13 @@ SELECT outcome, rn, n, latency FROM (
   SELECT outcome, latency,
          ROW_NUMBER() OVER (PARTITION BY outcome ORDER BY latency) AS rn,
          COUNT(*) OVER (PARTITION BY outcome) AS n
-  FROM (SELECT outcome, {_LATENCY_MS["sqlite"]} AS latency FROM presence_audit
+  FROM (SELECT outcome, {_LATENCY_SQLITE} AS latency FROM presence_audit
         WHERE {{where}} AND requested_at IS NOT NULL)
 )
 WHERE rn IN (MAX(1, (50 * n + 99) / 100), MAX(1, (95 * n + 99) / 100), MAX(1, (99 * n + 99) / 100))
 """
 QUANTILES = (50, 95, 99)
+NO_LATENCY: tuple[float | None, ...] = (None, None, None)
 
 
 def nearest_rank(q: int, n: int) -> int:
@@ -82,34 +88,49 @@ def nearest_rank(q: int, n: int) -> int:
     return max(1, min(n, math.ceil(q * n / 100)))
 
 
-def _percentiles(
-    session: Session, since: datetime | None, since_id: int
-) -> dict[str, tuple[float | None, ...]]:
-    """{outcome: (p50, p95, p99)} of request → terminal row latency, computed in the database."""
+# outcome → (rows, Genesys requests, (p50, p95, p99) of latency)
+Aggregates = dict[str, tuple[int, int, tuple[float | None, ...]]]
+
+
+def _aggregate(session: Session, since: datetime | None, since_id: int) -> Aggregates:
+    """Counts, Genesys requests and latency percentiles by outcome, computed in the database."""
     dialect = session.get_bind().dialect.name
     where = "id > :since_id" + (" AND finished_at >= :since" if since is not None else "")
     params: dict[str, object] = {"since_id": since_id}
-    if since is not None:
-        params["since"] = since
-    out: dict[str, tuple[float | None, ...]] = {}
     if dialect == "postgresql":
-        sql = text(_PERCENTILES_PG.format(where=where))
-        for outcome, values in session.execute(sql, params):
-            out[outcome] = tuple(float(v) if v is not None else None for v in values)
-        return out
+        if since is not None:
+            params["since"] = since
+        return {
+            outcome: (int(n), int(calls), tuple(float(v) for v in values) if values else NO_LATENCY)
+            for outcome, n, calls, values in session.execute(
+                text(_SUMMARY_PG.format(where=where)), params
+            )
+        }
     if dialect != "sqlite":
         raise ValueError(f"presence stats supports PostgreSQL and SQLite, not {dialect}")
-    at_rank: dict[str, dict[int, float]] = defaultdict(dict)
-    counts: dict[str, int] = {}
     if since is not None:  # as SQLite stores it: UTC text, to the microsecond
         params["since"] = since.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
-    sql = text(_PERCENTILES_SQLITE.format(where=where))
-    for outcome, rank, n, latency in session.execute(sql, params):
-        at_rank[outcome][int(rank)] = float(latency)
-        counts[outcome] = int(n)
-    for outcome, values in at_rank.items():
-        out[outcome] = tuple(values[nearest_rank(q, counts[outcome])] for q in QUANTILES)
-    return out
+    counts = {
+        outcome: (int(n), int(calls))
+        for outcome, n, calls in session.execute(text(_COUNTS_SQLITE.format(where=where)), params)
+    }
+    at_rank: dict[str, dict[int, float]] = defaultdict(dict)
+    timed: dict[str, int] = {}
+    if counts:
+        sql = text(_PERCENTILES_SQLITE.format(where=where))
+        for outcome, rank, n, latency in session.execute(sql, params):
+            at_rank[outcome][int(rank)] = float(latency)
+            timed[outcome] = int(n)
+    return {
+        outcome: (
+            n,
+            calls,
+            tuple(at_rank[outcome][nearest_rank(q, timed[outcome])] for q in QUANTILES)
+            if outcome in timed
+            else NO_LATENCY,
+        )
+        for outcome, (n, calls) in counts.items()
+    }
 
 
 def summarize(session: Session, *, since: datetime | None = None, since_id: int = 0) -> Summary:
@@ -119,30 +140,18 @@ def summarize(session: Session, *, since: datetime | None = None, since_id: int 
 
     Latency is request → terminal row (``requested_at`` → ``finished_at``). Requests per
     update counts every Genesys call attributed to the updates that reached the platform.
-    Everything is aggregated by the database (served by the ``finished_at`` index): memory
-    does not grow with the table.
+    Everything is aggregated by the database (a recent window is served by the ``finished_at``
+    index): memory does not grow with the table.
     """
     if since is not None and since.tzinfo is not None:
         since = since.astimezone(UTC)
-    window = AuditRecord.id > since_id
-    if since is not None:
-        window = window & (AuditRecord.finished_at >= since)
-    counts: dict[str, int] = {}
-    calls = 0
-    for outcome, count, requests in session.execute(
-        select(
-            AuditRecord.outcome, func.count(), func.coalesce(func.sum(AuditRecord.genesys_requests), 0)
-        )
-        .where(window)
-        .group_by(AuditRecord.outcome)
-    ):
-        counts[outcome] = int(count)
-        calls += int(requests)
+    aggregates = _aggregate(session, since, since_id)
+    counts = {outcome: n for outcome, (n, _, _) in aggregates.items()}
+    calls = sum(c for _, c, _ in aggregates.values())
     applied = sum(n for o, n in counts.items() if o in SUCCESS or o == Outcome.DRIFTED.value)
-    quantiles = _percentiles(session, since, since_id) if counts else {}
     total = sum(counts.values())
     by_outcome = [
-        OutcomeStats(outcome, counts[outcome], *quantiles.get(outcome, (None, None, None)))
+        OutcomeStats(outcome, counts[outcome], *aggregates[outcome][2])
         for outcome in sorted(counts, key=lambda o: (-counts[o], o))
     ]
     success = sum(counts.get(o, 0) for o in SUCCESS)
