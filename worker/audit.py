@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import AuditRecord, Outcome
-from models.db import session_scope
+from models.db import engine_for, session_scope
 from producer.schema import PresenceUpdate
 from worker import wfm
 from worker.flow.record import AuditDraft, Written
@@ -93,9 +93,14 @@ class SqlAuditStore:
         self.database_url = database_url
 
     def find_outcome(self, *, request_id: str, idempotency_key: str | None) -> Outcome | None:
-        with session_scope(self.database_url) as session:
-            row = find_existing(session, request_id=request_id, idempotency_key=idempotency_key)
-            return Outcome(row.outcome) if row is not None else None
+        # The outcome column alone, on a pooled connection: no ORM session or row object for
+        # a check every update makes.
+        clause = AuditRecord.request_id == request_id
+        if idempotency_key is not None:
+            clause = or_(clause, AuditRecord.idempotency_key == idempotency_key)
+        with engine_for(self.database_url).connect() as conn:
+            outcome = conn.execute(select(AuditRecord.outcome).where(clause).limit(1)).scalar()
+        return Outcome(outcome) if outcome is not None else None
 
     def audited(self, request_ids: list[str], idempotency_keys: list[str]) -> set[str]:
         if not request_ids and not idempotency_keys:
