@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydantic import ValidationError
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -86,6 +86,13 @@ def requeue(
     return count
 
 
+_OUTCOME_BY_ID = text(f"SELECT outcome FROM {AuditRecord.__tablename__} WHERE request_id = :id")
+_OUTCOME_BY_KEY = text(
+    f"SELECT outcome FROM {AuditRecord.__tablename__} "
+    "WHERE request_id = :id OR idempotency_key = :key LIMIT 1"
+)
+
+
 class SqlAuditStore:
     """The recorder's store on SQLAlchemy (SQLite or PostgreSQL): one transaction per write."""
 
@@ -93,13 +100,11 @@ class SqlAuditStore:
         self.database_url = database_url
 
     def find_outcome(self, *, request_id: str, idempotency_key: str | None) -> Outcome | None:
-        # The outcome column alone, on a pooled connection: no ORM session or row object for
-        # a check every update makes.
-        clause = AuditRecord.request_id == request_id
-        if idempotency_key is not None:
-            clause = or_(clause, AuditRecord.idempotency_key == idempotency_key)
+        # Every update asks this before anything else: the outcome column alone, as plain SQL
+        # on a pooled connection (no ORM session, no row object, no statement to build).
+        query = _OUTCOME_BY_KEY if idempotency_key is not None else _OUTCOME_BY_ID
         with engine_for(self.database_url).connect() as conn:
-            outcome = conn.execute(select(AuditRecord.outcome).where(clause).limit(1)).scalar()
+            outcome = conn.execute(query, {"id": request_id, "key": idempotency_key}).scalar()
         return Outcome(outcome) if outcome is not None else None
 
     def audited(self, request_ids: list[str], idempotency_keys: list[str]) -> set[str]:
