@@ -3,7 +3,7 @@
 Run: ``python -m bench.cpu`` (about 2 minutes; ``--pool prefork`` measures a prefork worker,
 ``--updates N`` changes the batch). Results go to ``bench/results/cpu.json``.
 
-One emulator (limit off), one worker process (``--pool threads`` × 8 by default) and its own
+One emulator (limit off), one worker process (``--pool threads``, 8 threads by default) and its own
 Redis database. Every phase is measured on a warm worker (channel open, agents primed):
 
 - baseline: a raw sequential PATCH loop on one keep-alive connection to the same emulator —
@@ -101,9 +101,7 @@ def run(updates: int, pool: str, concurrency: int, redis_url: str) -> dict[str, 
         wait_rows(stack, 100, 300)
         done = 100
         batch = updates_for(singles_agents, updates, rng, states=STATES)
-        singles = measure(
-            stack, client, pid, done, lambda: producer.send_many(batch), updates
-        )
+        singles = measure(stack, client, pid, done, lambda: producer.send_many(batch), updates)
         done += updates
         waves_n = max(1000, updates // 1000 * 1000)
         wave_batch = [
@@ -111,9 +109,7 @@ def run(updates: int, pool: str, concurrency: int, redis_url: str) -> dict[str, 
             for start in range(0, waves_n, 1000)
             for u in updates_for(wave_agents, 1000, rng, states=STATES)
         ][:waves_n]
-        waves = measure(
-            stack, client, pid, done, lambda: producer.send_wave(wave_batch), waves_n
-        )
+        waves = measure(stack, client, pid, done, lambda: producer.send_wave(wave_batch), waves_n)
         producer.close()
         client.close()
         stats = httpx.get(f"{stack.emulator.base_url}/__emulator/stats").json()

@@ -191,7 +191,11 @@ def main() -> None:
                 filled_s = time.monotonic() - started
                 sql, python = measure(url, "sql"), measure(url, "python")
                 assert sql["total"] == python["total"] == size, (sql, python)
-                report.data[f"{backend}:{size}"] = {"fill_s": filled_s, "sql": sql, "python": python}
+                report.data[f"{backend}:{size}"] = {
+                    "fill_s": filled_s,
+                    "sql": sql,
+                    "python": python,
+                }
                 label = f"{backend}, {size:,} rows"
                 report.add(
                     f"{label}: time",

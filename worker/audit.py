@@ -86,10 +86,9 @@ def requeue(
     return count
 
 
-_OUTCOME_BY_ID = text(f"SELECT outcome FROM {AuditRecord.__tablename__} WHERE request_id = :id")
+_OUTCOME_BY_ID = text("SELECT outcome FROM presence_audit WHERE request_id = :id")
 _OUTCOME_BY_KEY = text(
-    f"SELECT outcome FROM {AuditRecord.__tablename__} "
-    "WHERE request_id = :id OR idempotency_key = :key LIMIT 1"
+    "SELECT outcome FROM presence_audit WHERE request_id = :id OR idempotency_key = :key LIMIT 1"
 )
 
 

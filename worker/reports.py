@@ -42,43 +42,43 @@ class Summary:
     by_outcome: list[OutcomeStats]
 
 
-# Request → terminal row, in milliseconds, as each database computes it (NULL without a request
-# time). PostgreSQL: date_part's double precision sorts faster than EXTRACT's numeric. SQLite
-# keeps datetimes as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC): whole seconds by strftime,
-# microseconds from the text (julianday's floating point would blur them).
-_LATENCY_PG = "date_part('epoch', finished_at - requested_at) * 1000"
-_LATENCY_SQLITE = (
-    "(strftime('%s', finished_at) - strftime('%s', requested_at)) * 1000.0"
-    " + (CAST(substr(finished_at, 21, 6) AS INTEGER)"
-    " - CAST(substr(requested_at, 21, 6) AS INTEGER)) / 1000.0"
-)
-
+# Request → terminal row latency in milliseconds, as each database computes it (NULL without a
+# request time). PostgreSQL: date_part's double precision sorts faster than EXTRACT's numeric.
+# SQLite keeps datetimes as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC): whole seconds by
+# strftime, microseconds from the text (julianday's floating point would blur them).
+#
 # One pass on PostgreSQL. Nearest rank on both backends: percentile_disc is the smallest value
 # whose cumulative share reaches q — the nearest-rank definition of :func:`percentile` — and
 # ignores NULL latencies, as the count does not.
-_SUMMARY_PG = f"""
+_SUMMARY_PG = text("""
 SELECT outcome, count(*), coalesce(sum(genesys_requests), 0),
-       percentile_disc(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY {_LATENCY_PG})
-FROM presence_audit WHERE {{where}}
+       percentile_disc(ARRAY[0.5, 0.95, 0.99])
+         WITHIN GROUP (ORDER BY date_part('epoch', finished_at - requested_at) * 1000)
+FROM presence_audit WHERE id > :since_id AND finished_at >= :since
 GROUP BY outcome
-"""
-_COUNTS_SQLITE = """
+""")
+_COUNTS_SQLITE = text("""
 SELECT outcome, count(*), coalesce(sum(genesys_requests), 0)
-FROM presence_audit WHERE {where}
+FROM presence_audit WHERE id > :since_id AND finished_at >= :since
 GROUP BY outcome
-"""
+""")
 # SQLite has no percentile aggregate: number each outcome's latencies in order (its sorter
 # spills to disk, so memory stays flat) and keep the rows at the three nearest ranks.
-_PERCENTILES_SQLITE = f"""
+_PERCENTILES_SQLITE = text("""
 SELECT outcome, rn, n, latency FROM (
   SELECT outcome, latency,
          ROW_NUMBER() OVER (PARTITION BY outcome ORDER BY latency) AS rn,
          COUNT(*) OVER (PARTITION BY outcome) AS n
-  FROM (SELECT outcome, {_LATENCY_SQLITE} AS latency FROM presence_audit
-        WHERE {{where}} AND requested_at IS NOT NULL)
+  FROM (SELECT outcome,
+               (strftime('%s', finished_at) - strftime('%s', requested_at)) * 1000.0
+               + (CAST(substr(finished_at, 21, 6) AS INTEGER)
+                  - CAST(substr(requested_at, 21, 6) AS INTEGER)) / 1000.0 AS latency
+        FROM presence_audit
+        WHERE id > :since_id AND finished_at >= :since AND requested_at IS NOT NULL)
 )
 WHERE rn IN (MAX(1, (50 * n + 99) / 100), MAX(1, (95 * n + 99) / 100), MAX(1, (99 * n + 99) / 100))
-"""
+""")
+EVERYTHING = datetime(1970, 1, 1, tzinfo=UTC)  # the window of "every row"
 QUANTILES = (50, 95, 99)
 NO_LATENCY: tuple[float | None, ...] = (None, None, None)
 
@@ -92,33 +92,27 @@ def nearest_rank(q: int, n: int) -> int:
 Aggregates = dict[str, tuple[int, int, tuple[float | None, ...]]]
 
 
-def _aggregate(session: Session, since: datetime | None, since_id: int) -> Aggregates:
+def _aggregate(session: Session, since: datetime, since_id: int) -> Aggregates:
     """Counts, Genesys requests and latency percentiles by outcome, computed in the database."""
     dialect = session.get_bind().dialect.name
-    where = "id > :since_id" + (" AND finished_at >= :since" if since is not None else "")
-    params: dict[str, object] = {"since_id": since_id}
     if dialect == "postgresql":
-        if since is not None:
-            params["since"] = since
+        params: dict[str, object] = {"since_id": since_id, "since": since}
         return {
             outcome: (int(n), int(calls), tuple(float(v) for v in values) if values else NO_LATENCY)
-            for outcome, n, calls, values in session.execute(
-                text(_SUMMARY_PG.format(where=where)), params
-            )
+            for outcome, n, calls, values in session.execute(_SUMMARY_PG, params)
         }
     if dialect != "sqlite":
         raise ValueError(f"presence stats supports PostgreSQL and SQLite, not {dialect}")
-    if since is not None:  # as SQLite stores it: UTC text, to the microsecond
-        params["since"] = since.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # As SQLite stores it: UTC text, to the microsecond.
+    params = {"since_id": since_id, "since": since.strftime("%Y-%m-%d %H:%M:%S.%f")}
     counts = {
         outcome: (int(n), int(calls))
-        for outcome, n, calls in session.execute(text(_COUNTS_SQLITE.format(where=where)), params)
+        for outcome, n, calls in session.execute(_COUNTS_SQLITE, params)
     }
     at_rank: dict[str, dict[int, float]] = defaultdict(dict)
     timed: dict[str, int] = {}
     if counts:
-        sql = text(_PERCENTILES_SQLITE.format(where=where))
-        for outcome, rank, n, latency in session.execute(sql, params):
+        for outcome, rank, n, latency in session.execute(_PERCENTILES_SQLITE, params):
             at_rank[outcome][int(rank)] = float(latency)
             timed[outcome] = int(n)
     return {
@@ -143,9 +137,8 @@ def summarize(session: Session, *, since: datetime | None = None, since_id: int 
     Everything is aggregated by the database (a recent window is served by the ``finished_at``
     index): memory does not grow with the table.
     """
-    if since is not None and since.tzinfo is not None:
-        since = since.astimezone(UTC)
-    aggregates = _aggregate(session, since, since_id)
+    window = (since or EVERYTHING).astimezone(UTC)  # a naive ``since`` is taken as local time
+    aggregates = _aggregate(session, window, since_id)
     counts = {outcome: n for outcome, (n, _, _) in aggregates.items()}
     calls = sum(c for _, c, _ in aggregates.values())
     applied = sum(n for o, n in counts.items() if o in SUCCESS or o == Outcome.DRIFTED.value)
