@@ -42,14 +42,11 @@ class Summary:
     by_outcome: list[OutcomeStats]
 
 
-# Request → terminal row latency in milliseconds, as each database computes it (NULL without a
-# request time). PostgreSQL: date_part's double precision sorts faster than EXTRACT's numeric.
-# SQLite keeps datetimes as text ("YYYY-MM-DD HH:MM:SS.ffffff", UTC): whole seconds by
-# strftime, microseconds from the text (julianday's floating point would blur them).
-#
-# One pass on PostgreSQL. Nearest rank on both backends: percentile_disc is the smallest value
-# whose cumulative share reaches q — the nearest-rank definition of :func:`percentile` — and
-# ignores NULL latencies, as the count does not.
+# Latency is request → terminal row in milliseconds, NULL without a request time. Nearest rank
+# on both backends. PostgreSQL, in one pass: percentile_disc is the smallest value whose
+# cumulative share reaches q — the nearest-rank definition of :func:`percentile` — and ignores
+# NULL latencies, as the count does not; date_part's double precision sorts faster than
+# EXTRACT's numeric.
 _SUMMARY_PG = text("""
 SELECT outcome, count(*), coalesce(sum(genesys_requests), 0),
        percentile_disc(ARRAY[0.5, 0.95, 0.99])
@@ -57,26 +54,16 @@ SELECT outcome, count(*), coalesce(sum(genesys_requests), 0),
 FROM presence_audit WHERE id > :since_id AND finished_at >= :since
 GROUP BY outcome
 """)
-_COUNTS_SQLITE = text("""
-SELECT outcome, count(*), coalesce(sum(genesys_requests), 0)
+# SQLite has no percentile aggregate: one pass counts the rows of each outcome by latency
+# rounded to the millisecond (julianday holds milliseconds; NULL without a request time), in
+# order; the nearest ranks are then walked from those counts. What comes back is bounded by the
+# distinct latencies, not by the rows.
+_BY_MS_SQLITE = text("""
+SELECT outcome,
+       ROUND((julianday(finished_at) - julianday(requested_at)) * 86400000.0) AS ms,
+       count(*), coalesce(sum(genesys_requests), 0)
 FROM presence_audit WHERE id > :since_id AND finished_at >= :since
-GROUP BY outcome
-""")
-# SQLite has no percentile aggregate: number each outcome's latencies in order (its sorter
-# spills to disk, so memory stays flat) and keep the rows at the three nearest ranks.
-_PERCENTILES_SQLITE = text("""
-SELECT outcome, rn, n, latency FROM (
-  SELECT outcome, latency,
-         ROW_NUMBER() OVER (PARTITION BY outcome ORDER BY latency) AS rn,
-         COUNT(*) OVER (PARTITION BY outcome) AS n
-  FROM (SELECT outcome,
-               (strftime('%s', finished_at) - strftime('%s', requested_at)) * 1000.0
-               + (CAST(substr(finished_at, 21, 6) AS INTEGER)
-                  - CAST(substr(requested_at, 21, 6) AS INTEGER)) / 1000.0 AS latency
-        FROM presence_audit
-        WHERE id > :since_id AND finished_at >= :since AND requested_at IS NOT NULL)
-)
-WHERE rn IN (MAX(1, (50 * n + 99) / 100), MAX(1, (95 * n + 99) / 100), MAX(1, (99 * n + 99) / 100))
+GROUP BY outcome, ms ORDER BY outcome, ms
 """)
 EVERYTHING = datetime(1970, 1, 1, tzinfo=UTC)  # the window of "every row"
 QUANTILES = (50, 95, 99)
@@ -105,26 +92,29 @@ def _aggregate(session: Session, since: datetime, since_id: int) -> Aggregates:
         raise ValueError(f"presence stats supports PostgreSQL and SQLite, not {dialect}")
     # As SQLite stores it: UTC text, to the microsecond.
     params = {"since_id": since_id, "since": since.strftime("%Y-%m-%d %H:%M:%S.%f")}
-    counts = {
-        outcome: (int(n), int(calls))
-        for outcome, n, calls in session.execute(_COUNTS_SQLITE, params)
-    }
-    at_rank: dict[str, dict[int, float]] = defaultdict(dict)
-    timed: dict[str, int] = {}
-    if counts:
-        for outcome, rank, n, latency in session.execute(_PERCENTILES_SQLITE, params):
-            at_rank[outcome][int(rank)] = float(latency)
-            timed[outcome] = int(n)
+    totals: dict[str, tuple[int, int]] = {}
+    by_ms: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for outcome, ms, n, calls in session.execute(_BY_MS_SQLITE, params):
+        rows, requests = totals.get(outcome, (0, 0))
+        totals[outcome] = (rows + int(n), requests + int(calls))
+        if ms is not None:
+            by_ms[outcome].append((float(ms), int(n)))
     return {
-        outcome: (
-            n,
-            calls,
-            tuple(at_rank[outcome][nearest_rank(q, timed[outcome])] for q in QUANTILES)
-            if outcome in timed
-            else NO_LATENCY,
-        )
-        for outcome, (n, calls) in counts.items()
+        outcome: (rows, requests, _ranked(by_ms[outcome]) if by_ms[outcome] else NO_LATENCY)
+        for outcome, (rows, requests) in totals.items()
     }
+
+
+def _ranked(counts: list[tuple[float, int]]) -> tuple[float | None, ...]:
+    """The nearest-rank percentiles of values given as (value, how many) in ascending order."""
+    ranks = [nearest_rank(q, sum(n for _, n in counts)) for q in QUANTILES]
+    out: list[float | None] = []
+    seen = 0
+    for value, n in counts:
+        seen += n
+        while len(out) < len(ranks) and ranks[len(out)] <= seen:
+            out.append(value)
+    return tuple(out)
 
 
 def summarize(session: Session, *, since: datetime | None = None, since_id: int = 0) -> Summary:
