@@ -29,13 +29,14 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import OperationalError
 
 import migrations
 from bench.report import Report
@@ -156,6 +157,10 @@ def measure(url: str, how: str, repeat: int) -> dict[str, Any]:
     }
 
 
+class Unavailable(Exception):
+    """The backend cannot be reached: its rows are skipped."""
+
+
 @contextmanager
 def database(backend: str) -> Iterator[str]:
     if backend == "sqlite":
@@ -166,8 +171,11 @@ def database(backend: str) -> Iterator[str]:
         return
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"bench_stats_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        raise Unavailable(f"PostgreSQL at TEST_POSTGRES_URL is not reachable: {exc}") from None
     url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     try:
         migrations.upgrade(url)
@@ -194,7 +202,12 @@ def main() -> None:
         return
     report = Report()
     for backend in args.backends.split(","):
-        with database(backend) as url:
+        with ExitStack() as scope:
+            try:
+                url = scope.enter_context(database(backend))
+            except Unavailable as exc:
+                console.print(f"[yellow]{backend} skipped:[/] {str(exc).splitlines()[0]}")
+                continue
             for size in (int(s) for s in args.sizes.split(",")):
                 started = time.monotonic()
                 fill(url, size)
