@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 import migrations
 from models import AuditRecord, Outcome
@@ -181,3 +182,27 @@ def test_recent_rows_are_newest_first_and_filterable(database):
     assert [r.id for r in newest] == [3, 2]
     assert [r.outcome for r in of_agent] == ["confirmed", "failed"]
     assert [r.user_id for r in failed] == ["agent-2"]
+
+
+def test_a_recent_window_is_served_by_the_finished_at_index(database):
+    insert(database, [row(Outcome.CONFIRMED, 10, at=T0 - timedelta(minutes=m)) for m in range(50)])
+    engine = engine_for(database)
+    since = T0 - timedelta(minutes=5)
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("ANALYZE")
+            sql = str(reports._BY_MS_SQLITE)
+            params: dict[str, object] = {
+                "since_id": 0,
+                "since": since.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            }
+            plan = " ".join(
+                str(r[3]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"), params)
+            )
+        else:
+            conn.exec_driver_sql("ANALYZE presence_audit")
+            conn.exec_driver_sql("SET enable_seqscan = off")  # a tiny table: ask what it can use
+            sql = str(reports._SUMMARY_PG)
+            params = {"since_id": 0, "since": since}
+            plan = " ".join(str(r[0]) for r in conn.execute(text(f"EXPLAIN {sql}"), params))
+    assert "ix_presence_audit_finished_at" in plan, plan
