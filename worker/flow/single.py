@@ -50,13 +50,14 @@ def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
         if isinstance(parsed, AuditDraft):
             return _finish(ports, parsed, Outcome.INVALID, calls)
         request = parsed
-        ports.ordering.register(*request.ordering_key)
         config = ports.config
         try:
-            with ports.ordering.lock(
-                request.user_id, ttl_s=config.agent_lock_ttl_s, wait_s=config.agent_lock_wait_s
-            ):
-                return _apply_locked(ports, request, calls)
+            with ports.ordering.register_and_lock(
+                *request.ordering_key,
+                ttl_s=config.agent_lock_ttl_s,
+                wait_s=config.agent_lock_wait_s,
+            ) as superseded:
+                return _apply_locked(ports, request, calls, superseded)
         except AgentBusy as exc:
             raise steps.wait(LOCK_RETRY_S, str(exc)) from None
         except BudgetExhausted as exc:
@@ -68,7 +69,7 @@ def _finish(ports: Ports, draft: AuditDraft, outcome: Outcome, calls: CallLog) -
     return ports.recorder.finish(draft, outcome)
 
 
-def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
+def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bool) -> Outcome:
     recorded = ports.audit.find_outcome(
         request_id=request.request_id, idempotency_key=request.update.idempotency_key
     )
@@ -81,7 +82,7 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
             presence, _ = ports.api.get_presence(request.user_id)
             if steps.applied_earlier(ports, request, marked, presence):
                 return _finish(ports, request.draft, Outcome.APPLIED_UNCONFIRMED, calls)
-        if ports.ordering.is_superseded(*request.ordering_key):
+        if superseded:  # read as the lock was taken
             return _finish(ports, *steps.rejected(request.draft, SUPERSEDED), calls)
         _load_current(ports, request)
         decision = steps.verdict(ports, request)
