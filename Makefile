@@ -45,11 +45,13 @@ compose-check: $(STAMP)
 	$(COMPOSE_DUMMY_ENV) $(COMPOSE) --env-file /dev/null config --quiet
 	$(COMPOSE) --env-file compose.sandbox.env config --quiet
 
-bench: $(STAMP)  # about 15 minutes; each one also runs alone: python -m bench.<name>
+bench: $(STAMP)  # about 25 minutes; each one also runs alone: python -m bench.<name>
 	$(PY) -m bench.emulator
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.capacity
 	$(PY) -m bench.wave
+	$(PY) -m bench.cpu
+	$(PY) -m bench.stats
 
 # requirements/dev.txt and requirements/runtime.txt from pyproject.toml with uv (tools/lock.py).
 # lock: the newest versions within the ranges, and the base image's current digest.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -26,6 +26,7 @@ from worker import names, reports, wfm
 from worker.settings import get_settings
 from worker.version import package_version
 
+DEFAULT_STATS_HOURS = 24.0
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 app.command()(doctor)
 console = Console()
@@ -115,10 +116,18 @@ def audit(
 
 
 @app.command()
-def stats() -> None:
-    """Success rate, p50/p95/p99 latency by outcome, Genesys requests per update."""
+def stats(
+    hours: Annotated[
+        float,
+        typer.Option(min=0, help="Cover the requests finished in the last HOURS (0: every one)."),
+    ] = DEFAULT_STATS_HOURS,
+) -> None:
+    """Success rate, p50/p95/p99 latency by outcome, Genesys requests per update (computed by
+    the database, over the last 24 hours unless --hours says otherwise)."""
+    since = datetime.now(UTC) - timedelta(hours=hours) if hours else None
     with session_scope(get_settings().database_url) as session:
-        console.print(stats_table(reports.summarize(session)))
+        summary = reports.summarize(session, since=since)
+    console.print(stats_table(summary, window=f"last {hours:g} h" if hours else "all time"))
 
 
 @app.command()

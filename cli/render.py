@@ -22,11 +22,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def stats_table(summary: Summary) -> Table:
+def stats_table(summary: Summary, *, window: str | None = None) -> Table:
     table = Table(
         title=(
             f"{summary.total} requests · success {summary.success_rate:.1%} · "
             f"{summary.requests_per_update:.2f} Genesys requests per applied update"
+            + (f" · {window}" if window else "")
         )
     )
     for column in ("outcome", "count", "p50 ms", "p95 ms", "p99 ms"):

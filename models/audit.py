@@ -41,7 +41,8 @@ class AuditRecord(Base):
     reason: Mapped[str | None] = mapped_column(String(100))
     requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Indexed: reports cover a window of recent rows (``presence stats``).
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     queue_wait_ms: Mapped[float | None]
     limiter_wait_ms: Mapped[float | None]
     api_ms: Mapped[float | None]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
+_factories: dict[tuple[int, str], sessionmaker[Session]] = {}
 
 
 def engine_for(url: str) -> Engine:
@@ -23,6 +24,18 @@ def engine_for(url: str) -> Engine:
         if engine is None:
             engine = _engines[key] = _create(url)
         return engine
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    """This process's session factory for ``url`` (built once: a factory per session would
+    cost every transaction its configuration)."""
+    key = (os.getpid(), url)
+    factory = _factories.get(key)
+    if factory is None:
+        engine = engine_for(url)
+        with _lock:
+            factory = _factories.setdefault(key, sessionmaker(engine, expire_on_commit=False))
+    return factory
 
 
 def _create(url: str) -> Engine:
@@ -47,7 +60,7 @@ def _create(url: str) -> Engine:
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A session committed on success and rolled back on error."""
-    session = sessionmaker(engine_for(url), expire_on_commit=False)()
+    session = session_factory(url)()
     try:
         yield session
         session.commit()

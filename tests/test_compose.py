@@ -132,6 +132,8 @@ def test_flower_is_published_on_loopback_only_with_basic_auth(production, sandbo
         production["flower"]["environment"]["FLOWER_BASIC_AUTH"] == (SECRETS["FLOWER_BASIC_AUTH"])
     )
     assert "--no-auth" not in production["flower"]["command"]
+    # Flower's live view is fed by task events, off by default in the worker.
+    assert production["worker"]["environment"]["TASK_EVENTS"] == "true"
 
 
 def test_no_secret_is_hard_coded():

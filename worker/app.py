@@ -71,8 +71,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_time_limit=TASK_TIME_LIMIT_S,
     task_soft_time_limit=TASK_TIME_LIMIT_S - 60,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
+    # Task events cost CPU and Redis commands on every task; only a live view (Flower) reads
+    # them. TASK_EVENTS=true (or ``-E`` on the worker command line) turns them on.
+    worker_send_task_events=settings.task_events,
+    task_send_sent_event=settings.task_events,
     enable_utc=True,
 )
 # Sentry at celeryd_init, the metrics exporter at worker_ready (worker/observability).

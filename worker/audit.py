@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydantic import ValidationError
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import AuditRecord, Outcome
-from models.db import session_scope
+from models.db import engine_for, session_scope
 from producer.schema import PresenceUpdate
 from worker import wfm
 from worker.flow.record import AuditDraft, Written
@@ -86,6 +86,12 @@ def requeue(
     return count
 
 
+_OUTCOME_BY_ID = text("SELECT outcome FROM presence_audit WHERE request_id = :id")
+_OUTCOME_BY_KEY = text(
+    "SELECT outcome FROM presence_audit WHERE request_id = :id OR idempotency_key = :key LIMIT 1"
+)
+
+
 class SqlAuditStore:
     """The recorder's store on SQLAlchemy (SQLite or PostgreSQL): one transaction per write."""
 
@@ -93,9 +99,12 @@ class SqlAuditStore:
         self.database_url = database_url
 
     def find_outcome(self, *, request_id: str, idempotency_key: str | None) -> Outcome | None:
-        with session_scope(self.database_url) as session:
-            row = find_existing(session, request_id=request_id, idempotency_key=idempotency_key)
-            return Outcome(row.outcome) if row is not None else None
+        # Every update asks this before anything else: the outcome column alone, as plain SQL
+        # on a pooled connection (no ORM session, no row object, no statement to build).
+        query = _OUTCOME_BY_KEY if idempotency_key is not None else _OUTCOME_BY_ID
+        with engine_for(self.database_url).connect() as conn:
+            outcome = conn.execute(query, {"id": request_id, "key": idempotency_key}).scalar()
+        return Outcome(outcome) if outcome is not None else None
 
     def audited(self, request_ids: list[str], idempotency_keys: list[str]) -> set[str]:
         if not request_ids and not idempotency_keys:

@@ -100,6 +100,37 @@ class AgentOrdering:
         finally:
             self._unlock(keys=[key], args=[owner])
 
+    @contextmanager
+    def register_and_lock(
+        self, user_id: str, requested_at_us: int, request_id: str, *, ttl_s: float, wait_s: float
+    ) -> Iterator[bool]:
+        """:meth:`register`, then hold the agent's lock (as :meth:`lock`) and yield whether the
+        request is superseded, read once the lock is held (:meth:`is_superseded`). The
+        registration, the first lock attempt and that read share one round trip."""
+        key = f"presence:agent:{user_id}:lock"
+        newest_key = f"presence:agent:{user_id}:newest"
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        pipe = self.redis.pipeline(transaction=False)
+        self._register(
+            keys=[newest_key], args=[requested_at_us, request_id, self.marker_ttl_s], client=pipe
+        )
+        pipe.set(key, owner, nx=True, px=int(ttl_s * 1000))
+        pipe.get(newest_key)
+        _, taken, newest = pipe.execute()
+        while not taken:
+            if time.monotonic() >= deadline:
+                raise AgentBusy(f"agent {user_id} is being updated by another worker")
+            time.sleep(0.02)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(key, owner, nx=True, px=int(ttl_s * 1000))
+            pipe.get(newest_key)
+            taken, newest = pipe.execute()
+        try:
+            yield newest is not None and _newer(newest, requested_at_us, request_id)
+        finally:
+            self._unlock(keys=[key], args=[owner])
+
     def try_lock_many(self, user_ids: list[str], *, ttl_s: float) -> dict[str, str]:
         """Take the free locks among ``user_ids`` without waiting (one round trip); returns
         {user_id: owner} for those taken. Release them with :meth:`unlock_many`."""
@@ -111,5 +142,11 @@ class AgentOrdering:
         return {u: o for (u, o), ok in zip(owners.items(), taken, strict=True) if ok}
 
     def unlock_many(self, owners: dict[str, str]) -> None:
+        """Release locks taken by :meth:`try_lock_many` (each only if still ours), in one
+        round trip."""
+        if not owners:
+            return
+        pipe = self.redis.pipeline(transaction=False)
         for user_id, owner in owners.items():
-            self._unlock(keys=[f"presence:agent:{user_id}:lock"], args=[owner])
+            self._unlock(keys=[f"presence:agent:{user_id}:lock"], args=[owner], client=pipe)
+        pipe.execute()

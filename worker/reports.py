@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models import AuditRecord, Outcome
@@ -42,54 +42,104 @@ class Summary:
     by_outcome: list[OutcomeStats]
 
 
-def _ms(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    if start.tzinfo is None and end.tzinfo is not None:
-        end = end.replace(tzinfo=None)
-    elif end.tzinfo is None and start.tzinfo is not None:
-        start = start.replace(tzinfo=None)
-    return (end - start).total_seconds() * 1000
+# Latency is request → terminal row in milliseconds, NULL without a request time. Nearest rank
+# on both backends. PostgreSQL, in one pass: percentile_disc is the smallest value whose
+# cumulative share reaches q — the nearest-rank definition of :func:`percentile` — and ignores
+# NULL latencies, as the count does not; date_part's double precision sorts faster than
+# EXTRACT's numeric.
+_SUMMARY_PG = text("""
+SELECT outcome, count(*), coalesce(sum(genesys_requests), 0),
+       percentile_disc(ARRAY[0.5, 0.95, 0.99])
+         WITHIN GROUP (ORDER BY date_part('epoch', finished_at - requested_at) * 1000)
+FROM presence_audit WHERE id > :since_id AND finished_at >= :since
+GROUP BY outcome
+""")
+# SQLite has no percentile aggregate: one pass counts the rows of each outcome by latency
+# rounded to the millisecond (julianday holds milliseconds; NULL without a request time), in
+# order; the nearest ranks are then walked from those counts. What comes back is bounded by the
+# distinct latencies, not by the rows.
+# (The unary + keeps SQLite's planner on the finished_at index, which serves the window, rather
+# than the outcome index or the rowid.)
+_BY_MS_SQLITE = text("""
+SELECT +outcome AS outcome,
+       ROUND((julianday(finished_at) - julianday(requested_at)) * 86400000.0) AS ms,
+       count(*), coalesce(sum(genesys_requests), 0)
+FROM presence_audit WHERE +id > :since_id AND finished_at >= :since
+GROUP BY 1, 2 ORDER BY 1, 2
+""")
+EVERYTHING = datetime(1970, 1, 1, tzinfo=UTC)  # the window of "every row"
+QUANTILES = (50, 95, 99)
+NO_LATENCY: tuple[float | None, ...] = (None, None, None)
 
 
-def summarize(session: Session, *, since_id: int = 0) -> Summary:
-    """Success rate, end-to-end latency percentiles by outcome, Genesys requests per update.
+def nearest_rank(q: int, n: int) -> int:
+    """The 1-based rank of the q-th percentile among ``n`` ordered values (nearest rank)."""
+    return max(1, min(n, math.ceil(q * n / 100)))
+
+
+# outcome → (rows, Genesys requests, (p50, p95, p99) of latency)
+Aggregates = dict[str, tuple[int, int, tuple[float | None, ...]]]
+
+
+def _aggregate(session: Session, since: datetime, since_id: int) -> Aggregates:
+    """Counts, Genesys requests and latency percentiles by outcome, computed in the database."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        params: dict[str, object] = {"since_id": since_id, "since": since}
+        return {
+            outcome: (int(n), int(calls), tuple(float(v) for v in values) if values else NO_LATENCY)
+            for outcome, n, calls, values in session.execute(_SUMMARY_PG, params)
+        }
+    if dialect != "sqlite":
+        raise ValueError(f"presence stats supports PostgreSQL and SQLite, not {dialect}")
+    # As SQLite stores it: UTC text, to the microsecond.
+    params = {"since_id": since_id, "since": since.strftime("%Y-%m-%d %H:%M:%S.%f")}
+    totals: dict[str, tuple[int, int]] = {}
+    by_ms: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for outcome, ms, n, calls in session.execute(_BY_MS_SQLITE, params):
+        rows, requests = totals.get(outcome, (0, 0))
+        totals[outcome] = (rows + int(n), requests + int(calls))
+        if ms is not None:
+            by_ms[outcome].append((float(ms), int(n)))
+    return {
+        outcome: (rows, requests, _ranked(by_ms[outcome]) if by_ms[outcome] else NO_LATENCY)
+        for outcome, (rows, requests) in totals.items()
+    }
+
+
+def _ranked(counts: list[tuple[float, int]]) -> tuple[float | None, ...]:
+    """The nearest-rank percentiles of values given as (value, how many) in ascending order."""
+    ranks = [nearest_rank(q, sum(n for _, n in counts)) for q in QUANTILES]
+    out: list[float | None] = []
+    seen = 0
+    for value, n in counts:
+        seen += n
+        while len(out) < len(ranks) and ranks[len(out)] <= seen:
+            out.append(value)
+    return tuple(out)
+
+
+def summarize(session: Session, *, since: datetime | None = None, since_id: int = 0) -> Summary:
+    """Success rate, end-to-end latency percentiles by outcome, Genesys requests per update,
+    over the rows finished at or after ``since`` (every row when None) with an id above
+    ``since_id``.
 
     Latency is request → terminal row (``requested_at`` → ``finished_at``). Requests per
     update counts every Genesys call attributed to the updates that reached the platform.
+    Everything is aggregated by the database (a recent window is served by the ``finished_at``
+    index): memory does not grow with the table.
     """
-    rows = session.execute(
-        select(
-            AuditRecord.outcome,
-            AuditRecord.requested_at,
-            AuditRecord.finished_at,
-            AuditRecord.genesys_requests,
-        ).where(AuditRecord.id > since_id)
-    ).all()
-    latencies: dict[str, list[float]] = defaultdict(list)
-    counts: dict[str, int] = defaultdict(int)
-    calls = 0
-    applied = 0
-    for outcome, requested, finished, requests in rows:
-        counts[outcome] += 1
-        calls += requests or 0
-        if outcome in SUCCESS or outcome == Outcome.DRIFTED.value:
-            applied += 1
-        latency = _ms(requested, finished)
-        if latency is not None:
-            latencies[outcome].append(latency)
-    total = len(rows)
+    window = (since or EVERYTHING).astimezone(UTC)  # a naive ``since`` is taken as local time
+    aggregates = _aggregate(session, window, since_id)
+    counts = {outcome: n for outcome, (n, _, _) in aggregates.items()}
+    calls = sum(c for _, c, _ in aggregates.values())
+    applied = sum(n for o, n in counts.items() if o in SUCCESS or o == Outcome.DRIFTED.value)
+    total = sum(counts.values())
     by_outcome = [
-        OutcomeStats(
-            outcome,
-            counts[outcome],
-            percentile(latencies[outcome], 50),
-            percentile(latencies[outcome], 95),
-            percentile(latencies[outcome], 99),
-        )
-        for outcome in sorted(counts, key=lambda o: -counts[o])
+        OutcomeStats(outcome, counts[outcome], *aggregates[outcome][2])
+        for outcome in sorted(counts, key=lambda o: (-counts[o], o))
     ]
-    success = sum(counts[o] for o in SUCCESS)
+    success = sum(counts.get(o, 0) for o in SUCCESS)
     return Summary(
         total=total,
         success_rate=success / total if total else 0.0,

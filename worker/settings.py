@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     notification_heartbeat_s: float = Field(
         default=30.0, gt=0, description="Expected heartbeat interval of the notification socket."
     )
+    task_events: bool = Field(
+        default=False,
+        description="Send Celery task events (Flower's live task view needs them; off saves CPU).",
+    )
     notification_prime_agents: int = Field(
         default=1000,
         ge=0,

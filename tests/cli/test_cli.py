@@ -56,13 +56,14 @@ def add_rows(env, *rows: AuditRecord) -> None:
 def record(
     n: int, outcome: Outcome, *, user: str = AGENT, ms: float = 100, **fields
 ) -> AuditRecord:
+    requested_at = fields.pop("requested_at", T0)
     return AuditRecord(
         request_id=f"req-{n}",
         user_id=user,
         outcome=outcome.value,
         to_state="Break",
-        requested_at=T0,
-        finished_at=T0 + timedelta(milliseconds=ms),
+        requested_at=requested_at,
+        finished_at=fields.pop("finished_at", requested_at + timedelta(milliseconds=ms)),
         genesys_requests=1,
         **fields,
     )
@@ -137,7 +138,7 @@ def test_stats_summarizes_the_audit_table(env):
         record(4, Outcome.DEAD_LETTER, ms=9000),
     )
 
-    result = run("stats")
+    result = run("stats", "--hours", "0")  # every row, however old
 
     assert result.exit_code == 0, result.output
     assert "4 requests" in result.stdout
@@ -149,6 +150,20 @@ def test_stats_summarizes_the_audit_table(env):
     }
     assert rows["confirmed"] == ["2", "100", "300", "300"]  # count, p50, p95, p99 (ms)
     assert rows["dead_letter"] == ["1", "9,000", "9,000", "9,000"]
+
+
+def test_stats_covers_the_last_24_hours_unless_told_otherwise(env):
+    recent = datetime.now(UTC) - timedelta(hours=2)
+    add_rows(
+        env,
+        record(1, Outcome.CONFIRMED, requested_at=recent, finished_at=recent),
+        record(2, Outcome.FAILED, requested_at=recent - timedelta(days=3)),
+        record(3, Outcome.FAILED),  # months old
+    )
+    for args, expected in (((), "1 requests"), (("--hours", "100"), "2 requests")):
+        result = run("stats", *args)
+        assert result.exit_code == 0, result.output
+        assert expected in result.stdout, args
 
 
 # -- requeue ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from worker.ordering import AgentBusy, AgentOrdering
 
@@ -125,3 +126,69 @@ def test_many_locks_are_taken_without_waiting_and_released_by_their_owner(orderi
     ordering.unlock_many(owners)
     assert r.get(f"presence:agent:{AGENT}:lock") is None
     assert r.get(f"presence:agent:{OTHER}:lock") == b"someone-else"
+
+
+def test_many_locks_are_released_in_one_round_trip_and_only_where_still_ours(
+    ordering, r, monkeypatch
+):
+    agents = [f"2c9e5d7e-0000-4000-8000-{n:012d}" for n in range(10, 60)]
+    owners = ordering.try_lock_many(agents, ttl_s=5)
+    r.set(f"presence:agent:{agents[0]}:lock", "next-holder", px=5_000)  # ours expired, retaken
+    r.script_flush()  # a fresh server: the pipeline loads the script itself
+    sends: list[int] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sends.append(1)
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    ordering.unlock_many(owners)
+    monkeypatch.undo()
+
+    assert r.get(f"presence:agent:{agents[0]}:lock") == b"next-holder"
+    assert all(r.get(f"presence:agent:{a}:lock") is None for a in agents[1:])
+    assert len(sends) <= 3  # script check and load, then every release at once
+
+
+def test_register_and_lock_registers_holds_the_lock_and_tells_if_superseded(ordering, r):
+    with ordering.register_and_lock(AGENT, 100, "req-a", ttl_s=5, wait_s=0) as superseded:
+        assert not superseded
+        assert r.get(f"presence:agent:{AGENT}:lock") is not None
+        second = ordering.register_and_lock(AGENT, 200, "req-b", ttl_s=5, wait_s=0.05)
+        with pytest.raises(AgentBusy), second:  # a second holder waits, then gives up
+            pass
+        assert ordering.is_superseded(AGENT, 100, "req-a")  # req-b registered all the same
+    assert r.get(f"presence:agent:{AGENT}:lock") is None
+
+    with ordering.register_and_lock(AGENT, 100, "req-a", ttl_s=5, wait_s=0) as superseded:
+        assert superseded  # redelivered after req-b: read once the lock is held
+
+
+def test_register_and_lock_reads_the_marker_after_waiting_for_the_lock(ordering, r):
+    r.set(f"presence:agent:{AGENT}:lock", "someone-else", px=5_000)
+
+    def newer_arrives_then_release() -> None:
+        time.sleep(0.1)
+        ordering.register(AGENT, 200, "req-newer")
+        r.delete(f"presence:agent:{AGENT}:lock")
+
+    threading.Thread(target=newer_arrives_then_release).start()
+    with ordering.register_and_lock(AGENT, 100, "req-a", ttl_s=5, wait_s=2) as superseded:
+        assert superseded
+
+
+def test_register_and_lock_takes_one_round_trip_when_the_agent_is_free(ordering, r, monkeypatch):
+    with ordering.register_and_lock(OTHER, 1, "warm-up", ttl_s=5, wait_s=0):
+        pass  # the scripts are loaded
+    sends: list[int] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sends.append(1)
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+    with ordering.register_and_lock(AGENT, 100, "req-a", ttl_s=5, wait_s=0):
+        assert len(sends) <= 2  # the script check, then register + lock + marker together
+    monkeypatch.undo()

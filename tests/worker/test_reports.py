@@ -1,15 +1,19 @@
 """Reports over the audit table: nearest-rank percentiles, the summary the CLI and benchmarks
-print, recent rows. Rows are inserted into a real (SQLite) database built by the migrations."""
+print (aggregated by the database, over a window of recent rows), recent rows. Rows are inserted
+into real databases built by the migrations: SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 import migrations
 from models import AuditRecord, Outcome
-from models.db import session_scope
+from models.db import engine_for, session_scope
+from tests.support.services import scratch_postgres_database
 from worker import reports
 from worker.reports import percentile
 
@@ -33,24 +37,37 @@ def test_percentiles_of_nothing_and_of_one_value():
     assert percentile([7.0], 99) == 7.0
 
 
-@pytest.fixture
-def database(tmp_path) -> str:
-    url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-    migrations.upgrade(url)
-    return url
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+        migrations.upgrade(url)
+        yield url
+        return
+    with scratch_postgres_database() as url:
+        migrations.upgrade(url)
+        yield url
+        engine_for(url).dispose()  # before the database is dropped
 
 
 _ids = iter(range(1_000_000))
 
 
-def row(outcome: Outcome, latency_ms: float | None, *, calls: int = 1, user: str = "agent-1"):
+def row(
+    outcome: Outcome,
+    latency_ms: float | None,
+    *,
+    calls: int = 1,
+    user: str = "agent-1",
+    at: datetime = T0,
+):
     n = next(_ids)
     return AuditRecord(
         request_id=f"req-{n}",
         user_id=user,
         outcome=outcome.value,
-        requested_at=T0 if latency_ms is not None else None,
-        finished_at=T0 + timedelta(milliseconds=latency_ms or 0),
+        requested_at=at if latency_ms is not None else None,
+        finished_at=at + timedelta(milliseconds=latency_ms or 0),
         genesys_requests=calls,
     )
 
@@ -102,6 +119,40 @@ def test_summarize_counts_only_rows_after_since_id(database):
     assert summary.success_rate == 1.0
 
 
+def test_summarize_covers_the_rows_finished_in_the_window(database):
+    insert(
+        database,
+        [
+            row(Outcome.FAILED, 10, calls=7, at=T0 - timedelta(days=2)),  # before the window
+            row(Outcome.CONFIRMED, 200, at=T0),
+            row(Outcome.CONFIRMED, 100, at=T0 + timedelta(hours=1)),
+        ],
+    )
+
+    with session_scope(database) as session:
+        summary = reports.summarize(session, since=T0 - timedelta(hours=1))
+        everything = reports.summarize(session)
+
+    assert (summary.total, summary.genesys_requests, summary.success_rate) == (2, 2, 1.0)
+    [confirmed] = summary.by_outcome
+    assert (confirmed.p50_ms, confirmed.p99_ms) == (pytest.approx(100), pytest.approx(200))
+    assert everything.total == 3
+
+
+def test_percentiles_in_the_database_match_nearest_rank(database):
+    latencies = [float(v * 7 % 1000) for v in range(1, 1001)]  # shuffled, with repeats
+    insert(database, [row(Outcome.CONFIRMED, ms) for ms in latencies])
+    insert(database, [row(Outcome.DRIFTED, ms) for ms in (5.0, 1.0, 3.0)])
+
+    with session_scope(database) as session:
+        stats = {s.outcome: s for s in reports.summarize(session).by_outcome}
+
+    for outcome, values in (("confirmed", latencies), ("drifted", [5.0, 1.0, 3.0])):
+        got = (stats[outcome].p50_ms, stats[outcome].p95_ms, stats[outcome].p99_ms)
+        expected = tuple(percentile(values, q) for q in (50, 95, 99))
+        assert got == pytest.approx(expected), outcome
+
+
 def test_an_empty_table_summarizes_to_zeros(database):
     with session_scope(database) as session:
         summary = reports.summarize(session)
@@ -131,3 +182,27 @@ def test_recent_rows_are_newest_first_and_filterable(database):
     assert [r.id for r in newest] == [3, 2]
     assert [r.outcome for r in of_agent] == ["confirmed", "failed"]
     assert [r.user_id for r in failed] == ["agent-2"]
+
+
+def test_a_recent_window_is_served_by_the_finished_at_index(database):
+    insert(database, [row(Outcome.CONFIRMED, 10, at=T0 - timedelta(minutes=m)) for m in range(50)])
+    engine = engine_for(database)
+    since = T0 - timedelta(minutes=5)
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("ANALYZE")
+            sql = str(reports._BY_MS_SQLITE)
+            params: dict[str, object] = {
+                "since_id": 0,
+                "since": since.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            }
+            plan = " ".join(
+                str(r[3]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"), params)
+            )
+        else:
+            conn.exec_driver_sql("ANALYZE presence_audit")
+            conn.exec_driver_sql("SET enable_seqscan = off")  # a tiny table: ask what it can use
+            sql = str(reports._SUMMARY_PG)
+            params = {"since_id": 0, "since": since}
+            plan = " ".join(str(r[0]) for r in conn.execute(text(f"EXPLAIN {sql}"), params))
+    assert "ix_presence_audit_finished_at" in plan, plan

@@ -74,6 +74,13 @@ class Ordering(Protocol):
         """Held for the block; raises ``AgentBusy`` when not acquired within ``wait_s``."""
         ...
 
+    def register_and_lock(
+        self, user_id: str, requested_at_us: int, request_id: str, *, ttl_s: float, wait_s: float
+    ) -> AbstractContextManager[bool]:
+        """``register``, then held for the block, yielding ``is_superseded`` as read once the
+        lock is held; raises ``AgentBusy`` when not acquired within ``wait_s``."""
+        ...
+
     def try_lock_many(self, user_ids: list[str], *, ttl_s: float) -> dict[str, str]: ...
 
     def unlock_many(self, owners: dict[str, str]) -> None: ...

@@ -3,7 +3,8 @@
 :func:`handle_update` either records exactly one terminal audit row and returns its outcome, or
 raises :class:`~worker.retry.RetryLater` having recorded nothing. Steps: parse (validate,
 resolve the definitions) → register as the agent's newest → under the agent's lock: recorded
-already? superseded? → the agent's presence now (shared cache, one GET on a miss) → the verdict
+already? superseded? → the agent's presence now (shared cache; on a miss one GET, only when a
+rule needs it) → the verdict
 (expected state, transition matrix, capacity guard) → subscribe → PATCH → confirm (socket
 event, another process's event, else one read-back) → record.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from models import Outcome
 from worker.flow import steps
-from worker.flow.decisions import SUPERSEDED, Defer, ReadBack, Reject, confirm
+from worker.flow.decisions import SUPERSEDED, Defer, ReadBack, Reject, confirm, needs_current
 from worker.flow.ports import Ports
 from worker.flow.record import AuditDraft
 from worker.flow.request import Attempt, Request, add_note, parse, validate
@@ -49,13 +50,14 @@ def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
         if isinstance(parsed, AuditDraft):
             return _finish(ports, parsed, Outcome.INVALID, calls)
         request = parsed
-        ports.ordering.register(*request.ordering_key)
         config = ports.config
         try:
-            with ports.ordering.lock(
-                request.user_id, ttl_s=config.agent_lock_ttl_s, wait_s=config.agent_lock_wait_s
-            ):
-                return _apply_locked(ports, request, calls)
+            with ports.ordering.register_and_lock(
+                *request.ordering_key,
+                ttl_s=config.agent_lock_ttl_s,
+                wait_s=config.agent_lock_wait_s,
+            ) as superseded:
+                return _apply_locked(ports, request, calls, superseded)
         except AgentBusy as exc:
             raise steps.wait(LOCK_RETRY_S, str(exc)) from None
         except BudgetExhausted as exc:
@@ -67,7 +69,7 @@ def _finish(ports: Ports, draft: AuditDraft, outcome: Outcome, calls: CallLog) -
     return ports.recorder.finish(draft, outcome)
 
 
-def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
+def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bool) -> Outcome:
     recorded = ports.audit.find_outcome(
         request_id=request.request_id, idempotency_key=request.update.idempotency_key
     )
@@ -80,7 +82,7 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
             presence, _ = ports.api.get_presence(request.user_id)
             if steps.applied_earlier(ports, request, marked, presence):
                 return _finish(ports, request.draft, Outcome.APPLIED_UNCONFIRMED, calls)
-        if ports.ordering.is_superseded(*request.ordering_key):
+        if superseded:  # read as the lock was taken
             return _finish(ports, *steps.rejected(request.draft, SUPERSEDED), calls)
         _load_current(ports, request)
         decision = steps.verdict(ports, request)
@@ -104,13 +106,15 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
 
 
 def _load_current(ports: Ports, request: Request) -> None:
-    """The agent's presence from the shared cache, or one GET on a miss."""
+    """The agent's presence from the shared cache; on a miss, one GET only when a rule needs
+    it (:func:`~worker.flow.decisions.needs_current`, as for a wave's agents)."""
     state = ports.cache.get(request.user_id)
-    if state is None:
+    if state is None and needs_current(request.target, request.expected, ports.matrix):
         presence, _ = ports.api.get_presence(request.user_id)
         state = state_of(presence, "read")
         ports.cache.put(request.user_id, state)
-    steps.describe_current(ports, request, state)
+    if state is not None:
+        steps.describe_current(ports, request, state)
 
 
 def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcome:

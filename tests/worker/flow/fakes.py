@@ -191,6 +191,14 @@ class FakeOrdering:
         finally:
             self.locked.discard(user_id)
 
+    @contextmanager
+    def register_and_lock(
+        self, user_id: str, requested_at_us: int, request_id: str, *, ttl_s: float, wait_s: float
+    ) -> Iterator[bool]:
+        self.register(user_id, requested_at_us, request_id)
+        with self.lock(user_id, ttl_s=ttl_s, wait_s=wait_s):
+            yield self.is_superseded(user_id, requested_at_us, request_id)
+
     def try_lock_many(self, user_ids: list[str], *, ttl_s: float) -> dict[str, str]:
         taken = {}
         for user_id in dict.fromkeys(user_ids):

@@ -1,8 +1,9 @@
-"""The recorder over the real SQL store (SQLite): one row per request, the WFM outbox row in the
+"""The recorder over the real SQL store (SQLite; its recorded-already check on PostgreSQL too): one row per request, the WFM outbox row in the
 same transaction, metrics and the WFM enqueue only after the commit."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from sqlalchemy import inspect, select
 
 import migrations
 from models import AuditRecord, Outcome, WfmDelivery
-from models.db import session_scope
+from models.db import engine_for, session_scope
+from tests.support.services import scratch_postgres_database
 from tests.worker.flow.fakes import T0
 from worker.audit import SqlAuditStore
 from worker.flow.record import DRAFT_FIELDS, AuditDraft, Recorder
@@ -87,3 +89,28 @@ def test_nothing_is_sent_when_the_write_fails(tmp_path: Path) -> None:
         recorder(unmigrated, enqueued, observed).finish(draft("r1"), Outcome.CONFIRMED)
     assert enqueued == []
     assert observed == []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+        migrations.upgrade(url)
+        yield url
+        return
+    with scratch_postgres_database() as url:
+        migrations.upgrade(url)
+        yield url
+        engine_for(url).dispose()
+
+
+def test_the_recorded_outcome_is_found_by_request_id_or_idempotency_key(any_database: str) -> None:
+    store = SqlAuditStore(any_database)
+    recorder(any_database, [], []).finish(
+        draft("req-1", idempotency_key="key-1"), Outcome.SUPERSEDED
+    )
+
+    assert store.find_outcome(request_id="req-1", idempotency_key=None) == Outcome.SUPERSEDED
+    assert store.find_outcome(request_id="req-2", idempotency_key="key-1") == Outcome.SUPERSEDED
+    assert store.find_outcome(request_id="req-2", idempotency_key="key-2") is None
+    assert store.find_outcome(request_id="req-2", idempotency_key=None) is None
