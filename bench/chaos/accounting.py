@@ -217,13 +217,27 @@ def _same_presence(row: Row, final: Final) -> bool:
 
 def wfm_counts(rows: Iterable[Row], events: Iterable[WfmEvent]) -> tuple[int, int, int]:
     """(expected, delivered, duplicated): one accepted delivery per applied request expected;
-    a request delivered under several event ids, or one event id accepted again, is a
-    duplicate."""
+    every further accepted delivery of a request is a duplicate (see :func:`wfm_duplicates`)."""
     expected = {r.request_id for r in rows if r.outcome in APPLIED}
     per_request = Counter(e.request_id for e in events)
     delivered = sum(1 for i in expected if per_request[i] > 0)
     duplicated = sum(count - 1 for count in per_request.values() if count > 1)
     return len(expected), delivered, duplicated
+
+
+def wfm_duplicates(events: Iterable[WfmEvent]) -> list[str]:
+    """A line per request accepted more than once: the same event id again (a redelivery the
+    receiver can drop by ``event_id``) or several event ids (two events for one change, which
+    no receiver can tell apart)."""
+    by_request: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        by_request[event.request_id].append(event.event_id)
+    lines = []
+    for request_id, ids in sorted(by_request.items()):
+        if len(ids) > 1:
+            kind = "same event id again" if len(set(ids)) == 1 else f"{len(set(ids))} event ids"
+            lines.append(f"WFM: {request_id} accepted {len(ids)} times ({kind})")
+    return lines
 
 
 def tally(
@@ -243,9 +257,8 @@ def tally(
     ids = {s.request_id for s in sent}
     ours = [r for r in rows if r.request_id in ids]
     terminal, lost, duplicated = lost_and_duplicated(sent, ours)
-    expected, delivered, wfm_duplicated = wfm_counts(
-        ours, (e for e in events if e.request_id in ids)
-    )
+    our_events = [e for e in events if e.request_id in ids]
+    expected, delivered, wfm_duplicated = wfm_counts(ours, our_events)
     violations, notes = latest_wins_violations(sent, ours, finals)
     rowed = {r.request_id for r in ours if r.outcome in TERMINAL}
     unrowed = [s for s in sent if s.request_id not in rowed]
@@ -265,5 +278,5 @@ def tally(
         wfm_duplicated=wfm_duplicated,
         unacknowledged=leftovers.total,
         died=died,
-        notes=lost_notes + twice_notes + notes,
+        notes=lost_notes + twice_notes + notes + wfm_duplicates(our_events),
     )

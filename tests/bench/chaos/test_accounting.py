@@ -18,6 +18,7 @@ from bench.chaos.accounting import (
     lost_and_duplicated,
     tally,
     wfm_counts,
+    wfm_duplicates,
 )
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
@@ -186,3 +187,16 @@ def test_broker_leftovers_429s_and_deaths_break_the_promise():
     run["died"] = 1
     line = tally("broken", **run)  # type: ignore[arg-type]
     assert line.failures() == ["429s outside storms=3", "unacknowledged=4", "processes died=1"]
+
+
+def test_a_wfm_duplicate_says_whether_a_receiver_could_drop_it():
+    events = [
+        WfmEvent("e1", "r1"),
+        WfmEvent("e1", "r1"),
+        WfmEvent("e2", "r2"),
+        WfmEvent("e3", "r2"),
+    ]
+    assert wfm_duplicates(events) == [
+        "WFM: r1 accepted 2 times (same event id again)",
+        "WFM: r2 accepted 2 times (2 event ids)",
+    ]
