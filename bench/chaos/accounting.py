@@ -167,11 +167,15 @@ def applied_twice(
         if surplus:
             extra += surplus
             outcomes = ", ".join(
-                f"{r.request_id[:8]} {r.outcome} {r.to_state}" for r in rows_by_agent[user_id]
+                f"{r.request_id[:8]} {r.outcome} {r.to_state} cid {(r.correlation_id or '-')[:8]}"
+                for r in rows_by_agent[user_id]
+            )
+            made = ", ".join(
+                f"{w.path} {w.definition_id[:8]} cid {w.correlation_id[:8]}" for w in agent_writes
             )
             notes.append(
                 f"{user_id}: {len(agent_writes)} writes, {len(applied)} applied rows, "
-                f"{surplus} unaccounted (rows: {outcomes})"
+                f"{surplus} unaccounted (writes: {made}; rows: {outcomes})"
             )
     return extra, notes
 
