@@ -125,6 +125,7 @@ def run_scenario(
             leftovers=stack.leftovers(),
             too_many_outside_storms=stack.too_many_requests() - ctx.storm_429s,
             died=len(stack.died),
+            held=stack.held(),
         )
         tally.seconds, tally.quiesced = seconds, quiet
         tally.notes = fault_errors + stack.died + tally.notes

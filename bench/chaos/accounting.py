@@ -255,9 +255,11 @@ def tally(
     leftovers: Leftovers,
     too_many_outside_storms: int,
     died: int,
+    held: frozenset[str] | set[str] = frozenset(),
 ) -> Tally:
-    """The table line for one scenario. ``rows`` may hold rows of other requests (the harness's
-    warm-up): only the sent requests' rows count."""
+    """The table line for one scenario. ``rows`` may hold rows of other requests: only the sent
+    requests' rows count. ``held``: request ids whose message the broker still holds, so that
+    each lost request's note says whether it waits there (for a redelivery) or is gone."""
     ids = {s.request_id for s in sent}
     ours = [r for r in rows if r.request_id in ids]
     terminal, lost, duplicated = lost_and_duplicated(sent, ours)
@@ -267,7 +269,15 @@ def tally(
     rowed = {r.request_id for r in ours if r.outcome in TERMINAL}
     unrowed = [s for s in sent if s.request_id not in rowed]
     twice, twice_notes = applied_twice(ours, writes, Counter(s.user_id for s in unrowed))
-    lost_notes = [f"lost: {s.request_id} for {s.user_id}" for s in unrowed]
+    lost_notes = [
+        f"lost: {s.request_id} for {s.user_id} "
+        + (
+            "(still held unacknowledged or queued)"
+            if s.request_id in held
+            else "(not in the broker)"
+        )
+        for s in unrowed
+    ]
     return Tally(
         scenario=scenario,
         sent=len(ids),

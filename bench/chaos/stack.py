@@ -6,6 +6,8 @@ supervisor that restarts a process that exits unbidden, as the compose file's
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -224,6 +226,22 @@ class ChaosStack:
             if d["status"] < 300 and d["signatureValid"] and isinstance(d["body"], dict)
         ]
 
+    def held(self) -> set[str]:
+        """Request ids of the messages the broker still holds (unacknowledged or queued)."""
+        client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
+        ids: set[str] = set()
+        try:
+            for value in client.hvals("unacked"):
+                ids |= request_ids(value)
+            for queue in QUEUES:
+                for key in client.scan_iter(match=f"{queue}*"):
+                    if _text(client.type(key)) == "list":
+                        for value in client.lrange(key, 0, -1):
+                            ids |= request_ids(value)
+        finally:
+            client.close()
+        return ids
+
     def leftovers(self) -> Leftovers:
         """Messages the broker still holds: kombu's unacknowledged hash, every queue list
         (priority variants included), and any sorted set holding delayed messages."""
@@ -242,6 +260,22 @@ class ChaosStack:
         finally:
             client.close()
         return Leftovers(unacked, queued, delayed)
+
+
+def request_ids(raw: bytes | str) -> set[str]:
+    """The request ids a broker entry carries: a queued message, or an ``unacked`` hash value
+    (``[message, exchange, routing key]``); a wave's elements each carry their own."""
+    try:
+        entry = json.loads(raw)
+        message = entry[0] if isinstance(entry, list) else entry
+        ids = {str(message["headers"]["id"])}
+        body = json.loads(base64.b64decode(message["body"]))
+    except (ValueError, KeyError, IndexError, TypeError):
+        return set()
+    args = body[0] if isinstance(body, list) and body else []
+    if args and isinstance(args[0], list):  # presence.wave: [[{"request_id": …}, …]]
+        ids |= {str(e["request_id"]) for e in args[0] if isinstance(e, dict) and "request_id" in e}
+    return ids
 
 
 def _text(value: bytes | str) -> str:

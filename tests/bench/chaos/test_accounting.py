@@ -200,3 +200,13 @@ def test_a_wfm_duplicate_says_whether_a_receiver_could_drop_it():
         "WFM: r1 accepted 2 times (same event id again)",
         "WFM: r2 accepted 2 times (2 event ids)",
     ]
+
+
+def test_a_lost_request_says_whether_the_broker_still_holds_it():
+    run = clean_run()
+    run["rows"] = [r for r in run["rows"] if r.request_id not in ("r2", "r3")]  # type: ignore[attr-defined]
+    line = tally("lost", **run, held={"r2"})  # type: ignore[arg-type]
+    assert line.notes[:2] == [
+        f"lost: r2 for {AGENT} (still held unacknowledged or queued)",
+        f"lost: r3 for {OTHER} (not in the broker)",
+    ]

@@ -4,7 +4,10 @@ broker's leftovers."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +16,7 @@ import redis
 
 from bench.chaos.stack import ChaosStack
 from emulator.wfm_sink import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from producer import PresenceProducer, PresenceUpdate
 
 
 def stack_on(emulator=None, redis_url: str | None = None) -> ChaosStack:
@@ -68,3 +72,18 @@ def test_leftovers_count_unacked_queued_and_delayed_messages(redis_url):
     client.close()
     left = stack_on(redis_url=redis_url).leftovers()
     assert (left.unacked, left.queued, left.delayed, left.total) == (2, 5, 1, 8)
+
+
+def test_held_names_the_requests_of_queued_and_unacknowledged_messages(redis_url):
+    producer = PresenceProducer(redis_url)
+    update = PresenceUpdate(user_id=str(uuid.uuid4()), state="Busy", requested_at=datetime.now(UTC))
+    producer.send(update, request_id="single-1")
+    wave_ids = producer.send_wave([update, update])
+    producer.close()
+    client = redis.Redis.from_url(redis_url)
+    message = client.lpop("presence")  # as a worker takes it: into the unacked hash
+    client.hset("unacked", "tag", json.dumps([json.loads(message), "", "presence"]))
+    client.close()
+    held = stack_on(redis_url=redis_url).held()
+    assert {"single-1", *wave_ids} <= held
+    assert len(held) == 4  # and the wave message's own task id
