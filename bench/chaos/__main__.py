@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from rich.console import Console
@@ -154,6 +155,8 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "redis": versions["redis"].stdout.split()[2].removeprefix("v="),
         "postgres": versions["postgres"].stdout.split()[2],
+        "celery": version("celery"),
+        "kombu": version("kombu"),
         "os": platform.platform(),
     }
 
