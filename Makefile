@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LOCK := requirements/dev.txt
 
-.PHONY: install demo test lint format bench compose-check lock lock-sync lock-check clean
+.PHONY: install demo test lint format bench chaos chaos-short compose-check lock lock-sync lock-check clean
 
 # Exactly the locked versions (hash-checked; pip refuses anything the lock does not pin), then the
 # package itself, editable, with nothing more; pip check proves the lock satisfies pyproject.toml.
@@ -52,6 +52,14 @@ bench: $(STAMP)  # about 25 minutes; each one also runs alone: python -m bench.<
 	$(PY) -m bench.wave
 	$(PY) -m bench.cpu
 	$(PY) -m bench.stats
+
+# The chaos suite (README "Chaos"): real processes, every fault alone and combined; exit 1 when
+# anything is lost, applied twice, out of order, left unacknowledged, or a process died.
+chaos: $(STAMP)  # about 30 minutes
+	$(PY) -m bench.chaos
+
+chaos-short: $(STAMP)  # the CI form, under 3 minutes
+	$(PY) -m bench.chaos --short
 
 # requirements/dev.txt and requirements/runtime.txt from pyproject.toml with uv (tools/lock.py).
 # lock: the newest versions within the ranges, and the base image's current digest.

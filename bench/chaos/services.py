@@ -1,0 +1,113 @@
+"""The chaos stack's own servers: a Redis persisting like production and a PostgreSQL cluster,
+each on a free loopback port, each stoppable, killable and restartable on the same port and data.
+
+Never the shared servers: the harness kills these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from worker.embedded_redis import _free_port, _server_binary, reachable
+
+
+class DurableRedis:
+    """``redis-server`` with AOF ``everysec`` and ``noeviction``, as docker-compose.yml runs it."""
+
+    def __init__(self, workdir: Path, timeout_s: float = 20) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = workdir / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (again, on the same port and AOF file); returns once it answers."""
+        cmd = [
+            _server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.dir),
+            "--maxmemory-policy", "noeviction", "--logfile", str(self.dir / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if reachable(self.url, 0.2):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the chaos Redis did not start; see {self.dir / 'redis.log'}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` and wait until the server has exited."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=self.timeout_s)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class PrivatePostgres:
+    """A cluster of the harness's own (``initdb`` in a temporary directory); :meth:`database` makes a
+    fresh database per scenario."""
+
+    def __init__(self) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        if not bins:
+            raise RuntimeError("PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin")
+        self.bin = bins[-1]
+        self.port = _free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="presence-chaos-pg-"))  # postgres must reach it
+        self.data = self.workdir / "data"
+        self.admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as_owner:
+            shutil.chown(self.workdir, "postgres")
+        self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "-E", "UTF8")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self._as_owner, str(self.bin / tool), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self) -> None:
+        """Stop at once (``-m immediate``): open connections see it fail, as in a crash."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def database(self, name: str) -> str:
+        """A fresh, empty database; returns its URL."""
+        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            engine.dispose()
+        return self.admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
