@@ -129,6 +129,7 @@ class Runtime:
             heartbeat_s=settings.notification_heartbeat_s,
             extend_after_s=settings.channel_extend_after_s,
             prime_agents=settings.notification_prime_agents,
+            prime_wait_s=settings.notification_prime_wait_s,
         )
         return cls(
             settings=settings,

@@ -93,6 +93,16 @@ class Settings(BaseSettings):
         le=1000,
         description="Agents each process subscribes to and caches at start (0 = subscribe lazily).",
     )
+    notification_prime_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long tasks of a fresh process wait for its priming before reading agents.",
+    )
+    presence_source: str = Field(
+        default="PURECLOUD",
+        pattern=r"^(?i:purecloud)$|^[0-9A-Za-z][0-9A-Za-z-]{0,63}$",
+        description="Presence source written: PURECLOUD or the id of a registered source.",
+    )
     channel_extend_after_s: float = Field(
         default=20 * 3600.0, gt=0, description="Re-subscribe (extending the 24 h channel) after."
     )

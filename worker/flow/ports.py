@@ -126,6 +126,10 @@ W = TypeVar("W", bound=Waiter)
 class Confirmations(Protocol[W]):
     """This process's notification socket."""
 
+    def wait_primed(self) -> bool:
+        """Wait (bounded, once per process) for the process's priming; True when primed."""
+        ...
+
     def ensure_subscribed(self, user_id: str) -> bool:
         """Subscribe before a write; False when the caller must confirm by read-back."""
         ...

@@ -82,6 +82,7 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog) -> Outcome:
                 return _finish(ports, request.draft, Outcome.APPLIED_UNCONFIRMED, calls)
         if ports.ordering.is_superseded(*request.ordering_key):
             return _finish(ports, *steps.rejected(request.draft, SUPERSEDED), calls)
+        ports.confirmations.wait_primed()  # a cold start: priming may soon cover this agent
         _load_current(ports, request)
         decision = steps.verdict(ports, request)
         if isinstance(decision, Reject):

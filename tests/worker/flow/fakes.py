@@ -286,6 +286,11 @@ class FakeConfirmations:
         self.elsewhere: set[str] = set()
         self.subscribed: set[str] = set()
         self.open: set[FakeWaiter] = set()
+        self.primed_waits = 0
+
+    def wait_primed(self) -> bool:
+        self.primed_waits += 1
+        return True
 
     def ensure_subscribed(self, user_id: str) -> bool:
         if self.connected:
