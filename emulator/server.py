@@ -178,15 +178,15 @@ async def _admit(request: web.Request, emu: Emulator, route: str, headers: dict[
 def _rate_limit_headers(
     emu: Emulator, request: web.Request, headers: dict[str, str], retry_after: str
 ) -> None:
-    """Every 429 carries ``inin-ratelimit-*``: a storm or injected 429 reports the window as it
-    stands, with the reset at ``Retry-After``."""
+    """Every 429 carries ``inin-ratelimit-*``, its reset at ``Retry-After``: a storm or an
+    injected 429 reports the window as it stands."""
+    headers["inin-ratelimit-reset"] = retry_after
     if "inin-ratelimit-allowed" in headers:
         return
     token = request.get("token")
     window = emu.limiter.keys.get(token.value) if isinstance(token, Token) else None
     headers["inin-ratelimit-allowed"] = str(emu.limits.rate_limit_per_minute)
     headers["inin-ratelimit-count"] = str(len(window.admitted) if window else 0)
-    headers["inin-ratelimit-reset"] = retry_after
 
 
 def _route_name(request: web.Request) -> str:
