@@ -104,7 +104,7 @@ def test_a_channel_made_with_another_token_survives_the_first_tokens_end(
     api: Api, streams: list[Stream]
 ) -> None:
     """Channels are bound to their own token, not to every token of the client."""
-    old_channel, old_stream = listen(api.http, streams, [])
+    old_channel, _old_stream = listen(api.http, streams, [])
     api.admin("PUT", "/settings", {"token_lifetime_s": 1})
     short_token = api.fetch_token()
     api.admin("PUT", "/settings", {"token_lifetime_s": 3600})
