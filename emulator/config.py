@@ -33,6 +33,9 @@ class Limits:
     socket_closing_grace_s: float = 60.0
     # A channel ends (``token_revoked``, then close) when the token that created it does.
     token_bound_channels: bool = True
+    # > 0: a PATCH of a definition is applied this much later, shown meanwhile as
+    # ``futurePresenceDefinition`` (as the platform does for a change it defers).
+    presence_defer_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

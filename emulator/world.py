@@ -56,6 +56,7 @@ class SourcePresence:
     definition: PresenceDefinition
     message: str = ""
     modified: float = 0.0
+    future: PresenceDefinition | None = None  # a deferred change, applied later
 
 
 @dataclass(slots=True)
@@ -221,6 +222,7 @@ class World:
             current = user.presences[source] = SourcePresence(definition=base)
         if definition is not None:
             current.definition = definition
+            current.future = None
         if message is not None:
             current.message = message
         current.modified = now
@@ -234,6 +236,37 @@ class World:
             self._refresh_routing(user, change)
             self._publish_activity(user, change)
             self._record(user, change, now)
+        return current
+
+    def defer_presence(
+        self,
+        user: User,
+        definition: PresenceDefinition,
+        change: Change,
+        *,
+        source: str,
+        message: str | None,
+        delay_s: float,
+        schedule: Callable[[float, Callable[[], None]], object],
+    ) -> SourcePresence:
+        """Accept a change but apply it ``delay_s`` later: meanwhile the source shows it as
+        ``futurePresenceDefinition`` (and a presence event announces it); the change itself
+        then publishes as usual, unless a later write replaced the deferred one."""
+        current = user.presences.get(source)
+        if current is None:
+            current = user.presences[source] = SourcePresence(
+                self.definitions.system(SystemPresence.OFFLINE), modified=self.clock()
+            )
+        current.future = definition
+        if source == user.primary_source:
+            self._publish_presence(user, change)
+
+        def apply() -> None:
+            if current.future is definition:
+                current.future = None
+                self.set_presence(user, definition, change, source=source, message=message)
+
+        schedule(delay_s, apply)
         return current
 
     def set_primary_source(self, user: User, source: str) -> None:
@@ -285,6 +318,8 @@ class World:
             "message": presence.message,
             "modifiedDate": iso(presence.modified),
         }
+        if presence.future is not None:
+            body["futurePresenceDefinition"] = presence.future.event_json()
         self._emit(f"v2.users.{user.id}.presence", body, change.correlation_id)
 
     def _publish_activity(self, user: User, change: Change) -> None:
@@ -346,7 +381,11 @@ class World:
             "message": presence.message,
             "modifiedDate": iso(presence.modified),
             "selfUri": f"/api/v2/users/{user.id}/presences",
-        }
+        } | (
+            {"futurePresenceDefinition": presence.future.reference_json()}
+            if presence.future is not None
+            else {}
+        )
 
     def routing_json(self, user: User) -> dict[str, Any]:
         return {

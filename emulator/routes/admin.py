@@ -33,6 +33,7 @@ class SettingsBody(_Admin):
     max_topics: int | None = Field(default=None, ge=1)
     socket_closing_grace_s: float | None = Field(default=None, ge=0)
     token_bound_channels: bool | None = None
+    presence_defer_s: float | None = Field(default=None, ge=0)
 
 
 class LatencyBody(_Admin):

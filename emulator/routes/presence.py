@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from emulator.definitions import PresenceDefinition
@@ -124,6 +126,17 @@ async def patch_presence(request: web.Request) -> web.Response:
         token_of(request).client.client_id,
         f"PATCH {request.path}",
     )
+    if definition is not None and emu.limits.presence_defer_s > 0 and not body.primary:
+        emu.world.defer_presence(
+            user,
+            definition,
+            change,
+            source=source,
+            message=body.message,
+            delay_s=emu.limits.presence_defer_s,
+            schedule=asyncio.get_running_loop().call_later,
+        )
+        return respond(emu.world.presence_json(user, source))
     emu.world.set_presence(
         user,
         definition,

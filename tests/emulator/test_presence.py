@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from emulator.sources import TEAMS_SOURCE_ID
@@ -631,3 +633,18 @@ def test_bulk_put_needs_user_presence_edit(api):
         response = limited.put(BULK, json=[{"id": user_id, **to(AVAILABLE_ID)}])
 
     assert_error(response, 403, "missing.any.permissions")
+
+
+def test_a_deferred_change_shows_as_future_presence_then_applies(api):
+    api.admin("PUT", "/settings", {"presence_defer_s": 0.5})
+    user_id = active_ids(api, 1)[0]
+    set_presence(api, user_id, "Available")
+
+    body = patch(api, user_id, to(BREAK_ID)).json()
+
+    assert body["futurePresenceDefinition"]["id"] == BREAK_ID
+    assert body["presenceDefinition"]["id"] != BREAK_ID
+    time.sleep(0.8)
+    after = api.http.get(presence_path(user_id)).json()
+    assert after["presenceDefinition"]["id"] == BREAK_ID
+    assert "futurePresenceDefinition" not in after
