@@ -88,10 +88,17 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Expected heartbeat interval of the notification socket."
     )
     notification_prime_agents: int = Field(
-        default=1000,
+        default=3000,
         ge=0,
-        le=1000,
-        description="Agents each process subscribes to and caches at start (0 = subscribe lazily).",
+        le=20_000,
+        description="Agents each process subscribes to and caches at start, over as many "
+        "channels as they need (0 = subscribe lazily).",
+    )
+    notification_channels: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Channels one process may hold (1,000 agents each), within CHANNEL_SLOTS.",
     )
     notification_prime_wait_s: float = Field(
         default=30.0,

@@ -105,6 +105,32 @@ class Waiter:
                 self.arrived.wait(left)
 
 
+class WaiterRegistry:
+    """The waiters of a process, by agent; shared by every channel the process holds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_user: dict[str, set[Waiter]] = {}
+
+    def add(self, user_id: str) -> Waiter:
+        waiter = Waiter(user_id)
+        with self._lock:
+            self._by_user.setdefault(user_id, set()).add(waiter)
+        return waiter
+
+    def remove(self, waiter: Waiter) -> None:
+        with self._lock:
+            waiters = self._by_user.get(waiter.user_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._by_user[waiter.user_id]
+
+    def of(self, user_id: str) -> list[Waiter]:
+        with self._lock:
+            return list(self._by_user.get(user_id, ()))
+
+
 class NotificationListener:
     def __init__(
         self,
@@ -118,6 +144,7 @@ class NotificationListener:
         connect_timeout_s: float = 10.0,
         prime_agents: int = 0,
         prime_wait_s: float = 30.0,
+        waiters: WaiterRegistry | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -151,7 +178,7 @@ class NotificationListener:
         self._inflight: set[str] = set()  # being subscribed right now
         self._flushing = False
         self.subscription_calls = 0
-        self._waiters: dict[str, set[Waiter]] = {}
+        self.waiters = waiters or WaiterRegistry()
         self._ws: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
 
@@ -245,6 +272,16 @@ class NotificationListener:
             covered = {u for u in wanted if u in self.topics}
         return covered if self.connected.is_set() else set()
 
+    def holds(self, user_id: str) -> bool:
+        """Whether this channel carries (or is subscribing) the agent's events."""
+        with self._lock:
+            return user_id in self.topics or user_id in self._inflight or user_id in self._pending
+
+    def room(self) -> int:
+        """Topics this channel can still take without evicting anyone."""
+        with self._lock:
+            return self.max_topics - len(self.topics) - len(self._inflight) - len(self._pending)
+
     def _subscribe(self, user_ids: set[str]) -> bool:
         """One Genesys call adding ``user_ids`` (a full replace when the LRU must evict).
 
@@ -286,18 +323,10 @@ class NotificationListener:
 
     def expect(self, user_id: str) -> Waiter:
         """Start collecting the agent's events; pair with :meth:`done`."""
-        waiter = Waiter(user_id)
-        with self._lock:
-            self._waiters.setdefault(user_id, set()).add(waiter)
-        return waiter
+        return self.waiters.add(user_id)
 
     def done(self, waiter: Waiter) -> None:
-        with self._lock:
-            waiters = self._waiters.get(waiter.user_id)
-            if waiters is not None:
-                waiters.discard(waiter)
-                if not waiters:
-                    del self._waiters[waiter.user_id]
+        self.waiters.remove(waiter)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -560,8 +589,7 @@ class NotificationListener:
             modified_ms=parse_ms(body.get("modifiedDate")),
             correlation_id=(message.get("metadata") or {}).get("CorrelationId"),
         )
-        with self._lock:
-            waiters = list(self._waiters.get(user_id, ()))
+        waiters = self.waiters.of(user_id)
         # The write this event confirms was stored by this process already and its waiter is
         # here to take the event: another copy in the shared cache would be a wasted write.
         if not (
