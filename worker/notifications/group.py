@@ -187,7 +187,8 @@ class ChannelGroup:
             covered |= extra.subscribe_many(chunk, wait_s=max(wait_s, self.connect_timeout_s))
         if missing:  # every slot taken: the first channel makes room
             covered |= self._snapshot()[0].subscribe_many(missing, wait_s=wait_s)
-        return covered
+        # Making room may have evicted agents counted above: only those still held count.
+        return {u for u in covered if self._holder(u) is not None}
 
     def expect(self, user_id: str) -> Waiter:
         return self.waiters.add(user_id)
