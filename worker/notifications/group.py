@@ -128,14 +128,9 @@ class ChannelGroup:
         return next((m for m in self._snapshot() if m.holds(user_id)), None)
 
     def _with_room(self) -> NotificationListener | None:
-        return next(
-            (
-                m
-                for m in self._snapshot()
-                if m.room() > 0 and (m.connected.is_set() or not m.ever_connected)
-            ),
-            None,
-        )
+        """The first channel with room, connected or not: a channel reconnecting is back within
+        a second, and opening another for that moment would waste a slot."""
+        return next((m for m in self._snapshot() if m.room() > 0), None)
 
     # -- task-side API ----------------------------------------------------------------------------
     def wait_primed(self) -> bool:
