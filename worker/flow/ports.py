@@ -88,6 +88,10 @@ class Intents(Protocol):
 
     def marked(self, request_ids: list[str]) -> dict[str, Intent]: ...
 
+    def clear(self, request_ids: list[str]) -> None:
+        """Drop marks of writes that were certainly never sent."""
+        ...
+
 
 class StateCache(Protocol):
     """The shared view of agents' current presence."""

@@ -127,8 +127,10 @@ def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcom
             presence, answer = ports.api.patch_presence(
                 request.user_id, target.id, request.update.message
             )
-        except (GenesysError, BudgetExhausted):
+        except (GenesysError, BudgetExhausted) as exc:
             steps.release(ports, [request])  # not applied: give the room back
+            if isinstance(exc, BudgetExhausted):  # never sent: the retry need not read back
+                ports.intents.clear([request.request_id])
             raise
         draft.correlation_id = answer.correlation_id
         draft.api_ms = round(calls.api_s * 1000, 2)

@@ -213,6 +213,10 @@ class FakeIntents:
     def marked(self, request_ids: list[str]) -> dict[str, Intent]:
         return {r: self.marks[r] for r in request_ids if r in self.marks}
 
+    def clear(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self.marks.pop(request_id, None)
+
 
 class FakeCache:
     def __init__(self) -> None:
