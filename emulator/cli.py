@@ -72,6 +72,9 @@ def run(
     channel_ttl: Annotated[
         float, typer.Option(min=1, help="Channel lifetime without re-subscribing, seconds.")
     ] = 86_400.0,
+    token_bound_channels: Annotated[
+        bool, typer.Option(help="Close a channel when the token that created it ends.")
+    ] = True,
     wfm_secret: Annotated[
         str, typer.Option(help="HMAC key the WFM sink verifies signatures with.")
     ] = "wfm-sink-secret",  # noqa: S107
@@ -91,6 +94,7 @@ def run(
             bulk_max=bulk_max,
             heartbeat_s=heartbeat,
             channel_ttl_s=channel_ttl,
+            token_bound_channels=token_bound_channels,
         ),
         client_id=client_id,
         client_secret=client_secret,

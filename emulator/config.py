@@ -31,6 +31,11 @@ class Limits:
     max_body_bytes: int = 512_000
     # Grace between `v2.system.socket_closing` and the close itself.
     socket_closing_grace_s: float = 60.0
+    # A channel ends (``token_revoked``, then close) when the token that created it does.
+    token_bound_channels: bool = True
+    # > 0: a PATCH of a definition is applied this much later, shown meanwhile as
+    # ``futurePresenceDefinition`` (as the platform does for a change it defers).
+    presence_defer_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

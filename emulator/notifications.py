@@ -2,7 +2,10 @@
 
 Limits follow the platform (reference §4.4): channels per OAuth client (the next one evicts the
 oldest, unconnected ones first), topics per channel, one socket per channel (a second one drops
-the first), channel expiry extended by re-subscribing, heartbeats on ``channel.metadata``.
+the first with ``no_longer_subscribed``), channel expiry extended by re-subscribing, heartbeats on
+``channel.metadata``. A channel is bound to the token that created it (``token_bound_channels``):
+when that token expires or is revoked the socket gets ``token_revoked`` and the channel closes.
+System messages carry the SDK's ``SystemMessageSystemMessage`` body (see :func:`system_body`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import re
 import secrets
 import string
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from emulator.auth import Token
 from emulator.config import Limits
 from emulator.faults import Faults
 from emulator.world import iso
@@ -28,13 +33,46 @@ from emulator.world import iso
 log = logging.getLogger(__name__)
 
 TOPIC_PATTERN = re.compile(
-    r"^v2\.users\.(?P<user>[0-9a-fA-F-]{36})\.(?P<kind>presence|routingStatus)$"
+    r"^v2\.users\.(?P<user>[0-9a-fA-F-]{36})\.(?P<kind>presence|routingStatus|activity)$"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A served user topic: who may read it (any one permission) and what it carries."""
+
+    permissions: tuple[str, ...]
+    description: str
+    api_path: str
+
+
+TOPICS = {
+    "presence": TopicSpec(
+        ("presence:userPresence:view", "presence:userPresence:edit"),
+        "A user's presence changed.",
+        "/presences",
+    ),
+    "routingStatus": TopicSpec(
+        ("routing:agent:view", "routing:routingStatus:view"),
+        "A user's routing status changed.",
+        "/routingstatus",
+    ),
+    "activity": TopicSpec(
+        ("presence:userPresence:view", "routing:agent:view"),
+        "A user's presence, routing status or queue activity changed.",
+        "",
+    ),
+}
 HEARTBEAT = json.dumps(
     {"topicName": "channel.metadata", "eventBody": {"message": "WebSocket Heartbeat"}}
 )
 PONG = json.dumps({"topicName": "channel.metadata", "eventBody": {"message": "pong"}})
 OUTBOX_MAX = 10_000
+# The organisation every emulated client belongs to (``organizationId`` in system messages).
+ORGANIZATION_ID = "4c5a1b3e-9f0d-4e8a-b2c7-0e6f1d2a3b4c"
+# ``SystemMessageSystemMessage`` enums in the official SDK models.
+SYSTEM_TOPIC_TYPES = ("no_longer_subscribed", "subscription_changed", "token_revoked")
+SYSTEM_REASONS = ("another_channel_subscribed", "user_tokens_revoked")
 _ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -70,6 +108,7 @@ class Channel:
     topics: dict[str, None] = field(default_factory=dict)  # ordered set
     socket: Socket | None = None
     closing: bool = False
+    token: Token | None = None  # the token that created it; binds the channel when enabled
 
     def json(self) -> dict[str, Any]:
         return {"connectUri": self.connect_uri, "id": self.id, "expires": iso(self.expires_at)}
@@ -92,7 +131,7 @@ class NotificationHub:
         self._counter = 0
 
     # -- channels -----------------------------------------------------------------------
-    def create_channel(self, client_id: str, ws_base: str) -> Channel:
+    def create_channel(self, client_id: str, ws_base: str, token: Token | None = None) -> Channel:
         """A new channel; evicts the client's oldest channel (unconnected first) at the cap."""
         self.expire_channels()
         owned = [c for c in self.channels.values() if c.client_id == client_id]
@@ -109,6 +148,7 @@ class NotificationHub:
             connect_uri=f"{ws_base}/channels/{channel_id}",
             expires_at=now + self.limits.channel_ttl_s,
             last_used=now,
+            token=token,
         )
         self.channels[channel_id] = channel
         return channel
@@ -120,7 +160,38 @@ class NotificationHub:
         if channel.expires_at <= self.clock():
             self.remove_channel(channel, reason="Channel expired")
             return None
+        if self.token_ended(channel):
+            self.end_for_token(channel)
+            return None
         return channel
+
+    def token_ended(self, channel: Channel) -> bool:
+        """Whether the channel's token has expired or been revoked (and binding is on)."""
+        token = channel.token
+        if token is None or not self.limits.token_bound_channels:
+            return False
+        return token.revoked or token.expires_at <= self.clock()
+
+    def end_for_token(self, channel: Channel) -> None:
+        """``token_revoked`` on the socket, then the channel closes (its 404 message last)."""
+        token = channel.token
+        revoked = token is not None and token.revoked
+        self.system_message(
+            channel,
+            "token_revoked",
+            "The token this channel was created with was revoked."
+            if revoked
+            else "The token this channel was created with expired.",
+            reason="user_tokens_revoked" if revoked else None,
+        )
+        self.remove_channel(channel, reason="Channel closed: its token is no longer valid")
+
+    def end_token_channels(self) -> int:
+        """Close every channel whose token has ended; returns how many (admin token calls)."""
+        hit = [c for c in self.channels.values() if self.token_ended(c)]
+        for channel in hit:
+            self.end_for_token(channel)
+        return len(hit)
 
     def remove_channel(self, channel: Channel, *, reason: str) -> None:
         self.channels.pop(channel.id, None)
@@ -140,6 +211,7 @@ class NotificationHub:
         now = self.clock()
         for channel in [c for c in self.channels.values() if c.expires_at <= now]:
             self.remove_channel(channel, reason="Channel expired")
+        self.end_token_channels()
 
     def subscribe(self, channel: Channel, topics: list[str], *, replace: bool) -> None:
         """Add (or replace with) ``topics``; extends the channel's life. Caller validated them."""
@@ -191,18 +263,30 @@ class NotificationHub:
                 self.events_delivered += 1
                 asyncio.get_running_loop().call_later(fate, sock.offer, text)
 
-    def system_message(self, channel: Channel, kind: str, message: str) -> None:
-        if channel.socket is None:
+    def system_message(
+        self,
+        channel: Channel,
+        kind: str | None,
+        message: str,
+        *,
+        reason: str | None = None,
+        sock: Socket | None = None,
+    ) -> None:
+        """Queue a ``v2.system.*`` message on the channel's socket (or ``sock``)."""
+        target = sock or channel.socket
+        if target is None:
             return
-        body = {
-            "channelId": channel.id,
-            "systemTopicType": kind,
-            "oauthClientId": channel.client_id,
-            "reason": message,
-            "message": message,
-        }
-        channel.socket.offer(
-            json.dumps({"topicName": f"v2.system.{kind}", "version": "2", "eventBody": body})
+        correlation_id = str(uuid.uuid4())
+        topic = "v2.system.socket_closing" if kind is None else f"v2.system.{kind}.{channel.id}"
+        target.offer(
+            json.dumps(
+                {
+                    "topicName": topic,
+                    "version": "2",
+                    "eventBody": system_body(channel, kind, message, reason, correlation_id),
+                    "metadata": {"CorrelationId": correlation_id},
+                }
+            )
         )
 
     # -- sockets ------------------------------------------------------------------------
@@ -219,8 +303,15 @@ class NotificationHub:
         sock = Socket(ws=ws, request=request)
         channel.socket = sock
         channel.last_used = self.clock()
-        if previous is not None:
-            previous.offer("")  # one socket per channel: the newer connection wins
+        if previous is not None:  # one socket per channel: the newer connection wins
+            self.system_message(
+                channel,
+                "no_longer_subscribed",
+                "Another WebSocket connected to this channel.",
+                reason="another_channel_subscribed",
+                sock=previous,
+            )
+            previous.offer("")
         writer = asyncio.create_task(self._write_loop(sock))
         heartbeat = asyncio.create_task(self._heartbeat_loop(sock))
         expiry = asyncio.create_task(self._expiry_watch(channel, sock))
@@ -266,13 +357,20 @@ class NotificationHub:
                 sock.offer(HEARTBEAT)
 
     async def _expiry_watch(self, channel: Channel, sock: Socket) -> None:
-        """Close the socket when its channel expires; re-subscribing pushes the moment back."""
+        """Close the socket when its channel expires (re-subscribing pushes the moment back) or
+        when the token it is bound to expires."""
         while channel.socket is sock:
-            remaining = channel.expires_at - self.clock()
+            now = self.clock()
+            remaining = channel.expires_at - now
             if remaining <= 0:
                 self.remove_channel(channel, reason="Channel expired")
                 return
-            await asyncio.sleep(min(remaining, 60.0))
+            if self.token_ended(channel):
+                self.end_for_token(channel)
+                return
+            if channel.token is not None and self.limits.token_bound_channels:
+                remaining = min(remaining, max(0.01, channel.token.expires_at - now))
+            await asyncio.sleep(min(remaining, 1.0))
 
     # -- faults -------------------------------------------------------------------------
     def targets(self, channel_id: str | None) -> list[Channel]:
@@ -291,10 +389,20 @@ class NotificationHub:
         hit = self.targets(channel_id)
         loop = asyncio.get_running_loop()
         for channel in hit:
-            self.system_message(channel, "socket_closing", "Socket will close for maintenance")
+            self.system_message(channel, None, "The socket will close for maintenance.")
             sock = channel.socket
             if sock is not None:
                 loop.call_later(grace_s, sock.offer, "")
+        return len(hit)
+
+    def announce(self, channel_id: str | None, kind: str, close: bool) -> int:
+        """Send ``no_longer_subscribed`` or ``subscription_changed`` (admin); with ``close``
+        the channel closes right after, as the platform does when it drops a subscription."""
+        hit = self.targets(channel_id)
+        for channel in hit:
+            self.system_message(channel, kind, _ANNOUNCEMENTS[kind])
+            if close:
+                self.remove_channel(channel, reason="Channel closed")
         return len(hit)
 
     def close_all(self) -> None:
@@ -315,3 +423,33 @@ class NotificationHub:
             }
             for c in self.channels.values()
         ]
+
+
+_ANNOUNCEMENTS = {
+    "no_longer_subscribed": "This channel is no longer subscribed.",
+    "subscription_changed": "This channel's subscriptions changed.",
+}
+
+
+def system_body(
+    channel: Channel, kind: str | None, message: str, reason: str | None, correlation_id: str
+) -> dict[str, Any]:
+    """``SystemMessageSystemMessage``: ``systemTopicType`` and ``reason`` only take values of
+    the SDK's enums (none fits a maintenance close, so ``socket_closing`` carries neither)."""
+    body: dict[str, Any] = {
+        "channelId": channel.id,
+        "correlationId": correlation_id,
+        "organizationId": ORGANIZATION_ID,
+        "userId": None,  # client-credentials channels belong to no user
+        "oauthClientId": channel.client_id,
+        "oauthClientOrgId": ORGANIZATION_ID,
+        "message": message,
+        "data": {},
+    }
+    if kind is not None:
+        assert kind in SYSTEM_TOPIC_TYPES, kind
+        body["systemTopicType"] = kind
+    if reason is not None:
+        assert reason in SYSTEM_REASONS, reason
+        body["reason"] = reason
+    return {k: v for k, v in body.items() if v is not None}

@@ -67,6 +67,7 @@ class Emulator:
         self.faults = Faults(rng=self.rng)
         self.hub = NotificationHub(self.limits, self.faults, clock=self.clock)
         self.world.event_sinks.append(self.hub.publish)
+        self.world.topic_wanted = self.hub.by_topic.__contains__
         self.stats = RequestStats()
         self.wfm = WfmSink(self.config.wfm_secret)
 
@@ -108,6 +109,8 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         response = await handler(request)
     except ApiError as exc:
         headers.update(exc.headers)
+        if exc.status == 429:
+            _rate_limit_headers(emu, request, headers, exc.headers.get("Retry-After", "1"))
         response = respond(exc.body(cid), exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -172,6 +175,20 @@ async def _admit(request: web.Request, emu: Emulator, route: str, headers: dict[
         raise error
 
 
+def _rate_limit_headers(
+    emu: Emulator, request: web.Request, headers: dict[str, str], retry_after: str
+) -> None:
+    """Every 429 carries ``inin-ratelimit-*``, its reset at ``Retry-After``: a storm or an
+    injected 429 reports the window as it stands."""
+    headers["inin-ratelimit-reset"] = retry_after
+    if "inin-ratelimit-allowed" in headers:
+        return
+    token = request.get("token")
+    window = emu.limiter.keys.get(token.value) if isinstance(token, Token) else None
+    headers["inin-ratelimit-allowed"] = str(emu.limits.rate_limit_per_minute)
+    headers["inin-ratelimit-count"] = str(len(window.admitted) if window else 0)
+
+
 def _route_name(request: web.Request) -> str:
     return request.match_info.route.name or "unmatched"
 
@@ -185,12 +202,14 @@ def build_app(config: EmulatorConfig, *, clock: Callable[[], float] = time.time)
         oauth,
         presence,
         routing,
+        sources,
         users,
         wfm,
     )
 
     app = web.Application(middlewares=[pipeline], client_max_size=config.limits.max_body_bytes + 1)
     app[EMULATOR] = Emulator(config, clock=clock)
-    for module in (oauth, users, presence, routing, analytics, notifications, admin, wfm):
+    modules = (oauth, users, presence, sources, routing, analytics, notifications, admin, wfm)
+    for module in modules:
         module.register(app.router)
     return app

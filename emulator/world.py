@@ -21,8 +21,8 @@ from emulator.definitions import (
     PresenceDefinition,
     SystemPresence,
 )
+from emulator.sources import PURECLOUD, PresenceSources
 
-PURECLOUD = "PURECLOUD"
 ROUTING_STATUSES = ("OFF_QUEUE", "IDLE", "INTERACTING", "NOT_RESPONDING", "COMMUNICATING")
 
 FIRST_NAMES = (
@@ -56,6 +56,7 @@ class SourcePresence:
     definition: PresenceDefinition
     message: str = ""
     modified: float = 0.0
+    future: PresenceDefinition | None = None  # a deferred change, applied later
 
 
 @dataclass(slots=True)
@@ -133,6 +134,8 @@ class World:
         self.users: dict[str, User] = {}
         self.queues: dict[str, Queue] = {}
         self.memberships: dict[str, list[str]] = {}
+        self.topic_wanted: Callable[[str], bool] = lambda topic: True
+        self.sources = PresenceSources()
         self.history: dict[str, list[HistoryEntry]] = {}
         self.event_sinks: list[EventSink] = []
         self._build()
@@ -219,19 +222,67 @@ class World:
             current = user.presences[source] = SourcePresence(definition=base)
         if definition is not None:
             current.definition = definition
+            current.future = None
         if message is not None:
             current.message = message
         current.modified = now
         if make_primary:
-            user.primary_source = source
+            self.set_primary_source(user, source)
         user.version += 1
         if source == user.primary_source:
             if definition is not None and definition.system is SystemPresence.ON_QUEUE:
                 user.not_responding = False
             self._publish_presence(user, change)
             self._refresh_routing(user, change)
+            self._publish_activity(user, change)
             self._record(user, change, now)
         return current
+
+    def defer_presence(
+        self,
+        user: User,
+        definition: PresenceDefinition,
+        change: Change,
+        *,
+        source: str,
+        message: str | None,
+        delay_s: float,
+        schedule: Callable[[float, Callable[[], None]], object],
+    ) -> SourcePresence:
+        """Accept a change but apply it ``delay_s`` later: meanwhile the source shows it as
+        ``futurePresenceDefinition`` (and a presence event announces it); the change itself
+        then publishes as usual, unless a later write replaced the deferred one."""
+        current = user.presences.get(source)
+        if current is None:
+            current = user.presences[source] = SourcePresence(
+                self.definitions.system(SystemPresence.OFFLINE), modified=self.clock()
+            )
+        current.future = definition
+        if source == user.primary_source:
+            self._publish_presence(user, change)
+
+        def apply() -> None:
+            if current.future is definition:
+                current.future = None
+                self.set_presence(user, definition, change, source=source, message=message)
+
+        schedule(delay_s, apply)
+        return current
+
+    def set_primary_source(self, user: User, source: str) -> None:
+        """Make ``source`` the user's primary one; an integration that never reported for
+        this user starts Offline."""
+        if source not in user.presences:
+            user.presences[source] = SourcePresence(
+                self.definitions.system(SystemPresence.OFFLINE), modified=self.clock()
+            )
+        user.primary_source = source
+
+    def set_default_primary_source(self, source: str | None) -> None:
+        """The org's default primary source, applied to every user (None: ``PURECLOUD``)."""
+        self.sources.default_primary = source
+        for user in self.users.values():
+            self.set_primary_source(user, source or PURECLOUD)
 
     def set_work(
         self, user: User, change: Change, *, interactions: int | None, not_responding: bool | None
@@ -242,6 +293,7 @@ class World:
         if not_responding is not None:
             user.not_responding = not_responding
         if self._refresh_routing(user, change):
+            self._publish_activity(user, change)
             self._record(user, change, self.clock())
 
     def _refresh_routing(self, user: User, change: Change) -> bool:
@@ -266,7 +318,37 @@ class World:
             "message": presence.message,
             "modifiedDate": iso(presence.modified),
         }
+        if presence.future is not None:
+            body["futurePresenceDefinition"] = presence.future.event_json()
         self._emit(f"v2.users.{user.id}.presence", body, change.correlation_id)
+
+    def _publish_activity(self, user: User, change: Change) -> None:
+        """``v2.users.{id}.activity`` (``AgentActivityChangedTopicAgentActivity``): presence,
+        routing status and queues in one event, after either moved (built only when someone
+        listens)."""
+        topic = f"v2.users.{user.id}.activity"
+        if not self.topic_wanted(topic):
+            return
+        presence = user.presence
+        body = {
+            "id": user.id,
+            "routingStatus": {"status": user.routing_status, "startTime": iso(user.routing_start)},
+            "presence": {
+                "presenceDefinition": presence.definition.event_json(),
+                "presenceMessage": presence.message,
+                "modifiedDate": iso(presence.modified),
+            },
+            "outOfOffice": {"active": False, "modifiedDate": iso(presence.modified)},
+            "activeQueueIds": [q for q, joined in self._joined(user) if joined],
+            "dateActiveQueuesChanged": iso(user.routing_start),
+        }
+        self._emit(topic, body, change.correlation_id)
+
+    def _joined(self, user: User) -> list[tuple[str, bool]]:
+        return [
+            (queue_id, self.queues[queue_id].members.get(user.id, False))
+            for queue_id in self.memberships.get(user.id, [])
+        ]
 
     def _record(self, user: User, change: Change, at: float) -> None:
         presence = user.presence
@@ -299,7 +381,11 @@ class World:
             "message": presence.message,
             "modifiedDate": iso(presence.modified),
             "selfUri": f"/api/v2/users/{user.id}/presences",
-        }
+        } | (
+            {"futurePresenceDefinition": presence.future.reference_json()}
+            if presence.future is not None
+            else {}
+        )
 
     def routing_json(self, user: User) -> dict[str, Any]:
         return {

@@ -44,6 +44,11 @@ class WriteIntents:
             pipe.set(self.key(request_id), json.dumps(asdict(intent)), ex=self.ttl_s)
         pipe.execute()
 
+    def clear(self, request_ids: list[str]) -> None:
+        """Drop the marks of requests whose write was certainly never sent (no budget)."""
+        if request_ids:
+            self.redis.delete(*[self.key(r) for r in request_ids])
+
     def marked(self, request_ids: list[str]) -> dict[str, Intent]:
         """The requests among ``request_ids`` that were marked, with their intents."""
         if not request_ids:

@@ -28,8 +28,7 @@ from worker.genesys.connect import budget_key, genesys_client
 from worker.genesys.token import TokenProvider
 from worker.intents import WriteIntents
 from worker.limiter import SharedRateLimiter
-from worker.notifications.listener import NotificationListener
-from worker.notifications.slots import ChannelSlots
+from worker.notifications.group import ChannelGroup, channel_group
 from worker.observability import metrics
 from worker.ordering import AgentOrdering
 from worker.retry import RetryPolicy
@@ -51,7 +50,7 @@ class Runtime:
     catalog: PresenceCatalog
     matrix: TransitionMatrix
     ordering: AgentOrdering
-    listener: NotificationListener
+    listener: ChannelGroup
     capacity: CapacityGuard
     name: str
     retry: RetryPolicy
@@ -122,14 +121,7 @@ class Runtime:
         client = genesys_client(settings, r, http)
         limiter, tokens = client.limiter, client.tokens
         cache = StateCache(r, ttl_s=settings.state_cache_ttl_s)
-        listener = NotificationListener(
-            client,
-            cache,
-            ChannelSlots(r, key=client_key, max_slots=settings.channel_slots),
-            heartbeat_s=settings.notification_heartbeat_s,
-            extend_after_s=settings.channel_extend_after_s,
-            prime_agents=settings.notification_prime_agents,
-        )
+        listener = channel_group(settings, client, cache, r, client_key)
         return cls(
             settings=settings,
             redis=r,

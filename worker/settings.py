@@ -92,10 +92,27 @@ class Settings(BaseSettings):
         description="Send Celery task events (Flower's live task view needs them; off saves CPU).",
     )
     notification_prime_agents: int = Field(
-        default=1000,
+        default=3000,
         ge=0,
-        le=1000,
-        description="Agents each process subscribes to and caches at start (0 = subscribe lazily).",
+        le=20_000,
+        description="Agents each process subscribes to and caches at start, over as many "
+        "channels as they need (0 = subscribe lazily).",
+    )
+    notification_channels: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Channels one process may hold (1,000 agents each), within CHANNEL_SLOTS.",
+    )
+    notification_prime_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long tasks of a fresh process wait for its priming before reading agents.",
+    )
+    presence_source: str = Field(
+        default="PURECLOUD",
+        pattern=r"^(?i:purecloud)$|^[0-9A-Za-z][0-9A-Za-z-]{0,63}$",
+        description="Presence source written: PURECLOUD or the id of a registered source.",
     )
     channel_extend_after_s: float = Field(
         default=20 * 3600.0, gt=0, description="Re-subscribe (extending the 24 h channel) after."

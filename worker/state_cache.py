@@ -8,6 +8,8 @@ cache back.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import redis
@@ -45,11 +47,22 @@ def state_of(presence: UserPresence, seen_via: str) -> AgentState:
     )
 
 
+# States this process stored lately, so the socket need not store the same change again.
+_STORED_HERE_MAX = 4096
+
+
 class StateCache:
     def __init__(self, client: redis.Redis, *, ttl_s: int = 3600) -> None:
         self.redis = client
         self.ttl_s = ttl_s
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
+        self._stored: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._stored_lock = threading.Lock()
+
+    def stored_here(self, user_id: str, definition_id: str, modified_ms: int) -> bool:
+        """Whether this process itself stored exactly this state for the agent lately."""
+        with self._stored_lock:
+            return self._stored.get(user_id) == (definition_id, modified_ms)
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -68,14 +81,24 @@ class StateCache:
 
     def put(self, user_id: str, state: AgentState) -> bool:
         """Store ``state`` unless a newer one is already there; True when stored."""
-        return bool(
+        stored = bool(
             self._set_if_newer(
                 keys=[self.key(user_id)],
                 args=[json.dumps(asdict(state)), state.modified_ms, self.ttl_s],
             )
         )
+        if stored and state.modified_ms:
+            with self._stored_lock:
+                self._stored[user_id] = (state.definition_id, state.modified_ms)
+                self._stored.move_to_end(user_id)
+                if len(self._stored) > _STORED_HERE_MAX:
+                    self._stored.popitem(last=False)
+        return stored
 
     def forget(self, user_ids: list[str]) -> None:
         """Drop entries that may have missed events (a socket was down)."""
         if user_ids:
             self.redis.delete(*[self.key(u) for u in user_ids])
+            with self._stored_lock:
+                for user_id in user_ids:
+                    self._stored.pop(user_id, None)

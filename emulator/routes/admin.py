@@ -5,7 +5,7 @@ Not part of the platform: no auth, no rate limit, never counted against a token.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,6 +32,8 @@ class SettingsBody(_Admin):
     max_channels: int | None = Field(default=None, ge=1)
     max_topics: int | None = Field(default=None, ge=1)
     socket_closing_grace_s: float | None = Field(default=None, ge=0)
+    token_bound_channels: bool | None = None
+    presence_defer_s: float | None = Field(default=None, ge=0)
 
 
 class LatencyBody(_Admin):
@@ -81,6 +83,12 @@ class TokensBody(_Admin):
 class SocketsBody(_Admin):
     channel_id: str | None = None
     close_after_s: float | None = Field(default=None, ge=0)
+
+
+class SystemMessageBody(_Admin):
+    kind: Literal["no_longer_subscribed", "subscription_changed"]
+    channel_id: str | None = None
+    close: bool = True
 
 
 class PresenceBody(_Admin):
@@ -208,12 +216,18 @@ async def add_client(request: web.Request) -> web.Response:
 
 async def revoke_tokens(request: web.Request) -> web.Response:
     body: TokensBody = await _body(request, TokensBody)
-    return respond({"revoked": emulator_of(request).auth.revoke(body.client_id)})
+    emu = emulator_of(request)
+    revoked = emu.auth.revoke(body.client_id)
+    emu.hub.end_token_channels()
+    return respond({"revoked": revoked})
 
 
 async def expire_tokens(request: web.Request) -> web.Response:
     body: TokensBody = await _body(request, TokensBody)
-    return respond({"expired": emulator_of(request).auth.expire(body.client_id)})
+    emu = emulator_of(request)
+    expired = emu.auth.expire(body.client_id)
+    emu.hub.end_token_channels()
+    return respond({"expired": expired})
 
 
 async def drop_sockets(request: web.Request) -> web.Response:
@@ -228,6 +242,13 @@ async def socket_closing(request: web.Request) -> web.Response:
         body.close_after_s if body.close_after_s is not None else emu.limits.socket_closing_grace_s
     )
     return respond({"notified": emu.hub.announce_closing(body.channel_id, grace)})
+
+
+async def system_message(request: web.Request) -> web.Response:
+    """``no_longer_subscribed`` / ``subscription_changed`` on one or every connected channel."""
+    emu = emulator_of(request)
+    body: SystemMessageBody = await _body(request, SystemMessageBody)
+    return respond({"notified": emu.hub.announce(body.channel_id, body.kind, body.close)})
 
 
 # -- agents and queues ----------------------------------------------------------------------
@@ -350,6 +371,7 @@ def register(router: web.UrlDispatcher) -> None:
     add("POST", f"{PREFIX}/tokens/expire", expire_tokens, name="admin.tokens.expire")
     add("POST", f"{PREFIX}/sockets/drop", drop_sockets, name="admin.sockets.drop")
     add("POST", f"{PREFIX}/sockets/closing", socket_closing, name="admin.sockets.closing")
+    add("POST", f"{PREFIX}/sockets/system", system_message, name="admin.sockets.system")
     add("PUT", f"{PREFIX}/users/{{user_id}}/presence", set_presence, name="admin.users.presence")
     add("PUT", f"{PREFIX}/users/{{user_id}}/work", set_work, name="admin.users.work")
     add("PUT", f"{PREFIX}/queues/{{queue_id}}/waiting", set_waiting, name="admin.queues.waiting")

@@ -6,9 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.errors import bad_request, detail, not_found
+from emulator.auth import OAuthClient
+from emulator.errors import bad_request, detail, missing_permission, not_found
 from emulator.http import bool_query, parse_list, read_json, respond
-from emulator.notifications import TOPIC_PATTERN, Channel
+from emulator.notifications import TOPIC_PATTERN, TOPICS, Channel
 from emulator.schemas import TopicRef
 from emulator.server import Emulator, emulator_of, token_of
 
@@ -39,7 +40,8 @@ def _ws_base(request: web.Request) -> str:
 
 async def create_channel(request: web.Request) -> web.Response:
     emu = emulator_of(request)
-    channel = emu.hub.create_channel(token_of(request).client.client_id, _ws_base(request))
+    token = token_of(request)
+    channel = emu.hub.create_channel(token.client.client_id, _ws_base(request), token)
     return respond(channel.json())
 
 
@@ -62,9 +64,10 @@ async def get_subscriptions(request: web.Request) -> web.Response:
 
 
 def _validate_topics(
-    emu: Emulator, topics: list[str], ignore_errors: bool
+    emu: Emulator, client: OAuthClient, topics: list[str], ignore_errors: bool
 ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Accepted topics and ``Rejected`` entries; raises ApiError 400 for a bad topic otherwise."""
+    """Accepted topics and ``Rejected`` entries; without ``ignoreErrors`` a bad topic is a 400
+    and a topic the client may not read is a 403 for the whole call."""
     accepted: list[str] = []
     rejected: list[dict[str, Any]] = []
     for index, topic in enumerate(topics):
@@ -74,6 +77,12 @@ def _validate_topics(
             reason = f"Topic {topic} is not a supported topic"
         elif emu.world.user(match["user"]) is None:
             reason = f"Topic {topic} names an unknown user"
+        else:
+            needed = TOPICS[match["kind"]].permissions
+            if not any(client.allows(p) for p in needed):
+                if not ignore_errors:
+                    raise missing_permission(", ".join(needed))
+                reason = f"Topic {topic} requires one of the permissions {', '.join(needed)}"
         if reason is None:
             accepted.append(topic)
         elif ignore_errors:
@@ -89,7 +98,9 @@ async def _subscribe(request: web.Request, *, replace: bool) -> web.Response:
     topics = [
         t.id for t in parse_list(TopicRef, await read_json(request, emu.limits.max_body_bytes))
     ]
-    accepted, rejected = _validate_topics(emu, topics, bool_query(request, "ignoreErrors", False))
+    accepted, rejected = _validate_topics(
+        emu, token_of(request).client, topics, bool_query(request, "ignoreErrors", False)
+    )
     resulting = set(accepted) | (set() if replace else set(channel.topics))
     if len(resulting) > emu.limits.max_topics:
         raise bad_request(
@@ -116,6 +127,25 @@ async def delete_subscriptions(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def available_topics(request: web.Request) -> web.Response:
+    """``AvailableTopicEntityListing`` of the topics this emulator serves."""
+    entities = [
+        {
+            "id": f"v2.users.{{id}}.{kind}",
+            "description": spec.description,
+            "requiresPermissions": list(spec.permissions),
+            "requiresDivisionPermissions": False,
+            "enforced": True,
+            "visibility": "Public",
+            "transports": ["Websocket", "EventBridge"],
+            "publicApiTemplateUriPaths": [f"/api/v2/users/{{id}}{spec.api_path}"],
+            "topicParameters": ["id"],
+        }
+        for kind, spec in TOPICS.items()
+    ]
+    return respond({"entities": entities})
+
+
 async def socket(request: web.Request) -> web.StreamResponse:
     return await emulator_of(request).hub.serve_socket(request)
 
@@ -133,3 +163,8 @@ def register(router: web.UrlDispatcher) -> None:
     router.add_put(subs, replace_subscriptions, name="notifications.subscriptions.put")
     router.add_delete(subs, delete_subscriptions, name="notifications.subscriptions.delete")
     router.add_get("/channels/{channel_id}", socket, name="notifications.socket")
+    router.add_get(
+        "/api/v2/notifications/availabletopics",
+        available_topics,
+        name="notifications.availabletopics",
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from emulator.definitions import PresenceDefinition
@@ -10,14 +12,23 @@ from emulator.http import bool_query, list_query, page, parse, parse_list, read_
 from emulator.routes.users import lookup_user
 from emulator.schemas import BulkPresence, PresencePatch
 from emulator.server import Emulator, correlation_of, emulator_of, require, token_of
-from emulator.world import PURECLOUD, Change
+from emulator.sources import PURECLOUD
+from emulator.world import Change
 
 EDIT = "presence:userPresence:edit"
 BULK_READ_MAX = 50
 
 
-def _source(raw: str) -> str:
-    return PURECLOUD if raw.lower() == "purecloud" else raw
+def _source(emu: Emulator, raw: str, field: str = "sourceId") -> str:
+    """``PURECLOUD`` or a registered source id; raises ApiError 400 for anything else."""
+    source = emu.world.sources.resolve(raw)
+    if source is None:
+        raise bad_request(
+            f"Presence source {raw} is not registered; use PURECLOUD or the id of a source "
+            "listed by /api/v2/presence/sources.",
+            [detail(field, "bad.request", raw)],
+        )
+    return source
 
 
 def _definition(emu: Emulator, definition_id: str, field: str) -> PresenceDefinition:
@@ -82,7 +93,7 @@ async def definition(request: web.Request) -> web.Response:
 # -- one user -------------------------------------------------------------------------------
 async def get_presence(request: web.Request) -> web.Response:
     user = lookup_user(request)
-    source = _source(request.match_info["source_id"])
+    source = _source(emulator_of(request), request.match_info["source_id"])
     if source not in user.presences:
         raise not_found(f"Presence source {source} for user {user.id}")
     return respond(emulator_of(request).world.presence_json(user, source))
@@ -108,13 +119,24 @@ async def patch_presence(request: web.Request) -> web.Response:
         if body.presenceDefinition is not None
         else None
     )
-    source = _source(request.match_info["source_id"])
+    source = _source(emu, request.match_info["source_id"])
     change = Change(
         "patch",
         correlation_of(request),
         token_of(request).client.client_id,
         f"PATCH {request.path}",
     )
+    if definition is not None and emu.limits.presence_defer_s > 0 and not body.primary:
+        emu.world.defer_presence(
+            user,
+            definition,
+            change,
+            source=source,
+            message=body.message,
+            delay_s=emu.limits.presence_defer_s,
+            schedule=asyncio.get_running_loop().call_later,
+        )
+        return respond(emu.world.presence_json(user, source))
     emu.world.set_presence(
         user,
         definition,
@@ -136,7 +158,7 @@ async def bulk_get(request: web.Request) -> web.Response:
         raise bad_request(
             f"At most {BULK_READ_MAX} user ids may be requested at once.", [detail("id")]
         )
-    source = _source(request.match_info.get("source_id", "purecloud"))
+    source = _source(emu, request.match_info.get("source_id", "purecloud"))
     out = []
     for user_id in ids:
         user = emu.world.user(user_id)
@@ -169,7 +191,14 @@ async def bulk_put(request: web.Request) -> web.Response:
     for index, item in enumerate(items):
         user = emu.world.user(item.id)
         definition = emu.world.definitions.by_id.get(item.presenceDefinition.id)
-        if item.id in seen:
+        # ``sourceId`` names a registered source; ``source`` is its deprecated alias.
+        raw_source = item.sourceId or item.source or PURECLOUD
+        source = emu.world.sources.resolve(raw_source)
+        if source is None:
+            field = "sourceId" if item.sourceId else "source"
+            problems.append(detail(f"[{index}].{field}", "bad.request", raw_source))
+            messages.append(f"[{index}] presence source {raw_source} is not registered")
+        elif item.id in seen:
             problems.append(detail(f"[{index}].id", "bad.request", item.id))
             messages.append(f"[{index}] user {item.id} appears more than once")
         elif user is None:
@@ -187,15 +216,14 @@ async def bulk_put(request: web.Request) -> web.Response:
             state = "does not exist" if definition is None else "is deactivated"
             messages.append(f"[{index}] presence definition {item.presenceDefinition.id} {state}")
         else:
-            resolved.append((item, user, definition))
+            resolved.append((item, user, definition, source))
         seen.add(item.id)
     if problems:
         raise bad_request("Bulk presence update rejected: " + "; ".join(messages) + ".", problems)
     cid = correlation_of(request)
     client_id = token_of(request).client.client_id
     out = []
-    for item, user, definition in resolved:
-        source = item.sourceId or PURECLOUD
+    for item, user, definition, source in resolved:
         change = Change("bulk", cid, client_id, f"PUT {request.path}")
         emu.world.set_presence(
             user,

@@ -43,9 +43,17 @@ def test_a_ready_setup_exits_zero_with_every_check_ok(env, tmp_path):
     result = presence("doctor", env=env, cwd=tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    for check in ("settings", "Redis", "database", "credentials", "edit presence", "WFM endpoint"):
+    for check in (
+        "settings",
+        "Redis",
+        "database",
+        "credentials",
+        "edit presence",
+        "presence source",
+        "WFM endpoint",
+    ):
         assert "│ ok " in row(result.stdout, check)
-    assert "ready: 14 checks, 0 warning(s)" in result.stdout
+    assert "ready: 15 checks, 0 warning(s)" in result.stdout
 
 
 def test_a_bad_secret_is_a_failing_row_with_its_fix_and_exit_one(env, tmp_path):

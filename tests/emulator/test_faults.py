@@ -145,11 +145,29 @@ def test_a_rate_limit_storm_answers_every_api_call_with_429_until_it_ends(
         assert response.status_code == 429
         assert response.headers["Retry-After"] == "3"
         assert response.json()["code"] == "too.many.requests.retry.after"
+        assert response.headers["inin-ratelimit-reset"] == "3"
+        assert int(response.headers["inin-ratelimit-count"]) >= 0
+        assert "inin-ratelimit-allowed" in response.headers
     assert api.admin("GET", "/users").status_code == 200  # the admin API is never limited
 
     time.sleep(max(0.0, ends_at + 0.05 - time.time()))
     assert api.http.get("/api/v2/users").status_code == 200
     assert stats(api)["tooManyRequests"] == len(during)
+
+
+def test_an_injected_429_carries_the_rate_limit_headers(api: Api) -> None:
+    api.admin(
+        "POST",
+        "/faults/errors",
+        {"endpoint": "users.list", "status": 429, "count": 1, "retry_after_s": 7},
+    )
+
+    response = api.http.get("/api/v2/users")
+
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "7"
+    assert response.headers["inin-ratelimit-reset"] == "7"
+    assert {"inin-ratelimit-allowed", "inin-ratelimit-count"} <= set(response.headers)
 
 
 def test_clearing_faults_restores_normal_service(api: Api) -> None:

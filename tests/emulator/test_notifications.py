@@ -202,7 +202,7 @@ def test_subscribed_topics_are_permitted_channel_topics(api: Api) -> None:
 @pytest.mark.parametrize(
     "topic",
     [
-        "v2.users.{user}.activity",
+        "v2.users.{user}.conversations",
         "v2.routing.queues.{user}.conversations",
         "v2.users.00000000-0000-4000-8000-000000000000.presence",
         "not a topic",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from emulator.sources import TEAMS_SOURCE_ID
 from tests.emulator._rest import (
     AVAILABLE_ID,
     BREAK_ID,
@@ -23,6 +26,8 @@ LEGACY = "/api/v2/presencedefinitions"
 DEFINITIONS = "/api/v2/presence/definitions"
 BULK = "/api/v2/users/presences/bulk"
 BULK_GET = "/api/v2/users/presences/purecloud/bulk"
+# The integration every seeded org has registered (not primary).
+INTEGRATION = TEAMS_SOURCE_ID
 SYSTEM_PRESENCES = {
     "Available", "Away", "Busy", "Offline", "Idle", "On Queue", "Meal", "Training", "Meeting",
     "Break",
@@ -231,7 +236,7 @@ def test_get_presence_of_a_deleted_user_is_404(api):
 def test_get_presence_for_a_source_the_user_never_had_is_404(api):
     user_id = active_ids(api, 1)[0]
 
-    assert_error(api.http.get(presence_path(user_id, "my-integration")), 404, "not.found")
+    assert_error(api.http.get(presence_path(user_id, INTEGRATION)), 404, "not.found")
 
 
 def test_patch_definition_sets_the_presence(api):
@@ -301,13 +306,13 @@ def test_patch_a_custom_source_creates_it_without_touching_purecloud(api):
     user_id = active_ids(api, 1)[0]
     set_presence(api, user_id, "Available")
 
-    body = patch(api, user_id, to(BREAK_ID), source="my-integration").json()
+    body = patch(api, user_id, to(BREAK_ID), source=INTEGRATION).json()
 
-    assert body["sourceId"] == "my-integration"
+    assert body["sourceId"] == INTEGRATION
     assert "source" not in body
     assert body["primary"] is False
     assert body["presenceDefinition"]["id"] == BREAK_ID
-    read = api.http.get(presence_path(user_id, "my-integration")).json()
+    read = api.http.get(presence_path(user_id, INTEGRATION)).json()
     assert read["presenceDefinition"]["id"] == BREAK_ID
     assert current_definition_id(api, user_id) == AVAILABLE_ID
 
@@ -316,13 +321,13 @@ def test_patch_primary_true_makes_a_custom_source_the_effective_presence(api):
     user_id = active_ids(api, 1)[0]
     set_presence(api, user_id, "Available")
 
-    body = patch(api, user_id, {**to(ON_QUEUE_ID), "primary": True}, source="my-integration").json()
+    body = patch(api, user_id, {**to(ON_QUEUE_ID), "primary": True}, source=INTEGRATION).json()
 
     assert body["primary"] is True
     user = api.http.get(
         f"/api/v2/users/{user_id}", params={"expand": "presence,routingStatus"}
     ).json()
-    assert user["presence"]["sourceId"] == "my-integration"
+    assert user["presence"]["sourceId"] == INTEGRATION
     assert user["presence"]["presenceDefinition"]["id"] == ON_QUEUE_ID
     assert user["routingStatus"]["status"] == "IDLE"
     assert api.http.get(presence_path(user_id)).json()["primary"] is False
@@ -330,7 +335,7 @@ def test_patch_primary_true_makes_a_custom_source_the_effective_presence(api):
 
 def test_patch_primary_alone_switches_the_primary_source_back(api):
     user_id = active_ids(api, 1)[0]
-    patch(api, user_id, {**to(BREAK_ID), "primary": True}, source="my-integration")
+    patch(api, user_id, {**to(BREAK_ID), "primary": True}, source=INTEGRATION)
 
     body = patch(api, user_id, {"primary": True}).json()
 
@@ -456,14 +461,14 @@ def test_bulk_get_without_ids_is_400(api):
 
 def test_bulk_get_for_a_custom_source_lists_only_users_with_that_source(api):
     a, b = active_ids(api, 2)
-    patch(api, a, to(BREAK_ID), source="my-integration")
+    patch(api, a, to(BREAK_ID), source=INTEGRATION)
 
     body = api.http.get(
-        "/api/v2/users/presences/my-integration/bulk", params={"id": f"{a},{b}"}
+        f"/api/v2/users/presences/{INTEGRATION}/bulk", params={"id": f"{a},{b}"}
     ).json()
 
     assert [p["userId"] for p in body] == [a]
-    assert body[0]["sourceId"] == "my-integration"
+    assert body[0]["sourceId"] == INTEGRATION
 
 
 # -- bulk PUT ---------------------------------------------------------------------------------
@@ -500,12 +505,12 @@ def test_bulk_put_with_message_and_source_id(api):
 
     body = api.http.put(
         BULK,
-        json=[{"id": user_id, "sourceId": "my-integration", "message": "hi", **to(BREAK_ID)}],
+        json=[{"id": user_id, "sourceId": INTEGRATION, "message": "hi", **to(BREAK_ID)}],
     ).json()
 
-    assert body[0]["sourceId"] == "my-integration"
+    assert body[0]["sourceId"] == INTEGRATION
     assert body[0]["message"] == "hi"
-    read = api.http.get(presence_path(user_id, "my-integration")).json()
+    read = api.http.get(presence_path(user_id, INTEGRATION)).json()
     assert read["presenceDefinition"]["id"] == BREAK_ID
 
 
@@ -628,3 +633,18 @@ def test_bulk_put_needs_user_presence_edit(api):
         response = limited.put(BULK, json=[{"id": user_id, **to(AVAILABLE_ID)}])
 
     assert_error(response, 403, "missing.any.permissions")
+
+
+def test_a_deferred_change_shows_as_future_presence_then_applies(api):
+    api.admin("PUT", "/settings", {"presence_defer_s": 0.5})
+    user_id = active_ids(api, 1)[0]
+    set_presence(api, user_id, "Available")
+
+    body = patch(api, user_id, to(BREAK_ID)).json()
+
+    assert body["futurePresenceDefinition"]["id"] == BREAK_ID
+    assert body["presenceDefinition"]["id"] != BREAK_ID
+    time.sleep(0.8)
+    after = api.http.get(presence_path(user_id)).json()
+    assert after["presenceDefinition"]["id"] == BREAK_ID
+    assert "futurePresenceDefinition" not in after

@@ -656,3 +656,204 @@ def test_presence_event_over_websocket(client: Sdk, agent: str, socket_factory: 
     assert routing.id == agent
     assert routing.routing_status.status in ("IDLE", "INTERACTING")
     assert routing.routing_status.start_time is not None
+
+
+# -- system messages --------------------------------------------------------------------------
+def synced(ws: Any) -> Any:
+    """Ping and wait for the pong: the emulator has attached the socket to its channel."""
+    ws.send(json.dumps({"message": "ping"}))
+    while json.loads(ws.recv()).get("eventBody", {}).get("message") != "pong":
+        pass
+    return ws
+
+
+def system_messages_until_close(ws: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Every ``v2.system.*`` message the socket receives before it closes."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            text = ws.recv()
+        except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
+            return out
+        if not text:
+            return out
+        message = json.loads(text)
+        if str(message.get("topicName", "")).startswith("v2.system."):
+            out.append(message)
+    raise AssertionError(f"socket still open after {timeout}s; got {out}")
+
+
+@pytest.mark.parametrize(
+    ("trigger", "topic", "kind", "reason"),
+    [
+        (("/tokens/revoke", {}), "v2.system.token_revoked", "token_revoked", "user_tokens_revoked"),
+        (("/tokens/expire", {}), "v2.system.token_revoked", "token_revoked", None),
+        (
+            ("/sockets/system", {"kind": "no_longer_subscribed"}),
+            "v2.system.no_longer_subscribed",
+            "no_longer_subscribed",
+            None,
+        ),
+        (
+            ("/sockets/system", {"kind": "subscription_changed"}),
+            "v2.system.subscription_changed",
+            "subscription_changed",
+            None,
+        ),
+        (("/sockets/closing", {"close_after_s": 0.1}), "v2.system.socket_closing", None, None),
+    ],
+    ids=[
+        "token-revoked",
+        "token-expired",
+        "no-longer-subscribed",
+        "subscription-changed",
+        "closing",
+    ],
+)
+def test_system_messages_deserialize_through_the_sdk(
+    client: Sdk,
+    api: Any,
+    socket_factory: Any,
+    trigger: tuple[str, dict[str, Any]],
+    topic: str,
+    kind: str | None,
+    reason: str | None,
+) -> None:
+    channel = client.notifications.post_notifications_channels()
+    ws = synced(socket_factory(channel.connect_uri))
+
+    api.admin("POST", *trigger)
+
+    [message] = system_messages_until_close(ws)
+    assert message["topicName"].startswith(topic)
+    assert message["version"] == "2"
+    assert message["metadata"]["CorrelationId"] == message["eventBody"]["correlationId"]
+    body = client.event(message["eventBody"], "SystemMessageSystemMessage").to_dict()
+    assert body["channel_id"] == channel.id
+    assert body["system_topic_type"] == kind
+    assert body["reason"] == reason
+    assert_present(
+        body, "correlation_id", "organization_id", "oauth_client_id", "oauth_client_org_id",
+        "message", where="SystemMessageSystemMessage",
+    )  # fmt: skip
+    assert body["oauth_client_id"] == api.emulator.client_id
+
+
+def test_a_second_socket_sends_no_longer_subscribed_to_the_first(
+    client: Sdk, socket_factory: Any
+) -> None:
+    channel = client.notifications.post_notifications_channels()
+    first = synced(socket_factory(channel.connect_uri))
+    synced(socket_factory(channel.connect_uri))
+
+    [message] = system_messages_until_close(first)
+
+    body = client.event(message["eventBody"], "SystemMessageSystemMessage")
+    assert body.system_topic_type == "no_longer_subscribed"
+    assert body.reason == "another_channel_subscribed"
+
+
+# -- sources, settings, topics ----------------------------------------------------------------
+def test_presence_sources_settings_and_primary_source(client: Sdk, agent: str) -> None:
+    sources = client.presence.get_presence_sources()
+    data = client.check(sources, "SourceEntityListing")
+    assert isinstance(data, dict)
+    assert data["total"] == len(data["entities"]) >= 1
+    for source in data["entities"]:
+        assert_present(source, "id", "name", "type", "deactivated", "self_uri", where="Source")
+    integration = data["entities"][0]["id"]
+
+    settings = client.presence.get_presence_settings()
+    assert client.check(settings, "PresenceSettings")
+    assert settings.default_primary_presence_registered_source_id is None  # PURECLOUD
+
+    primary = client.presence.get_presence_user_primarysource(agent)
+    data = client.check(primary, "UserPrimarySource")
+    assert data["source_id"] == "PURECLOUD"
+    assert data["registered"] is False
+
+    body = sdk.PresenceSettings()
+    body.default_primary_presence_registered_source_id = integration
+    client.presence.put_presence_settings(body)
+    primary = client.presence.get_presence_user_primarysource(agent)
+    data = client.check(primary, "UserPrimarySource")
+    assert data["source_id"] == integration
+    assert data["registered"] is True
+
+
+def test_a_write_through_a_source_that_is_not_primary_says_so(client: Sdk, agent: str) -> None:
+    integration = client.presence.get_presence_sources().entities[0].id
+    body = sdk.PresenceSettings()
+    body.default_primary_presence_registered_source_id = integration
+    client.presence.put_presence_settings(body)
+
+    result = client.presence.patch_user_presences_purecloud(agent, presence_body(BREAK_ID))
+
+    data = client.check(result, "UserPresence")
+    assert isinstance(data, dict)
+    assert data["primary"] is False
+    effective = client.users.get_user(agent, expand=["presence"]).presence
+    assert effective.presence_definition.id != BREAK_ID
+
+
+def test_bulk_put_with_source_id(client: Sdk, agent: str) -> None:
+    integration = client.presence.get_presence_sources().entities[0].id
+    item = sdk.MutableUserPresence()
+    item.id = agent
+    item.source_id = integration
+    ref = sdk.PresenceDefinition()
+    ref.id = BREAK_ID
+    item.presence_definition = ref
+
+    result = client.presence.put_users_presences_bulk([item])
+
+    data = client.check(result, "list[UserPresence]")
+    assert isinstance(data, list)
+    assert data[0]["source_id"] == integration
+    assert data[0]["primary"] is False
+
+
+def test_system_presences(client: Sdk) -> None:
+    listed = client.presence.get_systempresences()
+    data = client.check(listed, "list[SystemPresence]")
+    assert isinstance(data, list)
+    assert {p["name"] for p in data} == {
+        "Available", "Away", "Busy", "Offline", "Idle",
+        "On Queue", "Meal", "Training", "Meeting", "Break",
+    }  # fmt: skip
+
+
+def test_available_topics(client: Sdk) -> None:
+    listed = client.notifications.get_notifications_availabletopics()
+    data = client.check(listed, "AvailableTopicEntityListing")
+    assert isinstance(data, dict)
+    ids = {t["id"] for t in data["entities"]}
+    assert ids == {
+        "v2.users.{id}.presence",
+        "v2.users.{id}.routingStatus",
+        "v2.users.{id}.activity",
+    }
+    for topic in data["entities"]:
+        assert_present(topic, "id", "description", "requires_permissions", where="AvailableTopic")
+
+
+def test_activity_event_over_websocket(client: Sdk, agent: str, socket_factory: Any) -> None:
+    channel = client.notifications.post_notifications_channels()
+    ws = socket_factory(channel.connect_uri)
+    topic = sdk.ChannelTopic()
+    topic.id = f"v2.users.{agent}.activity"
+    client.notifications.put_notifications_channel_subscriptions(channel.id, [topic])
+
+    client.presence.patch_user_presences_purecloud(agent, presence_body(ON_QUEUE_ID))
+
+    deadline = time.monotonic() + 5
+    message: dict[str, Any] = {}
+    while time.monotonic() < deadline and message.get("topicName") != topic.id:
+        message = json.loads(ws.recv())
+    assert message.get("topicName") == topic.id
+    body = client.event(message["eventBody"], "AgentActivityChangedTopicAgentActivity")
+    assert body.id == agent
+    assert body.presence.presence_definition.id == ON_QUEUE_ID
+    assert body.routing_status.status in ("IDLE", "INTERACTING")

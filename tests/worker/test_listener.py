@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +19,7 @@ from tests.worker.conftest import SYSTEM_IDS, eventually, route_count
 from worker.genesys.client import GenesysClient
 from worker.notifications.listener import NotificationListener, parse_ms
 from worker.notifications.slots import ChannelSlots
+from worker.state_cache import AgentState, state_of
 
 BREAK, MEAL = SYSTEM_IDS["Break"], SYSTEM_IDS["Meal"]
 
@@ -456,3 +458,169 @@ def test_subscribe_many_makes_one_call_and_keeps_the_agents_it_was_given(
         - calls
     )
     assert changes == 1
+
+
+# -- channels bound to their token ----------------------------------------------------------------
+def refresh_token(api) -> None:
+    """The test's own client after its token was revoked or expired with everyone's."""
+    api.http.headers["Authorization"] = f"Bearer {api.fetch_token()}"
+
+
+def fresh_short_token(api, runtime, lifetime_s: int) -> None:
+    """From now on tokens live ``lifetime_s``; the runtime drops the one it holds."""
+    api.admin("PUT", "/settings", {"token_lifetime_s": lifetime_s})
+    runtime.tokens.invalidate(runtime.tokens.get())
+    runtime.tokens.get()
+
+
+def test_a_renewed_token_moves_the_listener_to_a_new_channel_without_missing_an_event(
+    api, runtime, make_listener, agents
+):
+    """Tokens of 6 s renew 0.6 s before they end; the channel bound to the old one would close.
+    The listener moves first (new channel, every topic in one PUT, then the old socket is
+    drained), so writes all along are confirmed on the socket and it never reconnects."""
+    fresh_short_token(api, runtime, 6)
+    listener = make_listener()
+    for user_id in agents[:3]:
+        assert listener.ensure_subscribed(user_id, wait_s=5)
+    first = listener.channel_id
+    definitions = [BREAK, MEAL]
+    confirmed = 0
+    deadline = time.monotonic() + 9
+    while time.monotonic() < deadline:
+        user_id = agents[confirmed % 3]
+        assert listener.ensure_subscribed(user_id, wait_s=5)
+        event, _ = confirm_a_write(runtime, listener, user_id, definitions[confirmed % 2])
+        assert event is not None, f"write {confirmed} was not confirmed on the socket"
+        confirmed += 1
+        time.sleep(0.1)
+
+    assert listener.channel_switches >= 1
+    assert listener.channel_id != first
+    assert listener.reconnects == 0, "the socket was never lost"
+    assert subscribed_users(api, listener.channel_id) == set(agents[:3])
+    assert confirmed >= 20
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        (("/tokens/revoke", {}), "token_revoked"),
+        (("/sockets/system", {"kind": "no_longer_subscribed"}), "no_longer_subscribed"),
+        (
+            ("/sockets/system", {"kind": "subscription_changed", "close": False}),
+            "subscription_changed",
+        ),
+    ],
+    ids=["token-revoked", "no-longer-subscribed", "subscription-changed"],
+)
+def test_a_system_message_replaces_the_channel_with_every_topic_in_one_call(
+    api, runtime, make_listener, agents, fault, kind
+):
+    listener = make_listener()
+    for user_id in agents[:3]:
+        assert listener.ensure_subscribed(user_id, wait_s=5)
+    old = listener.channel_id
+    runtime.cache.put(agents[0], AgentState(BREAK, "BREAK", 1, "event"))
+    puts = route_count(api, "notifications.subscriptions.put")
+
+    api.admin("POST", *fault)
+    refresh_token(api)
+
+    eventually(
+        lambda: listener.channel_id not in (None, old) and listener.connected.is_set(),
+        what="a new channel",
+    )
+    assert listener.system_messages.get(kind) == 1
+    assert subscribed_users(api, listener.channel_id) == set(agents[:3])
+    assert route_count(api, "notifications.subscriptions.put") - puts == 1
+    assert runtime.cache.get(agents[0]) is None, "a state that may have missed events was kept"
+    event, _ = confirm_a_write(runtime, listener, agents[2], MEAL)
+    assert event is not None
+
+
+def test_an_expired_token_closes_the_channel_and_the_listener_recovers(
+    api, runtime, make_listener, agents
+):
+    listener = make_listener()
+    assert listener.ensure_subscribed(agents[0], wait_s=5)
+    old = listener.channel_id
+
+    api.admin("POST", "/tokens/expire", {})
+    refresh_token(api)
+
+    eventually(
+        lambda: listener.channel_id not in (None, old) and listener.connected.is_set(),
+        what="a new channel",
+    )
+    assert listener.system_messages.get("token_revoked") == 1
+    event, _ = confirm_a_write(runtime, listener, agents[0], BREAK)
+    assert event is not None
+
+
+# -- what the socket thread spends ----------------------------------------------------------------
+class CountingSlots(ChannelSlots):
+    claims = 0
+
+    def claim(self) -> bool:
+        self.claims += 1
+        return super().claim()
+
+
+def test_the_slot_lease_is_renewed_at_a_fraction_of_its_life_not_per_message(
+    runtime, make_listener, agents
+):
+    slots = CountingSlots(runtime.redis, key="counting", max_slots=4, lease_s=2.0)
+    listener = NotificationListener(runtime.client, runtime.cache, slots, heartbeat_s=0.05)
+    try:
+        assert listener.ensure_subscribed(agents[0], wait_s=5)
+        time.sleep(2.0)  # ~40 heartbeats
+    finally:
+        listener.stop()
+        assert listener._thread is not None
+        listener._thread.join(5)
+
+    # One claim to connect, then one per half second (a quarter of the 2 s lease).
+    assert 2 <= slots.claims <= 7
+
+
+def test_a_state_this_process_stored_is_not_written_again_by_its_event(
+    api, runtime, make_listener, agents
+):
+    api.admin("POST", "/faults/events", {"delay_ms": 300})  # the PATCH answer comes first
+    listener = make_listener()
+    assert listener.ensure_subscribed(agents[0], wait_s=5)
+    waiter = listener.expect(agents[0])
+    try:
+        presence, answer = runtime.client.patch_presence(agents[0], BREAK)
+        runtime.cache.put(agents[0], state_of(presence, "patch"))  # as the flow does
+        modified_ms = parse_ms(presence.modified_date.isoformat())
+        assert waiter.wait_for(BREAK, answer.correlation_id, modified_ms, timeout_s=5)
+    finally:
+        listener.done(waiter)
+
+    assert runtime.cache.get(agents[0]).seen_via == "patch", "the event rewrote the entry"
+
+
+# -- a cold start waits for priming ---------------------------------------------------------------
+def test_wait_primed_returns_once_priming_is_done(make_listener):
+    listener = make_listener(prime_agents=20)
+
+    assert listener.wait_primed()
+
+    assert listener.primed.is_set()
+
+
+def test_wait_primed_is_bounded_once_per_process(make_listener):
+    listener = make_listener(prime_agents=20, max_slots=0, prime_wait_s=0.3)  # never connects
+
+    started = time.monotonic()
+    assert listener.wait_primed() is False
+    assert listener.wait_primed() is False
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0, "the second call waited again"
+
+
+def test_without_priming_there_is_nothing_to_wait_for(make_listener):
+    assert make_listener(prime_agents=0).wait_primed()

@@ -95,6 +95,10 @@ class Intents(Protocol):
 
     def marked(self, request_ids: list[str]) -> dict[str, Intent]: ...
 
+    def clear(self, request_ids: list[str]) -> None:
+        """Drop marks of writes that were certainly never sent."""
+        ...
+
 
 class StateCache(Protocol):
     """The shared view of agents' current presence."""
@@ -132,6 +136,10 @@ W = TypeVar("W", bound=Waiter)
 
 class Confirmations(Protocol[W]):
     """This process's notification socket."""
+
+    def wait_primed(self) -> bool:
+        """Wait (bounded, once per process) for the process's priming; True when primed."""
+        ...
 
     def ensure_subscribed(self, user_id: str) -> bool:
         """Subscribe before a write; False when the caller must confirm by read-back."""

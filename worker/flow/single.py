@@ -84,6 +84,7 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bo
                 return _finish(ports, request.draft, Outcome.APPLIED_UNCONFIRMED, calls)
         if superseded:  # read as the lock was taken
             return _finish(ports, *steps.rejected(request.draft, SUPERSEDED), calls)
+        ports.confirmations.wait_primed()  # a cold start: priming may soon cover this agent
         _load_current(ports, request)
         decision = steps.verdict(ports, request)
         if isinstance(decision, Reject):
@@ -130,8 +131,10 @@ def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcom
             presence, answer = ports.api.patch_presence(
                 request.user_id, target.id, request.update.message
             )
-        except (GenesysError, BudgetExhausted):
+        except (GenesysError, BudgetExhausted) as exc:
             steps.release(ports, [request])  # not applied: give the room back
+            if isinstance(exc, BudgetExhausted):  # never sent: the retry need not read back
+                ports.intents.clear([request.request_id])
             raise
         draft.correlation_id = answer.correlation_id
         draft.api_ms = round(calls.api_s * 1000, 2)

@@ -106,6 +106,7 @@ def handle_wave(
     if not parsed:
         return outcomes
     ports.ordering.register_many([r.ordering_key for r in parsed])
+    ports.confirmations.wait_primed()  # a cold start: priming may soon cover these agents
     with recording() as unbilled:  # the wave's own calls, charged to its first audit row
         covered = ports.confirmations.subscribe_many([r.user_id for r in parsed])
         _prefetch_memberships(ports, parsed)

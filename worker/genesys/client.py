@@ -8,6 +8,7 @@ and ``inin-correlation-id``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,9 @@ from worker.genesys.models import Channel, PresenceDefinition, UserPresence
 from worker.genesys.token import TokenProvider
 from worker.limiter import SharedRateLimiter
 from worker.observability import metrics
+
+log = logging.getLogger(__name__)
+PURECLOUD = "PURECLOUD"
 
 
 @dataclass(slots=True)
@@ -73,6 +77,7 @@ class GenesysClient:
         api_base: str,
         timeout_s: float,
         max_inline_wait_s: float,
+        presence_source: str = PURECLOUD,
     ) -> None:
         self.http = http
         self.tokens = tokens
@@ -80,11 +85,17 @@ class GenesysClient:
         self.api_base = api_base
         self.timeout_s = timeout_s
         self.max_inline_wait_s = max_inline_wait_s
+        registered = presence_source.upper() != PURECLOUD
+        # PURECLOUD, or the id of a registered source (``sourceId``; ``source`` is deprecated).
+        self.source_id: str | None = presence_source if registered else None
+        self._source_path = presence_source if registered else "purecloud"
+        self._warned_not_primary = False
 
     # -- the one way to call ------------------------------------------------------------------
     def call(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Answer:
+        # A list value in ``params`` goes as a repeated parameter (``id=a&id=b``).
         """One platform call (two when a 401 forces a token renewal).
 
         Raises BudgetExhausted when no limiter slot is near, or a GenesysError subclass.
@@ -173,7 +184,8 @@ class GenesysClient:
         return [PresenceDefinition.model_validate(e) for e in answer.data["entities"]]
 
     def get_presence(self, user_id: str) -> tuple[UserPresence, Answer]:
-        answer = self.call("GET", f"/api/v2/users/{user_id}/presences/purecloud")
+        """The agent's presence for the source this worker writes."""
+        answer = self.call("GET", f"/api/v2/users/{user_id}/presences/{self._source_path}")
         return UserPresence.model_validate(answer.data), answer
 
     def patch_presence(
@@ -182,8 +194,24 @@ class GenesysClient:
         body: dict[str, Any] = {"presenceDefinition": {"id": definition_id}}
         if message is not None:
             body["message"] = message
-        answer = self.call("PATCH", f"/api/v2/users/{user_id}/presences/purecloud", json=body)
-        return UserPresence.model_validate(answer.data), answer
+        answer = self.call(
+            "PATCH", f"/api/v2/users/{user_id}/presences/{self._source_path}", json=body
+        )
+        presence = UserPresence.model_validate(answer.data)
+        self._check_primary([presence])
+        return presence, answer
+
+    def _check_primary(self, presences: list[UserPresence]) -> None:
+        """Warn (once per process) when a write landed on a source that is not primary."""
+        if self._warned_not_primary or all(p.primary is not False for p in presences):
+            return
+        self._warned_not_primary = True
+        log.warning(
+            "presence written through source %s is not the agent's primary source: the "
+            "agent's effective presence did not change (no event will confirm it); set "
+            "PRESENCE_SOURCE to the org's primary source (see `presence doctor`)",
+            self.source_id or PURECLOUD,
+        )
 
     def put_presences_bulk(
         self, changes: list[tuple[str, str, str | None]]
@@ -194,21 +222,24 @@ class GenesysClient:
         """
         body: list[dict[str, Any]] = []
         for user_id, definition_id, message in changes:
-            item: dict[str, Any] = {
-                "id": user_id,
-                "source": "PURECLOUD",
-                "presenceDefinition": {"id": definition_id},
-            }
+            item: dict[str, Any] = {"id": user_id, "presenceDefinition": {"id": definition_id}}
+            if self.source_id is not None:
+                item["sourceId"] = self.source_id
+            else:
+                item["source"] = PURECLOUD
             if message is not None:
                 item["message"] = message
             body.append(item)
         answer = self.call("PUT", "/api/v2/users/presences/bulk", json=body)
-        return [UserPresence.model_validate(p) for p in answer.data or []], answer
+        presences = [UserPresence.model_validate(p) for p in answer.data or []]
+        self._check_primary(presences)
+        return presences, answer
 
     def get_presences_bulk(self, user_ids: list[str]) -> dict[str, UserPresence]:
-        """PURECLOUD presences of up to 50 agents in one call, by user id (unknown ids absent)."""
+        """Presences (of the written source) of up to 50 agents in one call, by user id (unknown
+        ids absent). The ids go as a repeated ``id`` parameter, as the official SDKs send them."""
         answer = self.call(
-            "GET", "/api/v2/users/presences/purecloud/bulk", params={"id": ",".join(user_ids)}
+            "GET", f"/api/v2/users/presences/{self._source_path}/bulk", params={"id": user_ids}
         )
         return {
             str(p["userId"]): UserPresence.model_validate(p)

@@ -52,4 +52,5 @@ def genesys_client(settings: Settings, r: redis.Redis, http: httpx.Client) -> Ge
         api_base=settings.api_base,
         timeout_s=settings.http_timeout_s,
         max_inline_wait_s=settings.limiter_max_inline_wait_s,
+        presence_source=settings.presence_source,
     )

@@ -22,6 +22,9 @@ class UserPresence(_Model):
     presence_definition: DefinitionRef = Field(alias="presenceDefinition")
     message: str | None = None
     modified_date: datetime | None = Field(default=None, alias="modifiedDate")
+    # False when the written source is not the agent's primary one: the effective presence
+    # (what routing and other clients see) did not change.
+    primary: bool | None = None
 
 
 class PresenceDefinition(_Model):

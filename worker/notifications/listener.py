@@ -4,12 +4,22 @@ A daemon thread owns the socket: it connects (claiming a channel slot first), wa
 heartbeats (ping when quiet, reconnect when silent), reconnects with backoff and jitter,
 follows ``v2.system.socket_closing`` to the same URI, replaces a channel the platform dropped
 (re-subscribing every topic in one call) and extends the channel before its 24 h expiry.
+
+A channel lives no longer than the token that created it. When the token renews, the listener
+moves to a new channel before the old token ends (make before break: new channel, new socket,
+every topic in one PUT, then the old socket is drained and closed), so no event is missed. Any
+other system message (``token_revoked``, ``no_longer_subscribed``, ``subscription_changed``)
+or a ``{"result": "404"}`` close means the channel is gone: a new one is made within a second,
+re-subscribed in one call, and cached states that may have missed events are dropped.
+
 Task threads call :meth:`ensure_subscribed` before writing and :meth:`expect` to wait for the
-confirming event. Every presence event also updates the shared state cache.
+confirming event. Every presence event also updates the shared state cache, unless this process
+already stored that very state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -32,6 +42,11 @@ from worker.state_cache import AgentState, StateCache
 log = logging.getLogger(__name__)
 
 PRESENCE_TOPIC = "v2.users.{}.presence"
+SOCKET_CLOSING = "v2.system.socket_closing"
+# The slot lease is renewed when this fraction of it has passed, not on every socket message.
+LEASE_RENEW_FRACTION = 0.25
+# The socket thread looks after the channel (token, lease, extension) at least this often.
+MAINTAIN_EVERY_S = 1.0
 
 
 def parse_ms(value: str | None) -> int:
@@ -90,6 +105,32 @@ class Waiter:
                 self.arrived.wait(left)
 
 
+class WaiterRegistry:
+    """The waiters of a process, by agent; shared by every channel the process holds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_user: dict[str, set[Waiter]] = {}
+
+    def add(self, user_id: str) -> Waiter:
+        waiter = Waiter(user_id)
+        with self._lock:
+            self._by_user.setdefault(user_id, set()).add(waiter)
+        return waiter
+
+    def remove(self, waiter: Waiter) -> None:
+        with self._lock:
+            waiters = self._by_user.get(waiter.user_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._by_user[waiter.user_id]
+
+    def of(self, user_id: str) -> list[Waiter]:
+        with self._lock:
+            return list(self._by_user.get(user_id, ()))
+
+
 class NotificationListener:
     def __init__(
         self,
@@ -102,6 +143,8 @@ class NotificationListener:
         extend_after_s: float = 20 * 3600.0,
         connect_timeout_s: float = 10.0,
         prime_agents: int = 0,
+        prime_wait_s: float = 30.0,
+        waiters: WaiterRegistry | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
@@ -111,12 +154,18 @@ class NotificationListener:
         self.extend_after_s = extend_after_s
         self.connect_timeout_s = connect_timeout_s
         self.prime_agents = min(prime_agents, max_topics)
+        self.prime_wait_s = prime_wait_s
         self.primed = threading.Event()
+        self._started_at: float | None = None
         self._priming = threading.Event()
         self.topics: OrderedDict[str, None] = OrderedDict()  # user ids, least recently used first
         self.channel_id: str | None = None
         self.connect_uri: str | None = None
         self.channel_since = 0.0
+        self.channel_token: str | None = None  # the token the channel was created with
+        self.channel_switches = 0
+        self.system_messages: dict[str, int] = {}
+        self._claimed_at = 0.0
         self.connected = threading.Event()
         self.ever_connected = False
         self.stopping = threading.Event()
@@ -129,7 +178,7 @@ class NotificationListener:
         self._inflight: set[str] = set()  # being subscribed right now
         self._flushing = False
         self.subscription_calls = 0
-        self._waiters: dict[str, set[Waiter]] = {}
+        self.waiters = waiters or WaiterRegistry()
         self._ws: websocket.WebSocket | None = None
         self._thread: threading.Thread | None = None
 
@@ -137,10 +186,23 @@ class NotificationListener:
     def start(self) -> None:
         with self._lock:
             if self._thread is None:
+                self._started_at = time.monotonic()
                 self._thread = threading.Thread(
                     target=self._run, name="genesys-notifications", daemon=True
                 )
                 self._thread.start()
+
+    def wait_primed(self) -> bool:
+        """Wait (bounded by ``prime_wait_s`` from the listener's start, once per process) for
+        priming to finish, so tasks arriving at a cold start spend no reads or subscriptions on
+        agents priming is about to cover. True when primed or when there is nothing to wait for.
+        """
+        if self.prime_agents <= 0 or self.primed.is_set():
+            return True
+        self.start()
+        assert self._started_at is not None
+        left = self._started_at + self.prime_wait_s - time.monotonic()
+        return self.primed.wait(left) if left > 0 else False
 
     def ensure_subscribed(self, user_id: str, *, wait_s: float = 2.0) -> bool:
         """Subscribe to the agent's presence before a write; True when the agent's events will
@@ -210,16 +272,28 @@ class NotificationListener:
             covered = {u for u in wanted if u in self.topics}
         return covered if self.connected.is_set() else set()
 
+    def holds(self, user_id: str) -> bool:
+        """Whether this channel carries (or is subscribing) the agent's events."""
+        with self._lock:
+            return user_id in self.topics or user_id in self._inflight or user_id in self._pending
+
+    def room(self) -> int:
+        """Topics this channel can still take without evicting anyone."""
+        with self._lock:
+            return self.max_topics - len(self.topics) - len(self._inflight) - len(self._pending)
+
     def _subscribe(self, user_ids: set[str]) -> bool:
         """One Genesys call adding ``user_ids`` (a full replace when the LRU must evict).
 
         Agents count as subscribed only once the platform has answered: a task must never write
         before its agent's subscription is in place, or the confirming event would be lost.
         """
-        channel_id = self.channel_id
-        if channel_id is None:
-            return False
         with self._lock:
+            # Read under the lock: a channel switch snapshots topics and in-flight ones under
+            # it too, so every subscription lands on the channel that will carry it.
+            channel_id = self.channel_id
+            if channel_id is None:
+                return False
             overflow = len(self.topics) + len(self._inflight) + len(user_ids) - self.max_topics
             evicted = list(self.topics)[: max(0, overflow)]
             self._inflight |= user_ids
@@ -249,18 +323,10 @@ class NotificationListener:
 
     def expect(self, user_id: str) -> Waiter:
         """Start collecting the agent's events; pair with :meth:`done`."""
-        waiter = Waiter(user_id)
-        with self._lock:
-            self._waiters.setdefault(user_id, set()).add(waiter)
-        return waiter
+        return self.waiters.add(user_id)
 
     def done(self, waiter: Waiter) -> None:
-        with self._lock:
-            waiters = self._waiters.get(waiter.user_id)
-            if waiters is not None:
-                waiters.discard(waiter)
-                if not waiters:
-                    del self._waiters[waiter.user_id]
+        self.waiters.remove(waiter)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -279,6 +345,7 @@ class NotificationListener:
         while not self.stopping.is_set():
             try:
                 self.has_slot = self.slots.claim()
+                self._claimed_at = time.monotonic()
                 if not self.has_slot:
                     self.stopping.wait(30.0)
                     continue
@@ -300,18 +367,7 @@ class NotificationListener:
         if self.channel_id is None or self.connect_uri is None:
             self._new_channel()
         assert self.connect_uri is not None
-        ws = self._ws = websocket.create_connection(
-            self.connect_uri, timeout=self.connect_timeout_s
-        )
-        # The handshake can finish before the platform attaches the socket to the channel; an
-        # answered ping proves events flow, so nobody relies on the socket before that.
-        ws.send(json.dumps({"message": "ping"}))
-        while True:
-            text = ws.recv()
-            if not self._handle(text):
-                raise ConnectionError("channel closed while connecting")
-            if '"channel.metadata"' in text if isinstance(text, str) else False:
-                break
+        self._ws = self._open(self.connect_uri)
         # Events may have been missed while no socket was open: those cache entries are suspect.
         self.cache.forget(list(self.topics))
         self.connected.set()
@@ -321,13 +377,75 @@ class NotificationListener:
             self._priming.set()  # once per process, off the reading thread
             threading.Thread(target=self._prime, name="genesys-prime", daemon=True).start()
 
+    def _open(self, connect_uri: str) -> websocket.WebSocket:
+        """A socket on ``connect_uri`` that is proven to carry events (an answered ping)."""
+        ws = websocket.create_connection(connect_uri, timeout=self.connect_timeout_s)
+        try:
+            self._sync(ws)
+        except BaseException:
+            ws.abort()  # type: ignore[no-untyped-call]
+            raise
+        return ws
+
+    def _sync(self, ws: websocket.WebSocket, *, current: bool = True) -> None:
+        """Ping and handle every message up to the pong. The handshake can finish before the
+        platform attaches the socket to the channel; the pong proves events flow (and that
+        everything queued before it has been read). On a socket being retired
+        (``current=False``) a system message or close just ends the reading."""
+        ws.send(json.dumps({"message": "ping"}))
+        while True:
+            text = ws.recv()
+            if not current and (not text or '"v2.system.' in str(text) or '"404"' in str(text)):
+                return
+            if not self._handle(text):
+                raise ConnectionError("channel closed while connecting")
+            if isinstance(text, str) and '"channel.metadata"' in text:
+                return
+
     def _new_channel(self) -> None:
+        token = self.client.tokens.get()
         channel = self.client.create_channel()
         with self._lock:
             self.channel_id, self.connect_uri = channel.id, channel.connect_uri
             self.channel_since = time.monotonic()
-            if self.topics:
+            self.channel_token = token
+            if self.topics or self._inflight:
                 self.client.replace_subscriptions(channel.id, self._topic_list())
+
+    def _switch_channel(self, token: str) -> None:
+        """Move to a new channel (created with ``token``) without missing an event.
+
+        New channel and socket first; then, under the lock, every topic (in flight included) in
+        one PUT and the switch, so later subscriptions go to the new channel; last, the old
+        socket is read up to a pong (events published before the PUT arrive there) and closed.
+        Events in between arrive twice; waiters and the cache take duplicates in their stride.
+        """
+        old = self._ws
+        try:
+            channel = self.client.create_channel()
+            ws = self._open(channel.connect_uri)
+        except (GenesysError, BudgetExhausted, OSError, websocket.WebSocketException) as exc:
+            log.warning("moving to a new notification channel failed (will retry): %s", exc)
+            return
+        try:
+            with self._lock:
+                if self.topics or self._inflight:
+                    self.client.replace_subscriptions(channel.id, self._topic_list())
+                self.channel_id, self.connect_uri = channel.id, channel.connect_uri
+                self.channel_since = time.monotonic()
+                self.channel_token = token
+                self._ws = ws
+        except (GenesysError, BudgetExhausted) as exc:
+            log.warning("subscribing the new notification channel failed (will retry): %s", exc)
+            ws.abort()  # type: ignore[no-untyped-call]
+            return
+        self.channel_switches += 1
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.settimeout(self.connect_timeout_s)
+                self._sync(old, current=False)
+            with contextlib.suppress(Exception):
+                old.close(timeout=0.5)
 
     def _prime(self) -> None:
         """Subscribe to the first ``prime_agents`` active agents in one call, then fill the state
@@ -380,12 +498,12 @@ class NotificationListener:
                 ws.abort()  # type: ignore[no-untyped-call]
 
     def _read_until_closed(self) -> None:
-        ws = self._ws
-        assert ws is not None
-        ws.settimeout(self.heartbeat_s / 2)
         last_heard = time.monotonic()
         pinged = False
         while not self.stopping.is_set():
+            ws = self._ws  # a channel switch replaces it
+            assert ws is not None
+            ws.settimeout(min(self.heartbeat_s / 2, MAINTAIN_EVERY_S))
             try:
                 text = ws.recv()
             except websocket.WebSocketTimeoutException:
@@ -406,15 +524,26 @@ class NotificationListener:
             self._maintain()
 
     def _maintain(self) -> None:
-        """Keep the slot lease and the channel alive."""
-        if time.monotonic() - self.channel_since > self.extend_after_s and self.channel_id:
+        """Keep the slot lease, the channel's token and the channel's life."""
+        now = time.monotonic()
+        if now - self._claimed_at > self.slots.lease_ms / 1000 * LEASE_RENEW_FRACTION:
+            self.slots.claim()
+            self._claimed_at = now
+        token: str | None
+        try:
+            token = self.client.tokens.get()  # renews it when due
+        except GenesysError as exc:
+            log.warning("token check failed: %s", exc)
+            token = self.channel_token
+        if token is not None and self.channel_token is not None and token != self.channel_token:
+            self._switch_channel(token)
+        elif now - self.channel_since > self.extend_after_s and self.channel_id:
             with self._lock:
                 try:
                     self.client.replace_subscriptions(self.channel_id, self._topic_list())
                     self.channel_since = time.monotonic()
                 except (GenesysError, BudgetExhausted) as exc:
                     log.warning("channel extension failed: %s", exc)
-        self.slots.claim()
 
     def _handle(self, text: str | bytes) -> bool:
         """Process one message; False when the socket must be re-established."""
@@ -426,11 +555,27 @@ class NotificationListener:
             self.channel_id = self.connect_uri = None  # the channel is gone: make a new one
             return False
         topic = str(message.get("topicName", ""))
-        if topic == "v2.system.socket_closing":
-            return False  # reconnect to the same connectUri right away
+        if topic.startswith("v2.system."):
+            return self._on_system(topic, message)
         if topic.endswith(".presence") and topic.startswith("v2.users."):
             self._on_presence(topic[len("v2.users.") : -len(".presence")], message)
         return True
+
+    def _on_system(self, topic: str, message: dict[str, Any]) -> bool:
+        """``socket_closing``: reconnect to the same URI. Anything else (``token_revoked``,
+        ``no_longer_subscribed``, ``subscription_changed``, kinds not known yet): the channel
+        can no longer be trusted to carry our topics, so make a new one."""
+        body = message.get("eventBody") or {}
+        kind = (
+            "socket_closing"
+            if topic == SOCKET_CLOSING
+            else str(body.get("systemTopicType") or topic.removeprefix("v2.system.").split(".")[0])
+        )
+        self.system_messages[kind] = self.system_messages.get(kind, 0) + 1
+        log.info("notification channel system message %s (%s)", kind, body.get("reason", ""))
+        if topic != SOCKET_CLOSING:
+            self.channel_id = self.connect_uri = None
+        return False
 
     def _on_presence(self, user_id: str, message: dict[str, Any]) -> None:
         body = message.get("eventBody") or {}
@@ -444,11 +589,15 @@ class NotificationListener:
             modified_ms=parse_ms(body.get("modifiedDate")),
             correlation_id=(message.get("metadata") or {}).get("CorrelationId"),
         )
-        self.cache.put(
-            user_id,
-            AgentState(event.definition_id, event.system_presence, event.modified_ms, "event"),
-        )
-        with self._lock:
-            waiters = list(self._waiters.get(user_id, ()))
+        waiters = self.waiters.of(user_id)
+        # The write this event confirms was stored by this process already and its waiter is
+        # here to take the event: another copy in the shared cache would be a wasted write.
+        if not (
+            waiters and self.cache.stored_here(user_id, event.definition_id, event.modified_ms)
+        ):
+            self.cache.put(
+                user_id,
+                AgentState(event.definition_id, event.system_presence, event.modified_ms, "event"),
+            )
         for waiter in waiters:
             waiter.push(event)

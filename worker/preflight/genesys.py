@@ -102,6 +102,7 @@ class GenesysChecks:
             ("read presence definitions", self._definitions),
             ("read agents and presence", self._presence),
             ("edit presence", self._edit),
+            ("presence source", self._source),
             ("notifications", self._notifications),
             ("read queues and members", self._queues),
             ("queue observations", self._observations),
@@ -204,6 +205,39 @@ class GenesysChecks:
             "presence:userPresence:edit",
             "allowed (probed with an empty bulk update: nothing changed)",
             accept=400,
+        )
+
+    def _source(self) -> Finding:
+        """Whether PRESENCE_SOURCE is the source the org (and a sample agent) treats as
+        primary: a write to any other source changes that source only, not the presence agents
+        are routed by, and no event confirms it."""
+        check = "presence source"
+        wanted = self.settings.presence_source
+        wanted = "PURECLOUD" if wanted.upper() == "PURECLOUD" else wanted
+        settings = self._call("GET", "/api/v2/presence/settings")
+        if settings.status_code != 200:
+            return Finding(
+                check,
+                Verdict.WARN,
+                f"could not read the org's presence settings ({_error_text(settings)})",
+                "give the client's role presence settings view to check PRESENCE_SOURCE",
+                fatal=False,
+            )
+        primary = settings.json().get("defaultPrimaryPresenceRegisteredSourceId") or "PURECLOUD"
+        if self.agent is not None:
+            answer = self._call("GET", f"/api/v2/presence/users/{self.agent}/primarysource")
+            if answer.status_code == 200:
+                primary = str(answer.json().get("sourceId") or primary)
+        if primary.upper() == wanted.upper():
+            return ok(check, f"PRESENCE_SOURCE={wanted} is the primary presence source")
+        return Finding(
+            check,
+            Verdict.WARN,
+            f"PRESENCE_SOURCE={wanted} but the primary presence source is {primary}: writes "
+            "change that source's presence only, not the one agents are routed by, and end "
+            "applied_unconfirmed",
+            f"set PRESENCE_SOURCE={primary}, or make {wanted} the primary source",
+            fatal=False,
         )
 
     def _notifications(self) -> Finding:

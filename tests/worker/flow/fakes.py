@@ -221,6 +221,10 @@ class FakeIntents:
     def marked(self, request_ids: list[str]) -> dict[str, Intent]:
         return {r: self.marks[r] for r in request_ids if r in self.marks}
 
+    def clear(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self.marks.pop(request_id, None)
+
 
 class FakeCache:
     def __init__(self) -> None:
@@ -294,6 +298,11 @@ class FakeConfirmations:
         self.elsewhere: set[str] = set()
         self.subscribed: set[str] = set()
         self.open: set[FakeWaiter] = set()
+        self.primed_waits = 0
+
+    def wait_primed(self) -> bool:
+        self.primed_waits += 1
+        return True
 
     def ensure_subscribed(self, user_id: str) -> bool:
         if self.connected:

@@ -403,6 +403,16 @@ def test_a_transient_failure_is_retried_then_applied_once(flow: Single | Wave) -
     assert w.row(REQUEST).attempts == 3
 
 
+def test_a_write_that_waited_for_budget_is_retried_without_a_read_back() -> None:
+    """The limiter refused before anything was sent: the retry has no earlier write to check."""
+    w = world({AGENT: AVAILABLE})
+    w.api.faults["write"].append(BudgetExhausted(12))
+
+    assert drive(Single(), w, payload(), POLICY) == ("confirmed", 2)
+    assert w.api.writes[AGENT] == 1
+    assert w.api.calls["get"] == 1, "one read of the current presence, none of an earlier write"
+
+
 def test_a_request_waiting_for_budget_too_long_is_dead_lettered() -> None:
     w = world({AGENT: AVAILABLE})
     w.api.faults["write"].extend([BudgetExhausted(200)] * 10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from emulator.sources import TEAMS_SOURCE_ID
 from tests.worker.preflight.helpers import (
     NEEDED,
     SECRET,
@@ -34,6 +35,7 @@ def test_a_healthy_setup_passes_every_check_and_changes_nothing(api, setup):
         "read presence definitions",
         "read agents and presence",
         "edit presence",
+        "presence source",
         "notifications",
         "read queues and members",
         "queue observations",
@@ -42,7 +44,48 @@ def test_a_healthy_setup_passes_every_check_and_changes_nothing(api, setup):
     assert found["WFM endpoint"].verdict is Verdict.SKIP
     assert api.admin("GET", "/history").json() == {}, "no presence was written"
     assert api.admin("GET", "/users").json() == before
-    assert api_requests(api) <= 9
+    assert api_requests(api) <= 11
+
+
+# -- the presence source -------------------------------------------------------------------------
+def make_integration_primary(api) -> None:
+    answer = api.http.put(
+        "/api/v2/presence/settings",
+        json={"defaultPrimaryPresenceRegisteredSourceId": TEAMS_SOURCE_ID},
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_writing_purecloud_where_an_integration_is_primary_is_a_warning_saying_what_it_means(
+    api, setup
+):
+    make_integration_primary(api)
+
+    found = checks(setup())
+
+    source = found["presence source"]
+    assert source.verdict is Verdict.WARN
+    assert not source.fatal, "a worker still starts"
+    assert f"primary presence source is {TEAMS_SOURCE_ID}" in source.detail
+    assert "applied_unconfirmed" in source.detail
+    assert (
+        source.fix == f"set PRESENCE_SOURCE={TEAMS_SOURCE_ID}, or make PURECLOUD the primary source"
+    )
+
+
+def test_writing_through_the_primary_registered_source_passes(api, setup):
+    make_integration_primary(api)
+
+    found = checks(setup(presence_source=TEAMS_SOURCE_ID))
+
+    assert found["presence source"].verdict is Verdict.OK
+
+
+def test_a_registered_source_that_is_not_primary_is_a_warning(api, setup):
+    found = checks(setup(presence_source=TEAMS_SOURCE_ID))
+
+    assert found["presence source"].verdict is Verdict.WARN
+    assert "primary presence source is PURECLOUD" in found["presence source"].detail
 
 
 def test_repeated_runs_hold_one_notification_channel(api, setup):
@@ -68,7 +111,9 @@ def test_each_missing_permission_fails_its_check_and_names_it(api, setup, missin
 
     found = checks(setup(genesys_client_id="narrow", genesys_client_secret="narrow-secret"))
 
-    assert failed(found) == {check}
+    # Presence topics need a presence permission too: without edit (and view) none is left.
+    also = {"notifications"} if missing == "presence:userPresence:edit" else set()
+    assert failed(found) == {check} | also
     assert missing in found[check].fix
     assert found[check].fatal
 

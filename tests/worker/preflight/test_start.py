@@ -91,7 +91,7 @@ def test_a_ready_setup_starts_after_its_checks_pass(env, tmp_path):
     with celery_worker(env, log, concurrency=1):
         text = log.read_text()
 
-    assert "preflight: 13 checks passed against http://127.0.0.1:" in text
+    assert "preflight: 14 checks passed against http://127.0.0.1:" in text
 
 
 def test_a_closed_api_port_is_one_line_naming_the_url(env, tmp_path):
@@ -133,7 +133,8 @@ def test_a_missing_permission_stops_the_worker(api, env, tmp_path):
 
     lines = critical(output)
     assert any("edit presence:" in line and "presence:userPresence:edit" in line for line in lines)
-    assert "not starting, 2 check(s) failed" in lines[-1]  # edit presence, observations
+    # edit presence, notifications (presence topics need a presence permission), observations
+    assert "not starting, 3 check(s) failed" in lines[-1]
 
 
 def test_an_unknown_region_is_one_line_without_the_secret(env, tmp_path):

@@ -1,0 +1,258 @@
+"""Big-org and cold-start benchmarks at the real budget, beside the script a Genesys user would
+write with the official Python SDK, all in one run.
+
+Run: ``python -m bench.big_org`` (about 6 minutes; ``--changes 300`` for a shorter run). The
+emulator holds an org of ``--org`` agents (default 2,500: three channels) and admits
+``--budget`` requests per rolling minute (default 300, the platform's); two worker processes
+(threads) share that budget. The changes go to agents past the first 1,000 and not On Queue (no
+capacity rule applies; ``bench.capacity`` measures those).
+
+(1) big org, warm: workers primed, the window emptied, then ``--changes`` single updates (default
+    600) to agents past the first 1,000 (outside what one channel could hold).
+(2) cold start: the same changes queued first, then both workers started together.
+(3) the SDK script: ``PresenceApi.patch_user_presences_purecloud`` for each change in a loop,
+    sleeping ``Retry-After`` on a 429 — the loop a Genesys user would write.
+
+Physical minimum: the budget is the only limit, so N requests need ``max(0, N - budget) / budget``
+minutes from an empty window; for (1) and (3) N is one request per change, for (2) the fleet's
+fixed start-up calls (definitions, channels, the priming listings and subscriptions) are added.
+Results go to ``bench/results/big_org.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import PureCloudPlatformClientV2 as sdk
+import urllib3
+from PureCloudPlatformClientV2.rest import ApiException
+from rich.console import Console
+from sqlalchemy import func, select
+from urllib3.util import Retry
+
+from bench.report import Report
+from emulator.launcher import EmulatorProcess
+from models import AuditRecord
+from models.db import session_scope
+from producer import PresenceProducer, PresenceUpdate
+from sandbox.stack import LocalStack
+
+console = Console()
+STATES = ("Available", "Busy", "Meeting", "Training")  # allowed from any state
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+PROCESSES = 2
+CHANNEL_TOPICS = 1000
+LISTING_PAGE = 500
+
+
+def emulator_args(org: int, budget: int) -> list[str]:
+    return ["--users", str(org), "--queues", "4", "--rate-limit", str(budget), "--heartbeat", "5"]
+
+
+def api_counts(stats: dict[str, Any]) -> tuple[Counter[str], int]:
+    """Admitted platform requests by route, and 429 answers."""
+    admitted: Counter[str] = Counter()
+    rejected = 0
+    for route, by_status in stats["requests"].items():
+        if route.startswith(("admin.", "oauth.", "wfm.")):
+            continue
+        for status, count in by_status.items():
+            if status == "429":
+                rejected += int(count)
+            else:
+                admitted[route] += int(count)
+    return admitted, rejected
+
+
+def minimum_s(requests: int, budget: int) -> float:
+    return max(0, requests - budget) / budget * 60
+
+
+def fixed_calls(org: int, active: int) -> int:
+    """Start-up calls of the fleet: per process the definitions, one channel and one POST per
+    1,000 agents, two listings of the active agents."""
+    channels = math.ceil(active / CHANNEL_TOPICS)
+    return PROCESSES * (1 + 2 * channels + 2 * math.ceil(active / LISTING_PAGE))
+
+
+def targets(base_url: str, count: int) -> list[str]:
+    """``count`` active agents past the first 1,000 of the listing (beyond one channel), none On
+    Queue: no change takes an agent off queue, so no capacity rule needs a read (its costs are
+    ``bench.capacity``'s) and the requests measured are the ones every update needs."""
+    users = httpx.get(f"{base_url}/__emulator/users", timeout=30).json()
+    active = [u for u in users if u["state"] == "active"]
+    pool = [u["id"] for u in active[CHANNEL_TOPICS:] if u["systemPresence"] != "On Queue"]
+    assert len(pool) >= count, f"only {len(pool)} agents fit; use a larger --org"
+    return pool[:count]
+
+
+def changes_for(agents: list[str], count: int) -> list[PresenceUpdate]:
+    t0 = datetime.now(UTC) - timedelta(seconds=1)
+    return [
+        PresenceUpdate(
+            user_id=agents[i % len(agents)],
+            state=STATES[i % len(STATES)],
+            requested_at=t0 + timedelta(microseconds=i),
+            source="bench",
+        )
+        for i in range(count)
+    ]
+
+
+def rows(stack: LocalStack, source: str) -> int:
+    with session_scope(stack.database_url) as session:
+        query = select(func.count()).select_from(AuditRecord).where(AuditRecord.source == source)
+        return int(session.execute(query).scalar_one())
+
+
+def outcomes(stack: LocalStack) -> dict[str, int]:
+    with session_scope(stack.database_url) as session:
+        query = select(AuditRecord.outcome).where(AuditRecord.source == "bench")
+        return dict(Counter(str(o) for (o,) in session.execute(query)))
+
+
+def wait_rows(stack: LocalStack, source: str, expected: int, timeout_s: float) -> float:
+    started = time.monotonic()
+    while rows(stack, source) < expected:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"fewer than {expected} {source} rows after {timeout_s:.0f} s")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def run_workers(org: int, budget: int, changes: int, *, cold: bool) -> dict[str, Any]:
+    env = {"RATE_LIMIT_PER_MINUTE": str(budget)}
+    with LocalStack(
+        emulator_args=emulator_args(org, budget), redis_url=REDIS_URL, redis_db=9, worker_env=env
+    ) as stack:
+        agents = stack.active_users()
+        assert stack.emulator is not None
+        chosen = targets(stack.emulator.base_url, changes)
+        producer = PresenceProducer(stack.broker_url)
+        if not cold:
+            stack.start_workers(PROCESSES, concurrency=16)
+            for user_id in agents[: PROCESSES * 4]:  # each process opens and primes its channels
+                producer.send(
+                    PresenceUpdate(
+                        user_id=user_id,
+                        state="Away",
+                        requested_at=datetime.now(UTC),
+                        source="warmup",
+                    )
+                )
+            wait_rows(stack, "warmup", PROCESSES * 4, 120)
+            time.sleep(61)  # an empty budget window, as for the SDK script
+        before, _ = api_counts(dict(stack.emulator_stats()))
+        started = time.monotonic()
+        producer.send_many(changes_for(chosen, changes))
+        if cold:
+            stack.start_workers(PROCESSES, concurrency=16)
+        wait_rows(stack, "bench", changes, 600)
+        wall = time.monotonic() - started
+        producer.close()
+        after, rejected = api_counts(dict(stack.emulator_stats()))
+        spent = after - before
+        result = {
+            "case": "cold start" if cold else "big org, warm",
+            "org": org,
+            "active": len(agents),
+            "changes": changes,
+            "wall_s": wall,
+            "requests": sum(spent.values()),
+            "by_route": dict(spent),
+            "presence_gets": spent.get("presence.get", 0),
+            "rejected_429": rejected,
+            "outcomes": outcomes(stack),
+        }
+    fixed = fixed_calls(org, len(agents)) if cold else 0
+    result["physical_minimum_s"] = minimum_s(changes + fixed, budget)
+    console.print(result)
+    return result
+
+
+def run_sdk(org: int, budget: int, changes: int) -> dict[str, Any]:
+    with EmulatorProcess(args=emulator_args(org, budget)) as emulator:
+        client = sdk.ApiClient(host=emulator.base_url)
+        rest = client.get_http_client().rest_client
+        rest.pool_manager = urllib3.PoolManager(retries=Retry(total=0))
+        client.get_client_credentials_token(emulator.client_id, emulator.client_secret)
+        presence = sdk.PresenceApi(client)
+        definitions = {
+            d.system_presence: d.id
+            for d in presence.get_presence_definitions().entities
+            if d.type == "System"
+        }
+        chosen = targets(emulator.base_url, changes)
+        time.sleep(61)  # the definitions call leaves the window
+        started = time.monotonic()
+        retries = 0
+        for update in changes_for(chosen, changes):
+            body = sdk.UserPresence()
+            ref = sdk.PresenceDefinition()
+            ref.id = definitions[update.state.replace(" ", "")]
+            body.presence_definition = ref
+            while True:
+                try:
+                    presence.patch_user_presences_purecloud(update.user_id, body)
+                    break
+                except ApiException as exc:
+                    if exc.status != 429:
+                        raise
+                    retries += 1
+                    time.sleep(int((exc.headers or {}).get("Retry-After", "1")))
+        wall = time.monotonic() - started
+        stats = httpx.get(f"{emulator.base_url}/__emulator/stats").json()
+        spent, rejected = api_counts(stats)
+    result = {
+        "case": "SDK script",
+        "changes": changes,
+        "wall_s": wall,
+        "requests": sum(spent.values()) - 1,  # the definitions call came before the clock
+        "rejected_429": rejected,
+        "physical_minimum_s": minimum_s(changes, budget),
+    }
+    console.print(result)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--org", type=int, default=2500, help="agents in the org")
+    parser.add_argument("--budget", type=int, default=300, help="requests per rolling minute")
+    parser.add_argument("--changes", type=int, default=600, help="single changes per run")
+    args = parser.parse_args()
+    report = Report()
+    sdk_run = run_sdk(args.org, args.budget, args.changes)
+    runs = [
+        run_workers(args.org, args.budget, args.changes, cold=False),
+        run_workers(args.org, args.budget, args.changes, cold=True),
+    ]
+    for run in runs:
+        minimum = run["physical_minimum_s"]
+        report.add(
+            f"{run['case']}: wall (physical minimum {minimum:.1f} s)",
+            f"{run['wall_s']:.1f} s",
+            f"{sdk_run['wall_s']:.1f} s SDK script",
+            f"{run['wall_s'] / minimum:.2f} of minimum" if minimum else "-",
+        )
+        report.add(
+            f"{run['case']}: requests per update ({run['presence_gets']} presence GETs)",
+            f"{run['requests'] / run['changes']:.3f}",
+            f"{sdk_run['requests'] / sdk_run['changes']:.3f} SDK script",
+            f"{run['rejected_429']} 429s (SDK {sdk_run['rejected_429']})",
+        )
+    report.data = {"sdk": sdk_run, "runs": runs, "args": vars(args)}
+    report.publish(console, "big org and cold start at the real budget", "big_org")
+
+
+if __name__ == "__main__":
+    main()

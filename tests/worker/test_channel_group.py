@@ -1,0 +1,134 @@
+"""ChannelGroup: one process, several channels. New agents fill a channel with room (POST), then a
+new channel, before any channel evicts; priming spreads over as many channels as it needs; every
+channel's events reach the process's waiters. Real emulator, real sockets; channels of 5 topics
+stand in for the platform's 1,000."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.worker.conftest import SYSTEM_IDS, eventually, route_count
+from tests.worker.test_listener import confirm_a_write, subscribed_users
+from worker.notifications.group import ChannelGroup
+from worker.notifications.listener import NotificationListener, WaiterRegistry
+from worker.notifications.slots import ChannelSlots
+
+BREAK = SYSTEM_IDS["Break"]
+TOPICS = 5
+
+
+@pytest.fixture
+def make_group(runtime):
+    made: list[ChannelGroup] = []
+
+    def make(*, max_channels: int = 3, max_slots: int = 4, prime_agents: int = 0) -> ChannelGroup:
+        def member(waiters: WaiterRegistry) -> NotificationListener:
+            slots = ChannelSlots(
+                runtime.redis, key=runtime.settings.genesys_client_id, max_slots=max_slots
+            )
+            return NotificationListener(
+                runtime.client,
+                runtime.cache,
+                slots,
+                heartbeat_s=0.5,
+                max_topics=TOPICS,
+                connect_timeout_s=5,
+                waiters=waiters,
+            )
+
+        group = ChannelGroup(
+            member,
+            runtime.client,
+            runtime.cache,
+            max_channels=max_channels,
+            prime_agents=prime_agents,
+            prime_wait_s=20,
+            connect_timeout_s=5,
+        )
+        made.append(group)
+        return group
+
+    yield make
+    for group in made:
+        group.stop()
+    for group in made:
+        for member in group.members:
+            if member._thread is not None:
+                member._thread.join(5)
+
+
+@pytest.fixture
+def agents(api) -> list[str]:
+    return [str(u["id"]) for u in api.active_users()]
+
+
+def test_agents_beyond_a_channels_room_go_to_a_new_channel_without_any_replace(
+    api, runtime, make_group, agents
+):
+    group = make_group()
+
+    for user_id in agents[:7]:
+        assert group.ensure_subscribed(user_id, wait_s=5)
+
+    assert len(group.members) == 2
+    first, second = group.members
+    assert subscribed_users(api, first.channel_id) == set(agents[:5])
+    assert subscribed_users(api, second.channel_id) == set(agents[5:7])
+    assert route_count(api, "notifications.subscriptions.put") == 0, "no topic list replaced"
+    # Events of either channel reach the process's waiters.
+    for user_id in (agents[0], agents[6]):
+        event, _ = confirm_a_write(runtime, group, user_id, BREAK)
+        assert event is not None
+
+
+def test_a_wave_larger_than_a_channel_is_spread_with_one_call_per_channel(api, make_group, agents):
+    group = make_group()
+    wave = agents[:12]
+
+    covered = group.subscribe_many(wave, wait_s=5)
+
+    assert covered == set(wave)
+    assert len(group.members) == 3
+    assert route_count(api, "notifications.subscriptions.post") == 3
+    assert route_count(api, "notifications.subscriptions.put") == 0
+    assert group.subscribe_many(wave, wait_s=5) == set(wave)
+    assert route_count(api, "notifications.subscriptions.post") == 3, "held agents cost nothing"
+
+
+def test_a_process_holds_no_more_channels_than_allowed_and_then_evicts(api, make_group, agents):
+    group = make_group(max_channels=2)
+
+    covered = group.subscribe_many(agents[:12], wait_s=5)
+
+    assert len(group.members) == 2
+    assert len(covered) == 2 * TOPICS, "only agents whose events will arrive"
+    assert set(agents[10:12]) <= covered
+    assert route_count(api, "notifications.subscriptions.put") == 1, "one channel made room"
+
+
+def test_the_fleets_slots_bound_the_channels_too(api, make_group, agents):
+    group = make_group(max_channels=3, max_slots=1)
+
+    for user_id in agents[:7]:
+        group.ensure_subscribed(user_id, wait_s=5)
+
+    assert len(group.members) == 1, "no slot for a second channel"
+    assert len(subscribed_users(api, group.members[0].channel_id)) == TOPICS
+
+
+def test_priming_spreads_over_as_many_channels_as_it_needs_and_fills_the_cache(
+    api, runtime, make_group, agents
+):
+    group = make_group(prime_agents=12)
+
+    assert group.wait_primed()
+
+    assert len(group.members) == 3
+    primed = set().union(*(subscribed_users(api, m.channel_id) for m in group.members))
+    assert primed == set(agents[:12])
+    assert route_count(api, "notifications.subscriptions.put") == 0
+    assert route_count(api, "users.list") == 2, "one listing to subscribe, one to read"
+    eventually(lambda: all(runtime.cache.get(u) is not None for u in agents[:12]), what="cache")
+    calls = route_count(api, "notifications.subscriptions.post")
+    assert group.ensure_subscribed(agents[11], wait_s=5)
+    assert route_count(api, "notifications.subscriptions.post") == calls, "a primed agent is free"
