@@ -56,6 +56,20 @@ class Managed:
             )
         self.stopping = False
 
+    def reap(self) -> None:
+        """If the process exited unbidden: record it (a refusal to start when its start-up
+        checks failed, else a death) and start it again, as a restart policy would."""
+        if self.process is None or self.alive() or self.stopping:
+            return
+        with self.log.open("rb") as log:
+            log.seek(self.log_from)
+            output = log.read().decode(errors="replace")
+        if PREFLIGHT_REFUSED in output:  # started while Redis or the database was down
+            self.refusals.append(f"{self.name} refused to start (preflight)")
+        else:
+            self.deaths.append(f"{self.name} exited with {self.process.returncode}")
+        self.start()
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -155,17 +169,7 @@ class ChaosStack:
     def _supervise(self) -> None:
         while not self._supervising.wait(0.5):
             for process in self.processes.values():
-                if process.process is None or process.alive() or process.stopping:
-                    continue
-                code = process.process.returncode
-                with process.log.open("rb") as log:
-                    log.seek(process.log_from)
-                    output = log.read().decode(errors="replace")
-                if PREFLIGHT_REFUSED in output:  # started while Redis or the database was down
-                    process.refusals.append(f"{process.name} refused to start (preflight)")
-                else:
-                    process.deaths.append(f"{process.name} exited with {code}")
-                process.start()
+                process.reap()
 
     def restart(self, name: str) -> None:
         """Start a process a fault stopped (the restart policy, after the fault's pause)."""
