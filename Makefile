@@ -55,7 +55,7 @@ bench: $(STAMP)  # about 25 minutes; each one also runs alone: python -m bench.<
 
 # The chaos suite (README "Chaos"): real processes, every fault alone and combined; exit 1 when
 # anything is lost, applied twice, out of order, left unacknowledged, or a process died.
-chaos: $(STAMP)  # about 30 minutes
+chaos: $(STAMP)  # about 35 minutes
 	$(PY) -m bench.chaos
 
 chaos-short: $(STAMP)  # the CI form, under 3 minutes

@@ -129,7 +129,7 @@ def run_scenario(
             held=stack.held(),
         )
         tally.seconds, tally.quiesced = seconds, quiet
-        tally.notes = fault_errors + stack.died + tally.notes
+        tally.notes = fault_errors + stack.died + stack.refused + tally.notes
         verdict = "held" if not tally.failures() else "broken: " + ", ".join(tally.failures())
         say(f"[{name}] {verdict}")
         return tally

@@ -31,6 +31,7 @@ from sandbox.stack import workers_answer
 
 WFM_SECRET = "chaos-wfm-secret"  # noqa: S105 - the emulator sink's key in this harness only
 QUEUES = ("presence", "wfm", "shifts")
+PREFLIGHT_REFUSED = "preflight: not starting"  # worker/preflight's line when a check fails
 
 
 @dataclass
@@ -44,13 +45,30 @@ class Managed:
     process: subprocess.Popen[bytes] | None = None
     stopping: bool = False  # a fault stopped it on purpose: not a death
     deaths: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # would not start: a dependency was down
+    log_from: int = 0
 
     def start(self) -> None:
+        self.log_from = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
         self.stopping = False
+
+    def reap(self) -> None:
+        """If the process exited unbidden: record it (a refusal to start when its start-up
+        checks failed, else a death) and start it again, as a restart policy would."""
+        if self.process is None or self.alive() or self.stopping:
+            return
+        with self.log.open("rb") as log:
+            log.seek(self.log_from)
+            output = log.read().decode(errors="replace")
+        if PREFLIGHT_REFUSED in output:  # started while Redis or the database was down
+            self.refusals.append(f"{self.name} refused to start (preflight)")
+        else:
+            self.deaths.append(f"{self.name} exited with {self.process.returncode}")
+        self.start()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -151,11 +169,7 @@ class ChaosStack:
     def _supervise(self) -> None:
         while not self._supervising.wait(0.5):
             for process in self.processes.values():
-                if process.process is None or process.alive() or process.stopping:
-                    continue
-                code = process.process.returncode
-                process.deaths.append(f"{process.name} exited with {code}")
-                process.start()
+                process.reap()
 
     def restart(self, name: str) -> None:
         """Start a process a fault stopped (the restart policy, after the fault's pause)."""
@@ -163,7 +177,14 @@ class ChaosStack:
 
     @property
     def died(self) -> list[str]:
+        """Processes that exited while running (each started again)."""
         return [d for p in self.processes.values() for d in p.deaths]
+
+    @property
+    def refused(self) -> list[str]:
+        """Starts the worker's start-up checks refused (a dependency down), not deaths: the
+        restart policy starts them again, as it would in production."""
+        return [r for p in self.processes.values() for r in p.refusals]
 
     def close(self) -> None:
         self._supervising.set()

@@ -5,6 +5,8 @@ broker's leftovers."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -14,7 +16,7 @@ from types import SimpleNamespace
 import httpx
 import redis
 
-from bench.chaos.stack import ChaosStack
+from bench.chaos.stack import ChaosStack, Managed
 from emulator.wfm_sink import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from producer import PresenceProducer, PresenceUpdate
 
@@ -87,3 +89,42 @@ def test_held_names_the_requests_of_queued_and_unacknowledged_messages(redis_url
     held = stack_on(redis_url=redis_url).held()
     assert {"single-1", *wave_ids} <= held
     assert len(held) == 4  # and the wave message's own task id
+
+
+def exiting(tmp_path: Path, output: str, code: int) -> Managed:
+    script = f"print({output!r}, flush=True); raise SystemExit({code})"
+    return Managed("threads", [sys.executable, "-c", script], dict(os.environ), tmp_path / "w.log")
+
+
+def test_a_process_that_exits_unbidden_died_and_is_started_again(tmp_path):
+    process = exiting(tmp_path, "worker: Warm shutdown", 3)
+    process.start()
+    assert process.process is not None
+    process.process.wait()
+    process.reap()
+    assert process.deaths == ["threads exited with 3"]
+    assert process.refusals == []
+    assert process.process.pid  # started again
+    process.process.wait()
+
+
+def test_a_worker_refusing_to_start_while_a_dependency_is_down_did_not_die(tmp_path):
+    process = exiting(tmp_path, "preflight: not starting, 2 check(s) failed", 1)
+    process.start()
+    assert process.process is not None
+    process.process.wait()
+    process.reap()
+    assert (process.deaths, process.refusals) == ([], ["threads refused to start (preflight)"])
+    process.process.wait()
+
+
+def test_a_process_stopped_on_purpose_is_left_to_the_fault(tmp_path):
+    process = exiting(tmp_path, "", 0)
+    process.start()
+    assert process.process is not None
+    process.stopping = True
+    first = process.process
+    first.wait()
+    process.reap()
+    assert process.process is first
+    assert process.deaths == []
