@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from emulator.sources import TEAMS_SOURCE_ID
 from tests.emulator._rest import (
     AVAILABLE_ID,
     BREAK_ID,
@@ -197,7 +198,7 @@ def test_put_off_queue_while_off_queue_leaves_the_presence_alone(api, agent):
 
 def test_put_off_queue_follows_a_custom_primary_source(api, agent):
     api.http.patch(
-        f"/api/v2/users/{agent}/presences/my-integration",
+        f"/api/v2/users/{agent}/presences/{TEAMS_SOURCE_ID}",  # a registered source
         json={"presenceDefinition": {"id": ON_QUEUE_ID}, "primary": True},
     )
     assert status_of(api, agent) == "IDLE"
