@@ -17,11 +17,15 @@ import redis
 @dataclass(frozen=True, slots=True)
 class Intent:
     """A write about to be sent: its target, the agent's ``modifiedDate`` known before it (0:
-    unknown) and when it was marked (ms since the epoch)."""
+    unknown) and when it was marked (ms since the epoch). ``accepted``: the platform answered
+    the write with success (``correlation_id`` its answer's), so it took effect whatever the
+    agent shows now."""
 
     target_id: str
     before_ms: int
     at_ms: int
+    accepted: bool = False
+    correlation_id: str | None = None
 
 
 class WriteIntents:
@@ -36,7 +40,8 @@ class WriteIntents:
         return f"presence:intent:{request_id}"
 
     def mark(self, writes: dict[str, Intent]) -> None:
-        """Record that each request (request id → its intent) is about to be sent."""
+        """Record that each request (request id → its intent) is about to be sent, or, marked
+        again with ``accepted``, that the platform applied it."""
         if not writes:
             return
         pipe = self.redis.pipeline(transaction=False)

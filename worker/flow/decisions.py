@@ -189,7 +189,10 @@ def took_effect(marked: Intent, presence: UserPresence | None) -> bool:
     presence read back now: the agent is in the target, and its ``modifiedDate`` moved past the
     one known before the write (when none was known: is no older than the mark, give or take
     the clocks' skew). An agent that was already in the target and has not changed since says
-    the write never arrived."""
+    the write never arrived. A write the platform accepted took effect, even when a newer
+    change has replaced it since."""
+    if marked.accepted:
+        return True
     if presence is None or presence.presence_definition.id != marked.target_id:
         return False
     modified = presence.modified_date

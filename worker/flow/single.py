@@ -79,7 +79,7 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bo
         marked = ports.intents.marked([request.request_id]).get(request.request_id)
         if marked is not None:
             # An earlier delivery may have sent the write: read back, never write twice.
-            presence, _ = ports.api.get_presence(request.user_id)
+            presence = None if marked.accepted else ports.api.get_presence(request.user_id)[0]
             if steps.applied_earlier(ports, request, marked, presence):
                 return _finish(ports, request.draft, Outcome.APPLIED_UNCONFIRMED, calls)
         if superseded:  # read as the lock was taken
@@ -127,7 +127,8 @@ def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcom
     event: PresenceEvent | None = None
     try:
         try:
-            ports.intents.mark({request.request_id: steps.intent(ports, request)})
+            intent = steps.intent(ports, request)
+            ports.intents.mark({request.request_id: intent})
             presence, answer = ports.api.patch_presence(
                 request.user_id, target.id, request.update.message
             )
@@ -136,6 +137,7 @@ def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcom
             if isinstance(exc, BudgetExhausted):  # never sent: the retry need not read back
                 ports.intents.clear([request.request_id])
             raise
+        steps.accepted(ports, {request.request_id: (intent, answer.correlation_id)})
         draft.correlation_id = answer.correlation_id
         draft.api_ms = round(calls.api_s * 1000, 2)
         written = state_of(presence, "patch")

@@ -3,6 +3,9 @@ the capacity guard asked when needed, and the ways a request ends."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+
 from models import Outcome
 from worker.flow.decisions import (
     AskCapacity,
@@ -26,6 +29,8 @@ from worker.intents import Intent
 from worker.retry import Delay, RetryLater
 from worker.rules.capacity import CapacityVerdict
 from worker.state_cache import AgentState, state_of
+
+log = logging.getLogger(__name__)
 
 
 def describe_current(ports: Ports, request: Request, state: AgentState) -> None:
@@ -79,7 +84,24 @@ def applied_earlier(
     if not took_effect(marked, presence):
         return False
     add_note(request.draft, EARLIER_WRITE)
+    request.draft.correlation_id = request.draft.correlation_id or marked.correlation_id
     return True
+
+
+def accepted(ports: Ports, sent: dict[str, tuple[Intent, str | None]]) -> None:
+    """Mark these requests' writes (request id → (its intent, the answer's correlation id)) as
+    accepted by the platform, so that a redelivery records them as applied without reading the
+    agent back, even after a newer change replaced them. Best effort, never raises: the write
+    is already applied, and without the mark a redelivery still reads the agent back."""
+    try:
+        ports.intents.mark(
+            {
+                request_id: replace(intent, accepted=True, correlation_id=correlation_id)
+                for request_id, (intent, correlation_id) in sent.items()
+            }
+        )
+    except Exception as exc:  # Redis away: the terminal row, written next, is what counts
+        log.warning("cannot mark %d accepted write(s): %s", len(sent), exc)
 
 
 def release(ports: Ports, requests: list[Request]) -> None:

@@ -304,7 +304,9 @@ def _settle_earlier_writes(ports: Ports, batch: list[Request], done: Done) -> li
     """Requests an earlier delivery may have sent are read back (in bulk), never written twice:
     those whose change took effect join ``done`` as applied; the others are returned, to go on."""
     marked = ports.intents.marked([r.request_id for r in batch])
-    earlier = [r.user_id for r in batch if r.request_id in marked]
+    earlier = [
+        r.user_id for r in batch if r.request_id in marked and not marked[r.request_id].accepted
+    ]
     read: dict[str, UserPresence] = {}
     for start in range(0, len(earlier), BULK_READ_LIMIT):
         read.update(ports.api.get_presences_bulk(earlier[start : start + BULK_READ_LIMIT]))
@@ -391,8 +393,12 @@ def _put_and_confirm(ports: Ports, ready: list[Request], covered: set[str], call
     done: Done = []
     unconfirmed: list[tuple[Request, int]] = []
     try:
-        ports.intents.mark({r.request_id: steps.intent(ports, r) for r in ready})
+        intents = {r.request_id: steps.intent(ports, r) for r in ready}
+        ports.intents.mark(intents)
         applied, refused = _put_isolating(ports, ready)
+        steps.accepted(
+            ports, {r.request_id: (intents[r.request_id], a.correlation_id) for r, _, a in applied}
+        )
         for request, exc in refused:
             steps.release(ports, [request])
             done.append(steps.refused(request.draft, exc))

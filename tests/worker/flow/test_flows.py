@@ -552,6 +552,28 @@ def test_an_applied_change_is_never_recorded_superseded(flow: Single | Wave) -> 
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_an_accepted_change_replaced_by_a_newer_one_is_recorded_applied_not_superseded(
+    flow: Single | Wave,
+) -> None:
+    """The write was accepted, its row refused (database down); before the redelivery a newer
+    request was applied, so the agent no longer shows this change: it happened all the same."""
+    w = world({AGENT: AVAILABLE})
+    w.store.fault = RuntimeError("database is down")
+    with pytest.raises(RuntimeError):
+        flow.run(w, payload())
+    w.store.fault = None
+    w.ordering.register(AGENT, stamp_us(60), "newer")
+    w.api.presences[AGENT] = ON_QUEUE  # the newer request's change
+    reads_before = w.api.calls["get"] + w.api.calls["bulk_get"]
+
+    assert flow.run(w, payload()).outcome == "applied_unconfirmed"
+    assert w.api.writes[AGENT] == 1
+    assert w.row(REQUEST).correlation_id is not None, "the row names the write that applied it"
+    assert w.api.calls["get"] + w.api.calls["bulk_get"] == reads_before, "no read-back needed"
+    assert w.enqueued == [1], "the applied change reaches WFM"
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
 def test_a_write_that_never_reached_the_platform_is_sent_on_redelivery(flow: Single | Wave) -> None:
     w = world({AGENT: AVAILABLE})
     w.api.faults["write"].append(TransportError("connection refused"))  # marked, never applied
