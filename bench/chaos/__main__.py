@@ -65,7 +65,7 @@ def wait_quiet(stack: ChaosStack, sent: list[Sent], timeout_s: float, scenario: 
         try:
             rows = stack.rows()
             terminal, lost, _ = accounting.lost_and_duplicated(sent, rows)
-            expected, delivered, _ = accounting.wfm_counts(
+            expected, delivered, _, _ = accounting.wfm_counts(
                 [r for r in rows if r.request_id in {s.request_id for s in sent}],
                 stack.wfm_events(),
             )

@@ -97,6 +97,7 @@ class Tally:
     wfm_expected: int = 0
     wfm_delivered: int = 0
     wfm_duplicated: int = 0
+    wfm_redelivered: int = 0  # the same event id again: reported, dropped by the receiver
     unacknowledged: int = 0
     died: int = 0
     seconds: float = 0.0
@@ -219,14 +220,21 @@ def _same_presence(row: Row, final: Final) -> bool:
     return row.to_state is not None and row.to_state == final.label
 
 
-def wfm_counts(rows: Iterable[Row], events: Iterable[WfmEvent]) -> tuple[int, int, int]:
-    """(expected, delivered, duplicated): one accepted delivery per applied request expected;
-    every further accepted delivery of a request is a duplicate (see :func:`wfm_duplicates`)."""
+def wfm_counts(rows: Iterable[Row], events: Iterable[WfmEvent]) -> tuple[int, int, int, int]:
+    """(expected, delivered, duplicated, redelivered): one accepted delivery per applied request
+    expected. A further event id for a request is a duplicate: two events for one change, which
+    no receiver can tell apart. The same event id accepted again is a redelivery (webhooks are
+    delivered at least once; the receiver drops it by ``event_id``), counted apart."""
+    events = list(events)
     expected = {r.request_id for r in rows if r.outcome in APPLIED}
     per_request = Counter(e.request_id for e in events)
     delivered = sum(1 for i in expected if per_request[i] > 0)
-    duplicated = sum(count - 1 for count in per_request.values() if count > 1)
-    return len(expected), delivered, duplicated
+    ids: dict[str, set[str]] = defaultdict(set)
+    for event in events:
+        ids[event.request_id].add(event.event_id)
+    duplicated = sum(len(distinct) - 1 for distinct in ids.values())
+    redelivered = sum(per_request.values()) - sum(len(distinct) for distinct in ids.values())
+    return len(expected), delivered, duplicated, redelivered
 
 
 def wfm_duplicates(events: Iterable[WfmEvent]) -> list[str]:
@@ -264,7 +272,7 @@ def tally(
     ours = [r for r in rows if r.request_id in ids]
     terminal, lost, duplicated = lost_and_duplicated(sent, ours)
     our_events = [e for e in events if e.request_id in ids]
-    expected, delivered, wfm_duplicated = wfm_counts(ours, our_events)
+    expected, delivered, wfm_duplicated, wfm_redelivered = wfm_counts(ours, our_events)
     violations, notes = latest_wins_violations(sent, ours, finals)
     rowed = {r.request_id for r in ours if r.outcome in TERMINAL}
     unrowed = [s for s in sent if s.request_id not in rowed]
@@ -290,6 +298,7 @@ def tally(
         wfm_expected=expected,
         wfm_delivered=delivered,
         wfm_duplicated=wfm_duplicated,
+        wfm_redelivered=wfm_redelivered,
         unacknowledged=leftovers.total,
         died=died,
         notes=lost_notes + twice_notes + notes + wfm_duplicates(our_events),

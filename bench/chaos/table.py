@@ -9,7 +9,7 @@ from bench.chaos.accounting import Tally
 COLUMNS = (
     "scenario", "sent", "terminal rows", "lost", "duplicated rows", "applied twice",
     "latest-wins violations", "429s outside storms", "WFM expected", "WFM delivered",
-    "WFM duplicated", "left unacked", "processes died", "quiesced in",
+    "WFM duplicated", "WFM redelivered (same event id)", "left unacked", "processes died", "quiesced in",
 )  # fmt: skip
 
 
@@ -18,7 +18,7 @@ def cells(t: Tally) -> list[str]:
         t.scenario, f"{t.sent:,}", f"{t.terminal:,}", str(t.lost), str(t.duplicated_rows),
         str(t.applied_twice), str(t.latest_wins_violations), str(t.too_many_outside_storms),
         f"{t.wfm_expected:,}", f"{t.wfm_delivered:,}", str(t.wfm_duplicated),
-        str(t.unacknowledged), str(t.died),
+        str(t.wfm_redelivered), str(t.unacknowledged), str(t.died),
         f"{t.seconds:.0f} s" if t.quiesced else f"no ({t.seconds:.0f} s)",
     ]  # fmt: skip
 

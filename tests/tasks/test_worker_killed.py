@@ -4,6 +4,9 @@ terminal row, without manual steps and long before the visibility timeout (produ
 * Killed between the pop and ``unacked`` (the worker's app with a hook that SIGKILLs it right
   there): the broker ledger's entry, written with the producer's push, is pushed again by the
   next worker's mover. Before: the message was gone (one request per killed worker).
+* Killed while it holds a message (mid-PATCH): its liveness key expires, and the next worker's
+  mover restores the message it held (kombu's own restore) within seconds. Before: it waited in
+  ``unacked`` for the visibility timeout.
 * Killed while a retry waits: the retry is in the ledger's schedule, not in the dead worker's
   memory, and the next worker publishes it when due. Before: it sat in ``unacked`` until the
   visibility timeout (an hour) had passed.
@@ -87,6 +90,34 @@ def test_a_message_popped_by_a_worker_killed_before_holding_it_still_ends(
     pipeline.wait_idle(timeout_s=30)
     assert len(pipeline.rows([request_id])) == 1
     assert "re-enqueued 1 message(s)" in pipeline.full_logs()
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_a_message_held_by_a_killed_worker_is_restored_long_before_the_visibility_timeout(
+    pipeline: Pipeline, pool: str
+) -> None:
+    fleet = pipeline.start(
+        1, pool=pool, warm_up=False, BROKER_VISIBILITY_TIMEOUT_S=VISIBILITY_TIMEOUT_S
+    )
+    [agent] = pipeline.agents(1, online=True)
+    pipeline.admin("POST", "/faults/latency", {"endpoint": "presence.patch", "latency_ms": 30_000})
+    request_id = pipeline.send(pipeline.update(agent["id"], "Break", reason="Coffee"))
+    _wait(lambda: pipeline.unacked(pipeline.redis) != [], 60, f"never held\n{fleet.logs()}")
+    time.sleep(1.0)  # inside the slow PATCH
+    fleet.kill(0)
+    killed_at = time.monotonic()
+    pipeline.admin("DELETE", "/faults")
+
+    pipeline.start(1, pool=pool, warm_up=False, BROKER_VISIBILITY_TIMEOUT_S=VISIBILITY_TIMEOUT_S)
+    rows = pipeline.wait_rows(1, request_ids=[request_id], timeout_s=BOUND_S)
+
+    assert [r.request_id for r in rows] == [request_id]
+    assert rows[0].outcome in {"confirmed", "applied_unconfirmed"}
+    assert time.monotonic() - killed_at < BOUND_S
+    pipeline.wait_idle(timeout_s=30)
+    assert len(pipeline.rows([request_id])) == 1
+    assert pipeline.unacked(pipeline.redis) == []
+    assert "held by a dead worker" in pipeline.full_logs()
 
 
 @pytest.mark.parametrize("pool", ["threads", "prefork"])

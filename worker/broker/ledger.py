@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
 from worker import names
-from worker.broker import redis_restore
+from worker.broker import holders, redis_restore
 
 log = logging.getLogger(__name__)
 # Through the module dict: the kombu stubs do not declare the module's imported names.
@@ -315,7 +316,58 @@ def pending(client: redis.Redis) -> list[dict[str, Any]]:
 
 
 # -- the transport ------------------------------------------------------------------------------
+class PendingAcks:
+    """Acknowledgements Redis could not take (it was away when a task ended), kept in this
+    process and settled by its mover once Redis answers again. Without them the finished
+    message would sit in ``unacked`` until the visibility timeout redelivered it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: dict[str, tuple[str, str]] = {}  # delivery tag → (unacked key, index key)
+
+    def add(self, delivery_tag: str, unacked_key: str, index_key: str) -> None:
+        with self._lock:
+            self._tags[delivery_tag] = (unacked_key, index_key)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tags)
+
+    def settle(self, client: redis.Redis) -> int:
+        """Remove every pending tag from ``unacked`` in one round trip; how many were settled.
+        Raises what Redis raises (the tags stay pending)."""
+        with self._lock:
+            pending = dict(self._tags)
+        if not pending:
+            return 0
+        pipe = client.pipeline(transaction=False)
+        for tag, (unacked_key, index_key) in pending.items():
+            pipe.hdel(unacked_key, tag)
+            pipe.zrem(index_key, tag)
+        pipe.execute()
+        with self._lock:
+            for tag in pending:
+                self._tags.pop(tag, None)
+        return len(pending)
+
+
+PENDING_ACKS: Final = PendingAcks()
+
+
 class QoS(redis_restore.QoS):
+    def ack(self, delivery_tag: str) -> None:
+        """Kombu's ``ack``; when Redis cannot take it, the tag is settled later by the mover
+        (:data:`PENDING_ACKS`) instead of waiting out the visibility timeout. Celery would only
+        log the failure (``ack_log_error``)."""
+        try:
+            super().ack(delivery_tag)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            PENDING_ACKS.add(delivery_tag, self.unacked_key, self.unacked_index_key)
+            kombu_virtual.QoS.ack(self, delivery_tag)  # settled here: never restore it
+            log.warning(
+                "cannot acknowledge %s yet (%s); settling it when Redis is back", delivery_tag, exc
+            )
+
     def append(self, message: Any, delivery_tag: str) -> None:
         """Kombu's ``append`` (the ``unacked`` write), with the message's queued entry dropped in
         the same pipeline: custody passes from the ledger to ``unacked`` in one round trip."""
@@ -333,8 +385,15 @@ class QoS(redis_restore.QoS):
                 _dumps([raw, delivery["exchange"], delivery["routing_key"]]),
             )
             forget_queued(pipe, task_id, delivery_tag)
+            holders.hold(pipe, delivery_tag)
             pipe.execute()
         kombu_virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        """Kombu's removal from ``unacked`` (ack, reject, restore), with the holder's entry."""
+        removing = super()._remove_from_indices(delivery_tag, pipe)  # type: ignore[misc]
+        holders.release(removing, delivery_tag)
+        return removing
 
 
 class Channel(redis_restore.Channel):

@@ -13,13 +13,16 @@ from typing import Any
 
 import redis
 
-from worker.broker import ledger
+from worker.broker import holders, ledger
 
 log = logging.getLogger(__name__)
 
 
 class Mover:
-    """Runs :func:`ledger.move_due` on ``client`` every ``poll_s`` until stopped; a Redis that
+    """Settles acknowledgements Redis could not take (:data:`ledger.PENDING_ACKS`), keeps this
+    process alive as a holder and restores the messages of dead holders (when given
+    ``restore``; :mod:`worker.broker.holders`), and runs
+    :func:`ledger.move_due` on ``client`` every ``poll_s`` until stopped; a Redis that
     cannot be reached is logged once per outage and tried again on the next pass."""
 
     def __init__(
@@ -30,9 +33,11 @@ class Mover:
         poll_s: float,
         check_after_s: float = ledger.CHECK_AFTER_S,
         now: Callable[[], float] = time.time,
+        restore: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.client = client
         self.send = send
+        self.restore = restore
         self.poll_s = poll_s
         self.check_after_s = check_after_s
         self.now = now
@@ -43,6 +48,13 @@ class Mover:
     def run_once(self) -> ledger.Moved | None:
         """One pass; None when Redis could not be reached."""
         try:
+            ledger.PENDING_ACKS.settle(self.client)
+            if self.restore is not None:  # a consuming process: a holder, and a restorer
+                holders.beat(self.client)
+                orphaned = holders.orphans(self.client, now=self.now())
+                if orphaned:
+                    log.warning("restoring %d message(s) held by a dead worker", len(orphaned))
+                    self.restore(orphaned)
             moved = ledger.move_due(
                 self.client, self.send, now=self.now(), check_after_s=self.check_after_s
             )
@@ -93,8 +105,15 @@ def start(app: Any, redis_url: str, poll_s: float, check_after_s: float) -> Move
             expires=entry.expires,
         )
 
+    def restore(tags: list[str]) -> None:
+        # Kombu's own restore: in one transaction, out of ``unacked`` and back on its queue.
+        with app.connection_for_write() as connection:
+            qos = connection.default_channel.qos
+            for tag in tags:
+                qos.restore_by_tag(tag)
+
     client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
-    _current = Mover(client, send, poll_s=poll_s, check_after_s=check_after_s)
+    _current = Mover(client, send, poll_s=poll_s, check_after_s=check_after_s, restore=restore)
     _current.start()
     return _current
 
