@@ -369,13 +369,11 @@ class QoS(redis_restore.QoS):
             )
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        """Kombu's ``append`` (the ``unacked`` write), with the message's queued entry dropped in
-        the same pipeline: custody passes from the ledger to ``unacked`` in one round trip."""
+        """Kombu's ``append`` (the ``unacked`` write), with this process named its holder and a
+        ledgered message's queued entry dropped, in the same pipeline: custody passes from the
+        ledger to ``unacked`` in one round trip."""
         raw = getattr(message, "_raw", None)
         task_id = ledgered_id(raw) if isinstance(raw, Mapping) else None
-        if task_id is None:
-            super().append(message, delivery_tag)
-            return
         delivery = message.delivery_info
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
@@ -384,7 +382,8 @@ class QoS(redis_restore.QoS):
                 delivery_tag,
                 _dumps([raw, delivery["exchange"], delivery["routing_key"]]),
             )
-            forget_queued(pipe, task_id, delivery_tag)
+            if task_id is not None:
+                forget_queued(pipe, task_id, delivery_tag)
             holders.hold(pipe, delivery_tag)
             pipe.execute()
         kombu_virtual.QoS.append(self, message, delivery_tag)
