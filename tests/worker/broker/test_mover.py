@@ -8,6 +8,8 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from worker import names
 from worker.broker import ledger
@@ -30,7 +32,7 @@ def test_a_pass_publishes_the_due_retries_at_the_injected_time(r: redis.Redis) -
 
 
 def test_an_unreachable_redis_is_logged_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
-    down = redis.Redis(port=_free_port(), socket_connect_timeout=0.2)
+    down = redis.Redis(port=_free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     mover = Mover(down, lambda _entry: None, poll_s=0.1)
     with caplog.at_level(logging.WARNING, logger="worker.broker.mover"):
         assert mover.run_once() is None
