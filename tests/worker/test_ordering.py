@@ -198,8 +198,11 @@ def test_register_and_lock_never_rolls_the_marker_back_while_it_waits(ordering, 
     ordering.register(AGENT, 500, "req-newest")
     r.set(f"presence:agent:{AGENT}:lock", "someone-else", px=5_000)
 
-    with pytest.raises(AgentBusy), ordering.register_and_lock(  # retries the script meanwhile
-        AGENT, 100, "req-old", ttl_s=5, wait_s=0.1
+    with (
+        pytest.raises(AgentBusy),
+        ordering.register_and_lock(  # retries the script meanwhile
+            AGENT, 100, "req-old", ttl_s=5, wait_s=0.1
+        ),
     ):
         pass
 
