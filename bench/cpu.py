@@ -71,7 +71,7 @@ def redis_calls(client: redis.Redis) -> int:
 
 def measure(
     stack: LocalStack, client: redis.Redis, pid: int, rows_before: int, send: Any, count: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """CPU-seconds and Redis commands of the worker while it handles ``count`` updates."""
     time.sleep(1.0)  # let the previous phase's tail settle
     cpu0, by0, t0 = tree_cpu_s(pid), redis_calls_by_command(client), time.monotonic()

@@ -127,7 +127,13 @@ class AgentOrdering:
         newest_key = f"presence:agent:{user_id}:newest"
         owner = uuid.uuid4().hex
         deadline = time.monotonic() + wait_s
-        args = [requested_at_us, request_id, self.marker_ttl_s, owner, int(ttl_s * 1000)]
+        args: list[str | int] = [
+            requested_at_us,
+            request_id,
+            self.marker_ttl_s,
+            owner,
+            int(ttl_s * 1000),
+        ]
         # Registering again while waiting is harmless: the marker keeps the max.
         while True:
             taken, newest = self._register_and_lock(keys=[newest_key, key], args=args)
