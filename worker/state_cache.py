@@ -82,7 +82,8 @@ class StateCache:
         return {u: AgentState(**json.loads(r)) for u, r in zip(user_ids, raws, strict=True) if r}
 
     def put(self, user_id: str, state: AgentState) -> bool:
-        """Store ``state`` unless a newer one is already there; True when stored."""
+        """Store ``state`` unless a newer one is already there; True when stored (or when the
+        identical entry is there already)."""
         stored = bool(
             self._set_if_newer(
                 keys=[self.key(user_id)],
