@@ -56,25 +56,36 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
+def redis_calls_by_command(client: redis.Redis) -> dict[str, int]:
+    """Commands the Redis server has executed so far (every client), by command name."""
+    stats: dict[str, Any] = client.info("commandstats")
+    return {
+        k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"
+    }
+
+
 def redis_calls(client: redis.Redis) -> int:
     """Commands the Redis server has executed so far (every client)."""
-    stats: dict[str, Any] = client.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    return sum(redis_calls_by_command(client).values())
 
 
 def measure(
     stack: LocalStack, client: redis.Redis, pid: int, rows_before: int, send: Any, count: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """CPU-seconds and Redis commands of the worker while it handles ``count`` updates."""
     time.sleep(1.0)  # let the previous phase's tail settle
-    cpu0, calls0, t0 = tree_cpu_s(pid), redis_calls(client), time.monotonic()
+    cpu0, by0, t0 = tree_cpu_s(pid), redis_calls_by_command(client), time.monotonic()
     send()
     wait_rows(stack, rows_before + count, 600)
-    cpu, calls, wall = tree_cpu_s(pid) - cpu0, redis_calls(client) - calls0, time.monotonic() - t0
+    cpu, wall = tree_cpu_s(pid) - cpu0, time.monotonic() - t0
+    by = {k: n - by0.get(k, 0) for k, n in redis_calls_by_command(client).items()}
     return {
         "cpu_s": cpu,
         "cpu_s_per_1000": cpu * 1000 / count,
-        "redis_commands_per_update": calls / count,
+        "redis_commands_per_update": sum(by.values()) / count,
+        "redis_commands_per_update_by_command": {
+            k: round(n / count, 2) for k, n in sorted(by.items(), key=lambda kv: -kv[1]) if n
+        },
         "wall_s": wall,
     }
 

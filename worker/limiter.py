@@ -7,6 +7,11 @@ completion time. A request reaches the platform no later than its completion, so
 window never holds more requests than ours: no 429 from our own traffic, and — unlike a GCRA or
 token bucket that must keep headroom for network jitter — the budget is used to the last request.
 
+One script per call: the grant returns the server time it was stamped at, and the re-stamp is a
+plain ``ZADD XX`` at that time plus the call's duration measured from *before* the grant was
+asked for (so never earlier than the completion on the server clock). The log keeps no TTL: each
+grant trims it to the window, so it never holds more than ``limit`` entries.
+
 A 429 that happens anyway (another tool on the same token, a platform-side limit) sets a shared
 cool-down from ``Retry-After`` that every process honours before its next reservation.
 
@@ -15,6 +20,7 @@ Celery's ``rate_limit`` is per worker instance and is deliberately not used.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +33,8 @@ from worker.observability import metrics
 WINDOW_MS = 60_000
 
 # KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms.
-# Returns {1, 0, in_window} when reserved, {0, wait_ms[, in_window]} when the caller must wait.
+# Returns {1, 0, in_window, now_ms} when reserved, {0, wait_ms[, in_window]} when the caller
+# must wait.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -42,19 +49,10 @@ local count = redis.call('ZCARD', KEYS[1])
 if count < limit then
   local stamp = now + tonumber(ARGV[2])
   redis.call('ZADD', KEYS[1], stamp, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window + tonumber(ARGV[2]) + 1000)
-  return {1, 0, count + 1}
+  return {1, 0, count + 1, now}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, math.max(1, tonumber(oldest[2]) + window - now), count}
-"""
-
-# KEYS[1] log zset. ARGV: member. Re-stamps a reservation with the completion time.
-_RELEASE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
-return now
 """
 
 # KEYS[1] cool-down key. ARGV: seconds. Extends, never shortens, the shared cool-down.
@@ -80,8 +78,13 @@ class BudgetExhausted(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
+    """A granted slot: ``granted_ms`` is the server time of the grant, ``asked_at`` the local
+    monotonic time just before the grant was asked for (the re-stamp counts from there)."""
+
     member: str
     waited_s: float
+    granted_ms: int = 0
+    asked_at: float = 0.0
 
 
 class SharedRateLimiter:
@@ -110,19 +113,27 @@ class SharedRateLimiter:
         self.cooldown_key = f"presence:limiter:{{{key}}}:cooldown"
         self.sleep = sleep
         self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
         self._cool_down = client.register_script(_COOL_DOWN)
 
     def try_acquire(self) -> tuple[str | None, float]:
         """One attempt: (member, 0) when reserved, (None, seconds to wait) otherwise."""
+        granted = self._attempt()
+        return (granted.member, 0.0) if isinstance(granted, Reservation) else (None, granted)
+
+    def _attempt(self, started: float | None = None) -> Reservation | float:
+        """One attempt: the reservation (waited since ``started``), or the seconds to wait."""
         member = uuid.uuid4().hex
-        granted, wait_ms, *in_window = self._acquire(
+        asked_at = time.monotonic()
+        granted, wait_ms, *rest = self._acquire(
             keys=[self.log_key, self.cooldown_key],
             args=[self.limit, self.provisional_ms, member, self.window_ms],
         )
-        if in_window:  # absent during a cool-down
-            metrics.observe_budget(int(in_window[0]), self.limit)
-        return (member, 0.0) if int(granted) else (None, int(wait_ms) / 1000.0)
+        if rest:  # absent during a cool-down
+            metrics.observe_budget(int(rest[0]), self.limit)
+        if not int(granted):
+            return int(wait_ms) / 1000.0
+        waited_s = time.monotonic() - started if started is not None else 0.0
+        return Reservation(member, waited_s, int(rest[1]), asked_at)
 
     def acquire(self, max_wait_s: float) -> Reservation:
         """Reserve a slot, sleeping while the wait is short.
@@ -132,11 +143,11 @@ class SharedRateLimiter:
         """
         started = time.monotonic()
         while True:
-            member, wait_s = self.try_acquire()
-            if member is not None:
-                waited = time.monotonic() - started
-                metrics.observe_limiter_wait(waited)
-                return Reservation(member, waited)
+            granted = self._attempt(started)
+            if isinstance(granted, Reservation):
+                metrics.observe_limiter_wait(granted.waited_s)
+                return granted
+            wait_s = granted
             waited = time.monotonic() - started
             if waited + wait_s > max_wait_s:
                 metrics.observe_budget_exhausted()
@@ -145,8 +156,12 @@ class SharedRateLimiter:
             self.sleep(wait_s + (uuid.uuid4().int % 20) / 1000.0)
 
     def release(self, reservation: Reservation) -> None:
-        """Stamp the reservation with the completion time (the call has been answered)."""
-        self._release(keys=[self.log_key], args=[reservation.member])
+        """Stamp the reservation with the completion time (the call has been answered): the
+        grant's server time plus the time since the grant was asked for, rounded up."""
+        elapsed_ms = math.ceil((time.monotonic() - reservation.asked_at) * 1000)
+        self.redis.zadd(
+            self.log_key, {reservation.member: reservation.granted_ms + elapsed_ms}, xx=True
+        )
 
     def cool_down(self, seconds: float) -> None:
         """Pause every process for ``seconds`` (from a 429's Retry-After)."""

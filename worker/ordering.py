@@ -20,6 +20,21 @@ end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return cur
 """
+# KEYS[1] newest marker, KEYS[2] lock. ARGV: ts_us, request_id, ttl_s, owner, lock_ttl_ms.
+# :data:`_REGISTER` (the newest marker kept), then the lock taken if free: returns {taken,
+# newest} so the caller learns in one command whether it holds the lock and what is newest.
+_REGISTER_AND_LOCK = """
+local cur = redis.call('GET', KEYS[1])
+local mine = string.format('%020d', tonumber(ARGV[1])) .. '|' .. ARGV[2]
+if (not cur) or mine > cur then
+  redis.call('SET', KEYS[1], mine, 'EX', tonumber(ARGV[3]))
+  cur = mine
+else
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+end
+local taken = redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', tonumber(ARGV[5]))
+return {taken and 1 or 0, cur}
+"""
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -44,6 +59,7 @@ class AgentOrdering:
         self.marker_ttl_s = marker_ttl_s
         self._register = client.register_script(_REGISTER)
         self._unlock = client.register_script(_UNLOCK)
+        self._register_and_lock = client.register_script(_REGISTER_AND_LOCK)
 
     @staticmethod
     def _marker(requested_at_us: int, request_id: str) -> str:
@@ -106,26 +122,26 @@ class AgentOrdering:
     ) -> Iterator[bool]:
         """:meth:`register`, then hold the agent's lock (as :meth:`lock`) and yield whether the
         request is superseded, read once the lock is held (:meth:`is_superseded`). The
-        registration, the first lock attempt and that read share one round trip."""
+        registration, each lock attempt and that read are one script call."""
         key = f"presence:agent:{user_id}:lock"
         newest_key = f"presence:agent:{user_id}:newest"
         owner = uuid.uuid4().hex
         deadline = time.monotonic() + wait_s
-        pipe = self.redis.pipeline(transaction=False)
-        self._register(
-            keys=[newest_key], args=[requested_at_us, request_id, self.marker_ttl_s], client=pipe
-        )
-        pipe.set(key, owner, nx=True, px=int(ttl_s * 1000))
-        pipe.get(newest_key)
-        _, taken, newest = pipe.execute()
-        while not taken:
+        args: list[str | int] = [
+            requested_at_us,
+            request_id,
+            self.marker_ttl_s,
+            owner,
+            int(ttl_s * 1000),
+        ]
+        # Registering again while waiting is harmless: the marker keeps the max.
+        while True:
+            taken, newest = self._register_and_lock(keys=[newest_key, key], args=args)
+            if int(taken):
+                break
             if time.monotonic() >= deadline:
                 raise AgentBusy(f"agent {user_id} is being updated by another worker")
             time.sleep(0.02)
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(key, owner, nx=True, px=int(ttl_s * 1000))
-            pipe.get(newest_key)
-            taken, newest = pipe.execute()
         try:
             yield newest is not None and _newer(newest, requested_at_us, request_id)
         finally:

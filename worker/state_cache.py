@@ -16,9 +16,11 @@ import redis
 
 from worker.genesys.models import UserPresence
 
-# KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer (or equal) than what is stored.
+# KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer (or equal) than what is stored;
+# an identical entry (the same event seen by several processes) is left as it is.
 _SET_IF_NEWER = """
 local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return 1 end
 if cur then
   local stored = cjson.decode(cur)['modified_ms']
   if stored and tonumber(stored) > tonumber(ARGV[2]) then return 0 end
@@ -80,7 +82,8 @@ class StateCache:
         return {u: AgentState(**json.loads(r)) for u, r in zip(user_ids, raws, strict=True) if r}
 
     def put(self, user_id: str, state: AgentState) -> bool:
-        """Store ``state`` unless a newer one is already there; True when stored."""
+        """Store ``state`` unless a newer one is already there; True when stored (or when the
+        identical entry is there already)."""
         stored = bool(
             self._set_if_newer(
                 keys=[self.key(user_id)],

@@ -192,3 +192,29 @@ def test_register_and_lock_takes_one_round_trip_when_the_agent_is_free(ordering,
     with ordering.register_and_lock(AGENT, 100, "req-a", ttl_s=5, wait_s=0):
         assert len(sends) <= 2  # the script check, then register + lock + marker together
     monkeypatch.undo()
+
+
+def test_register_and_lock_never_rolls_the_marker_back_while_it_waits(ordering, r):
+    ordering.register(AGENT, 500, "req-newest")
+    r.set(f"presence:agent:{AGENT}:lock", "someone-else", px=5_000)
+
+    with (
+        pytest.raises(AgentBusy),
+        ordering.register_and_lock(  # retries the script meanwhile
+            AGENT, 100, "req-old", ttl_s=5, wait_s=0.1
+        ),
+    ):
+        pass
+
+    assert r.get(f"presence:agent:{AGENT}:lock") == b"someone-else", "not ours to release"
+    assert ordering.is_superseded(AGENT, 100, "req-old")
+    assert not ordering.is_superseded(AGENT, 500, "req-newest")
+    assert 0 < r.ttl(f"presence:agent:{AGENT}:newest") <= 60, "the marker's life is renewed"
+
+
+def test_register_and_lock_takes_the_lock_with_its_expiry_and_releases_only_its_own(ordering, r):
+    key = f"presence:agent:{AGENT}:lock"
+    with ordering.register_and_lock(AGENT, 100, "req-a", ttl_s=5, wait_s=0):
+        assert 0 < r.pttl(key) <= 5_000
+        r.set(key, "next-holder", px=5_000)  # ours expired; another worker took it
+    assert r.get(key) == b"next-holder"

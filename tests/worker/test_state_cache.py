@@ -60,3 +60,13 @@ def test_forget_drops_the_named_agents_only(cache):
     assert cache.get(AGENT) is None
     assert cache.get(OTHER) == state("available", 2_000)
     assert cache.put(AGENT, state("available", 1_000)), "a forgotten agent takes any state"
+
+
+def test_the_same_entry_again_is_not_rewritten(cache, r):
+    cache.put(AGENT, state("break", 2_000, "event"))
+    r.expire(StateCache.key(AGENT), 30)
+
+    assert cache.put(AGENT, state("break", 2_000, "event")), "stored already counts as stored"
+    assert 0 < r.ttl(StateCache.key(AGENT)) <= 30, "left as it was"
+    assert cache.put(AGENT, state("break", 2_000, "patch"))
+    assert r.ttl(StateCache.key(AGENT)) > 30, "a different entry is written"
