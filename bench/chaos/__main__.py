@@ -24,10 +24,10 @@ from bench.chaos import accounting
 from bench.chaos.accounting import Sent, Tally
 from bench.chaos.faults import SCENARIOS, SHORT, Context, EmulatorFaults, run_faults
 from bench.chaos.load import plan, send
-from bench.chaos.services import PrivatePostgres
 from bench.chaos.stack import ChaosStack
 from bench.chaos.table import markdown, rich_table
 from bench.report import RESULTS
+from sandbox.servers import PrivatePostgres
 
 console = Console(width=max(Console().width, 160))
 
@@ -178,7 +178,7 @@ def main() -> int:
     catalogue = {**SCENARIOS, **SHORT}
     names = args.scenario or (list(SHORT) if args.short else list(SCENARIOS))
     workdir = Path(tempfile.mkdtemp(prefix="presence-chaos-"))
-    pg = PrivatePostgres()
+    pg = PrivatePostgres(options="-c max_connections=200", prefix="presence-chaos-pg-")
     pg.start()
     tallies = []
     try:

@@ -85,7 +85,7 @@ def _redis(sig: signal.Signals) -> Callable[[Context], None]:
     def fault(ctx: Context) -> None:
         assert ctx.stack.redis is not None
         ctx.log(f"Redis {sig.name}")
-        ctx.stack.redis.signal(sig)
+        ctx.stack.redis.kill(sig)
         time.sleep(RESTART_AFTER_S)
         ctx.stack.redis.start()
         ctx.log("Redis back (same port, same AOF file)")

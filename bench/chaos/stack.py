@@ -23,10 +23,10 @@ from sqlalchemy import select
 
 import migrations
 from bench.chaos.accounting import Final, Leftovers, Row, WfmEvent, Write
-from bench.chaos.services import DurableRedis, PrivatePostgres
 from emulator.launcher import EmulatorProcess, stop_processes
 from models import AuditRecord
 from models.db import session_scope
+from sandbox.servers import DurableRedis, PrivatePostgres
 from sandbox.stack import workers_answer
 
 WFM_SECRET = "chaos-wfm-secret"  # noqa: S105 - the emulator sink's key in this harness only

@@ -4,11 +4,9 @@ worker`` with task events, each stopped by its context manager."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +16,8 @@ from pathlib import Path
 from celery import Celery
 
 from emulator.launcher import EmulatorProcess
-from worker.embedded_redis import _free_port, _server_binary, reachable, start_private_redis
+from sandbox.servers import DurableRedis
+from worker.embedded_redis import start_private_redis
 
 
 @contextmanager
@@ -114,50 +113,10 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = 10) -> None:
         process.wait()
 
 
-class DurableRedis:
-    """A private ``redis-server`` persisting like production (AOF, ``everysec``, ``noeviction``)
-    that a test can kill and start again on the same port and data directory."""
-
-    def __init__(self, timeout_s: float = 15) -> None:
-        self.timeout_s = timeout_s
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = tempfile.mkdtemp(prefix="presence-aof-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the server (again); returns once it answers."""
-        cmd = [
-            _server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes", "--appendfsync", "everysec", "--dir", self.workdir,
-            "--maxmemory-policy", "noeviction",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            if reachable(self.url, 0.2):
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError("the durable Redis server did not start")
-
-    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Send ``sig`` and wait until the server has exited."""
-        assert self.process is not None
-        self.process.send_signal(sig)
-        self.process.wait(timeout=self.timeout_s)
-
-    def close(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 @contextmanager
 def durable_redis(timeout_s: float = 15) -> Iterator[DurableRedis]:
     """A started :class:`DurableRedis`, stopped and removed afterwards."""
-    server = DurableRedis(timeout_s)
+    server = DurableRedis(timeout_s=timeout_s)
     try:
         server.start()
         yield server
