@@ -11,11 +11,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+import migrations
+from models.db import engine_for
 from sandbox.servers import PostgresMissing, PrivatePostgres
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -66,3 +69,18 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.close()
+
+
+@contextmanager
+def migrated_database(kind: str, directory: Path) -> Iterator[str]:
+    """A migrated database's URL: ``kind`` "sqlite" (a file in ``directory``) or "postgres" (a
+    scratch database on the local server, its engine disposed and the database dropped after)."""
+    if kind == "sqlite":
+        url = f"sqlite:///{directory / 'audit.sqlite3'}"
+        migrations.upgrade(url)
+        yield url
+        return
+    with scratch_postgres_database() as url:
+        migrations.upgrade(url)
+        yield url
+        engine_for(url).dispose()  # before the database is dropped

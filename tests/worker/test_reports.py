@@ -10,10 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-import migrations
 from models import AuditRecord, Outcome
 from models.db import engine_for, session_scope
-from tests.support.services import scratch_postgres_database
+from tests.support.services import migrated_database
 from worker import reports
 from worker.reports import percentile
 
@@ -39,15 +38,8 @@ def test_percentiles_of_nothing_and_of_one_value():
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-        migrations.upgrade(url)
+    with migrated_database(request.param, tmp_path) as url:
         yield url
-        return
-    with scratch_postgres_database() as url:
-        migrations.upgrade(url)
-        yield url
-        engine_for(url).dispose()  # before the database is dropped
 
 
 _ids = iter(range(1_000_000))

@@ -11,8 +11,8 @@ from sqlalchemy import inspect, select
 
 import migrations
 from models import AuditRecord, Outcome, WfmDelivery
-from models.db import engine_for, session_scope
-from tests.support.services import scratch_postgres_database
+from models.db import session_scope
+from tests.support.services import migrated_database
 from tests.worker.flow.fakes import T0
 from worker.audit import SqlAuditStore
 from worker.flow.record import DRAFT_FIELDS, AuditDraft, Recorder
@@ -93,15 +93,8 @@ def test_nothing_is_sent_when_the_write_fails(tmp_path: Path) -> None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-        migrations.upgrade(url)
+    with migrated_database(request.param, tmp_path) as url:
         yield url
-        return
-    with scratch_postgres_database() as url:
-        migrations.upgrade(url)
-        yield url
-        engine_for(url).dispose()
 
 
 def test_the_recorded_outcome_is_found_by_request_id_or_idempotency_key(any_database: str) -> None:
