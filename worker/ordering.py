@@ -21,8 +21,9 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return cur
 """
 # KEYS[1] newest marker, KEYS[2] lock. ARGV: ts_us, request_id, ttl_s, owner, lock_ttl_ms.
-# :data:`_REGISTER` (the newest marker kept), then the lock taken if free: returns {taken,
-# newest} so the caller learns in one command whether it holds the lock and what is newest.
+# :data:`_REGISTER` (the newest marker kept), then the lock taken if free or already this
+# owner's: returns {taken, newest} so the caller learns in one command whether it holds the
+# lock and what is newest.
 _REGISTER_AND_LOCK = """
 local cur = redis.call('GET', KEYS[1])
 local mine = string.format('%020d', tonumber(ARGV[1])) .. '|' .. ARGV[2]
@@ -33,6 +34,10 @@ else
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 end
 local taken = redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', tonumber(ARGV[5]))
+if (not taken) and redis.call('GET', KEYS[2]) == ARGV[4] then
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
+  taken = true
+end
 return {taken and 1 or 0, cur}
 """
 _UNLOCK = """
@@ -122,10 +127,15 @@ class AgentOrdering:
     ) -> Iterator[bool]:
         """:meth:`register`, then hold the agent's lock (as :meth:`lock`) and yield whether the
         request is superseded, read once the lock is held (:meth:`is_superseded`). The
-        registration, each lock attempt and that read are one script call."""
+        registration, each lock attempt and that read are one script call.
+
+        The lock is the request's own: a redelivery of a request whose worker died holding the
+        lock takes it over at once, before any other request's change can reach the agent, so
+        it reads back what its earlier delivery did and never mistakes its own applied change
+        for a newer request's."""
         key = f"presence:agent:{user_id}:lock"
         newest_key = f"presence:agent:{user_id}:newest"
-        owner = uuid.uuid4().hex
+        owner = request_id
         deadline = time.monotonic() + wait_s
         args: list[str | int] = [
             requested_at_us,

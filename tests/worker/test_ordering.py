@@ -218,3 +218,18 @@ def test_register_and_lock_takes_the_lock_with_its_expiry_and_releases_only_its_
         assert 0 < r.pttl(key) <= 5_000
         r.set(key, "next-holder", px=5_000)  # ours expired; another worker took it
     assert r.get(key) == b"next-holder"
+
+
+def test_a_redelivered_request_takes_over_the_lock_its_dead_delivery_left(ordering, r):
+    """Its worker died holding the lock: the same request gets it back at once (to read back
+    what it did), while any other request still waits for the lock to expire."""
+    key = f"presence:agent:{AGENT}:lock"
+    r.set(key, "req-a", px=60_000)  # left by req-a's delivery, killed mid-write
+
+    newer = ordering.register_and_lock(AGENT, 200, "req-b", ttl_s=5, wait_s=0.05)
+    with pytest.raises(AgentBusy), newer:
+        pass
+    with ordering.register_and_lock(AGENT, 100, "req-a", ttl_s=5, wait_s=0) as superseded:
+        assert superseded  # req-b registered: the flow reads its earlier write back first
+        assert 0 < r.pttl(key) <= 5_000, "held with this delivery's expiry"
+    assert r.get(key) is None
