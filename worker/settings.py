@@ -129,8 +129,9 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: int = Field(
         default=600,
         ge=60,
-        description="A message held by a worker that died is redelivered after this; it must "
-        "exceed the task time limit (300 s). Retries wait in the broker ledger, not in a "
+        description="The backstop for a message held by a worker that died (another worker "
+        "normally restores it within about 20 s, once the dead one's liveness key expires); it "
+        "must exceed the task time limit (300 s). Retries wait in the broker ledger, not in a "
         "worker, so no retry delay counts here.",
     )
     broker_wait_s: float = Field(
