@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 import redis
 
+from worker.broker import holders
+
 # KEYS[1] newest marker. ARGV: ts_us, request_id, ttl_s. Keeps the max of (ts, id); returns it.
 _REGISTER = """
 local cur = redis.call('GET', KEYS[1])
@@ -21,9 +23,9 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return cur
 """
 # KEYS[1] newest marker, KEYS[2] lock. ARGV: ts_us, request_id, ttl_s, owner, lock_ttl_ms.
-# :data:`_REGISTER` (the newest marker kept), then the lock taken if free or already this
-# owner's: returns {taken, newest} so the caller learns in one command whether it holds the
-# lock and what is newest.
+# :data:`_REGISTER` (the newest marker kept), then the lock taken if free: returns {taken,
+# newest, holder} so the caller learns in one command whether it holds the lock, what is newest
+# and, when not, who holds it.
 _REGISTER_AND_LOCK = """
 local cur = redis.call('GET', KEYS[1])
 local mine = string.format('%020d', tonumber(ARGV[1])) .. '|' .. ARGV[2]
@@ -34,11 +36,16 @@ else
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 end
 local taken = redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', tonumber(ARGV[5]))
-if (not taken) and redis.call('GET', KEYS[2]) == ARGV[4] then
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
-  taken = true
+if taken then return {1, cur, false} end
+return {0, cur, redis.call('GET', KEYS[2])}
+"""
+# KEYS[1] lock. ARGV: the holder seen, the new owner, lock_ttl_ms. Take the lock over only if it
+# is still the holder seen.
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', tonumber(ARGV[3])) and 1 or 0
 end
-return {taken and 1 or 0, cur}
+return 0
 """
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -65,6 +72,7 @@ class AgentOrdering:
         self._register = client.register_script(_REGISTER)
         self._unlock = client.register_script(_UNLOCK)
         self._register_and_lock = client.register_script(_REGISTER_AND_LOCK)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     @staticmethod
     def _marker(requested_at_us: int, request_id: str) -> str:
@@ -129,13 +137,14 @@ class AgentOrdering:
         request is superseded, read once the lock is held (:meth:`is_superseded`). The
         registration, each lock attempt and that read are one script call.
 
-        The lock is the request's own: a redelivery of a request whose worker died holding the
-        lock takes it over at once, before any other request's change can reach the agent, so
-        it reads back what its earlier delivery did and never mistakes its own applied change
-        for a newer request's."""
+        The lock names its request and process: a redelivery of a request whose worker died
+        holding the lock (its liveness key, :mod:`worker.broker.holders`, expired) takes it over
+        at once, before any other request's change can reach the agent, so it reads back what
+        its earlier delivery did and never mistakes its own applied change for a newer
+        request's. A delivery of the same request by a live process waits like any other."""
         key = f"presence:agent:{user_id}:lock"
         newest_key = f"presence:agent:{user_id}:newest"
-        owner = request_id
+        owner = f"{request_id}|{holders.PROCESS_ID}"
         deadline = time.monotonic() + wait_s
         args: list[str | int] = [
             requested_at_us,
@@ -146,8 +155,8 @@ class AgentOrdering:
         ]
         # Registering again while waiting is harmless: the marker keeps the max.
         while True:
-            taken, newest = self._register_and_lock(keys=[newest_key, key], args=args)
-            if int(taken):
+            taken, newest, holder = self._register_and_lock(keys=[newest_key, key], args=args)
+            if int(taken) or self._dead_delivery_taken_over(key, holder, request_id, owner, ttl_s):
                 break
             if time.monotonic() >= deadline:
                 raise AgentBusy(f"agent {user_id} is being updated by another worker")
@@ -156,6 +165,21 @@ class AgentOrdering:
             yield newest is not None and _newer(newest, requested_at_us, request_id)
         finally:
             self._unlock(keys=[key], args=[owner])
+
+    def _dead_delivery_taken_over(
+        self, key: str, holder: bytes | str | None, request_id: str, owner: str, ttl_s: float
+    ) -> bool:
+        """Take the lock over when ``holder`` is an earlier delivery of this same request by a
+        process that is no longer alive; whether it was taken."""
+        if holder is None:
+            return False
+        seen = holder.decode() if isinstance(holder, bytes) else str(holder)
+        held_for, _, process = seen.rpartition("|")
+        if held_for != request_id or seen == owner:
+            return False
+        if self.redis.exists(holders.ALIVE_PREFIX + process):
+            return False
+        return bool(self._take_over(keys=[key], args=[seen, owner, int(ttl_s * 1000)]))
 
     def try_lock_many(self, user_ids: list[str], *, ttl_s: float) -> dict[str, str]:
         """Take the free locks among ``user_ids`` without waiting (one round trip); returns

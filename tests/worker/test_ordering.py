@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from worker.broker import holders
 from worker.ordering import AgentBusy, AgentOrdering
 
 AGENT = "2c9e5d7e-0000-4000-8000-000000000001"
@@ -224,7 +225,7 @@ def test_a_redelivered_request_takes_over_the_lock_its_dead_delivery_left(orderi
     """Its worker died holding the lock: the same request gets it back at once (to read back
     what it did), while any other request still waits for the lock to expire."""
     key = f"presence:agent:{AGENT}:lock"
-    r.set(key, "req-a", px=60_000)  # left by req-a's delivery, killed mid-write
+    r.set(key, "req-a|dead-process", px=60_000)  # left by req-a's delivery, killed mid-write
 
     newer = ordering.register_and_lock(AGENT, 200, "req-b", ttl_s=5, wait_s=0.05)
     with pytest.raises(AgentBusy), newer:
@@ -233,3 +234,18 @@ def test_a_redelivered_request_takes_over_the_lock_its_dead_delivery_left(orderi
         assert superseded  # req-b registered: the flow reads its earlier write back first
         assert 0 < r.pttl(key) <= 5_000, "held with this delivery's expiry"
     assert r.get(key) is None
+
+
+def test_a_second_delivery_of_a_request_waits_while_the_first_is_alive(ordering, r):
+    """The same message delivered twice at once: the second waits for the first's lock."""
+    key = f"presence:agent:{AGENT}:lock"
+    r.set(f"{holders.ALIVE_PREFIX}other-process", 1)
+    r.set(key, "req-a|other-process", px=60_000)  # a live worker applying req-a
+
+    second = ordering.register_and_lock(AGENT, 100, "req-a", ttl_s=5, wait_s=0.05)
+    with pytest.raises(AgentBusy), second:
+        pass
+    with ordering.register_and_lock(OTHER, 100, "req-c", ttl_s=5, wait_s=0):
+        same_process = ordering.register_and_lock(OTHER, 100, "req-c", ttl_s=5, wait_s=0.05)
+        with pytest.raises(AgentBusy), same_process:  # another thread of this process
+            pass
