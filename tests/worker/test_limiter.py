@@ -134,7 +134,8 @@ def test_acquire_raises_budget_exhausted_when_the_next_slot_is_beyond_max_wait(m
     with pytest.raises(BudgetExhausted) as caught:
         limiter.acquire(max_wait_s=0.5)
 
-    assert 0.5 < caught.value.retry_in_s <= 2.0
+    # The first slot frees one window after its call finished, a few milliseconds after its grant.
+    assert 0.5 < caught.value.retry_in_s <= 2.0 + 0.05
     assert "budget exhausted" in str(caught.value)
     assert sleep.calls == [], "a wait longer than max_wait_s is not slept"
     assert limiter.in_window() == 2, "the refused attempt reserved nothing"
