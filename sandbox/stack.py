@@ -109,14 +109,15 @@ class LocalStack:
         app: str = "worker.app",
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        """Start ``count`` worker processes and wait until all answer a ping."""
+        """Start ``count`` worker processes and wait until all answer a ping (their log level:
+        ``STACK_WORKER_LOGLEVEL``, WARNING unless set)."""
         assert self.workdir is not None
         for _ in range(count):
             index = len(self.workers)
             log = (self.workdir / f"worker-{index}.log").open("wb")
             cmd = [
                 sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
-                "--concurrency", str(concurrency), "-Q", "presence,wfm,shifts", "--loglevel", "WARNING",
+                "--concurrency", str(concurrency), "-Q", "presence,wfm,shifts", "--loglevel", os.environ.get("STACK_WORKER_LOGLEVEL", "WARNING"),
                 "-n", f"stack-{index}-{uuid.uuid4().hex[:4]}@%h", "--without-gossip", "--without-mingle",
             ]  # fmt: skip
             env = {**os.environ, **self.env, **(extra_env or {})}

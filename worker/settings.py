@@ -249,6 +249,13 @@ class Settings(BaseSettings):
         description="A worker runs the `presence doctor` checks before consuming and refuses "
         "to start on a fatal failure (one log line each).",
     )
+    preflight_reuse_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="A starting worker skips the Genesys checks (and their API requests) when "
+        "another worker passed every check with the same settings this recently; 0: every "
+        "worker checks.",
+    )
 
     @model_validator(mode="after")
     def _check_region(self) -> Settings:

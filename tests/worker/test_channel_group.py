@@ -11,6 +11,7 @@ from tests.worker.conftest import SYSTEM_IDS, eventually, route_count
 from tests.worker.test_listener import confirm_a_write, subscribed_users
 from worker.notifications.group import ChannelGroup
 from worker.notifications.listener import NotificationListener, WaiterRegistry
+from worker.notifications.roster import Roster
 from worker.notifications.slots import ChannelSlots
 
 BREAK = SYSTEM_IDS["Break"]
@@ -21,7 +22,9 @@ TOPICS = 5
 def make_group(runtime):
     made: list[ChannelGroup] = []
 
-    def make(*, max_channels: int = 3, max_slots: int = 4, prime_agents: int = 0) -> ChannelGroup:
+    def make(
+        *, max_channels: int = 3, max_slots: int = 4, prime_agents: int = 0, shared: bool = False
+    ) -> ChannelGroup:
         def member(waiters: WaiterRegistry) -> NotificationListener:
             slots = ChannelSlots(
                 runtime.redis, key=runtime.settings.genesys_client_id, max_slots=max_slots
@@ -44,6 +47,9 @@ def make_group(runtime):
             prime_agents=prime_agents,
             prime_wait_s=20,
             connect_timeout_s=5,
+            roster=Roster(runtime.redis, key=runtime.settings.genesys_client_id)
+            if shared
+            else None,
         )
         made.append(group)
         return group
@@ -132,3 +138,17 @@ def test_priming_spreads_over_as_many_channels_as_it_needs_and_fills_the_cache(
     calls = route_count(api, "notifications.subscriptions.post")
     assert group.ensure_subscribed(agents[11], wait_s=5)
     assert route_count(api, "notifications.subscriptions.post") == calls, "a primed agent is free"
+
+
+def test_processes_priming_together_list_the_org_once(api, runtime, make_group, agents):
+    first, second = make_group(prime_agents=5, shared=True), make_group(prime_agents=5, shared=True)
+    first.start()
+    second.start()
+
+    assert first.wait_primed()
+    assert second.wait_primed()
+
+    assert route_count(api, "users.list") == 2, "one listing to subscribe, one to read, for both"
+    eventually(lambda: all(runtime.cache.get(u) is not None for u in agents[:5]), what="cache")
+    for group in (first, second):
+        assert subscribed_users(api, group.members[0].channel_id) == set(agents[:5])

@@ -5,18 +5,21 @@
 An agent lives on one channel. A new agent goes to the first channel with room (one POST adding
 topics); a new channel is opened (a slot permitting) before any channel must evict, so a whole
 topic list is replaced (PUT) only when the fleet's slots are all taken. At start the process
-primes up to ``prime_agents`` active agents spread over as many channels as they need (one
-listing, one POST per channel, one listing with presences to fill the state cache), so an org
+primes up to ``prime_agents`` active agents spread over as many channels as they need (the
+fleet's one listing of the org, :class:`~worker.notifications.roster.Roster`; one POST per
+channel; one listing with presences to fill the state cache), so an org
 larger than one channel is covered from the start; tasks wait for that (bounded) instead of
 spending requests on agents it is about to cover.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import redis
 
@@ -29,6 +32,7 @@ from worker.notifications.listener import (
     WaiterRegistry,
     parse_ms,
 )
+from worker.notifications.roster import Roster
 from worker.notifications.slots import ChannelSlots
 from worker.settings import Settings
 from worker.state_cache import AgentState, StateCache
@@ -60,6 +64,7 @@ def channel_group(
         max_channels=settings.notification_channels,
         prime_agents=settings.notification_prime_agents,
         prime_wait_s=settings.notification_prime_wait_s,
+        roster=Roster(r, key=key),
     )
 
 
@@ -79,6 +84,7 @@ class ChannelGroup:
         prime_agents: int = 0,
         prime_wait_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        roster: Roster | None = None,
     ) -> None:
         self.make_member = make_member
         self.client = client
@@ -87,6 +93,7 @@ class ChannelGroup:
         self.prime_agents = prime_agents
         self.prime_wait_s = prime_wait_s
         self.connect_timeout_s = connect_timeout_s
+        self.roster = roster
         self.waiters = WaiterRegistry()
         self.members: list[NotificationListener] = []
         self.primed = threading.Event()
@@ -204,23 +211,41 @@ class ChannelGroup:
 
     # -- priming ----------------------------------------------------------------------------------
     def _prime(self) -> None:
+        """Subscribe the first ``prime_agents`` active agents over as many channels as they need
+        (agents already subscribed keep their place), then fill the state cache from a listing
+        taken *after* subscribing, so no change falls between the two (a fleet-mate's listing
+        started after this process subscribed serves as well: :meth:`Roster.fill_once`)."""
         first = self._snapshot()[0]
         while not self.stopping.is_set():
-            if not first.connected.wait(self.connect_timeout_s):
-                continue
             try:
-                self._prime_once()
+                with self._subscribing():  # fleet-mates hold their read until this one is done
+                    if not first.connected.wait(self.connect_timeout_s):
+                        continue
+                    self._subscribe_primed(self._active_ids())
+                if self.roster is None:
+                    self._fill_cache()
+                else:
+                    self.roster.fill_once(self._fill_cache)
                 self.primed.set()
                 return
             except (GenesysError, BudgetExhausted) as exc:
                 log.warning("priming the notification channels failed (again soon): %s", exc)
                 self.stopping.wait(PRIME_RETRY_S)
 
-    def _prime_once(self) -> None:
-        """Subscribe the first ``prime_agents`` active agents over as many channels as they need
-        (agents already subscribed keep their place), then fill the state cache from a listing
-        taken *after* subscribing, so no change falls between the two."""
-        ids = [str(u["id"]) for u in self.client.list_active_users(self.prime_agents)]
+    def _active_ids(self) -> list[str]:
+        """The agents to prime: the fleet's shared listing (:class:`Roster`) when there is one."""
+
+        def listing(limit: int) -> list[str]:
+            return [str(u["id"]) for u in self.client.list_active_users(limit)]
+
+        if self.roster is None:
+            return listing(self.prime_agents)
+        return self.roster.active(self.prime_agents, listing)
+
+    def _subscribing(self) -> AbstractContextManager[None]:
+        return self.roster.subscribing() if self.roster is not None else contextlib.nullcontext()
+
+    def _subscribe_primed(self, ids: list[str]) -> None:
         pending = [u for u in ids if self._holder(u) is None]
         index = 0
         while pending:
@@ -234,6 +259,8 @@ class ChannelGroup:
                 continue
             chunk, pending = pending[:room], pending[room:]
             member.subscribe_many(chunk, wait_s=self.connect_timeout_s)
+
+    def _fill_cache(self) -> None:
         for user in self.client.list_active_users(self.prime_agents, expand_presence=True):
             presence = user.get("presence") or {}
             definition = presence.get("presenceDefinition") or {}

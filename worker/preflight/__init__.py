@@ -6,7 +6,8 @@ permissions for what the worker does, the API budget and the WFM endpoint. A che
 on a failed one is skipped. Nothing is changed anywhere: the edit permission is probed with an
 empty bulk update (refused as empty when allowed), the notification check reuses one channel of
 its own (its id kept in Redis) and subscribes it to one agent. Genesys cost: one token request
-and at most nine API requests. Findings never contain a secret.
+and at most ten API requests, once per fleet start (``PREFLIGHT_REUSE_S``). Findings never
+contain a secret.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from worker.preflight import fleet
 from worker.preflight.findings import Finding, Verdict, skip
 from worker.preflight.genesys import GenesysChecks
 from worker.preflight.local import (
@@ -33,8 +35,14 @@ __all__ = ["Finding", "Verdict", "on_worker_setup", "run_checks"]
 log = logging.getLogger("presence.preflight")
 
 
-def run_checks(settings: Settings | None = None, *, timeout_s: float = 5.0) -> list[Finding]:
-    """Every check, in order (see the module docstring); ``settings`` None: read them now."""
+def run_checks(
+    settings: Settings | None = None, *, timeout_s: float = 5.0, reuse_s: float = 0.0
+) -> list[Finding]:
+    """Every check, in order (see the module docstring); ``settings`` None: read them now.
+
+    ``reuse_s`` > 0 (a starting worker): the Genesys rows are skipped when another worker passed
+    every check with the same settings that recently (or passes them while this one waits), and
+    a run with no failure is marked so for the next one (:mod:`worker.preflight.fleet`)."""
     if settings is None:
         loaded, first = load_settings()
     else:
@@ -49,13 +57,28 @@ def run_checks(settings: Settings | None = None, *, timeout_s: float = 5.0) -> l
     findings.append(found)
     findings.append(check_database(loaded, timeout_s))
     timeout = min(timeout_s, loaded.http_timeout_s)
+    shared = reuse_s > 0 and client is not None and not first.failed
+    reused = shared and client is not None and fleet.await_pass(client, loaded)
     try:
         with httpx.Client(timeout=timeout) as http:
             if first.failed:
                 findings.append(skip("Genesys", "skipped: fix the settings first"))
+            elif reused:
+                findings.append(
+                    skip(
+                        "Genesys",
+                        f"passed with these settings by a worker within {reuse_s:.0f} s; "
+                        "not repeated (PREFLIGHT_REUSE_S)",
+                    )
+                )
             else:
                 findings.extend(GenesysChecks(loaded, http, client).run())
             findings.extend(check_wfm(loaded, http))
+        if shared and client is not None and not reused:
+            if any(f.failed for f in findings):
+                fleet.release(client, loaded)
+            else:
+                fleet.record_passed(client, loaded, reuse_s)
     finally:
         if client is not None:
             client.close()
@@ -70,7 +93,7 @@ def on_worker_setup(**_: Any) -> None:
     settings = get_settings()
     if not settings.preflight_on_start:
         return
-    findings = run_checks(settings)
+    findings = run_checks(settings, reuse_s=settings.preflight_reuse_s)
     fatal = [f for f in findings if f.failed and f.fatal]
     for finding in findings:
         if finding in fatal:

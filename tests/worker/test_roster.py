@@ -1,0 +1,206 @@
+"""Roster: processes priming together list the org once. Real Redis, a fake listing, an
+injected clock."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker.notifications.roster import Roster
+
+
+class Listing:
+    def __init__(self, ids: list[str], fail: bool = False) -> None:
+        self.ids, self.fail, self.calls = ids, fail, 0
+
+    def __call__(self, limit: int) -> list[str]:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("listing refused")
+        return self.ids[:limit]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def client(redis_url) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def roster(client: redis.Redis, clock: Clock | None = None, **kwargs) -> Roster:
+    clock = clock or Clock()
+    return Roster(client, key="org", sleep=clock.sleep, clock=clock, **kwargs)
+
+
+def test_a_second_process_uses_the_first_ones_listing(client):
+    listing = Listing([f"a{i}" for i in range(10)])
+
+    first = roster(client).active(8, listing)
+    second = roster(client).active(8, listing)
+
+    assert first == second == [f"a{i}" for i in range(8)]
+    assert listing.calls == 1
+
+
+def test_a_listing_for_fewer_agents_is_not_reused_for_more_unless_it_was_complete(client):
+    many = Listing([f"a{i}" for i in range(10)])
+    roster(client).active(4, many)
+
+    assert roster(client).active(8, many) == [f"a{i}" for i in range(8)]
+    assert many.calls == 2
+    client.delete("presence:roster:{org}")
+    few = Listing(["a0", "a1"])
+    roster(client).active(2000, few)
+    assert roster(client).active(3000, few) == ["a0", "a1"], "the org has only two"
+    assert few.calls == 1
+
+
+def test_a_process_finding_another_listing_waits_for_its_answer(client):
+    listing = Listing(["a0", "a1", "a2"])
+    assert client.set("presence:roster:{org}:listing", 1, nx=True, px=5000)  # another lists
+    clock = Clock()
+    waiting = roster(client, clock)
+
+    def answer_later(seconds: float) -> None:
+        clock.now += seconds
+        if clock.now >= 1.0 and not client.exists("presence:roster:{org}"):
+            roster(client).active(3, Listing(["a0", "a1", "a2"]))
+
+    waiting.sleep = answer_later
+
+    assert waiting.active(3, listing) == ["a0", "a1", "a2"]
+    assert listing.calls == 0
+
+
+def test_a_lister_that_never_answers_is_not_waited_for_beyond_the_bound(client):
+    assert client.set("presence:roster:{org}:listing", 1, nx=True, px=60_000)
+    listing = Listing(["a0"])
+
+    assert roster(client, wait_s=2.0).active(1, listing) == ["a0"]
+    assert listing.calls == 1
+
+
+def test_a_failed_listing_stores_nothing_and_lets_the_next_process_list(client):
+    with pytest.raises(RuntimeError):
+        roster(client).active(3, Listing(["a0"], fail=True))
+
+    assert not client.exists("presence:roster:{org}")
+    retry = Listing(["a0"])
+    assert roster(client, wait_s=0.5).active(3, retry) == ["a0"]
+    assert retry.calls == 1
+
+
+def test_without_redis_each_process_lists(redis_url):
+    dead = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    listing = Listing(["a0"])
+
+    assert roster(dead).active(1, listing) == ["a0"]
+    assert roster(dead).active(1, listing) == ["a0"]
+    assert listing.calls == 2
+
+
+def test_processes_starting_together_list_once(client):
+    listing = Listing([f"a{i}" for i in range(5)])
+    results: list[list[str]] = []
+
+    def prime() -> None:
+        results.append(Roster(client, key="org").active(5, listing))
+
+    threads = [threading.Thread(target=prime) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert results == [[f"a{i}" for i in range(5)]] * 4
+    assert listing.calls == 1
+
+
+# -- the presence read after subscribing ---------------------------------------------------------
+def test_the_last_process_to_subscribe_reads_for_all(client):
+    early, late = Roster(client, key="org"), Roster(client, key="org")
+    reads: list[str] = []
+    answers: dict[str, bool] = {}
+
+    with late.subscribing():
+        with early.subscribing():
+            pass
+        waiting = threading.Thread(
+            target=lambda: answers.update(early=early.fill_once(lambda: reads.append("early")))
+        )
+        waiting.start()
+        time.sleep(0.3)
+        assert reads == [], "no read while a fleet-mate is still subscribing"
+    answers["late"] = late.fill_once(lambda: reads.append("late"))
+    waiting.join(10)
+
+    assert reads == ["late"]
+    assert answers == {"early": False, "late": True}
+
+
+def test_a_read_started_before_this_process_subscribed_does_not_count(client):
+    first, second = Roster(client, key="org"), Roster(client, key="org")
+    reads: list[str] = []
+    with first.subscribing():
+        pass
+    first.fill_once(lambda: reads.append("first"))
+
+    with second.subscribing():
+        pass
+    second.fill_once(lambda: reads.append("second"))
+
+    assert reads == ["first", "second"]
+
+
+def test_a_failed_read_lets_the_waiting_process_read_at_once(client):
+    failing, waiting = Roster(client, key="org"), Roster(client, key="org", wait_s=30)
+    reads: list[str] = []
+    with failing.subscribing(), waiting.subscribing():
+        pass
+
+    def refuse() -> None:
+        time.sleep(0.3)
+        raise RuntimeError("listing refused")
+
+    def fail() -> None:
+        with pytest.raises(RuntimeError):
+            failing.fill_once(refuse)
+
+    thread = threading.Thread(target=fail)
+    thread.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    assert waiting.fill_once(lambda: reads.append("waiting"))
+    thread.join(10)
+
+    assert reads == ["waiting"]
+    assert time.monotonic() - started < 5, "not held for the whole bound"
+
+
+def test_a_reader_that_never_finishes_is_waited_for_only_up_to_the_bound(client):
+    client.set(
+        "presence:roster:{org}:snapshot",
+        json.dumps({"started": 10**14, "done": False, "by": "gone"}),
+        px=60_000,
+    )
+    clock = Clock()
+    reads: list[str] = []
+
+    assert roster(client, clock, wait_s=2.0).fill_once(lambda: reads.append("me"))
+    assert reads == ["me"]
+    assert clock.now >= 2.0
