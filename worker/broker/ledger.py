@@ -36,8 +36,9 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 import redis
@@ -144,10 +145,17 @@ return 1
 """
 
 
+def _new_token() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True, slots=True)
 class Scheduled:
     """A task to publish when due: ``id`` is its Celery task id (kept across the retry) and
-    ``expires`` the original message's ``expires`` (ISO-8601), kept too."""
+    ``expires`` the original message's ``expires`` (ISO-8601), kept too. ``token`` tells one
+    scheduling from the next: a task that waits again (same arguments) while the mover that
+    published it has not yet settled must not look like the entry being settled, or the settle
+    would delete the new retry."""
 
     id: str
     task: str
@@ -155,6 +163,7 @@ class Scheduled:
     kwargs: dict[str, Any]
     queue: str
     expires: str | None = None
+    token: str = field(default_factory=_new_token, compare=False)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -166,6 +175,7 @@ class Scheduled:
                 "kwargs": self.kwargs,
                 "queue": self.queue,
                 "expires": self.expires,
+                "token": self.token,
             },
             separators=(",", ":"),
         )
@@ -174,6 +184,7 @@ class Scheduled:
     def from_json(cls, raw: str | bytes) -> Scheduled:
         data = json.loads(raw)
         expires = data.get("expires")
+        token = data.get("token")
         return cls(
             data["id"],
             data["task"],
@@ -181,6 +192,7 @@ class Scheduled:
             data["kwargs"],
             data["queue"],
             expires if isinstance(expires, str) else None,
+            token if isinstance(token, str) else _new_token(),
         )
 
 

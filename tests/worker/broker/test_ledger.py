@@ -222,6 +222,26 @@ def test_a_retry_rescheduled_while_it_was_published_keeps_the_newer_entry(
     assert _entries(r)[RETRY.id]["at"] == 2000.0
 
 
+def test_a_retry_waiting_again_before_its_publish_was_settled_is_kept(r: redis.Redis) -> None:
+    """The budget-wait case: the published task ran at once, found the budget still spent and
+    scheduled the very same retry (a wait is no failure: same arguments, same counter) before
+    this mover settled the entry it had published."""
+    first = ledger.Scheduled(RETRY.id, RETRY.task, [7], {"failures": 0}, RETRY.queue)
+
+    def publish_and_wait_again(_entry: ledger.Scheduled) -> None:
+        again = ledger.Scheduled(RETRY.id, RETRY.task, [7], {"failures": 0}, RETRY.queue)
+        ledger.schedule(r, again, due=2000.0)
+
+    ledger.schedule(r, first, due=1000.0)
+    ledger.move_due(r, publish_and_wait_again, now=1000.0)
+
+    assert RETRY.id in _entries(r), "the new retry survives the old entry's settle"
+    assert _entries(r)[RETRY.id]["at"] == 2000.0
+    sent: list[ledger.Scheduled] = []
+    assert ledger.move_due(r, sent.append, now=2000.0).published == 1
+    assert [e.args for e in sent] == [[7]]
+
+
 def test_a_scheduled_update_published_through_the_ledger_becomes_queued(
     redis_url: str, r: redis.Redis
 ) -> None:
