@@ -132,29 +132,49 @@ def test_processes_starting_together_list_once(client):
 
 
 # -- the presence read after subscribing ---------------------------------------------------------
-def test_the_last_process_to_subscribe_reads_for_all(client):
+def test_processes_subscribing_together_read_once_after_the_last_subscribed(client):
     early, late = Roster(client, key="org"), Roster(client, key="org")
-    reads: list[str] = []
+    reads: list[tuple[str, float]] = []
     answers: dict[str, bool] = {}
 
     with late.subscribing():
         with early.subscribing():
             pass
         waiting = threading.Thread(
-            target=lambda: answers.update(early=early.fill_once(lambda: reads.append("early")))
+            target=lambda: answers.update(
+                early=early.fill_once(lambda: reads.append(("early", time.monotonic())))
+            )
         )
         waiting.start()
-        time.sleep(0.3)
+        time.sleep(1.5)  # past early's grace
         assert reads == [], "no read while a fleet-mate is still subscribing"
-    answers["late"] = late.fill_once(lambda: reads.append("late"))
+    subscribed = time.monotonic()
+    answers["late"] = late.fill_once(lambda: reads.append(("late", time.monotonic())))
     waiting.join(10)
 
-    assert reads == ["late"]
-    assert answers == {"early": False, "late": True}
+    assert len(reads) == 1
+    assert reads[0][1] > subscribed
+    assert sorted(answers.values()) == [False, True]
+
+
+def test_a_fleet_mate_starting_within_the_grace_is_read_for(client):
+    first, second = Roster(client, key="org"), Roster(client, key="org")
+    reads: list[str] = []
+    with first.subscribing():
+        pass
+    thread = threading.Thread(target=lambda: first.fill_once(lambda: reads.append("first")))
+    thread.start()
+    time.sleep(0.3)
+    with second.subscribing():
+        time.sleep(0.2)
+    second.fill_once(lambda: reads.append("second"))
+    thread.join(10)
+
+    assert len(reads) == 1
 
 
 def test_a_read_started_before_this_process_subscribed_does_not_count(client):
-    first, second = Roster(client, key="org"), Roster(client, key="org")
+    first, second = Roster(client, key="org", grace_s=0), Roster(client, key="org", grace_s=0)
     reads: list[str] = []
     with first.subscribing():
         pass
@@ -168,27 +188,30 @@ def test_a_read_started_before_this_process_subscribed_does_not_count(client):
 
 
 def test_a_failed_read_lets_the_waiting_process_read_at_once(client):
-    failing, waiting = Roster(client, key="org"), Roster(client, key="org", wait_s=30)
+    waiting = Roster(client, key="org", wait_s=30, grace_s=0.5)
+    failing = Roster(client, key="org", grace_s=0)
     reads: list[str] = []
-    with failing.subscribing(), waiting.subscribing():
+    answers: dict[str, bool] = {}
+    with waiting.subscribing(), failing.subscribing():
         pass
 
     def refuse() -> None:
+        reads.append("refused")
         time.sleep(0.3)
         raise RuntimeError("listing refused")
 
-    def fail() -> None:
-        with pytest.raises(RuntimeError):
-            failing.fill_once(refuse)
-
-    thread = threading.Thread(target=fail)
-    thread.start()
-    time.sleep(0.1)
     started = time.monotonic()
-    assert waiting.fill_once(lambda: reads.append("waiting"))
+    thread = threading.Thread(
+        target=lambda: answers.update(waiting=waiting.fill_once(lambda: reads.append("waiting")))
+    )
+    thread.start()
+    time.sleep(0.05)  # the waiting process subscribed before the failing read began
+    with pytest.raises(RuntimeError):
+        failing.fill_once(refuse)
     thread.join(10)
 
-    assert reads == ["waiting"]
+    assert reads == ["refused", "waiting"]
+    assert answers == {"waiting": True}
     assert time.monotonic() - started < 5, "not held for the whole bound"
 
 

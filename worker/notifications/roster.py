@@ -34,6 +34,8 @@ SUBSCRIBING_S = 30.0
 TTL_S = 60.0
 WAIT_S = 20.0
 POLL_S = 0.1
+GRACE_S = 1.0
+"""How long a process that would read first waits for fleet-mates starting just after it."""
 
 ListActive = Callable[[int], list[str]]
 """Lists up to the given number of active agents' ids (raises what the client raises)."""
@@ -54,6 +56,7 @@ if raw then
   end
 end
 if redis.call('ZCARD', KEYS[2]) > 0 then return 'wait' end
+if ARGV[4] ~= '1' then return 'free' end
 redis.call('SET', KEYS[1], cjson.encode({started = now, done = false, by = ARGV[2]}), 'PX', ARGV[3])
 return 'list'
 """
@@ -82,6 +85,7 @@ class Roster:
         key: str,
         ttl_s: float = TTL_S,
         wait_s: float = WAIT_S,
+        grace_s: float = GRACE_S,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -93,6 +97,7 @@ class Roster:
         self.owner = uuid.uuid4().hex
         self.ttl_ms = int(ttl_s * 1000)
         self.wait_s = wait_s
+        self.grace_s = grace_s
         self.sleep = sleep
         self.clock = clock
         self._decide = client.register_script(_DECIDE)
@@ -177,19 +182,22 @@ class Roster:
     def fill_once(self, fill: Callable[[], None]) -> bool:
         """Call right after :meth:`subscribing`: run ``fill`` (read the presences into the shared
         cache) unless a fleet-mate's read started after this process had subscribed finishes
-        within the bound. Returns whether this process read. Errors of ``fill`` propagate (its
+        within the bound; a process that would read first gives fleet-mates starting just after
+        it ``grace_s`` to join. Returns whether this process read. Errors of ``fill`` propagate (its
         claim is given up first); Redis errors mean reading."""
         try:
             since = self._server_ms()
         except redis.RedisError:
             fill()
             return True
-        deadline = self.clock() + self.wait_s
+        started = self.clock()
+        deadline = started + self.wait_s
         while self.clock() < deadline:
+            claim = "1" if self.clock() >= started + self.grace_s else "0"
             try:
                 verdict = self._decide(
                     keys=[self.snapshot_key, self.subscribing_key],
-                    args=[since, self.owner, self.ttl_ms],
+                    args=[since, self.owner, self.ttl_ms, claim],
                 )
             except redis.RedisError:
                 break
