@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import redis
 
@@ -31,6 +32,36 @@ class Definition:
     deactivated: bool
 
 
+CATALOG_KEY = "presence:definitions"
+TTL_S = 600
+
+
+def _definition(d: PresenceDefinition) -> Definition:
+    return Definition(
+        d.id, d.label, normalize(d.system_presence), d.type == "System", d.deactivated
+    )
+
+
+def _store(client: redis.Redis, definitions: list[Definition], ttl_s: int) -> None:
+    client.set(CATALOG_KEY, json.dumps([asdict(d) for d in definitions]), ex=ttl_s)
+
+
+def seed(client: redis.Redis, entities: list[Any], ttl_s: int = TTL_S) -> bool:
+    """Store a definitions listing read elsewhere (``deactivated=true``, as the catalog reads it)
+    for the fleet's catalog, unless one is stored already. Never raises; False when nothing was
+    stored (an entity of another shape, or Redis away)."""
+    try:
+        definitions = [_definition(PresenceDefinition.model_validate(e)) for e in entities]
+    except ValueError:
+        return False
+    try:
+        return bool(
+            client.set(CATALOG_KEY, json.dumps([asdict(d) for d in definitions]), ex=ttl_s, nx=True)
+        )
+    except redis.RedisError:
+        return False
+
+
 class PresenceCatalog:
     """Resolves a request's ``state`` (+ ``reason``) to one active definition.
 
@@ -43,7 +74,7 @@ class PresenceCatalog:
         client: redis.Redis,
         fetch: Callable[[], list[PresenceDefinition]],
         *,
-        ttl_s: int = 600,
+        ttl_s: int = TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = client
@@ -57,22 +88,10 @@ class PresenceCatalog:
         with self._lock:
             if self._local is not None and self._local[0] > self.clock():
                 return self._local[1]
-            raw = self.redis.get("presence:definitions")
+            raw = self.redis.get(CATALOG_KEY)
             if raw is None:
-                fetched = [
-                    Definition(
-                        d.id,
-                        d.label,
-                        normalize(d.system_presence),
-                        d.type == "System",
-                        d.deactivated,
-                    )
-                    for d in self.fetch()
-                ]
-                self.redis.set(
-                    "presence:definitions", json.dumps([asdict(d) for d in fetched]), ex=self.ttl_s
-                )
-                definitions = fetched
+                definitions = [_definition(d) for d in self.fetch()]
+                _store(self.redis, definitions, self.ttl_s)
             else:
                 definitions = [Definition(**d) for d in json.loads(raw)]
             self._local = (self.clock() + min(60, self.ttl_s), definitions)

@@ -186,3 +186,29 @@ def test_a_fleet_holding_every_channel_leaves_the_check_a_warning_not_a_new_chan
     assert found["notifications"].verdict is Verdict.WARN
     assert found["notifications"].fix == "set CHANNEL_SLOTS below 20"
     assert api.admin("GET", "/channels").json() == []
+
+
+# -- what the checks spare the worker ------------------------------------------------------------
+def test_the_definitions_read_serves_the_workers_catalog(api, setup, redis_url):
+    import redis
+
+    from worker.catalog import PresenceCatalog
+
+    checks(setup())
+
+    def fetch():
+        raise AssertionError("the catalog fetched definitions the checks had read")
+
+    catalog = PresenceCatalog(redis.Redis.from_url(redis_url), fetch)
+    assert catalog.resolve("Break").primary
+
+
+def test_a_readable_primary_source_spares_the_org_settings_read(api, setup):
+    add_client(api, "sources", SECRET, [*NEEDED, "presence:userPrimarySource:view"])
+
+    found = checks(setup(genesys_client_id="sources"))
+
+    requests = api.admin("GET", "/stats").json()["requests"]
+    assert "presence.primarysource.get" in requests
+    assert "presence.settings.get" not in requests
+    assert found["presence source"].verdict is Verdict.OK
