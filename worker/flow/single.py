@@ -46,7 +46,7 @@ def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
             draft, _ = validate(attempt, raw)  # e.g. credentials or permissions
             return _finish(ports, *steps.refused(draft, exc), calls)
         except BudgetExhausted as exc:
-            raise steps.wait(exc.retry_in_s, str(exc)) from None
+            raise steps.budget_wait(exc) from None
         if isinstance(parsed, AuditDraft):
             return _finish(ports, parsed, Outcome.INVALID, calls)
         request = parsed
@@ -61,7 +61,7 @@ def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
         except AgentBusy as exc:
             raise steps.wait(LOCK_RETRY_S, str(exc)) from None
         except BudgetExhausted as exc:
-            raise steps.wait(exc.retry_in_s, str(exc)) from None
+            raise steps.budget_wait(exc) from None
 
 
 def _finish(ports: Ports, draft: AuditDraft, outcome: Outcome, calls: CallLog) -> Outcome:

@@ -26,6 +26,7 @@ from worker.genesys.client import CallLog
 from worker.genesys.errors import GenesysError
 from worker.genesys.models import UserPresence
 from worker.intents import Intent
+from worker.limiter import BudgetExhausted
 from worker.retry import Delay, RetryLater
 from worker.rules.capacity import CapacityVerdict
 from worker.state_cache import AgentState, state_of
@@ -151,3 +152,14 @@ def failure(exc: GenesysError) -> RetryLater:
 def wait(countdown_s: float, message: str) -> RetryLater:
     """Budget or another worker's lock: try again after ``countdown_s`` (not a failure)."""
     return RetryLater(Delay.WAIT, message, countdown_s=countdown_s)
+
+
+BUDGET_EARLY_S = 1.0
+"""A budget wait's retry arrives this much before its slot frees (its jitter and the schedule's
+poll would otherwise make it late), and waits the rest inline on the limiter (which sleeps up
+to ``LIMITER_MAX_INLINE_WAIT_S``), so a saturated budget's next minute starts on time."""
+
+
+def budget_wait(exc: BudgetExhausted) -> RetryLater:
+    """No budget slot within the inline wait: try again just before one frees."""
+    return wait(max(0.0, exc.retry_in_s - BUDGET_EARLY_S), str(exc))

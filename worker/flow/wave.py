@@ -179,7 +179,7 @@ def _parse(
             raise
         except BudgetExhausted as exc:
             ports.recorder.finish_many(invalid)
-            raise steps.wait(exc.retry_in_s, str(exc)) from None
+            raise steps.budget_wait(exc) from None
         if isinstance(result, AuditDraft):
             invalid.append((result, Outcome.INVALID))
         else:
@@ -292,7 +292,7 @@ def _apply_locked(
             steps.release(ports, live)
             _charge(done, calls, unbilled)
             ports.recorder.finish_many(done)
-            raise steps.wait(exc.retry_in_s, str(exc)) from None
+            raise steps.budget_wait(exc) from None
     _charge(done, calls, unbilled)
     outcomes: Counter[str] = Counter(o.value for o in ports.recorder.finish_many(done))
     if requeued:

@@ -18,6 +18,7 @@ import pytest
 from models import Outcome
 from producer.schema import wave_element
 from tests.worker.flow.fakes import T0, World, world
+from worker.flow import steps
 from worker.flow.request import Attempt
 from worker.flow.single import handle_update, record_dead_letter
 from worker.flow.wave import handle_wave, record_wave_dead_letter
@@ -415,10 +416,24 @@ def test_a_write_that_waited_for_budget_is_retried_without_a_read_back() -> None
 
 def test_a_request_waiting_for_budget_too_long_is_dead_lettered() -> None:
     w = world({AGENT: AVAILABLE})
-    w.api.faults["write"].extend([BudgetExhausted(200)] * 10)
+    w.api.faults["write"].extend([BudgetExhausted(201)] * 10)
 
-    assert drive(Single(), w, payload(), POLICY) == ("dead_letter", 4)  # 0, 200, 401, 601 s
+    assert drive(Single(), w, payload(), POLICY) == ("dead_letter", 4)  # 0, 200.5, 401, 601.5 s
     assert w.row(REQUEST).error_code == "too.old"
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_a_budget_wait_comes_back_just_before_its_slot_frees(flow: Single | Wave) -> None:
+    """It then waits the rest inline on the limiter: its retry's jitter and the schedule's poll
+    cannot make the next minute of a saturated budget start late."""
+    w = world({AGENT: AVAILABLE})
+    w.api.faults["write"].append(BudgetExhausted(12))
+
+    result = flow.run(w, payload(), 0)
+
+    assert result.later is not None
+    assert result.later.delay is Delay.WAIT
+    assert result.later.countdown_s == 12 - steps.BUDGET_EARLY_S
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
