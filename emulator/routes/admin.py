@@ -148,7 +148,9 @@ async def add_org(request: web.Request) -> web.Response:
     process = process_of(request)
     body: OrgBody = await _body(request, OrgBody)
     spec = OrgSpec(body.name, body.users, body.queues, body.seed, body.rate_limit_per_minute)
-    shared = process.config.shared_user_ids if body.shared_user_ids is None else body.shared_user_ids
+    shared = (
+        process.config.shared_user_ids if body.shared_user_ids is None else body.shared_user_ids
+    )
     try:
         org = process.add_org(spec, shared_user_ids=shared)
     except ValueError as exc:
@@ -241,9 +243,7 @@ async def add_client(request: web.Request) -> web.Response:
     body: ClientBody = await _body(request, ClientBody)
     owner = process_of(request).org_of_client(body.client_id)
     if owner is not None and owner is not emu:
-        raise ApiError(
-            409, f"Client {body.client_id!r} belongs to org {owner.name!r}."
-        )
+        raise ApiError(409, f"Client {body.client_id!r} belongs to org {owner.name!r}.")
     emu.auth.add_client(
         body.client_id,
         body.client_secret,
