@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 from aiohttp import web
 
-from emulator.config import EmulatorConfig, Limits, WorldShape
+from emulator.config import (
+    EmulatorConfig,
+    Limits,
+    OrgSpec,
+    WorldShape,
+    org_client_id,
+    org_client_secret,
+    parse_org,
+)
 from emulator.server import build_app
 
 READY_PREFIX = "presence-emulator ready at "
@@ -38,6 +46,15 @@ async def serve(config: EmulatorConfig) -> None:
         flush=True,
     )
     print(f"  admin API: {base}/__emulator   WFM sink: {base}/__wfm/events", flush=True)
+    for spec in config.orgs:
+        shape = spec.shape(config.world)
+        print(
+            f"  org {spec.name}: client id {org_client_id(spec.name)}"
+            f"  client secret {org_client_secret(spec.name)}"
+            f"  users: {shape.users}  queues: {shape.queues}"
+            + ("  (user ids shared with default)" if config.shared_user_ids else ""),
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -78,12 +95,35 @@ def run(
     wfm_secret: Annotated[
         str, typer.Option(help="HMAC key the WFM sink verifies signatures with.")
     ] = "wfm-sink-secret",  # noqa: S107
+    org: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Serve one more org beside 'default' (repeatable): "
+            "NAME[,users=N][,queues=N][,seed=N][,rate-limit=N]; its client is "
+            "presence-worker-NAME / emulator-secret-NAME."
+        ),
+    ] = None,
+    orgs: Annotated[
+        int, typer.Option(min=0, help="Serve N more orgs named org1..orgN (after any --org).")
+    ] = 0,
+    shared_user_ids: Annotated[
+        bool, typer.Option(help="Every extra org's users carry default's user ids.")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "WARNING",
 ) -> None:
     """Start the emulator and print its base URL and credentials when ready."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        specs = [parse_org(text) for text in org or []]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--org") from None
+    taken = {spec.name for spec in specs}
+    specs += [OrgSpec(f"org{n}") for n in range(1, orgs + 1) if f"org{n}" not in taken]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise typer.BadParameter("each org name may be given once", param_hint="--org")
     config = EmulatorConfig(
         host=host,
         port=port,
@@ -99,6 +139,8 @@ def run(
         client_id=client_id,
         client_secret=client_secret,
         wfm_secret=wfm_secret,
+        orgs=tuple(specs),
+        shared_user_ids=shared_user_ids,
     )
     asyncio.run(serve(config))
 

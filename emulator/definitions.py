@@ -137,9 +137,13 @@ class PresenceDefinition:
 
 
 class DefinitionCatalog:
-    """All definitions of the org, in listing order (system first)."""
+    """All definitions of the org, in listing order (system first).
 
-    def __init__(self) -> None:
+    System ids are the platform's global ones in every org; secondary ids are the org's own
+    (``default`` keeps its historical ids, another org's are derived from its name).
+    """
+
+    def __init__(self, org: str | None = None) -> None:
         self.ordered: list[PresenceDefinition] = [
             PresenceDefinition(
                 id=SYSTEM_IDS[system], label=system.rest, system=system, primary=True
@@ -149,7 +153,7 @@ class DefinitionCatalog:
         for label, system, deactivated in SECONDARY:
             self.ordered.append(
                 PresenceDefinition(
-                    id=str(uuid.uuid5(_SECONDARY_NAMESPACE, label)),
+                    id=str(uuid.uuid5(_SECONDARY_NAMESPACE, f"{org}/{label}" if org else label)),
                     label=label,
                     system=system,
                     primary=False,

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from emulator.cli import READY_PREFIX
+from emulator.config import org_client_id, org_client_secret
 
 
 def stop_processes(processes: list[subprocess.Popen[Any]], *, timeout_s: float) -> None:
@@ -42,6 +43,9 @@ class EmulatorProcess:
     """A running emulator; use as a context manager or call :meth:`stop`."""
 
     args: list[str] = field(default_factory=list)
+    # Extra orgs, each as ``--org`` takes it (``NAME[,users=N,...]``).
+    orgs: list[str] = field(default_factory=list)
+    shared_user_ids: bool = False
     client_id: str = "presence-worker"
     client_secret: str = "emulator-secret"  # noqa: S105 - sandbox credential
     base_url: str = ""
@@ -55,6 +59,10 @@ class EmulatorProcess:
             sys.executable, "-m", "emulator", "--port", "0",
             "--client-id", self.client_id, "--client-secret", self.client_secret, *self.args,
         ]  # fmt: skip
+        for spec in self.orgs:
+            cmd += ["--org", spec]
+        if self.shared_user_ids:
+            cmd.append("--shared-user-ids")
         began = time.perf_counter()
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -77,6 +85,19 @@ class EmulatorProcess:
                 self.base_url = line[len(READY_PREFIX) :].strip()
                 ready.set()
         ready.set()  # exited: wake the waiter, which sees no base_url
+
+    @property
+    def org_names(self) -> list[str]:
+        """``default`` and every extra org, in the order given."""
+        return ["default", *(spec.split(",", 1)[0].strip() for spec in self.orgs)]
+
+    def credentials(self, org: str = "default") -> tuple[str, str]:
+        """(client id, client secret) of an org's OAuth client; KeyError for an unknown org."""
+        if org not in self.org_names:
+            raise KeyError(org)
+        if org == "default":
+            return self.client_id, self.client_secret
+        return org_client_id(org), org_client_secret(org)
 
     @property
     def ws_url(self) -> str:

@@ -68,7 +68,8 @@ HEARTBEAT = json.dumps(
 )
 PONG = json.dumps({"topicName": "channel.metadata", "eventBody": {"message": "pong"}})
 OUTBOX_MAX = 10_000
-# The organisation every emulated client belongs to (``organizationId`` in system messages).
+# The default org's id (``organizationId`` in system messages); another org's is derived from
+# its name.
 ORGANIZATION_ID = "4c5a1b3e-9f0d-4e8a-b2c7-0e6f1d2a3b4c"
 # ``SystemMessageSystemMessage`` enums in the official SDK models.
 SYSTEM_TOPIC_TYPES = ("no_longer_subscribed", "subscription_changed", "token_revoked")
@@ -115,11 +116,17 @@ class Channel:
 
 
 class NotificationHub:
-    """All channels of all clients, and the fan-out of events to their sockets."""
+    """All channels of one org's clients, and the fan-out of events to their sockets."""
 
     def __init__(
-        self, limits: Limits, faults: Faults, *, clock: Callable[[], float] = time.time
+        self,
+        limits: Limits,
+        faults: Faults,
+        *,
+        clock: Callable[[], float] = time.time,
+        organization_id: str = ORGANIZATION_ID,
     ) -> None:
+        self.organization_id = organization_id
         self.limits = limits
         self.faults = faults
         self.clock = clock
@@ -283,7 +290,9 @@ class NotificationHub:
                 {
                     "topicName": topic,
                     "version": "2",
-                    "eventBody": system_body(channel, kind, message, reason, correlation_id),
+                    "eventBody": system_body(
+                        channel, kind, message, reason, correlation_id, self.organization_id
+                    ),
                     "metadata": {"CorrelationId": correlation_id},
                 }
             )
@@ -432,17 +441,22 @@ _ANNOUNCEMENTS = {
 
 
 def system_body(
-    channel: Channel, kind: str | None, message: str, reason: str | None, correlation_id: str
+    channel: Channel,
+    kind: str | None,
+    message: str,
+    reason: str | None,
+    correlation_id: str,
+    organization_id: str = ORGANIZATION_ID,
 ) -> dict[str, Any]:
     """``SystemMessageSystemMessage``: ``systemTopicType`` and ``reason`` only take values of
     the SDK's enums (none fits a maintenance close, so ``socket_closing`` carries neither)."""
     body: dict[str, Any] = {
         "channelId": channel.id,
         "correlationId": correlation_id,
-        "organizationId": ORGANIZATION_ID,
+        "organizationId": organization_id,
         "userId": None,  # client-credentials channels belong to no user
         "oauthClientId": channel.client_id,
-        "oauthClientOrgId": ORGANIZATION_ID,
+        "oauthClientOrgId": organization_id,
         "message": message,
         "data": {},
     }

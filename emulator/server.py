@@ -16,11 +16,19 @@ from typing import Any
 from aiohttp import web
 
 from emulator.auth import AuthRegistry, Token
-from emulator.config import EmulatorConfig
+from emulator.config import (
+    DEFAULT_ORG,
+    EmulatorConfig,
+    Limits,
+    OrgSpec,
+    WorldShape,
+    org_client_id,
+    org_client_secret,
+)
 from emulator.errors import ApiError, missing_permission, too_many_requests
 from emulator.faults import Faults
 from emulator.http import respond
-from emulator.notifications import NotificationHub
+from emulator.notifications import ORGANIZATION_ID, NotificationHub
 from emulator.ratelimit import RollingWindowLimiter
 from emulator.wfm_sink import WfmSink
 from emulator.world import World
@@ -28,6 +36,8 @@ from emulator.world import World
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v2/"
+ADMIN_PREFIX = "/__emulator/"
+_ORG_NAMESPACE = uuid.UUID("0b7d3c52-8e1f-4a69-9d24-6f3e5a1c7b80")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -42,14 +52,35 @@ class RequestStats:
         return out
 
 
-class Emulator:
-    """Everything the routes share. Touched only from the event loop thread."""
+class Org:
+    """One Genesys org: its world, OAuth clients and tokens, rate-limit windows, faults,
+    notification channels, settings and request counters. Touched only from the event loop."""
 
-    def __init__(self, config: EmulatorConfig, *, clock: Callable[[], float] = time.time) -> None:
-        self.config = config
-        self.limits = config.limits
-        self._initial_limits = dataclasses.replace(config.limits)
+    def __init__(
+        self,
+        name: str,
+        shape: WorldShape,
+        limits: Limits,
+        client_id: str,
+        client_secret: str,
+        wfm: WfmSink,
+        *,
+        clock: Callable[[], float] = time.time,
+        user_ids: Callable[[], list[str]] | None = None,
+    ) -> None:
+        """``user_ids`` (called at every reset) gives the ids the first users carry."""
+        self.name = name
+        self.shape = shape
+        self.limits = limits
+        self._initial_limits = dataclasses.replace(limits)
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.wfm = wfm
         self.clock = clock
+        self._user_ids = user_ids
+        self.organization_id = (
+            ORGANIZATION_ID if name == DEFAULT_ORG else str(uuid.uuid5(_ORG_NAMESPACE, name))
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -59,24 +90,126 @@ class Emulator:
         old_hub = getattr(self, "hub", None)
         if old_hub is not None:
             old_hub.close_all()
-        self.rng = random.Random(self.config.world.seed)
-        self.world = World(self.config.world, clock=self.clock)
+        self.rng = random.Random(self.shape.seed)
+        self.world = World(
+            self.shape,
+            clock=self.clock,
+            org=None if self.name == DEFAULT_ORG else self.name,
+            user_ids=self._user_ids() if self._user_ids is not None else None,
+        )
         self.auth = AuthRegistry(clock=self.clock)
-        self.auth.add_client(self.config.client_id, self.config.client_secret)
+        self.auth.add_client(self.client_id, self.client_secret)
         self.limiter = RollingWindowLimiter(self.limits.rate_limit_per_minute)
         self.faults = Faults(rng=self.rng)
-        self.hub = NotificationHub(self.limits, self.faults, clock=self.clock)
+        self.hub = NotificationHub(
+            self.limits, self.faults, clock=self.clock, organization_id=self.organization_id
+        )
         self.world.event_sinks.append(self.hub.publish)
         self.world.topic_wanted = self.hub.by_topic.__contains__
         self.stats = RequestStats()
+
+    def json(self) -> dict[str, Any]:
+        """The org as ``GET /__emulator/orgs`` lists it (no secret)."""
+        return {
+            "name": self.name,
+            "organizationId": self.organization_id,
+            "clientIds": sorted(self.auth.clients),
+            "users": self.shape.users,
+            "queues": self.shape.queues,
+            "seed": self.shape.seed,
+            "rateLimitPerMinute": self.limits.rate_limit_per_minute,
+        }
+
+
+class Emulator:
+    """Every org the process serves (``default`` first) and the one WFM sink they share."""
+
+    def __init__(self, config: EmulatorConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._initial_limits = dataclasses.replace(config.limits)
+        self.clock = clock
+        self.wfm = WfmSink(config.wfm_secret)
+        self.orgs: dict[str, Org] = {}
+        self.reset()
+
+    @property
+    def default(self) -> Org:
+        return self.orgs[DEFAULT_ORG]
+
+    def reset(self) -> None:
+        """Every org back to its seeded start (orgs added at run time are dropped), a new sink."""
+        for org in self.orgs.values():
+            org.hub.close_all()
+        self.orgs = {}
         self.wfm = WfmSink(self.config.wfm_secret)
+        config = self.config
+        self.orgs[DEFAULT_ORG] = Org(
+            DEFAULT_ORG,
+            config.world,
+            dataclasses.replace(self._initial_limits),
+            config.client_id,
+            config.client_secret,
+            self.wfm,
+            clock=self.clock,
+        )
+        for spec in config.orgs:
+            self.add_org(spec, shared_user_ids=config.shared_user_ids)
+
+    def add_org(self, spec: OrgSpec, *, shared_user_ids: bool) -> Org:
+        """Serve one more org; raises ValueError when its name or client id is taken."""
+        client_id = org_client_id(spec.name)
+        if spec.name in self.orgs:
+            raise ValueError(f"org {spec.name!r} already exists")
+        if self.org_of_client(client_id) is not None:
+            raise ValueError(f"client id {client_id!r} already belongs to another org")
+        limits = dataclasses.replace(self._initial_limits)
+        if spec.rate_limit_per_minute is not None:
+            limits.rate_limit_per_minute = spec.rate_limit_per_minute
+        default = self.default
+        org = Org(
+            spec.name,
+            spec.shape(self.config.world),
+            limits,
+            client_id,
+            org_client_secret(spec.name),
+            self.wfm,
+            clock=self.clock,
+            user_ids=(lambda: list(default.world.users)) if shared_user_ids else None,
+        )
+        self.orgs[spec.name] = org
+        return org
+
+    def org_of_client(self, client_id: str) -> Org | None:
+        return next((o for o in self.orgs.values() if client_id in o.auth.clients), None)
+
+    def org_of_token(self, value: str) -> tuple[Org, Token] | None:
+        """The org whose live token ``value`` is, with the token."""
+        for org in self.orgs.values():
+            token = org.auth.authenticate(value)
+            if token is not None:
+                return org, token
+        return None
+
+    def org_of_channel(self, channel_id: str) -> Org | None:
+        return next((o for o in self.orgs.values() if channel_id in o.hub.channels), None)
 
 
 EMULATOR = web.AppKey("emulator", Emulator)
 
 
-def emulator_of(request: web.Request) -> Emulator:
+ORG_KEY = "org"
+
+
+def process_of(request: web.Request) -> Emulator:
+    """Every org of the process (the admin API's org routes, OAuth, sockets)."""
     return request.app[EMULATOR]
+
+
+def emulator_of(request: web.Request) -> Org:
+    """The org a request acts on: its token's for ``/api/v2``, ``?org=`` (else ``default``)
+    for the admin API, the one a handler chose (OAuth, sockets), else ``default``."""
+    org: Org = request.get(ORG_KEY) or request.app[EMULATOR].default
+    return org
 
 
 def token_of(request: web.Request) -> Token:
@@ -97,20 +230,25 @@ def require(request: web.Request, permission: str) -> None:
 
 @web.middleware
 async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Correlation id, auth, injected faults, the rate limit and ErrorBody for every error."""
-    emu = emulator_of(request)
+    """Correlation id, org, auth, injected faults, the rate limit and ErrorBody for every
+    error."""
+    process = process_of(request)
     cid = str(uuid.uuid4())
     request["correlation_id"] = cid
     route = _route_name(request)
     headers: dict[str, str] = {"inin-correlation-id": cid}
     try:
         if request.path.startswith(API_PREFIX):
-            await _admit(request, emu, route, headers)
+            await _admit(request, process, route, headers)
+        elif request.path.startswith(ADMIN_PREFIX):
+            _select_org(request, process)
         response = await handler(request)
     except ApiError as exc:
         headers.update(exc.headers)
         if exc.status == 429:
-            _rate_limit_headers(emu, request, headers, exc.headers.get("Retry-After", "1"))
+            _rate_limit_headers(
+                emulator_of(request), request, headers, exc.headers.get("Retry-After", "1")
+            )
         response = respond(exc.body(cid), exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -135,16 +273,32 @@ async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse
         )
     if not response.prepared:
         response.headers.update(headers)
-    emu.stats.by_route[(route, response.status)] += 1
+    emulator_of(request).stats.by_route[(route, response.status)] += 1
     return response
 
 
-async def _admit(request: web.Request, emu: Emulator, route: str, headers: dict[str, str]) -> None:
+def _select_org(request: web.Request, process: Emulator) -> None:
+    """``?org=NAME`` on an admin call selects that org; an unknown name is a 404."""
+    name = request.query.get("org")
+    if name is None:
+        return
+    org = process.orgs.get(name)
+    if org is None:
+        known = ", ".join(process.orgs)
+        raise ApiError(404, f"Org {name!r} does not exist (known: {known}).", code="not.found")
+    request[ORG_KEY] = org
+
+
+async def _admit(
+    request: web.Request, process: Emulator, route: str, headers: dict[str, str]
+) -> None:
     auth = request.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
-    token = emu.auth.authenticate(value.strip()) if scheme.lower() == "bearer" else None
-    if token is None:
+    found = process.org_of_token(value.strip()) if scheme.lower() == "bearer" else None
+    if found is None:
         raise ApiError(401, "Invalid login credentials.", code="bad.credentials")
+    emu, token = found
+    request[ORG_KEY] = emu
     request["token"] = token
     now = emu.clock()
     if emu.faults.storm_until > now:
@@ -176,7 +330,7 @@ async def _admit(request: web.Request, emu: Emulator, route: str, headers: dict[
 
 
 def _rate_limit_headers(
-    emu: Emulator, request: web.Request, headers: dict[str, str], retry_after: str
+    emu: Org, request: web.Request, headers: dict[str, str], retry_after: str
 ) -> None:
     """Every 429 carries ``inin-ratelimit-*``, its reset at ``Retry-After``: a storm or an
     injected 429 reports the window as it stands."""

@@ -127,10 +127,20 @@ EventSink = Callable[[str, dict[str, Any], str], None]
 class World:
     """The organisation's state. Single-threaded: only the event loop touches it."""
 
-    def __init__(self, shape: WorldShape, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        shape: WorldShape,
+        *,
+        clock: Callable[[], float] = time.time,
+        org: str | None = None,
+        user_ids: list[str] | None = None,
+    ) -> None:
+        """``org`` (None: the default org) names whose secondary definition ids these are;
+        ``user_ids`` given, the first users take these ids instead of seeded ones."""
         self.shape = shape
         self.clock = clock
-        self.definitions = DefinitionCatalog()
+        self.definitions = DefinitionCatalog(org)
+        self._user_ids = user_ids or []
         self.users: dict[str, User] = {}
         self.queues: dict[str, Queue] = {}
         self.memberships: dict[str, list[str]] = {}
@@ -153,6 +163,8 @@ class World:
         ]
         for index in range(self.shape.users):
             user_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            if index < len(self._user_ids):
+                user_id = self._user_ids[index]
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
             roll = rng.random()
             state = "deleted" if roll < 0.01 else "inactive" if roll < 0.03 else "active"

@@ -1,6 +1,8 @@
 """``/__emulator``: inject faults, steer agents and queues, inspect what happened, reset.
 
-Not part of the platform: no auth, no rate limit, never counted against a token.
+Not part of the platform: no auth, no rate limit, never counted against a token. Every call acts
+on the org ``?org=NAME`` selects (``default`` without it); ``/__emulator/orgs`` lists and adds
+orgs, and a reset without ``?org`` resets the whole process.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from emulator.errors import bad_request, not_found
+from emulator.config import ORG_NAME, OrgSpec, org_client_secret
+from emulator.errors import ApiError, bad_request, not_found
 from emulator.faults import ANY_ROUTE, ErrorFault, EventFault, LatencyFault
 from emulator.http import parse, read_json, respond
-from emulator.server import Emulator, correlation_of, emulator_of
+from emulator.server import ORG_KEY, Org, correlation_of, emulator_of, process_of
 from emulator.world import Change, User
 
 PREFIX = "/__emulator"
@@ -105,11 +108,20 @@ class WaitingBody(_Admin):
     waiting: int = Field(ge=0)
 
 
+class OrgBody(_Admin):
+    name: str = Field(pattern=ORG_NAME.pattern)
+    users: int | None = Field(default=None, ge=1)
+    queues: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    rate_limit_per_minute: int | None = Field(default=None, ge=0)
+    shared_user_ids: bool | None = None
+
+
 async def _body(request: web.Request, model: type[Any]) -> Any:
     return parse(model, await read_json(request, emulator_of(request).limits.max_body_bytes))
 
 
-def _user(emu: Emulator, user_id: str) -> User:
+def _user(emu: Org, user_id: str) -> User:
     user = emu.world.user(user_id)
     if user is None:
         raise not_found(f"User {user_id}")
@@ -118,8 +130,32 @@ def _user(emu: Emulator, user_id: str) -> User:
 
 # -- lifecycle and settings ------------------------------------------------------------------
 async def reset(request: web.Request) -> web.Response:
-    emulator_of(request).reset()
+    """``?org=NAME`` resets that org only; without it every org (run-time ones are dropped)."""
+    if ORG_KEY in request:
+        emulator_of(request).reset()
+    else:
+        process_of(request).reset()
     return respond({"reset": True})
+
+
+# -- orgs -----------------------------------------------------------------------------------
+async def list_orgs(request: web.Request) -> web.Response:
+    return respond([org.json() for org in process_of(request).orgs.values()])
+
+
+async def add_org(request: web.Request) -> web.Response:
+    """Serve one more org from now on (until the next full reset); answers its credentials."""
+    process = process_of(request)
+    body: OrgBody = await _body(request, OrgBody)
+    spec = OrgSpec(body.name, body.users, body.queues, body.seed, body.rate_limit_per_minute)
+    shared = (
+        process.config.shared_user_ids if body.shared_user_ids is None else body.shared_user_ids
+    )
+    try:
+        org = process.add_org(spec, shared_user_ids=shared)
+    except ValueError as exc:
+        raise ApiError(409, f"{exc}.") from None
+    return respond(org.json() | {"clientSecret": org_client_secret(org.name)})
 
 
 async def get_settings(request: web.Request) -> web.Response:
@@ -128,9 +164,9 @@ async def get_settings(request: web.Request) -> web.Response:
     return respond(
         {name: getattr(limits, name) for name in limits.__slots__}
         | {
-            "users": emu.config.world.users,
-            "queues": emu.config.world.queues,
-            "seed": emu.config.world.seed,
+            "users": emu.shape.users,
+            "queues": emu.shape.queues,
+            "seed": emu.shape.seed,
         }
     )
 
@@ -205,6 +241,9 @@ async def clear_faults(request: web.Request) -> web.Response:
 async def add_client(request: web.Request) -> web.Response:
     emu = emulator_of(request)
     body: ClientBody = await _body(request, ClientBody)
+    owner = process_of(request).org_of_client(body.client_id)
+    if owner is not None and owner is not emu:
+        raise ApiError(409, f"Client {body.client_id!r} belongs to org {owner.name!r}.")
     emu.auth.add_client(
         body.client_id,
         body.client_secret,
@@ -317,6 +356,7 @@ async def stats(request: web.Request) -> web.Response:
     requests = emu.stats.json()
     return respond(
         {
+            "org": emu.name,
             "requests": requests,
             "tooManyRequests": sum(c.get("429", 0) for c in requests.values()),
             "tokens": per_token,
@@ -357,6 +397,8 @@ async def users(request: web.Request) -> web.Response:
 def register(router: web.UrlDispatcher) -> None:
     add = router.add_route
     add("POST", f"{PREFIX}/reset", reset, name="admin.reset")
+    add("GET", f"{PREFIX}/orgs", list_orgs, name="admin.orgs.list")
+    add("POST", f"{PREFIX}/orgs", add_org, name="admin.orgs.add")
     add("GET", f"{PREFIX}/settings", get_settings, name="admin.settings.get")
     add("PUT", f"{PREFIX}/settings", put_settings, name="admin.settings.put")
     add("GET", f"{PREFIX}/faults", get_faults, name="admin.faults.get")

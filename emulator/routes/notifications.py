@@ -11,7 +11,7 @@ from emulator.errors import bad_request, detail, missing_permission, not_found
 from emulator.http import bool_query, parse_list, read_json, respond
 from emulator.notifications import TOPIC_PATTERN, TOPICS, Channel
 from emulator.schemas import TopicRef
-from emulator.server import Emulator, emulator_of, token_of
+from emulator.server import ORG_KEY, Org, emulator_of, process_of, token_of
 
 
 def _channel(request: web.Request) -> Channel:
@@ -64,7 +64,7 @@ async def get_subscriptions(request: web.Request) -> web.Response:
 
 
 def _validate_topics(
-    emu: Emulator, client: OAuthClient, topics: list[str], ignore_errors: bool
+    emu: Org, client: OAuthClient, topics: list[str], ignore_errors: bool
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Accepted topics and ``Rejected`` entries; without ``ignoreErrors`` a bad topic is a 400
     and a topic the client may not read is a 403 for the whole call."""
@@ -147,6 +147,10 @@ async def available_topics(request: web.Request) -> web.Response:
 
 
 async def socket(request: web.Request) -> web.StreamResponse:
+    """The socket of whichever org owns the channel (an unknown one: ``default``'s 404)."""
+    org = process_of(request).org_of_channel(request.match_info["channel_id"])
+    if org is not None:
+        request[ORG_KEY] = org
     return await emulator_of(request).hub.serve_socket(request)
 
 

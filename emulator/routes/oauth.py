@@ -8,7 +8,7 @@ import binascii
 from aiohttp import web
 
 from emulator.http import respond
-from emulator.server import emulator_of
+from emulator.server import ORG_KEY, emulator_of, process_of
 
 
 def _oauth_error(status: int, error: str, description: str) -> web.Response:
@@ -35,6 +35,9 @@ async def token(request: web.Request) -> web.Response:
             return _oauth_error(401, "invalid_client", "authentication failed")
     if form.get("grant_type") != "client_credentials":
         return _oauth_error(400, "unsupported_grant_type", "grant type must be client_credentials")
+    # Client ids are unique across orgs: the client names the org the token will belong to.
+    emu = process_of(request).org_of_client(client_id) or emu
+    request[ORG_KEY] = emu
     client = emu.auth.check_credentials(client_id, client_secret)
     if client is None:
         return _oauth_error(401, "invalid_client", "authentication failed")

@@ -11,7 +11,7 @@ from emulator.errors import bad_request, detail, not_found
 from emulator.http import bool_query, list_query, page, parse, parse_list, read_json, respond
 from emulator.routes.users import lookup_user
 from emulator.schemas import BulkPresence, PresencePatch
-from emulator.server import Emulator, correlation_of, emulator_of, require, token_of
+from emulator.server import Org, correlation_of, emulator_of, require, token_of
 from emulator.sources import PURECLOUD
 from emulator.world import Change
 
@@ -19,7 +19,7 @@ EDIT = "presence:userPresence:edit"
 BULK_READ_MAX = 50
 
 
-def _source(emu: Emulator, raw: str, field: str = "sourceId") -> str:
+def _source(emu: Org, raw: str, field: str = "sourceId") -> str:
     """``PURECLOUD`` or a registered source id; raises ApiError 400 for anything else."""
     source = emu.world.sources.resolve(raw)
     if source is None:
@@ -31,7 +31,7 @@ def _source(emu: Emulator, raw: str, field: str = "sourceId") -> str:
     return source
 
 
-def _definition(emu: Emulator, definition_id: str, field: str) -> PresenceDefinition:
+def _definition(emu: Org, definition_id: str, field: str) -> PresenceDefinition:
     """An active definition; raises ApiError 400 for an unknown or deactivated id."""
     definition = emu.world.definitions.by_id.get(definition_id)
     if definition is None:
