@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -249,3 +249,93 @@ def test_a_scheduled_update_published_through_the_ledger_becomes_queued(
 
 def _never(entry: ledger.Scheduled) -> None:
     raise AssertionError(f"nothing was scheduled, yet {entry} was published")
+
+
+# -- what custody costs -----------------------------------------------------------------------
+def _commands(r: redis.Redis, action: Callable[[], object]) -> dict[str, int]:
+    """The commands the server ran (every client) while ``action`` ran, by name."""
+
+    def calls() -> dict[str, int]:
+        stats: dict[str, Any] = r.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+    before = calls()
+    action()
+    return {k: n - before.get(k, 0) for k, n in calls().items() if n - before.get(k, 0)} | {
+        "info": 0
+    }
+
+
+def test_a_push_is_its_entry_and_the_message_without_a_transaction(
+    r: redis.Redis, producer: PresenceProducer
+) -> None:
+    update = _update()
+    producer.send(update)  # the connection and its bindings are set up once
+
+    assert _commands(r, lambda: producer.send(update)) == {
+        "zadd": 1,  # when the entry was pushed
+        "hset": 1,  # the entry
+        "lpush": 1,  # the message
+        "info": 0,
+    }
+
+
+def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    producer.send(_update(1))
+    producer.send(_update(2))
+    consumer.basic_get(names.PRESENCE_QUEUE).ack()  # connection and script set up once
+    held: list[Any] = []
+
+    taking = _commands(r, lambda: held.append(consumer.basic_get(names.PRESENCE_QUEUE)))
+    assert held[0] is not None
+    acking = _commands(r, held[0].ack)
+
+    assert taking == {
+        "rpop": 1,  # kombu's get (a worker's BRPOP)
+        "evalsha": 1,  # the ``unacked`` write, its holder and the ledger entry dropped:
+        "zadd": 2,  # unacked index, taken time
+        "hset": 2,  # unacked, holder
+        "hget": 1,  # the entry, to drop only this delivery's
+        "zrem": 1,
+        "hdel": 1,
+        "info": 0,
+    }
+    assert acking == {"hdel": 2, "zrem": 1, "info": 0}  # unacked, holder; unacked index
+    assert r.hlen(ledger.UNACKED_KEY) == 0
+    assert r.zcard("unacked_index") == 0
+    assert _entries(r) == {}
+
+
+def test_a_message_taken_again_from_the_front_keeps_the_newest_taken_time(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    producer.send(_update())
+    pushed = _entries(r)[next(iter(_entries(r)))]["pushed"]
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert message is not None
+    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == pushed
+
+    message.reject(requeue=True)  # back to the front: its entry's push time is 0
+    assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
+
+    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == pushed
+
+
+def test_a_push_over_a_scheduled_entry_is_never_published_by_the_mover(
+    redis_url: str, r: redis.Redis
+) -> None:
+    app = Celery(broker=redis_url, broker_transport=ledger.TRANSPORT, set_as_current=False)
+    retry = ledger.Scheduled("req-2", names.UPDATE_TASK, [{"x": 1}], {}, names.PRESENCE_QUEUE)
+    ledger.schedule(r, retry, due=1000.0)
+
+    app.send_task(retry.task, args=retry.args, task_id=retry.id, queue=retry.queue)
+    app.close()
+    sent: list[ledger.Scheduled] = []
+    moved = ledger.move_due(r, sent.append, now=2000.0)
+
+    assert (moved.published, sent) == (0, [])
+    assert r.zscore(ledger.SCHEDULED_KEY, retry.id) is None  # the id the push left, dropped
+    assert _entries(r)[retry.id]["state"] == "queued"
+    assert r.llen(names.PRESENCE_QUEUE) == 1
