@@ -311,16 +311,18 @@ def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
 def test_a_message_taken_again_from_the_front_keeps_the_newest_taken_time(
     r: redis.Redis, producer: PresenceProducer, consumer: Any
 ) -> None:
-    producer.send(_update())
-    pushed = _entries(r)[next(iter(_entries(r)))]["pushed"]
-    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
-    assert message is not None
-    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == pushed
+    first, second = producer.send(_update(1)), producer.send(_update(2))
+    newest = _entries(r)[second]["pushed"]
+    held = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert held is not None and held.headers["id"] == first
+    assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
+    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == newest
 
-    message.reject(requeue=True)  # back to the front: its entry's push time is 0
+    consumer.qos.restore_by_tag(held.delivery_tag)  # to the front: its entry's push time is 0
+    assert _entries(r)[first]["pushed"] == 0
     assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
 
-    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == pushed
+    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == newest
 
 
 def test_a_push_over_a_scheduled_entry_is_never_published_by_the_mover(
