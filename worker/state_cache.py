@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
@@ -58,13 +59,19 @@ class StateCache:
         self.redis = client
         self.ttl_s = ttl_s
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
-        self._stored: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        # user id → (definition id, modified ms, monotonic time stored)
+        self._stored: OrderedDict[str, tuple[str, int, float]] = OrderedDict()
         self._stored_lock = threading.Lock()
 
     def stored_here(self, user_id: str, definition_id: str, modified_ms: int) -> bool:
         """Whether this process itself stored exactly this state for the agent lately."""
         with self._stored_lock:
-            return self._stored.get(user_id) == (definition_id, modified_ms)
+            stored = self._stored.get(user_id)
+        return (
+            stored is not None
+            and stored[:2] == (definition_id, modified_ms)
+            and time.monotonic() - stored[2] < self.ttl_s / 2  # still there: it outlives this
+        )
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -83,7 +90,12 @@ class StateCache:
 
     def put(self, user_id: str, state: AgentState) -> bool:
         """Store ``state`` unless a newer one is already there; True when stored (or when the
-        identical entry is there already)."""
+        identical entry is there already, or this process stored the same change lately: the
+        PATCH answer and the socket event of one write are stored once)."""
+        if state.modified_ms and self.stored_here(
+            user_id, state.definition_id, state.modified_ms
+        ):
+            return True
         stored = bool(
             self._set_if_newer(
                 keys=[self.key(user_id)],
@@ -92,7 +104,11 @@ class StateCache:
         )
         if stored and state.modified_ms:
             with self._stored_lock:
-                self._stored[user_id] = (state.definition_id, state.modified_ms)
+                self._stored[user_id] = (
+                    state.definition_id,
+                    state.modified_ms,
+                    time.monotonic(),
+                )
                 self._stored.move_to_end(user_id)
                 if len(self._stored) > _STORED_HERE_MAX:
                     self._stored.popitem(last=False)

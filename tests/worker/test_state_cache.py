@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+
+from tests.support.redis_db import commands_during
 
 from worker.state_cache import AgentState, StateCache
 
@@ -37,8 +41,8 @@ def test_an_older_state_is_ignored(cache):
     assert cache.get(AGENT) == state("break", 2_000)
 
 
-def test_a_state_as_new_as_the_stored_one_replaces_it(cache):
-    cache.put(AGENT, state("break", 2_000, "event"))
+def test_a_state_as_new_as_the_stored_one_replaces_it(cache, r):
+    StateCache(r, ttl_s=60).put(AGENT, state("break", 2_000, "event"))  # another process
 
     assert cache.put(AGENT, state("break", 2_000, "read"))
     assert cache.get(AGENT).seen_via == "read"
@@ -68,5 +72,27 @@ def test_the_same_entry_again_is_not_rewritten(cache, r):
 
     assert cache.put(AGENT, state("break", 2_000, "event")), "stored already counts as stored"
     assert 0 < r.ttl(StateCache.key(AGENT)) <= 30, "left as it was"
-    assert cache.put(AGENT, state("break", 2_000, "patch"))
+    assert StateCache(r, ttl_s=60).put(AGENT, state("break", 2_000, "patch"))
     assert r.ttl(StateCache.key(AGENT)) > 30, "a different entry is written"
+
+
+def test_a_change_this_process_stored_is_not_stored_again(cache, r):
+    cache.put(AGENT, state("break", 2_000, "event"))  # the socket event of a write
+
+    counted = commands_during(r, lambda: cache.put(AGENT, state("break", 2_000, "patch")))
+
+    assert counted == {}, "the PATCH answer of the same change costs no command"
+    assert cache.get(AGENT) == state("break", 2_000, "event")
+    assert cache.put(AGENT, state("available", 3_000, "patch"))  # a new change is written
+    assert cache.get(AGENT) == state("available", 3_000, "patch")
+
+
+def test_a_change_stored_longer_ago_than_half_the_ttl_is_stored_again(r, monkeypatch):
+    cache = StateCache(r, ttl_s=60)
+    cache.put(AGENT, state("break", 2_000, "event"))
+    r.delete(StateCache.key(AGENT))  # expired meanwhile
+    later = time.monotonic() + 31
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+
+    assert cache.put(AGENT, state("break", 2_000, "patch"))
+    assert cache.get(AGENT) == state("break", 2_000, "patch")

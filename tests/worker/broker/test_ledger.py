@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from kombu import Connection
 from producer.api import PresenceProducer
 from producer.schema import PresenceUpdate
 from worker import names
+from tests.support.redis_db import commands_during
 from worker.broker import ledger
 
 
@@ -252,32 +253,17 @@ def _never(entry: ledger.Scheduled) -> None:
 
 
 # -- what custody costs -----------------------------------------------------------------------
-def _commands(r: redis.Redis, action: Callable[[], object]) -> dict[str, int]:
-    """The commands the server ran (every client) while ``action`` ran, by name."""
-
-    def calls() -> dict[str, int]:
-        stats: dict[str, Any] = r.info("commandstats")
-        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-
-    before = calls()
-    action()
-    return {k: n - before.get(k, 0) for k, n in calls().items() if n - before.get(k, 0)} | {
-        "info": 0
-    }
-
-
 def test_a_push_is_its_entry_and_the_message_without_a_transaction(
     r: redis.Redis, producer: PresenceProducer
 ) -> None:
     update = _update()
     producer.send(update)  # the connection and its bindings are set up once
 
-    assert _commands(r, lambda: producer.send(update)) == {
+    assert commands_during(r, lambda: producer.send(update)) == {
         "zadd": 1,  # when the entry was pushed
         "hset": 1,  # the entry
         "lpush": 1,  # the message
-        "info": 0,
-    }
+            }
 
 
 def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
@@ -288,9 +274,9 @@ def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
     consumer.basic_get(names.PRESENCE_QUEUE).ack()  # connection and script set up once
     held: list[Any] = []
 
-    taking = _commands(r, lambda: held.append(consumer.basic_get(names.PRESENCE_QUEUE)))
+    taking = commands_during(r, lambda: held.append(consumer.basic_get(names.PRESENCE_QUEUE)))
     assert held[0] is not None
-    acking = _commands(r, held[0].ack)
+    acking = commands_during(r, held[0].ack)
 
     assert taking == {
         "rpop": 1,  # kombu's get (a worker's BRPOP)
@@ -300,9 +286,8 @@ def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
         "hget": 1,  # the entry, to drop only this delivery's
         "zrem": 1,
         "hdel": 1,
-        "info": 0,
-    }
-    assert acking == {"hdel": 2, "zrem": 1, "info": 0}  # unacked, holder; unacked index
+            }
+    assert acking == {"hdel": 2, "zrem": 1, }  # unacked, holder; unacked index
     assert r.hlen(ledger.UNACKED_KEY) == 0
     assert r.zcard("unacked_index") == 0
     assert _entries(r) == {}
