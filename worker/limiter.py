@@ -7,10 +7,12 @@ completion time. A request reaches the platform no later than its completion, so
 window never holds more requests than ours: no 429 from our own traffic, and — unlike a GCRA or
 token bucket that must keep headroom for network jitter — the budget is used to the last request.
 
-One script per call: the grant returns the server time it was stamped at, and the re-stamp is a
+One script per call: the grant counts the window with ``ZCOUNT`` (entries older than the window
+do not count, whether trimmed yet or not) and trims the log only on every
+:data:`TRIM_EVERY`-th grant of a process and before any refusal, and returns the server time it was stamped at, and the re-stamp is a
 plain ``ZADD XX`` at that time plus the call's duration measured from *before* the grant was
-asked for (so never earlier than the completion on the server clock). The log keeps no TTL: each
-grant trims it to the window, so it never holds more than ``limit`` entries.
+asked for (so never earlier than the completion on the server clock). The log keeps no TTL: it
+holds at most ``limit`` entries in the window plus those that left it since the last trim.
 
 A 429 that happens anyway (another tool on the same token, a platform-side limit) sets a shared
 cool-down from ``Retry-After`` that every process honours before its next reservation.
@@ -20,6 +22,7 @@ Celery's ``rate_limit`` is per worker instance and is deliberately not used.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import uuid
@@ -31,10 +34,12 @@ import redis
 from worker.observability import metrics
 
 WINDOW_MS = 60_000
+TRIM_EVERY = 16
+"""A process trims the log of entries older than the window on every this many grants."""
 
-# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms.
-# Returns {1, 0, in_window, now_ms} when reserved, {0, wait_ms[, in_window]} when the caller
-# must wait.
+# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms,
+# trim (1: drop the entries older than the window first). Returns {1, 0, in_window, now_ms}
+# when reserved, {0, wait_ms[, in_window]} when the caller must wait.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -43,13 +48,18 @@ if cool > now then
   return {0, cool - now}
 end
 local window = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if ARGV[5] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+end
 local limit = tonumber(ARGV[1])
-local count = redis.call('ZCARD', KEYS[1])
+local count = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), '+inf')
 if count < limit then
   local stamp = now + tonumber(ARGV[2])
   redis.call('ZADD', KEYS[1], stamp, ARGV[3])
   return {1, 0, count + 1, now}
+end
+if ARGV[5] ~= '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, math.max(1, tonumber(oldest[2]) + window - now), count}
@@ -113,6 +123,7 @@ class SharedRateLimiter:
         self.cooldown_key = f"presence:limiter:{{{key}}}:cooldown"
         self.sleep = sleep
         self._acquire = client.register_script(_ACQUIRE)
+        self._attempts = itertools.count(1)
         self._cool_down = client.register_script(_COOL_DOWN)
 
     def try_acquire(self) -> tuple[str | None, float]:
@@ -123,10 +134,11 @@ class SharedRateLimiter:
     def _attempt(self, started: float | None = None) -> Reservation | float:
         """One attempt: the reservation (waited since ``started``), or the seconds to wait."""
         member = uuid.uuid4().hex
+        trim = 1 if next(self._attempts) % TRIM_EVERY == 0 else 0
         asked_at = time.monotonic()
         granted, wait_ms, *rest = self._acquire(
             keys=[self.log_key, self.cooldown_key],
-            args=[self.limit, self.provisional_ms, member, self.window_ms],
+            args=[self.limit, self.provisional_ms, member, self.window_ms, trim],
         )
         if rest:  # absent during a cool-down
             metrics.observe_budget(int(rest[0]), self.limit)

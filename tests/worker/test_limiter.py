@@ -13,7 +13,9 @@ import time
 import pytest
 import redis
 
-from worker.limiter import BudgetExhausted, Reservation, SharedRateLimiter
+from tests.support.redis_db import commands_during
+from worker import limiter as limiter_module
+from worker.limiter import TRIM_EVERY, BudgetExhausted, Reservation, SharedRateLimiter
 
 PROVISIONAL_S = 5.0
 
@@ -231,7 +233,10 @@ def test_the_completion_stamp_is_never_earlier_than_the_completion_on_the_server
     assert completed >= reservation.granted_ms + 300
 
 
-def test_a_release_after_the_window_trimmed_the_reservation_adds_nothing(make_limiter):
+def test_a_release_after_the_window_trimmed_the_reservation_adds_nothing(
+    make_limiter, monkeypatch
+):
+    monkeypatch.setattr(limiter_module, "TRIM_EVERY", 1)
     limiter = make_limiter(limit=5, provisional_s=0.01, window_s=0.2)
     late = limiter.acquire(max_wait_s=0)
     time.sleep(0.3)
@@ -242,12 +247,36 @@ def test_a_release_after_the_window_trimmed_the_reservation_adds_nothing(make_li
     assert limiter.redis.zscore(limiter.log_key, late.member) is None
 
 
-def test_the_log_stays_within_the_limit_without_an_expiry(make_limiter):
+def test_the_log_stays_bounded_without_an_expiry(make_limiter):
+    """At most the limit in the window plus what left it since a process last trimmed."""
     limiter = make_limiter(limit=3, provisional_s=0.01, window_s=0.2)
-    for _ in range(4):
+    for _ in range(3 * TRIM_EVERY // 3 + 2):
         for _ in range(3):
             limiter.release(limiter.acquire(max_wait_s=1))
         time.sleep(0.25)
 
-    assert limiter.redis.zcard(limiter.log_key) <= 3
+    assert limiter.redis.zcard(limiter.log_key) <= 3 + TRIM_EVERY
     assert limiter.redis.ttl(limiter.log_key) == -1
+
+
+def test_entries_that_left_the_window_never_count_trimmed_or_not(make_limiter):
+    limiter = make_limiter(limit=3, provisional_s=0.01, window_s=0.2)
+    for _ in range(3):
+        limiter.release(limiter.acquire(max_wait_s=0))
+    with pytest.raises(BudgetExhausted):
+        limiter.acquire(max_wait_s=0)
+    time.sleep(0.25)
+
+    limiter.acquire(max_wait_s=0)  # the three are older than the window, still in the log
+
+    assert limiter.in_window() == 1
+
+
+def test_a_grant_is_one_script_of_four_commands_and_its_release_one(make_limiter, r):
+    limiter = make_limiter(limit=100)
+    limiter.release(limiter.acquire(max_wait_s=0))  # the script loaded once
+
+    counted = commands_during(r, lambda: limiter.release(limiter.acquire(max_wait_s=0)))
+
+    # The server clock, the cool-down, the window's count, the reservation; its re-stamp.
+    assert counted == {"evalsha": 1, "time": 1, "get": 1, "zcount": 1, "zadd": 2}
