@@ -66,7 +66,11 @@ class StateCache:
     def stored_here(self, user_id: str, definition_id: str, modified_ms: int) -> bool:
         """Whether this process itself stored exactly this state for the agent lately."""
         with self._stored_lock:
-            stored = self._stored.get(user_id)
+            return self._recent(user_id, definition_id, modified_ms)
+
+    def _recent(self, user_id: str, definition_id: str, modified_ms: int) -> bool:
+        """:meth:`stored_here`, with ``_stored_lock`` held."""
+        stored = self._stored.get(user_id)
         return (
             stored is not None
             and stored[:2] == (definition_id, modified_ms)
@@ -90,28 +94,32 @@ class StateCache:
 
     def put(self, user_id: str, state: AgentState) -> bool:
         """Store ``state`` unless a newer one is already there; True when stored (or when the
-        identical entry is there already, or this process stored the same change lately: the
-        PATCH answer and the socket event of one write are stored once)."""
-        if state.modified_ms and self.stored_here(
-            user_id, state.definition_id, state.modified_ms
-        ):
-            return True
-        stored = bool(
-            self._set_if_newer(
-                keys=[self.key(user_id)],
-                args=[json.dumps(asdict(state)), state.modified_ms, self.ttl_s],
-            )
-        )
-        if stored and state.modified_ms:
+        identical entry is there already, or this process stored or is storing the same change
+        lately: the PATCH answer and the socket event of one write, which arrive together, are
+        stored once)."""
+        mine: tuple[str, int, float] | None = None
+        if state.modified_ms:
+            mine = (state.definition_id, state.modified_ms, time.monotonic())
             with self._stored_lock:
-                self._stored[user_id] = (
-                    state.definition_id,
-                    state.modified_ms,
-                    time.monotonic(),
-                )
+                if self._recent(user_id, state.definition_id, state.modified_ms):
+                    return True
+                self._stored[user_id] = mine  # claimed before the write: a twin waits for none
                 self._stored.move_to_end(user_id)
                 if len(self._stored) > _STORED_HERE_MAX:
                     self._stored.popitem(last=False)
+        stored = False
+        try:
+            stored = bool(
+                self._set_if_newer(
+                    keys=[self.key(user_id)],
+                    args=[json.dumps(asdict(state)), state.modified_ms, self.ttl_s],
+                )
+            )
+        finally:
+            if mine is not None and not stored:
+                with self._stored_lock:
+                    if self._stored.get(user_id) is mine:
+                        del self._stored[user_id]
         return stored
 
     def forget(self, user_ids: list[str]) -> None:

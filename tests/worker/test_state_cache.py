@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -96,3 +97,34 @@ def test_a_change_stored_longer_ago_than_half_the_ttl_is_stored_again(r, monkeyp
 
     assert cache.put(AGENT, state("break", 2_000, "patch"))
     assert cache.get(AGENT) == state("break", 2_000, "patch")
+
+
+def test_the_same_change_put_twice_at_once_is_written_once(r):
+    cache = StateCache(r, ttl_s=60)
+    cache.put(OTHER, state("break", 1_000))  # the script loaded once
+    started, release = threading.Event(), threading.Event()
+    real = cache._set_if_newer
+
+    def slow_write(**kwargs: object) -> object:
+        started.set()
+        release.wait(5)
+        return real(**kwargs)
+
+    cache._set_if_newer = slow_write  # type: ignore[assignment]
+    event = threading.Thread(target=cache.put, args=(AGENT, state("break", 2_000, "event")))
+    event.start()
+    assert started.wait(5)
+
+    counted = commands_during(r, lambda: cache.put(AGENT, state("break", 2_000, "patch")))
+    release.set()
+    event.join(5)
+
+    assert counted == {}, "the PATCH answer's twin is being written already"
+    assert cache.get(AGENT) == state("break", 2_000, "event")
+
+
+def test_a_put_refused_for_a_newer_entry_leaves_the_change_unclaimed(cache, r):
+    StateCache(r, ttl_s=60).put(AGENT, state("available", 3_000))  # another process, newer
+
+    assert cache.put(AGENT, state("break", 2_000)) is False
+    assert not cache.stored_here(AGENT, "break", 2_000)
