@@ -36,7 +36,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -390,7 +391,8 @@ class QoS(redis_restore.QoS):
         (:data:`PENDING_ACKS`) instead of waiting out the visibility timeout. Celery would only
         log the failure (``ack_log_error``)."""
         try:
-            with self.channel.conn_or_acquire() as client:
+            channel: Any = self.channel
+            with channel.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=False)
                 pipe.hdel(self.unacked_key, delivery_tag)
                 pipe.zrem(self.unacked_index_key, delivery_tag)
@@ -420,7 +422,8 @@ class QoS(redis_restore.QoS):
             TAKEN_KEY,
         )
         args = (delivery_tag, time.time(), value, holders.PROCESS_ID, task_id or "")
-        with self.channel.conn_or_acquire() as client:
+        channel: Any = self.channel
+        with channel.conn_or_acquire() as client:
             _HOLD_SCRIPT(keys=keys, args=args, client=client)
         kombu_virtual.QoS.append(self, message, delivery_tag)
 
@@ -435,6 +438,22 @@ class Channel(redis_restore.Channel):
     """Kombu's Redis channel writing the ledger with each push of a ledgered task's message."""
 
     QoS = QoS
+    _shared: tuple[Any, Any] | None = None  # (pool, the client over it)
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """Kombu's, with one client per connection pool instead of a new one (and its
+        response-callback table) for every push, hold and ack. Redis clients are thread-safe;
+        the pool is the channel's as before."""
+        if client:
+            yield client
+            return
+        me: Any = self
+        pool = me.pool
+        shared = self._shared
+        if shared is None or shared[0] is not pool:
+            shared = self._shared = (pool, me._create_client())
+        yield shared[1]
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         me: Any = self  # kombu's stubs leave out the Redis channel's helpers

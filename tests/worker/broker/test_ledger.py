@@ -326,3 +326,9 @@ def test_a_push_over_a_scheduled_entry_is_never_published_by_the_mover(
     assert r.zscore(ledger.SCHEDULED_KEY, retry.id) is None  # the id the push left, dropped
     assert _entries(r)[retry.id]["state"] == "queued"
     assert r.llen(names.PRESENCE_QUEUE) == 1
+
+
+def test_a_channel_uses_one_client_for_its_pushes_holds_and_acks(consumer: Any) -> None:
+    with consumer.conn_or_acquire() as first, consumer.conn_or_acquire() as second:
+        assert first is second
+        assert first.connection_pool is consumer.pool
