@@ -17,16 +17,19 @@ import redis
 
 from worker.genesys.models import UserPresence
 
-# KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer (or equal) than what is stored;
-# an identical entry (the same event seen by several processes) is left as it is.
+# KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer than (or as new as) what is
+# stored; returns 1 when written. The entry is written with the stored one read back (one
+# command in the usual case, a newer change); when the stored one was newer it is put back,
+# inside the same script, so no reader ever sees the older entry.
 _SET_IF_NEWER = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then return 1 end
-if cur then
+local cur = redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]), 'GET')
+if cur and cur ~= ARGV[1] then
   local stored = cjson.decode(cur)['modified_ms']
-  if stored and tonumber(stored) > tonumber(ARGV[2]) then return 0 end
+  if stored and tonumber(stored) > tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[1], cur, 'EX', tonumber(ARGV[3]))
+    return 0
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
 return 1
 """
 
@@ -93,8 +96,8 @@ class StateCache:
         return {u: AgentState(**json.loads(r)) for u, r in zip(user_ids, raws, strict=True) if r}
 
     def put(self, user_id: str, state: AgentState) -> bool:
-        """Store ``state`` unless a newer one is already there; True when stored (or when the
-        identical entry is there already, or this process stored or is storing the same change
+        """Store ``state`` unless a newer one is already there; True when stored (or when this
+        process stored or is storing the same change
         lately: the PATCH answer and the socket event of one write, which arrive together, are
         stored once)."""
         mine: tuple[str, int, float] | None = None

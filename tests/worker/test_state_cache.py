@@ -67,14 +67,19 @@ def test_forget_drops_the_named_agents_only(cache):
     assert cache.put(AGENT, state("available", 1_000)), "a forgotten agent takes any state"
 
 
-def test_the_same_entry_again_is_not_rewritten(cache, r):
-    cache.put(AGENT, state("break", 2_000, "event"))
+def test_a_newer_change_is_one_command_and_an_older_one_leaves_the_entry_as_it_was(r):
+    cache, other = StateCache(r, ttl_s=60), StateCache(r, ttl_s=60)  # two processes
+    other.put(OTHER, state("break", 1_000))  # the script loaded once
+    other.put(AGENT, state("break", 2_000, "event"))
     r.expire(StateCache.key(AGENT), 30)
 
-    assert cache.put(AGENT, state("break", 2_000, "event")), "stored already counts as stored"
-    assert 0 < r.ttl(StateCache.key(AGENT)) <= 30, "left as it was"
-    assert StateCache(r, ttl_s=60).put(AGENT, state("break", 2_000, "patch"))
-    assert r.ttl(StateCache.key(AGENT)) > 30, "a different entry is written"
+    newer = commands_during(r, lambda: cache.put(AGENT, state("available", 3_000, "patch")))
+    assert newer == {"evalsha": 1, "set": 1}
+    assert r.ttl(StateCache.key(AGENT)) > 30
+
+    assert other.put(AGENT, state("break", 2_500)) is False
+    assert cache.get(AGENT) == state("available", 3_000, "patch")
+    assert r.ttl(StateCache.key(AGENT)) > 30
 
 
 def test_a_change_this_process_stored_is_not_stored_again(cache, r):
