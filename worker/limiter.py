@@ -8,14 +8,17 @@ window never holds more requests than ours: no 429 from our own traffic, and —
 token bucket that must keep headroom for network jitter — the budget is used to the last request.
 
 One script per call: the grant counts the window with ``ZCOUNT`` (entries older than the window
-do not count, whether trimmed yet or not) and trims the log only on every
-:data:`TRIM_EVERY`-th grant of a process and before any refusal, and returns the server time it was stamped at, and the re-stamp is a
-plain ``ZADD XX`` at that time plus the call's duration measured from *before* the grant was
-asked for (so never earlier than the completion on the server clock). The log keeps no TTL: it
-holds at most ``limit`` entries in the window plus those that left it since the last trim.
+do not count, whether trimmed yet or not; the log is trimmed on every :data:`TRIM_EVERY`-th
+grant of a process and before any refusal) and returns the server time it was stamped at; the
+re-stamp is a plain ``ZADD XX`` at that time plus the call's duration measured from *before* the
+grant was asked for (so never earlier than the completion on the server clock). The log keeps
+no TTL: it holds at most ``limit`` entries in the window plus those that left it since the last
+trim (and a cool-down's, below).
 
 A 429 that happens anyway (another tool on the same token, a platform-side limit) sets a shared
-cool-down from ``Retry-After`` that every process honours before its next reservation.
+cool-down from ``Retry-After`` that every process honours before its next reservation: ``limit``
+entries that leave the window when the cool-down ends, so the grant needs no read of its own
+for it (a cool-down only ever adds entries, so a shorter one never shortens a longer one).
 
 Celery's ``rate_limit`` is per worker instance and is deliberately not used.
 """
@@ -37,16 +40,13 @@ WINDOW_MS = 60_000
 TRIM_EVERY = 16
 """A process trims the log of entries older than the window on every this many grants."""
 
-# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms,
-# trim (1: drop the entries older than the window first). Returns {1, 0, in_window, now_ms}
-# when reserved, {0, wait_ms[, in_window]} when the caller must wait.
+# KEYS[1] log zset. ARGV: limit, provisional_ms, member, window_ms, trim (1: drop the entries
+# older than the window first). Returns {1, 0, in_window, now_ms} when reserved, {0, wait_ms,
+# in_window} when the caller must wait: until the entry whose leaving brings the window below
+# the limit has left it.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cool > now then
-  return {0, cool - now}
-end
 local window = tonumber(ARGV[4])
 if ARGV[5] == '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
@@ -61,18 +61,32 @@ end
 if ARGV[5] ~= '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, math.max(1, tonumber(oldest[2]) + window - now), count}
+local rank = count - limit
+local next = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
+return {0, math.max(1, tonumber(next[2]) + window - now), count}
 """
 
-# KEYS[1] cool-down key. ARGV: seconds. Extends, never shortens, the shared cool-down.
+# KEYS[1] log zset, KEYS[2] the cool-down key earlier releases read. ARGV: seconds, limit,
+# window_ms. Fills the window until the cool-down ends: ``limit`` entries stamped to leave it
+# then (the same entries when several processes see the same Retry-After at once).
 _COOL_DOWN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local untilms = now + tonumber(ARGV[1]) * 1000
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local stamp = untilms - tonumber(ARGV[3])
+local batch = {}
+for i = 1, tonumber(ARGV[2]) do
+  batch[#batch + 1] = stamp
+  batch[#batch + 1] = 'cool-down:' .. untilms .. ':' .. i
+  if #batch >= 2000 then
+    redis.call('ZADD', KEYS[1], unpack(batch))
+    batch = {}
+  end
+end
+if #batch > 0 then redis.call('ZADD', KEYS[1], unpack(batch)) end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if untilms > cur then
-  redis.call('SET', KEYS[1], untilms, 'PX', tonumber(ARGV[1]) * 1000 + 1000)
+  redis.call('SET', KEYS[2], untilms, 'PX', tonumber(ARGV[1]) * 1000 + 1000)
 end
 return untilms
 """
@@ -136,16 +150,15 @@ class SharedRateLimiter:
         member = uuid.uuid4().hex
         trim = 1 if next(self._attempts) % TRIM_EVERY == 0 else 0
         asked_at = time.monotonic()
-        granted, wait_ms, *rest = self._acquire(
-            keys=[self.log_key, self.cooldown_key],
+        granted, wait_ms, in_window, *rest = self._acquire(
+            keys=[self.log_key],
             args=[self.limit, self.provisional_ms, member, self.window_ms, trim],
         )
-        if rest:  # absent during a cool-down
-            metrics.observe_budget(int(rest[0]), self.limit)
+        metrics.observe_budget(int(in_window), self.limit)
         if not int(granted):
             return int(wait_ms) / 1000.0
         waited_s = time.monotonic() - started if started is not None else 0.0
-        return Reservation(member, waited_s, int(rest[1]), asked_at)
+        return Reservation(member, waited_s, int(rest[0]), asked_at)
 
     def acquire(self, max_wait_s: float) -> Reservation:
         """Reserve a slot, sleeping while the wait is short.
@@ -177,10 +190,14 @@ class SharedRateLimiter:
 
     def cool_down(self, seconds: float) -> None:
         """Pause every process for ``seconds`` (from a 429's Retry-After)."""
-        self._cool_down(keys=[self.cooldown_key], args=[max(1, int(seconds + 0.999))])
+        self._cool_down(
+            keys=[self.log_key, self.cooldown_key],
+            args=[max(1, int(seconds + 0.999)), self.limit, self.window_ms],
+        )
 
     def in_window(self) -> int:
-        """Requests counted in the current window (in flight included)."""
+        """Requests counted in the current window (in flight included; a cool-down counts as
+        the whole limit)."""
         seconds, micros = self.redis.time()
         now_ms = seconds * 1000 + micros // 1000
         return int(self.redis.zcount(self.log_key, now_ms - self.window_ms, "+inf"))
