@@ -6,9 +6,9 @@ visibility timeout. Two gaps remain, and the ledger closes both:
 * **popped, never held** — a consumer's ``BRPOP`` removes a message from its list before the
   consumer writes it to ``unacked``; a worker SIGKILLed in between loses it. So every
   ``presence.update`` and ``presence.wave`` message pushed through :class:`Channel` (the
-  producer library, the worker's own sends, kombu's restores) gets a *queued* entry written in
-  the same MULTI as its ``LPUSH``, and the ``unacked`` write clears it in the same pipeline
-  (:meth:`QoS.append`). An entry still there after ``check_after_s`` is looked up: held in
+  producer library, the worker's own sends, kombu's restores) gets a *queued* entry written
+  before its ``LPUSH`` in the same round trip, and the ``unacked`` write clears it in the same
+  script (:meth:`QoS.append`). An entry still there after ``check_after_s`` is looked up: held in
   ``unacked`` (cleared), still in its list (looked at again later), or neither — popped and
   lost — and pushed again.
 * **waiting for a retry** — a Celery countdown retry sits unacknowledged in a worker's memory
