@@ -35,9 +35,7 @@ class WriteIntents:
     state cache read with a mark by :meth:`marked_with_state` (one ``MGET`` when it shares
     this client)."""
 
-    def __init__(
-        self, client: redis.Redis, *, ttl_s: int, cache: StateCache | None = None
-    ) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: int, cache: StateCache | None = None) -> None:
         self.redis = client
         self.ttl_s = ttl_s
         self.cache = cache

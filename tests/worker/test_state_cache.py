@@ -8,7 +8,6 @@ import time
 import pytest
 
 from tests.support.redis_db import commands_during
-
 from worker.state_cache import AgentState, StateCache
 
 AGENT = "2c9e5d7e-0000-4000-8000-000000000001"

@@ -19,8 +19,8 @@ from kombu import Connection
 
 from producer.api import PresenceProducer
 from producer.schema import PresenceUpdate
-from worker import names
 from tests.support.redis_db import commands_during
+from worker import names
 from worker.broker import ledger
 
 
@@ -263,7 +263,7 @@ def test_a_push_is_its_entry_and_the_message_without_a_transaction(
         "zadd": 1,  # when the entry was pushed
         "hset": 1,  # the entry
         "lpush": 1,  # the message
-            }
+    }
 
 
 def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
@@ -286,8 +286,11 @@ def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
         "hget": 1,  # the entry, to drop only this delivery's
         "zrem": 1,
         "hdel": 1,
-            }
-    assert acking == {"hdel": 2, "zrem": 1, }  # unacked, holder; unacked index
+    }
+    assert acking == {
+        "hdel": 2,
+        "zrem": 1,
+    }  # unacked, holder; unacked index
     assert r.hlen(ledger.UNACKED_KEY) == 0
     assert r.zcard("unacked_index") == 0
     assert _entries(r) == {}
@@ -299,7 +302,8 @@ def test_a_message_taken_again_from_the_front_keeps_the_newest_taken_time(
     first, second = producer.send(_update(1)), producer.send(_update(2))
     newest = _entries(r)[second]["pushed"]
     held = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
-    assert held is not None and held.headers["id"] == first
+    assert held is not None
+    assert held.headers["id"] == first
     assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
     assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == newest
 
