@@ -18,7 +18,9 @@ trim (and a cool-down's, below).
 A 429 that happens anyway (another tool on the same token, a platform-side limit) sets a shared
 cool-down from ``Retry-After`` that every process honours before its next reservation: ``limit``
 entries that leave the window when the cool-down ends, so the grant needs no read of its own
-for it (a cool-down only ever adds entries, so a shorter one never shortens a longer one).
+for it (a cool-down only ever adds entries, so a shorter one never shortens a longer one). A
+budget above :data:`COOL_DOWN_FILL_MAX` per window is not filled: its grants read the
+cool-down key instead.
 
 Celery's ``rate_limit`` is per worker instance and is deliberately not used.
 """
@@ -39,14 +41,21 @@ from worker.observability import metrics
 WINDOW_MS = 60_000
 TRIM_EVERY = 16
 """A process trims the log of entries older than the window on every this many grants."""
+COOL_DOWN_FILL_MAX = 10_000
+"""The largest budget a cool-down fills the window for (one entry per request of the budget)."""
 
-# KEYS[1] log zset. ARGV: limit, provisional_ms, member, window_ms, trim (1: drop the entries
-# older than the window first). Returns {1, 0, in_window, now_ms} when reserved, {0, wait_ms,
-# in_window} when the caller must wait: until the entry whose leaving brings the window below
-# the limit has left it.
+# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms, trim
+# (1: drop the entries older than the window first), read cool-down (1: a budget too large for
+# a cool-down to fill). Returns {1, 0, in_window, now_ms} when reserved, {0, wait_ms, in_window}
+# when the caller must wait (until the entry whose leaving brings the window below the limit
+# has left it; {0, wait_ms} during a cool-down read from its key).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[6] == '1' then
+  local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if cool > now then return {0, cool - now} end
+end
 local window = tonumber(ARGV[4])
 if ARGV[5] == '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
@@ -66,9 +75,10 @@ local next = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
 return {0, math.max(1, tonumber(next[2]) + window - now), count}
 """
 
-# KEYS[1] log zset, KEYS[2] the cool-down key earlier releases read. ARGV: seconds, limit,
-# window_ms. Fills the window until the cool-down ends: ``limit`` entries stamped to leave it
-# then (the same entries when several processes see the same Retry-After at once).
+# KEYS[1] log zset, KEYS[2] the cool-down key (read by grants of a budget too large to fill, and
+# by earlier releases). ARGV: seconds, entries to fill (the limit, or 0), window_ms. Fills the
+# window until the cool-down ends: entries stamped to leave it then (the same entries when
+# several processes see the same Retry-After at once).
 _COOL_DOWN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -138,6 +148,7 @@ class SharedRateLimiter:
         self.sleep = sleep
         self._acquire = client.register_script(_ACQUIRE)
         self._attempts = itertools.count(1)
+        self._read_cool = 0 if limit_per_minute <= COOL_DOWN_FILL_MAX else 1
         self._cool_down = client.register_script(_COOL_DOWN)
 
     def try_acquire(self) -> tuple[str | None, float]:
@@ -150,15 +161,16 @@ class SharedRateLimiter:
         member = uuid.uuid4().hex
         trim = 1 if next(self._attempts) % TRIM_EVERY == 0 else 0
         asked_at = time.monotonic()
-        granted, wait_ms, in_window, *rest = self._acquire(
-            keys=[self.log_key],
-            args=[self.limit, self.provisional_ms, member, self.window_ms, trim],
+        granted, wait_ms, *rest = self._acquire(
+            keys=[self.log_key, self.cooldown_key],
+            args=[self.limit, self.provisional_ms, member, self.window_ms, trim, self._read_cool],
         )
-        metrics.observe_budget(int(in_window), self.limit)
+        if rest:  # absent during a cool-down read from its key
+            metrics.observe_budget(int(rest[0]), self.limit)
         if not int(granted):
             return int(wait_ms) / 1000.0
         waited_s = time.monotonic() - started if started is not None else 0.0
-        return Reservation(member, waited_s, int(rest[0]), asked_at)
+        return Reservation(member, waited_s, int(rest[1]), asked_at)
 
     def acquire(self, max_wait_s: float) -> Reservation:
         """Reserve a slot, sleeping while the wait is short.
@@ -192,7 +204,11 @@ class SharedRateLimiter:
         """Pause every process for ``seconds`` (from a 429's Retry-After)."""
         self._cool_down(
             keys=[self.log_key, self.cooldown_key],
-            args=[max(1, int(seconds + 0.999)), self.limit, self.window_ms],
+            args=[
+                max(1, int(seconds + 0.999)),
+                0 if self._read_cool else self.limit,
+                self.window_ms,
+            ],
         )
 
     def in_window(self) -> int:

@@ -191,6 +191,19 @@ def test_a_cool_down_holds_with_calls_of_its_own_in_the_window(make_limiter):
     assert busy.acquire(max_wait_s=1.5).waited_s > 0.5
 
 
+def test_a_budget_too_large_to_fill_reads_the_cool_down_instead(make_limiter, monkeypatch):
+    monkeypatch.setattr(limiter_module, "COOL_DOWN_FILL_MAX", 10)
+    seen_429, other = make_limiter(limit=11), make_limiter(limit=11)
+
+    seen_429.cool_down(1)
+
+    assert other.in_window() == 0, "the window is not filled"
+    member, wait_s = other.try_acquire()
+    assert member is None
+    assert 0.5 < wait_s <= 1.0
+    assert other.acquire(max_wait_s=2).waited_s > 0.5
+
+
 def test_a_call_in_flight_counts_until_it_completes_plus_one_window(make_limiter):
     slow = make_limiter(limit=1, provisional_s=10)
     other = make_limiter(limit=1, provisional_s=10)
