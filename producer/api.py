@@ -25,8 +25,8 @@ LEDGER_TRANSPORT = "worker.broker.ledger:Transport"
 class PresenceProducer:
     """Validates payloads locally and enqueues them; needs only the broker URL.
 
-    On a Redis broker each message is recorded in the broker ledger in the same MULTI as its
-    push, so a message taken by a worker that is killed before it holds it is enqueued again
+    On a Redis broker each message is recorded in the broker ledger before its push, in the same
+    round trip, so a message taken by a worker that is killed before it holds it is enqueued again
     instead of lost."""
 
     def __init__(self, broker_url: str) -> None:

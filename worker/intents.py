@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from worker.state_cache import AgentState, StateCache
+
 
 @dataclass(frozen=True, slots=True)
 class Intent:
@@ -29,11 +31,14 @@ class Intent:
 
 
 class WriteIntents:
-    """Marks in Redis, kept ``ttl_s`` (longer than any redelivery can take)."""
+    """Marks in Redis, kept ``ttl_s`` (longer than any redelivery can take). ``cache``: the
+    state cache read with a mark by :meth:`marked_with_state` (one ``MGET`` when it shares
+    this client)."""
 
-    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: int, cache: StateCache | None = None) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self.cache = cache
 
     @staticmethod
     def key(request_id: str) -> str:
@@ -43,6 +48,10 @@ class WriteIntents:
         """Record that each request (request id → its intent) is about to be sent, or, marked
         again with ``accepted``, that the platform applied it."""
         if not writes:
+            return
+        if len(writes) == 1:  # a single update's: no pipeline to build
+            ((request_id, intent),) = writes.items()
+            self.redis.set(self.key(request_id), json.dumps(asdict(intent)), ex=self.ttl_s)
             return
         pipe = self.redis.pipeline(transaction=False)
         for request_id, intent in writes.items():
@@ -64,3 +73,18 @@ class WriteIntents:
             for r, v in zip(request_ids, values, strict=True)
             if v is not None
         }
+
+    def marked_with_state(
+        self, request_id: str, user_id: str
+    ) -> tuple[Intent | None, AgentState | None]:
+        """The request's intent (None: not marked) and the agent's cached state (None: not
+        cached, or no cache given)."""
+        if self.cache is None:
+            return self.marked([request_id]).get(request_id), None
+        if self.cache.redis is not self.redis:
+            return self.marked([request_id]).get(request_id), self.cache.get(user_id)
+        mark, state = self.redis.mget([self.key(request_id), StateCache.key(user_id)])
+        return (
+            Intent(**json.loads(mark)) if mark is not None else None,
+            AgentState(**json.loads(state)) if state is not None else None,
+        )

@@ -7,19 +7,27 @@ completion time. A request reaches the platform no later than its completion, so
 window never holds more requests than ours: no 429 from our own traffic, and — unlike a GCRA or
 token bucket that must keep headroom for network jitter — the budget is used to the last request.
 
-One script per call: the grant returns the server time it was stamped at, and the re-stamp is a
-plain ``ZADD XX`` at that time plus the call's duration measured from *before* the grant was
-asked for (so never earlier than the completion on the server clock). The log keeps no TTL: each
-grant trims it to the window, so it never holds more than ``limit`` entries.
+One script per call: the grant counts the window with ``ZCOUNT`` (entries older than the window
+do not count, whether trimmed yet or not; the log is trimmed on every :data:`TRIM_EVERY`-th
+grant of a process and before any refusal) and returns the server time it was stamped at; the
+re-stamp is a plain ``ZADD XX`` at that time plus the call's duration measured from *before* the
+grant was asked for (so never earlier than the completion on the server clock). The log keeps
+no TTL: it holds at most ``limit`` entries in the window plus those that left it since the last
+trim (and a cool-down's, below).
 
 A 429 that happens anyway (another tool on the same token, a platform-side limit) sets a shared
-cool-down from ``Retry-After`` that every process honours before its next reservation.
+cool-down from ``Retry-After`` that every process honours before its next reservation: ``limit``
+entries that leave the window when the cool-down ends, so the grant needs no read of its own
+for it (a cool-down only ever adds entries, so a shorter one never shortens a longer one). A
+budget above :data:`COOL_DOWN_FILL_MAX` per window is not filled: its grants read the
+cool-down key instead.
 
 Celery's ``rate_limit`` is per worker instance and is deliberately not used.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import uuid
@@ -31,38 +39,64 @@ import redis
 from worker.observability import metrics
 
 WINDOW_MS = 60_000
+TRIM_EVERY = 16
+"""A process trims the log of entries older than the window on every this many grants."""
+COOL_DOWN_FILL_MAX = 10_000
+"""The largest budget a cool-down fills the window for (one entry per request of the budget)."""
 
-# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms.
-# Returns {1, 0, in_window, now_ms} when reserved, {0, wait_ms[, in_window]} when the caller
-# must wait.
+# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms, trim
+# (1: drop the entries older than the window first), read cool-down (1: a budget too large for
+# a cool-down to fill). Returns {1, 0, in_window, now_ms} when reserved, {0, wait_ms, in_window}
+# when the caller must wait (until the entry whose leaving brings the window below the limit
+# has left it; {0, wait_ms} during a cool-down read from its key).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
-if cool > now then
-  return {0, cool - now}
+if ARGV[6] == '1' then
+  local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if cool > now then return {0, cool - now} end
 end
 local window = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if ARGV[5] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+end
 local limit = tonumber(ARGV[1])
-local count = redis.call('ZCARD', KEYS[1])
+local count = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), '+inf')
 if count < limit then
   local stamp = now + tonumber(ARGV[2])
   redis.call('ZADD', KEYS[1], stamp, ARGV[3])
   return {1, 0, count + 1, now}
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, math.max(1, tonumber(oldest[2]) + window - now), count}
+if ARGV[5] ~= '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+end
+local rank = count - limit
+local next = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
+return {0, math.max(1, tonumber(next[2]) + window - now), count}
 """
 
-# KEYS[1] cool-down key. ARGV: seconds. Extends, never shortens, the shared cool-down.
+# KEYS[1] log zset, KEYS[2] the cool-down key (read by grants of a budget too large to fill, and
+# by earlier releases). ARGV: seconds, entries to fill (the limit, or 0), window_ms. Fills the
+# window until the cool-down ends: entries stamped to leave it then (the same entries when
+# several processes see the same Retry-After at once).
 _COOL_DOWN = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local untilms = now + tonumber(ARGV[1]) * 1000
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local stamp = untilms - tonumber(ARGV[3])
+local batch = {}
+for i = 1, tonumber(ARGV[2]) do
+  batch[#batch + 1] = stamp
+  batch[#batch + 1] = 'cool-down:' .. untilms .. ':' .. i
+  if #batch >= 2000 then
+    redis.call('ZADD', KEYS[1], unpack(batch))
+    batch = {}
+  end
+end
+if #batch > 0 then redis.call('ZADD', KEYS[1], unpack(batch)) end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if untilms > cur then
-  redis.call('SET', KEYS[1], untilms, 'PX', tonumber(ARGV[1]) * 1000 + 1000)
+  redis.call('SET', KEYS[2], untilms, 'PX', tonumber(ARGV[1]) * 1000 + 1000)
 end
 return untilms
 """
@@ -113,6 +147,8 @@ class SharedRateLimiter:
         self.cooldown_key = f"presence:limiter:{{{key}}}:cooldown"
         self.sleep = sleep
         self._acquire = client.register_script(_ACQUIRE)
+        self._attempts = itertools.count(1)
+        self._read_cool = 0 if limit_per_minute <= COOL_DOWN_FILL_MAX else 1
         self._cool_down = client.register_script(_COOL_DOWN)
 
     def try_acquire(self) -> tuple[str | None, float]:
@@ -123,12 +159,13 @@ class SharedRateLimiter:
     def _attempt(self, started: float | None = None) -> Reservation | float:
         """One attempt: the reservation (waited since ``started``), or the seconds to wait."""
         member = uuid.uuid4().hex
+        trim = 1 if next(self._attempts) % TRIM_EVERY == 0 else 0
         asked_at = time.monotonic()
         granted, wait_ms, *rest = self._acquire(
             keys=[self.log_key, self.cooldown_key],
-            args=[self.limit, self.provisional_ms, member, self.window_ms],
+            args=[self.limit, self.provisional_ms, member, self.window_ms, trim, self._read_cool],
         )
-        if rest:  # absent during a cool-down
+        if rest:  # absent during a cool-down read from its key
             metrics.observe_budget(int(rest[0]), self.limit)
         if not int(granted):
             return int(wait_ms) / 1000.0
@@ -165,10 +202,18 @@ class SharedRateLimiter:
 
     def cool_down(self, seconds: float) -> None:
         """Pause every process for ``seconds`` (from a 429's Retry-After)."""
-        self._cool_down(keys=[self.cooldown_key], args=[max(1, int(seconds + 0.999))])
+        self._cool_down(
+            keys=[self.log_key, self.cooldown_key],
+            args=[
+                max(1, int(seconds + 0.999)),
+                0 if self._read_cool else self.limit,
+                self.window_ms,
+            ],
+        )
 
     def in_window(self) -> int:
-        """Requests counted in the current window (in flight included)."""
+        """Requests counted in the current window (in flight included; a cool-down counts as
+        the whole limit)."""
         seconds, micros = self.redis.time()
         now_ms = seconds * 1000 + micros // 1000
         return int(self.redis.zcount(self.log_key, now_ms - self.window_ms, "+inf"))

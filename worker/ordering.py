@@ -12,28 +12,28 @@ import redis
 from worker.broker import holders
 
 # KEYS[1] newest marker. ARGV: ts_us, request_id, ttl_s. Keeps the max of (ts, id); returns it.
+# The marker is written with the old one read back (one command when this request is the newest,
+# as it mostly is); an older request puts the newer marker back, inside the same script.
 _REGISTER = """
-local cur = redis.call('GET', KEYS[1])
 local mine = string.format('%020d', tonumber(ARGV[1])) .. '|' .. ARGV[2]
-if (not cur) or mine > cur then
-  redis.call('SET', KEYS[1], mine, 'EX', tonumber(ARGV[3]))
-  return mine
+local cur = redis.call('SET', KEYS[1], mine, 'EX', tonumber(ARGV[3]), 'GET')
+if cur and cur > mine then
+  redis.call('SET', KEYS[1], cur, 'EX', tonumber(ARGV[3]))
+  return cur
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-return cur
+return mine
 """
 # KEYS[1] newest marker, KEYS[2] lock. ARGV: ts_us, request_id, ttl_s, owner, lock_ttl_ms.
 # :data:`_REGISTER` (the newest marker kept), then the lock taken if free: returns {taken,
 # newest, holder} so the caller learns in one command whether it holds the lock, what is newest
 # and, when not, who holds it.
 _REGISTER_AND_LOCK = """
-local cur = redis.call('GET', KEYS[1])
 local mine = string.format('%020d', tonumber(ARGV[1])) .. '|' .. ARGV[2]
-if (not cur) or mine > cur then
-  redis.call('SET', KEYS[1], mine, 'EX', tonumber(ARGV[3]))
-  cur = mine
+local cur = redis.call('SET', KEYS[1], mine, 'EX', tonumber(ARGV[3]), 'GET')
+if cur and cur > mine then
+  redis.call('SET', KEYS[1], cur, 'EX', tonumber(ARGV[3]))
 else
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  cur = mine
 end
 local taken = redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', tonumber(ARGV[5]))
 if taken then return {1, cur, false} end

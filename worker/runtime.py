@@ -81,6 +81,7 @@ class Runtime:
                 intents=WriteIntents(
                     self.redis,
                     ttl_s=int(settings.max_request_age_s + settings.broker_visibility_timeout_s),
+                    cache=self.cache,
                 ),
                 cache=self.cache,
                 capacity=self.capacity,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
@@ -16,16 +17,19 @@ import redis
 
 from worker.genesys.models import UserPresence
 
-# KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer (or equal) than what is stored;
-# an identical entry (the same event seen by several processes) is left as it is.
+# KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer than (or as new as) what is
+# stored; returns 1 when written. The entry is written with the stored one read back (one
+# command in the usual case, a newer change); when the stored one was newer it is put back,
+# inside the same script, so no reader ever sees the older entry.
 _SET_IF_NEWER = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then return 1 end
-if cur then
+local cur = redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]), 'GET')
+if cur and cur ~= ARGV[1] then
   local stored = cjson.decode(cur)['modified_ms']
-  if stored and tonumber(stored) > tonumber(ARGV[2]) then return 0 end
+  if stored and tonumber(stored) > tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[1], cur, 'EX', tonumber(ARGV[3]))
+    return 0
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
 return 1
 """
 
@@ -58,13 +62,23 @@ class StateCache:
         self.redis = client
         self.ttl_s = ttl_s
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
-        self._stored: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        # user id → (definition id, modified ms, monotonic time stored)
+        self._stored: OrderedDict[str, tuple[str, int, float]] = OrderedDict()
         self._stored_lock = threading.Lock()
 
     def stored_here(self, user_id: str, definition_id: str, modified_ms: int) -> bool:
         """Whether this process itself stored exactly this state for the agent lately."""
         with self._stored_lock:
-            return self._stored.get(user_id) == (definition_id, modified_ms)
+            return self._recent(user_id, definition_id, modified_ms)
+
+    def _recent(self, user_id: str, definition_id: str, modified_ms: int) -> bool:
+        """:meth:`stored_here`, with ``_stored_lock`` held."""
+        stored = self._stored.get(user_id)
+        return (
+            stored is not None
+            and stored[:2] == (definition_id, modified_ms)
+            and time.monotonic() - stored[2] < self.ttl_s / 2  # still there: it outlives this
+        )
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -82,20 +96,33 @@ class StateCache:
         return {u: AgentState(**json.loads(r)) for u, r in zip(user_ids, raws, strict=True) if r}
 
     def put(self, user_id: str, state: AgentState) -> bool:
-        """Store ``state`` unless a newer one is already there; True when stored (or when the
-        identical entry is there already)."""
-        stored = bool(
-            self._set_if_newer(
-                keys=[self.key(user_id)],
-                args=[json.dumps(asdict(state)), state.modified_ms, self.ttl_s],
-            )
-        )
-        if stored and state.modified_ms:
+        """Store ``state`` unless a newer one is already there; True when stored (or when this
+        process stored or is storing the same change
+        lately: the PATCH answer and the socket event of one write, which arrive together, are
+        stored once)."""
+        mine: tuple[str, int, float] | None = None
+        if state.modified_ms:
+            mine = (state.definition_id, state.modified_ms, time.monotonic())
             with self._stored_lock:
-                self._stored[user_id] = (state.definition_id, state.modified_ms)
+                if self._recent(user_id, state.definition_id, state.modified_ms):
+                    return True
+                self._stored[user_id] = mine  # claimed before the write: a twin waits for none
                 self._stored.move_to_end(user_id)
                 if len(self._stored) > _STORED_HERE_MAX:
                     self._stored.popitem(last=False)
+        stored = False
+        try:
+            stored = bool(
+                self._set_if_newer(
+                    keys=[self.key(user_id)],
+                    args=[json.dumps(asdict(state)), state.modified_ms, self.ttl_s],
+                )
+            )
+        finally:
+            if mine is not None and not stored:
+                with self._stored_lock:
+                    if self._stored.get(user_id) is mine:
+                        del self._stored[user_id]
         return stored
 
     def forget(self, user_ids: list[str]) -> None:

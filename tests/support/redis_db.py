@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis
@@ -109,3 +111,25 @@ def claim_database(base_url: str) -> ClaimedDatabase:
         f"no free database on {base_url}: every one holds data or another test run's lease; "
         "set REDIS_URL to a server and database the tests may empty"
     )
+
+
+_SET_UP = frozenset({"hello", "select", "client", "auth", "ping"})
+
+
+def commands_during(client: redis.Redis, action: Callable[[], object]) -> dict[str, int]:
+    """The commands run on ``client``'s database (by any client, inside scripts too) while
+    ``action`` ran, by lower-case name; a new connection's set-up (``HELLO``, ``SELECT``…) is
+    not counted. Read with ``MONITOR``: other databases on the same server do not count."""
+    db = int(client.connection_pool.connection_kwargs.get("db", 0))
+    marker = f"commands-during-{uuid.uuid4().hex}"
+    counts: Counter[str] = Counter()
+    with client.monitor() as monitor:
+        action()
+        client.echo(marker)
+        while True:
+            seen = monitor.next_command()
+            if marker in seen["command"]:
+                return dict(counts)
+            name = seen["command"].split(" ", 1)[0].lower()
+            if int(seen["db"]) == db and name not in _SET_UP:
+                counts[name] += 1

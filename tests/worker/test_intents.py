@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import redis
 
+from tests.support.redis_db import commands_during
 from worker.intents import Intent, WriteIntents
+from worker.state_cache import AgentState, StateCache
 
 
 def test_marked_requests_are_found_with_their_target(redis_url: str) -> None:
@@ -27,3 +29,35 @@ def test_a_mark_made_again_as_accepted_keeps_the_answer(redis_url: str) -> None:
     intents.mark({"req-1": accepted})
 
     assert intents.marked(["req-1"]) == {"req-1": accepted}
+
+
+def test_a_mark_and_the_agents_cached_state_are_one_read(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    cache = StateCache(client, ttl_s=60)
+    intents = WriteIntents(client, ttl_s=60, cache=cache)
+    mark, state = Intent("def-break", 0, 1000), AgentState("def-meal", "BUSY", 900, "event")
+    intents.mark({"req-1": mark})
+    cache.put("agent-1", state)
+
+    read: list[object] = []
+    counted = commands_during(
+        client, lambda: read.append(intents.marked_with_state("req-1", "agent-1"))
+    )
+
+    assert read == [(mark, state)]
+    assert counted == {"mget": 1}
+    assert intents.marked_with_state("req-2", "agent-2") == (None, None)
+
+
+def test_a_mark_is_read_with_the_state_of_a_cache_elsewhere_or_alone(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    elsewhere = StateCache(redis.Redis.from_url(redis_url), ttl_s=60)
+    state = AgentState("def-meal", "BUSY", 900, "event")
+    elsewhere.put("agent-1", state)
+    WriteIntents(client, ttl_s=60).mark({"req-1": Intent("def-break", 0, 1000)})
+
+    with_cache = WriteIntents(client, ttl_s=60, cache=elsewhere)
+    alone = WriteIntents(client, ttl_s=60)
+
+    assert with_cache.marked_with_state("req-1", "agent-1")[1] == state
+    assert alone.marked_with_state("req-1", "agent-1") == (Intent("def-break", 0, 1000), None)

@@ -13,7 +13,9 @@ import time
 import pytest
 import redis
 
-from worker.limiter import BudgetExhausted, Reservation, SharedRateLimiter
+from tests.support.redis_db import commands_during
+from worker import limiter as limiter_module
+from worker.limiter import TRIM_EVERY, BudgetExhausted, Reservation, SharedRateLimiter
 
 PROVISIONAL_S = 5.0
 
@@ -173,6 +175,35 @@ def test_cool_down_never_shortens_a_longer_one_and_rounds_retry_after_up(make_li
     assert wait_s > 1.2, "Retry-After is rounded up to whole seconds"
 
 
+def test_a_cool_down_holds_with_calls_of_its_own_in_the_window(make_limiter):
+    busy = make_limiter(limit=3, provisional_s=0.01)
+    for _ in range(2):
+        busy.release(busy.acquire(max_wait_s=0))
+
+    busy.cool_down(2)  # longer than the window: its entries leave it after the calls' do
+
+    _, wait_s = busy.try_acquire()
+    assert 1.5 < wait_s <= 2.0, "the wait is the cool-down's, not the oldest call's"
+    time.sleep(1.1)  # the two calls have left the window, the cool-down has not
+    member, wait_s = busy.try_acquire()
+    assert member is None
+    assert 0.5 < wait_s <= 1.0
+    assert busy.acquire(max_wait_s=1.5).waited_s > 0.5
+
+
+def test_a_budget_too_large_to_fill_reads_the_cool_down_instead(make_limiter, monkeypatch):
+    monkeypatch.setattr(limiter_module, "COOL_DOWN_FILL_MAX", 10)
+    seen_429, other = make_limiter(limit=11), make_limiter(limit=11)
+
+    seen_429.cool_down(1)
+
+    assert other.in_window() == 0, "the window is not filled"
+    member, wait_s = other.try_acquire()
+    assert member is None
+    assert 0.5 < wait_s <= 1.0
+    assert other.acquire(max_wait_s=2).waited_s > 0.5
+
+
 def test_a_call_in_flight_counts_until_it_completes_plus_one_window(make_limiter):
     slow = make_limiter(limit=1, provisional_s=10)
     other = make_limiter(limit=1, provisional_s=10)
@@ -212,7 +243,7 @@ def test_budgets_of_different_clients_are_independent(make_limiter):
     reservation = org_b.acquire(max_wait_s=0)  # neither a's full window nor its cool-down
 
     assert reservation.waited_s < 0.5
-    assert org_a.in_window() == 1
+    assert org_a.in_window() == 1 + 1, "its call and its cool-down's fill of its limit"
     assert org_b.in_window() == 1
 
 
@@ -231,7 +262,8 @@ def test_the_completion_stamp_is_never_earlier_than_the_completion_on_the_server
     assert completed >= reservation.granted_ms + 300
 
 
-def test_a_release_after_the_window_trimmed_the_reservation_adds_nothing(make_limiter):
+def test_a_release_after_the_window_trimmed_the_reservation_adds_nothing(make_limiter, monkeypatch):
+    monkeypatch.setattr(limiter_module, "TRIM_EVERY", 1)
     limiter = make_limiter(limit=5, provisional_s=0.01, window_s=0.2)
     late = limiter.acquire(max_wait_s=0)
     time.sleep(0.3)
@@ -242,12 +274,36 @@ def test_a_release_after_the_window_trimmed_the_reservation_adds_nothing(make_li
     assert limiter.redis.zscore(limiter.log_key, late.member) is None
 
 
-def test_the_log_stays_within_the_limit_without_an_expiry(make_limiter):
+def test_the_log_stays_bounded_without_an_expiry(make_limiter):
+    """At most the limit in the window plus what left it since a process last trimmed."""
     limiter = make_limiter(limit=3, provisional_s=0.01, window_s=0.2)
-    for _ in range(4):
+    for _ in range(3 * TRIM_EVERY // 3 + 2):
         for _ in range(3):
             limiter.release(limiter.acquire(max_wait_s=1))
         time.sleep(0.25)
 
-    assert limiter.redis.zcard(limiter.log_key) <= 3
+    assert limiter.redis.zcard(limiter.log_key) <= 3 + TRIM_EVERY
     assert limiter.redis.ttl(limiter.log_key) == -1
+
+
+def test_entries_that_left_the_window_never_count_trimmed_or_not(make_limiter):
+    limiter = make_limiter(limit=3, provisional_s=0.01, window_s=0.2)
+    for _ in range(3):
+        limiter.release(limiter.acquire(max_wait_s=0))
+    with pytest.raises(BudgetExhausted):
+        limiter.acquire(max_wait_s=0)
+    time.sleep(0.25)
+
+    limiter.acquire(max_wait_s=0)  # the three are older than the window, still in the log
+
+    assert limiter.in_window() == 1
+
+
+def test_a_grant_is_one_script_of_four_commands_and_its_release_one(make_limiter, r):
+    limiter = make_limiter(limit=100)
+    limiter.release(limiter.acquire(max_wait_s=0))  # the script loaded once
+
+    counted = commands_during(r, lambda: limiter.release(limiter.acquire(max_wait_s=0)))
+
+    # The server clock, the window's count (a cool-down fills it), the reservation; its re-stamp.
+    assert counted == {"evalsha": 1, "time": 1, "zcount": 1, "zadd": 2}

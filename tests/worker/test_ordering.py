@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from tests.support.redis_db import commands_during
 from worker.broker import holders
 from worker.ordering import AgentBusy, AgentOrdering
 
@@ -249,3 +250,25 @@ def test_a_second_delivery_of_a_request_waits_while_the_first_is_alive(ordering,
         same_process = ordering.register_and_lock(OTHER, 100, "req-c", ttl_s=5, wait_s=0.05)
         with pytest.raises(AgentBusy), same_process:  # another thread of this process
             pass
+
+
+def test_an_older_request_registered_late_keeps_the_newer_marker_and_its_expiry(ordering, r):
+    ordering.register(AGENT, 2_000, "req-new")
+    r.expire(f"presence:agent:{AGENT}:newest", 5)
+
+    ordering.register(AGENT, 1_000, "req-old")
+
+    assert r.get(f"presence:agent:{AGENT}:newest") == b"00000000000000002000|req-new"
+    assert 5 < r.ttl(f"presence:agent:{AGENT}:newest") <= 60
+
+
+def test_the_newest_request_registers_and_locks_in_three_commands(ordering, r):
+    ordering.register(AGENT, 1_000, "req-a")  # the script loaded once
+
+    def register_and_lock() -> None:
+        with ordering.register_and_lock(AGENT, 2_000, "req-b", ttl_s=5, wait_s=0):
+            pass
+
+    counted = commands_during(r, register_and_lock)
+    # The script, the marker written with the old one read back, the lock; then the release.
+    assert counted == {"evalsha": 2, "set": 2, "get": 1, "del": 1}

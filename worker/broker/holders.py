@@ -4,7 +4,7 @@ back within seconds instead of after the visibility timeout.
 Kombu's Redis transport restores a held (``unacked``) message only once the visibility timeout
 has passed, because it cannot tell a dead holder from a slow one. Here every process that
 consumes writes its :data:`PROCESS_ID` beside each message it takes (:data:`HOLDERS_KEY`, in
-the same pipeline as kombu's ``unacked`` write) and keeps a liveness key alive from its mover
+the same script as kombu's ``unacked`` write) and keeps a liveness key alive from its mover
 (:func:`beat`). A message whose holder's liveness key has expired is an orphan
 (:func:`orphans`): any live worker's mover restores it with kombu's own atomic
 ``restore_by_tag``. A holder that is merely cut off from Redis for longer than
@@ -28,11 +28,6 @@ ORPHAN_LIMIT: Final = 200
 
 PROCESS_ID: Final = uuid.uuid4().hex
 """This process's holder id (a forked pool child inherits it, but only the consumer holds)."""
-
-
-def hold(pipe: Any, delivery_tag: str) -> None:
-    """Queue, on ``pipe``, the write naming this process the holder of ``delivery_tag``."""
-    pipe.hset(HOLDERS_KEY, delivery_tag, PROCESS_ID)
 
 
 def release(pipe: Any, delivery_tag: str) -> None:

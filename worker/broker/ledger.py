@@ -6,9 +6,9 @@ visibility timeout. Two gaps remain, and the ledger closes both:
 * **popped, never held** — a consumer's ``BRPOP`` removes a message from its list before the
   consumer writes it to ``unacked``; a worker SIGKILLed in between loses it. So every
   ``presence.update`` and ``presence.wave`` message pushed through :class:`Channel` (the
-  producer library, the worker's own sends, kombu's restores) gets a *queued* entry written in
-  the same MULTI as its ``LPUSH``, and the ``unacked`` write clears it in the same pipeline
-  (:meth:`QoS.append`). An entry still there after ``check_after_s`` is looked up: held in
+  producer library, the worker's own sends, kombu's restores) gets a *queued* entry written
+  before its ``LPUSH`` in the same round trip, and the ``unacked`` write clears it in the same
+  script (:meth:`QoS.append`). An entry still there after ``check_after_s`` is looked up: held in
   ``unacked`` (cleared), still in its list (looked at again later), or neither — popped and
   lost — and pushed again.
 * **waiting for a retry** — a Celery countdown retry sits unacknowledged in a worker's memory
@@ -37,7 +37,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
@@ -59,8 +60,9 @@ SCHEDULED_KEY: Final = "presence:ledger:scheduled"
 """Sorted set: id → when its retry is due (or its claim ends), epoch seconds."""
 ENTRIES_KEY: Final = "presence:ledger:entries"
 """Hash: id → the entry as JSON (``state`` ``queued`` or ``scheduled``)."""
-TAKEN_KEY: Final = "presence:ledger:taken"
-"""Hash: list → the newest push time of a ledgered message a consumer took from it."""
+TAKEN_KEY: Final = "presence:ledger:taken_at"
+"""Sorted set: list → the newest push time of a ledgered message a consumer took from it (kept
+with ``ZADD GT``, one command per message)."""
 SCAN_MAX: Final = 1000
 """A list this long or shorter is searched for an old entry's message whatever its position."""
 UNACKED_KEY: Final = "unacked"  # kombu's default ``unacked_key``
@@ -79,7 +81,7 @@ MOVE_LIMIT: Final = 200
 # taken from a long list, the entry's message is still in it, and the list is not searched.
 _CLAIM: Final = """
 local function listed(entry)
-  local taken = tonumber(redis.call('HGET', KEYS[5], entry.list) or '-1')
+  local taken = tonumber(redis.call('ZSCORE', KEYS[5], entry.list) or '-1')
   if taken < (entry.pushed or 0) and redis.call('LLEN', entry.list) > tonumber(ARGV[5]) then
     return true
   end
@@ -131,16 +133,37 @@ if not raw then return 0 end
 if ARGV[2] ~= '' then
   local entry = cjson.decode(raw)
   if entry.state ~= 'queued' or entry.tag ~= ARGV[2] then return 0 end
-  local taken = tonumber(redis.call('HGET', KEYS[4], entry.list) or '-1')
-  if entry.pushed and entry.pushed > taken then
-    redis.call('HSET', KEYS[4], entry.list, entry.pushed)
-  end
+  if entry.pushed then redis.call('ZADD', KEYS[4], 'GT', entry.pushed, entry.list) end
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return 1
 elseif raw ~= ARGV[3] then
   return 0
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: unacked index, unacked, holders, entries, queued, taken. ARGV: delivery tag, now, the
+# unacked value, holder, task id or ''. Kombu's ``unacked`` write with its holder, and (for a
+# ledgered task) :data:`_SETTLE`'s drop of the delivery's queued entry, in one atomic script.
+# A queued entry is never in the scheduled set: a stale member there (the entry was scheduled
+# before this push replaced it) is dropped by the mover's claim, which ignores ids whose entry
+# is not scheduled.
+_HOLD: Final = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+if ARGV[5] == '' then return 0 end
+local raw = redis.call('HGET', KEYS[4], ARGV[5])
+if not raw then return 0 end
+local entry = cjson.decode(raw)
+if entry.state ~= 'queued' or entry.tag ~= ARGV[1] then return 0 end
+if entry.pushed then redis.call('ZADD', KEYS[6], 'GT', entry.pushed, entry.list) end
+redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('HDEL', KEYS[4], ARGV[5])
 return 1
 """
 
@@ -243,11 +266,13 @@ def record_queued(
     front: bool = False,
 ) -> None:
     """Queue the commands writing a queued entry on ``pipe`` (a pipeline or publish batch),
-    replacing any scheduled one of ``task_id``; ``front``: pushed to the end taken next."""
+    replacing any scheduled one of ``task_id`` (its id may stay in the scheduled set: the
+    mover's claim drops ids whose entry is not scheduled); ``front``: pushed to the end taken
+    next. The time first: a partial write leaves an id without entry (dropped by the claim),
+    never an entry the claim would take for old."""
     entry = queued_entry(list_key, tag, message, 0.0 if front else now)
-    pipe.hset(ENTRIES_KEY, task_id, entry)
     pipe.zadd(QUEUED_KEY, {task_id: now})
-    pipe.zrem(SCHEDULED_KEY, task_id)
+    pipe.hset(ENTRIES_KEY, task_id, entry)
 
 
 def schedule(client: redis.Redis, entry: Scheduled, due: float) -> None:
@@ -364,40 +389,54 @@ class PendingAcks:
 
 
 PENDING_ACKS: Final = PendingAcks()
+# Registered on a client that never connects: the script runs on the client given per call
+# (EVALSHA, loading it once per server).
+_HOLD_SCRIPT: Final = redis.Redis().register_script(_HOLD)
 
 
 class QoS(redis_restore.QoS):
     def ack(self, delivery_tag: str) -> None:
-        """Kombu's ``ack``; when Redis cannot take it, the tag is settled later by the mover
+        """Kombu's ``ack`` (the message out of ``unacked``, with its holder) as one pipeline
+        without a transaction: ``unacked`` first, so a partial write leaves only an index entry,
+        which kombu's restore drops; a concurrent restore watches ``unacked`` and starts over.
+        When Redis cannot take it, the tag is settled later by the mover
         (:data:`PENDING_ACKS`) instead of waiting out the visibility timeout. Celery would only
         log the failure (``ack_log_error``)."""
         try:
-            super().ack(delivery_tag)
+            channel: Any = self.channel
+            with channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+                pipe.hdel(self.unacked_key, delivery_tag)
+                pipe.zrem(self.unacked_index_key, delivery_tag)
+                holders.release(pipe, delivery_tag)
+                pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             PENDING_ACKS.add(delivery_tag, self.unacked_key, self.unacked_index_key)
-            kombu_virtual.QoS.ack(self, delivery_tag)  # settled here: never restore it
             log.warning(
                 "cannot acknowledge %s yet (%s); settling it when Redis is back", delivery_tag, exc
             )
+        kombu_virtual.QoS.ack(self, delivery_tag)  # settled here either way: never restore it
 
     def append(self, message: Any, delivery_tag: str) -> None:
         """Kombu's ``append`` (the ``unacked`` write), with this process named its holder and a
-        ledgered message's queued entry dropped, in the same pipeline: custody passes from the
-        ledger to ``unacked`` in one round trip."""
+        ledgered message's queued entry dropped, in one script: custody passes from the ledger
+        to ``unacked`` atomically, in one round trip."""
         raw = getattr(message, "_raw", None)
         task_id = ledgered_id(raw) if isinstance(raw, Mapping) else None
         delivery = message.delivery_info
-        with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
-            pipe.hset(
-                self.unacked_key,
-                delivery_tag,
-                _dumps([raw, delivery["exchange"], delivery["routing_key"]]),
-            )
-            if task_id is not None:
-                forget_queued(pipe, task_id, delivery_tag)
-            holders.hold(pipe, delivery_tag)
-            pipe.execute()
+        value = _dumps([raw, delivery["exchange"], delivery["routing_key"]])
+        keys = (
+            self.unacked_index_key,
+            self.unacked_key,
+            holders.HOLDERS_KEY,
+            ENTRIES_KEY,
+            QUEUED_KEY,
+            TAKEN_KEY,
+        )
+        args = (delivery_tag, time.time(), value, holders.PROCESS_ID, task_id or "")
+        channel: Any = self.channel
+        with channel.conn_or_acquire() as client:
+            _HOLD_SCRIPT(keys=keys, args=args, client=client)
         kombu_virtual.QoS.append(self, message, delivery_tag)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
@@ -411,6 +450,22 @@ class Channel(redis_restore.Channel):
     """Kombu's Redis channel writing the ledger with each push of a ledgered task's message."""
 
     QoS = QoS
+    _shared: tuple[Any, Any] | None = None  # (pool, the client over it)
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """Kombu's, with one client per connection pool instead of a new one (and its
+        response-callback table) for every push, hold and ack. Redis clients are thread-safe;
+        the pool is the channel's as before."""
+        if client:
+            yield client
+            return
+        me: Any = self
+        pool = me.pool
+        shared = self._shared
+        if shared is None or shared[0] is not pool:
+            shared = self._shared = (pool, me._create_client())
+        yield shared[1]
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         me: Any = self  # kombu's stubs leave out the Redis channel's helpers
@@ -425,12 +480,14 @@ class Channel(redis_restore.Channel):
         batch = kwargs.pop("_publish_batch", None)
         if batch is not None:
             # A non-transactional batch: the entry first, so a partial write errs on its side.
-            batch.add("hset", ENTRIES_KEY, task_id, queued_entry(key, tag, text, now))
+            # A non-transactional batch: the entry first, so a partial write errs on its side.
             batch.add("zadd", QUEUED_KEY, {task_id: now})
-            batch.add("zrem", SCHEDULED_KEY, task_id)
+            batch.add("hset", ENTRIES_KEY, task_id, queued_entry(key, tag, text, now))
             batch.add("lpush", key, text)
             return
-        with me.conn_or_acquire() as client, client.pipeline() as pipe:
+        # No transaction: the entry is written before the push, so a partial write errs on its
+        # side (the mover pushes a message whose entry it finds nowhere), as a batch does.
+        with me.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             record_queued(pipe, task_id, key, tag, text, now)
             pipe.lpush(key, text)
             pipe.execute()

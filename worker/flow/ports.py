@@ -95,6 +95,13 @@ class Intents(Protocol):
 
     def marked(self, request_ids: list[str]) -> dict[str, Intent]: ...
 
+    def marked_with_state(
+        self, request_id: str, user_id: str
+    ) -> tuple[Intent | None, AgentState | None]:
+        """The request's mark and the agent's entry in the shared state cache, read together
+        (a single update's first reads)."""
+        ...
+
     def clear(self, request_ids: list[str]) -> None:
         """Drop marks of writes that were certainly never sent."""
         ...

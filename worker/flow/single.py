@@ -26,7 +26,7 @@ from worker.limiter import BudgetExhausted
 from worker.notifications.listener import PresenceEvent
 from worker.ordering import AgentBusy
 from worker.retry import Delay, GiveUp, RetryLater
-from worker.state_cache import state_of
+from worker.state_cache import AgentState, state_of
 
 log = logging.getLogger(__name__)
 LOCK_RETRY_S = 1.0
@@ -76,16 +76,17 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bo
     if recorded is not None:
         return recorded  # a redelivery or a repeated key: applied once
     try:
-        marked = ports.intents.marked([request.request_id]).get(request.request_id)
+        marked, cached = ports.intents.marked_with_state(request.request_id, request.user_id)
         if marked is not None:
             # An earlier delivery may have sent the write: read back, never write twice.
             presence = None if marked.accepted else ports.api.get_presence(request.user_id)[0]
             if steps.applied_earlier(ports, request, marked, presence):
                 return _finish(ports, request.draft, Outcome.APPLIED_UNCONFIRMED, calls)
+            cached = None  # the read-back refreshed the cache: read it again
         if superseded:  # read as the lock was taken
             return _finish(ports, *steps.rejected(request.draft, SUPERSEDED), calls)
         ports.confirmations.wait_primed()  # a cold start: priming may soon cover this agent
-        _load_current(ports, request)
+        _load_current(ports, request, cached)
         decision = steps.verdict(ports, request)
         if isinstance(decision, Reject):
             return _finish(ports, *steps.rejected(request.draft, decision), calls)
@@ -106,10 +107,12 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bo
         return _finish(ports, *steps.refused(request.draft, exc), calls)
 
 
-def _load_current(ports: Ports, request: Request) -> None:
-    """The agent's presence from the shared cache; on a miss, one GET only when a rule needs
-    it (:func:`~worker.flow.decisions.needs_current`, as for a wave's agents)."""
-    state = ports.cache.get(request.user_id)
+def _load_current(ports: Ports, request: Request, cached: AgentState | None) -> None:
+    """The agent's presence: ``cached`` (read from the shared cache as the lock was taken),
+    else the shared cache now (priming may have filled it meanwhile); on a miss, one GET only
+    when a rule needs it (:func:`~worker.flow.decisions.needs_current`, as for a wave's
+    agents)."""
+    state = cached if cached is not None else ports.cache.get(request.user_id)
     if state is None and needs_current(request.target, request.expected, ports.matrix):
         presence, _ = ports.api.get_presence(request.user_id)
         state = state_of(presence, "read")

@@ -19,6 +19,7 @@ from kombu import Connection
 
 from producer.api import PresenceProducer
 from producer.schema import PresenceUpdate
+from tests.support.redis_db import commands_during
 from worker import names
 from worker.broker import ledger
 
@@ -269,3 +270,89 @@ def test_a_scheduled_update_published_through_the_ledger_becomes_queued(
 
 def _never(entry: ledger.Scheduled) -> None:
     raise AssertionError(f"nothing was scheduled, yet {entry} was published")
+
+
+# -- what custody costs -----------------------------------------------------------------------
+def test_a_push_is_its_entry_and_the_message_without_a_transaction(
+    r: redis.Redis, producer: PresenceProducer
+) -> None:
+    update = _update()
+    producer.send(update)  # the connection and its bindings are set up once
+
+    assert commands_during(r, lambda: producer.send(update)) == {
+        "zadd": 1,  # when the entry was pushed
+        "hset": 1,  # the entry
+        "lpush": 1,  # the message
+    }
+
+
+def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    producer.send(_update(1))
+    producer.send(_update(2))
+    consumer.basic_get(names.PRESENCE_QUEUE).ack()  # connection and script set up once
+    held: list[Any] = []
+
+    taking = commands_during(r, lambda: held.append(consumer.basic_get(names.PRESENCE_QUEUE)))
+    assert held[0] is not None
+    acking = commands_during(r, held[0].ack)
+
+    assert taking == {
+        "rpop": 1,  # kombu's get (a worker's BRPOP)
+        "evalsha": 1,  # the ``unacked`` write, its holder and the ledger entry dropped:
+        "zadd": 2,  # unacked index, taken time
+        "hset": 2,  # unacked, holder
+        "hget": 1,  # the entry, to drop only this delivery's
+        "zrem": 1,
+        "hdel": 1,
+    }
+    assert acking == {
+        "hdel": 2,
+        "zrem": 1,
+    }  # unacked, holder; unacked index
+    assert r.hlen(ledger.UNACKED_KEY) == 0
+    assert r.zcard("unacked_index") == 0
+    assert _entries(r) == {}
+
+
+def test_a_message_taken_again_from_the_front_keeps_the_newest_taken_time(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    first, second = producer.send(_update(1)), producer.send(_update(2))
+    newest = _entries(r)[second]["pushed"]
+    held = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert held is not None
+    assert held.headers["id"] == first
+    assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
+    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == newest
+
+    consumer.qos.restore_by_tag(held.delivery_tag)  # to the front: its entry's push time is 0
+    assert _entries(r)[first]["pushed"] == 0
+    assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
+
+    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == newest
+
+
+def test_a_push_over_a_scheduled_entry_is_never_published_by_the_mover(
+    redis_url: str, r: redis.Redis
+) -> None:
+    app = Celery(broker=redis_url, broker_transport=ledger.TRANSPORT, set_as_current=False)
+    retry = ledger.Scheduled("req-2", names.UPDATE_TASK, [{"x": 1}], {}, names.PRESENCE_QUEUE)
+    ledger.schedule(r, retry, due=1000.0)
+
+    app.send_task(retry.task, args=retry.args, task_id=retry.id, queue=retry.queue)
+    app.close()
+    sent: list[ledger.Scheduled] = []
+    moved = ledger.move_due(r, sent.append, now=2000.0)
+
+    assert (moved.published, sent) == (0, [])
+    assert r.zscore(ledger.SCHEDULED_KEY, retry.id) is None  # the id the push left, dropped
+    assert _entries(r)[retry.id]["state"] == "queued"
+    assert r.llen(names.PRESENCE_QUEUE) == 1
+
+
+def test_a_channel_uses_one_client_for_its_pushes_holds_and_acks(consumer: Any) -> None:
+    with consumer.conn_or_acquire() as first, consumer.conn_or_acquire() as second:
+        assert first is second
+        assert first.connection_pool is consumer.pool

@@ -212,8 +212,17 @@ class FakeOrdering:
 
 
 class FakeIntents:
-    def __init__(self) -> None:
+    def __init__(self, cache: FakeCache | None = None) -> None:
         self.marks: dict[str, Intent] = {}
+        self.cache = cache
+        self.reads_with_state = 0
+
+    def marked_with_state(
+        self, request_id: str, user_id: str
+    ) -> tuple[Intent | None, AgentState | None]:
+        self.reads_with_state += 1
+        state = self.cache.entries.get(user_id) if self.cache is not None else None
+        return self.marks.get(request_id), state
 
     def mark(self, writes: dict[str, Intent]) -> None:
         self.marks.update(writes)
@@ -405,7 +414,7 @@ def world(
         "api": FakeApi(clock, presences),
         "catalog": FakeCatalog(),
         "ordering": FakeOrdering(),
-        "intents": FakeIntents(),
+        "intents": FakeIntents(cache),
         "cache": cache,
         "capacity": FakeCapacity(),
         "confirmations": FakeConfirmations(cache),

@@ -23,8 +23,10 @@ from worker.flow.request import Attempt
 from worker.flow.single import handle_update, record_dead_letter
 from worker.flow.wave import handle_wave, record_wave_dead_letter
 from worker.genesys.errors import Forbidden, NotFound, ServerError, TransportError
+from worker.intents import Intent
 from worker.limiter import BudgetExhausted
 from worker.retry import Delay, GiveUp, RetryLater, RetryPolicy
+from worker.state_cache import AgentState
 
 AGENT = "3ce84f47-4e65-4756-a815-67a2b32e58b8"
 REQUEST = "req-1"
@@ -412,6 +414,37 @@ def test_a_write_that_waited_for_budget_is_retried_without_a_read_back() -> None
     assert drive(Single(), w, payload(), POLICY) == ("confirmed", 2)
     assert w.api.writes[AGENT] == 1
     assert w.api.calls["get"] == 1, "one read of the current presence, none of an earlier write"
+
+
+def test_a_single_update_reads_its_mark_and_the_agents_cached_state_together() -> None:
+    w = world({AGENT: AVAILABLE})
+    w.cache.put(AGENT, AgentState(AVAILABLE, "AVAILABLE", 1, "event"))
+    before_the_write: list[str] = []
+    cache_get = w.cache.get
+
+    def get(user_id: str) -> AgentState | None:
+        if not w.api.calls["patch"]:
+            before_the_write.append(user_id)
+        return cache_get(user_id)
+
+    w.cache.get = get  # type: ignore[method-assign]
+
+    assert Single().run(w, payload()).outcome == "confirmed"
+    assert w.intents.reads_with_state == 1
+    assert before_the_write == [], "the state read with the mark is the one the verdict uses"
+    assert w.api.calls["get"] == 0
+
+
+def test_a_read_back_of_an_earlier_write_is_followed_by_a_fresh_cache_read() -> None:
+    w = world({AGENT: AVAILABLE})
+    w.intents.mark({REQUEST: Intent(BREAK, 0, 0)})  # marked, never applied
+    separate: list[str] = []
+    cache_get = w.cache.get
+    w.cache.get = lambda user_id: separate.append(user_id) or cache_get(user_id)  # type: ignore[method-assign]
+
+    assert Single().run(w, payload()).outcome == "confirmed"
+    assert w.api.calls["get"] == 1, "the read-back; the verdict uses what it stored"
+    assert separate[:1] == [AGENT]
 
 
 def test_a_request_waiting_for_budget_too_long_is_dead_lettered() -> None:
