@@ -12,6 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.support.clock import ManualClock
 from worker.notifications.roster import Roster
 
 
@@ -26,24 +27,13 @@ class Listing:
         return self.ids[:limit]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def client(redis_url) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
 
 
-def roster(client: redis.Redis, clock: Clock | None = None, **kwargs) -> Roster:
-    clock = clock or Clock()
+def roster(client: redis.Redis, clock: ManualClock | None = None, **kwargs) -> Roster:
+    clock = clock or ManualClock()
     return Roster(client, key="org", sleep=clock.sleep, clock=clock, **kwargs)
 
 
@@ -73,7 +63,7 @@ def test_a_listing_for_fewer_agents_is_not_reused_for_more_unless_it_was_complet
 def test_a_process_finding_another_listing_waits_for_its_answer(client):
     listing = Listing(["a0", "a1", "a2"])
     assert client.set("presence:roster:{org}:listing", 1, nx=True, px=5000)  # another lists
-    clock = Clock()
+    clock = ManualClock()
     waiting = roster(client, clock)
 
     def answer_later(seconds: float) -> None:
@@ -221,7 +211,7 @@ def test_a_reader_that_never_finishes_is_waited_for_only_up_to_the_bound(client)
         json.dumps({"started": 10**14, "done": False, "by": "gone"}),
         px=60_000,
     )
-    clock = Clock()
+    clock = ManualClock()
     reads: list[str] = []
 
     assert roster(client, clock, wait_s=2.0).fill_once(lambda: reads.append("me"))

@@ -12,19 +12,10 @@ import httpx
 import pytest
 import redis
 
+from tests.support.clock import ManualClock
 from tests.worker.conftest import route_count
 from worker.genesys.errors import TokenError
 from worker.genesys.token import TokenProvider
-
-
-class Clock:
-    """An injected wall clock that only moves when told to."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -90,7 +81,7 @@ def test_one_token_is_fetched_and_shared_by_every_process_and_thread(api, make_p
 
 def test_the_token_is_renewed_shortly_before_it_expires(api, make_provider):
     api.admin("PUT", "/settings", {"token_lifetime_s": 100})
-    clock = Clock()
+    clock = ManualClock(1_000_000.0)
     provider = make_provider(clock=clock)
     other_process = make_provider(clock=clock)
     first = provider.get()

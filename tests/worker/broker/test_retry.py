@@ -11,6 +11,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject, Retry
 
+from tests.support.clock import ManualClock
 from worker import names
 from worker.broker import ledger
 from worker.broker.retry import republish
@@ -29,17 +30,6 @@ class FlakyBroker:
             raise redis.ConnectionError("broker down")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 TASK = SimpleNamespace(
     name=names.UPDATE_TASK,
     request=SimpleNamespace(
@@ -49,7 +39,7 @@ TASK = SimpleNamespace(
 )
 
 
-def _republish(store: FlakyBroker, clock: Clock, **options: Any) -> None:
+def _republish(store: FlakyBroker, clock: ManualClock, **options: Any) -> None:
     republish(
         cast(Task[Any, Any], TASK),
         countdown_s=1.5,
@@ -64,7 +54,7 @@ def _republish(store: FlakyBroker, clock: Clock, **options: Any) -> None:
 
 
 def test_a_retry_is_scheduled_then_acknowledged_through_celerys_retry() -> None:
-    store, clock = FlakyBroker(failures=0), Clock()
+    store, clock = FlakyBroker(failures=0), ManualClock()
     with pytest.raises(Retry) as retried:
         _republish(store, clock, args=("payload",), kwargs={"failures": 2})
     assert retried.value.when == 1.5
@@ -75,14 +65,14 @@ def test_a_retry_is_scheduled_then_acknowledged_through_celerys_retry() -> None:
 
 
 def test_without_arguments_the_current_message_is_retried() -> None:
-    store, clock = FlakyBroker(failures=0), Clock()
+    store, clock = FlakyBroker(failures=0), ManualClock()
     with pytest.raises(Retry):
         _republish(store, clock)
     assert store.calls[0][0].args == ["original"]
 
 
 def test_a_schedule_written_again_within_the_wait_is_celerys_retry() -> None:
-    store, clock = FlakyBroker(failures=3), Clock()
+    store, clock = FlakyBroker(failures=3), ManualClock()
     with pytest.raises(Retry):
         _republish(store, clock)
     assert len(store.calls) == 4
@@ -91,7 +81,7 @@ def test_a_schedule_written_again_within_the_wait_is_celerys_retry() -> None:
 
 
 def test_a_broker_down_for_longer_than_the_wait_keeps_the_message_for_redelivery() -> None:
-    store, clock = FlakyBroker(failures=100), Clock()
+    store, clock = FlakyBroker(failures=100), ManualClock()
     with pytest.raises(Reject) as rejected:
         _republish(store, clock)
     assert rejected.value.requeue is True  # type: ignore[attr-defined]
