@@ -48,8 +48,11 @@ class Size:
         return int((self.updates // self.per_agent + self.wave_agents) * 1.1) + 20
 
 
+# The wait for quiescence must outlast the slowest recovery at production settings: a message
+# popped by a consumer that never held it (its worker, or Redis, killed in between) is pushed
+# again once its ledger entry is LEDGER_CHECK_AFTER_S (120 s) old, plus a mover pass.
 FULL = Size(updates=2000, per_agent=5, wave_agents=250, send_s=45, quiesce_s=240)
-QUICK = Size(updates=300, per_agent=5, wave_agents=50, send_s=20, quiesce_s=90)
+QUICK = Size(updates=300, per_agent=5, wave_agents=50, send_s=20, quiesce_s=150)
 
 
 def say(line: str) -> None:

@@ -28,6 +28,7 @@ from models import AuditRecord
 from models.db import session_scope
 from sandbox.servers import DurableRedis, PrivatePostgres
 from sandbox.stack import workers_answer
+from worker.broker import ledger
 
 WFM_SECRET = "chaos-wfm-secret"  # noqa: S105 - the emulator sink's key in this harness only
 QUEUES = ("presence", "wfm", "shifts")
@@ -248,12 +249,15 @@ class ChaosStack:
         ]
 
     def held(self) -> set[str]:
-        """Request ids of the messages the broker still holds (unacknowledged or queued)."""
+        """Request ids of the messages the broker still holds (unacknowledged, queued, or in the
+        ledger: popped and not held yet, or a retry waiting)."""
         client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
         ids: set[str] = set()
         try:
             for value in client.hvals("unacked"):
                 ids |= request_ids(value)
+            for value in client.hvals(ledger.ENTRIES_KEY):
+                ids |= ledger_request_ids(value)
             for queue in QUEUES:
                 for key in client.scan_iter(match=f"{queue}*"):
                     if _text(client.type(key)) == "list":
@@ -281,6 +285,24 @@ class ChaosStack:
         finally:
             client.close()
         return Leftovers(unacked, queued, delayed)
+
+
+def ledger_request_ids(raw: bytes | str) -> set[str]:
+    """The request ids a broker-ledger entry carries: a queued entry's message, or a scheduled
+    retry's task id (a request id) and its wave elements."""
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return set()
+    if not isinstance(entry, dict):
+        return set()
+    if entry.get("state") == "queued":
+        return request_ids(str(entry.get("message") or ""))
+    ids = {str(entry["id"])} if "id" in entry else set()
+    args = entry.get("args") or []
+    if args and isinstance(args[0], list):
+        ids |= {str(e["request_id"]) for e in args[0] if isinstance(e, dict) and "request_id" in e}
+    return ids
 
 
 def request_ids(raw: bytes | str) -> set[str]:

@@ -128,3 +128,22 @@ def test_a_process_stopped_on_purpose_is_left_to_the_fault(tmp_path):
     process.reap()
     assert process.process is first
     assert process.deaths == []
+
+
+def test_held_names_a_request_popped_and_never_held_and_a_waiting_retry(redis_url):
+    from worker.broker import ledger
+
+    producer = PresenceProducer(redis_url)
+    update = PresenceUpdate(user_id=str(uuid.uuid4()), state="Busy", requested_at=datetime.now(UTC))
+    producer.send(update, request_id="popped-1")
+    producer.close()
+    client = redis.Redis.from_url(redis_url)
+    client.lpop("presence")  # its consumer died before holding it: only the ledger has it
+    ledger.schedule(
+        client, ledger.Scheduled("retry-1", "presence.update", [{}], {}, "presence"), 9e9
+    )
+    client.close()
+
+    held = stack_on(redis_url=redis_url).held()
+
+    assert held == {"popped-1", "retry-1"}
