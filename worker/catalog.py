@@ -42,8 +42,12 @@ def _definition(d: PresenceDefinition) -> Definition:
     )
 
 
-def _store(client: redis.Redis, definitions: list[Definition], ttl_s: int) -> None:
-    client.set(CATALOG_KEY, json.dumps([asdict(d) for d in definitions]), ex=ttl_s)
+def _store(
+    client: redis.Redis, definitions: list[Definition], ttl_s: int, *, only_new: bool = False
+) -> bool:
+    """Store ``definitions`` for the fleet (``only_new``: unless some are stored already)."""
+    text = json.dumps([asdict(d) for d in definitions])
+    return bool(client.set(CATALOG_KEY, text, ex=ttl_s, nx=only_new))
 
 
 def seed(client: redis.Redis, entities: list[Any], ttl_s: int = TTL_S) -> bool:
@@ -55,9 +59,7 @@ def seed(client: redis.Redis, entities: list[Any], ttl_s: int = TTL_S) -> bool:
     except ValueError:
         return False
     try:
-        return bool(
-            client.set(CATALOG_KEY, json.dumps([asdict(d) for d in definitions]), ex=ttl_s, nx=True)
-        )
+        return _store(client, definitions, ttl_s, only_new=True)
     except redis.RedisError:
         return False
 

@@ -22,9 +22,7 @@ TOPICS = 5
 def make_group(runtime):
     made: list[ChannelGroup] = []
 
-    def make(
-        *, max_channels: int = 3, max_slots: int = 4, prime_agents: int = 0, shared: bool = False
-    ) -> ChannelGroup:
+    def make(*, max_channels: int = 3, max_slots: int = 4, prime_agents: int = 0) -> ChannelGroup:
         def member(waiters: WaiterRegistry) -> NotificationListener:
             slots = ChannelSlots(
                 runtime.redis, key=runtime.settings.genesys_client_id, max_slots=max_slots
@@ -43,13 +41,11 @@ def make_group(runtime):
             member,
             runtime.client,
             runtime.cache,
+            Roster(runtime.redis, key=runtime.settings.genesys_client_id),
             max_channels=max_channels,
             prime_agents=prime_agents,
             prime_wait_s=20,
             connect_timeout_s=5,
-            roster=Roster(runtime.redis, key=runtime.settings.genesys_client_id)
-            if shared
-            else None,
         )
         made.append(group)
         return group
@@ -141,7 +137,7 @@ def test_priming_spreads_over_as_many_channels_as_it_needs_and_fills_the_cache(
 
 
 def test_processes_priming_together_list_the_org_once(api, runtime, make_group, agents):
-    first, second = make_group(prime_agents=5, shared=True), make_group(prime_agents=5, shared=True)
+    first, second = make_group(prime_agents=5), make_group(prime_agents=5)
     first.start()
     second.start()
 

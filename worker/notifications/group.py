@@ -14,12 +14,10 @@ spending requests on agents it is about to cover.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 import redis
 
@@ -61,10 +59,10 @@ def channel_group(
         member,
         client,
         cache,
+        Roster(r, key=key),
         max_channels=settings.notification_channels,
         prime_agents=settings.notification_prime_agents,
         prime_wait_s=settings.notification_prime_wait_s,
-        roster=Roster(r, key=key),
     )
 
 
@@ -79,12 +77,12 @@ class ChannelGroup:
         make_member: MemberFactory,
         client: GenesysClient,
         cache: StateCache,
+        roster: Roster,
         *,
         max_channels: int,
         prime_agents: int = 0,
         prime_wait_s: float = 30.0,
         connect_timeout_s: float = 10.0,
-        roster: Roster | None = None,
     ) -> None:
         self.make_member = make_member
         self.client = client
@@ -218,14 +216,11 @@ class ChannelGroup:
         first = self._snapshot()[0]
         while not self.stopping.is_set():
             try:
-                with self._subscribing():  # fleet-mates hold their read until this one is done
+                with self.roster.subscribing():  # fleet-mates hold their read until it is done
                     if not first.connected.wait(self.connect_timeout_s):
                         continue
                     self._subscribe_primed(self._active_ids())
-                if self.roster is None:
-                    self._fill_cache()
-                else:
-                    self.roster.fill_once(self._fill_cache)
+                self.roster.fill_once(self._fill_cache)
                 self.primed.set()
                 return
             except (GenesysError, BudgetExhausted) as exc:
@@ -233,17 +228,12 @@ class ChannelGroup:
                 self.stopping.wait(PRIME_RETRY_S)
 
     def _active_ids(self) -> list[str]:
-        """The agents to prime: the fleet's shared listing (:class:`Roster`) when there is one."""
+        """The agents to prime: the fleet's shared listing (:class:`Roster`)."""
 
         def listing(limit: int) -> list[str]:
             return [str(u["id"]) for u in self.client.list_active_users(limit)]
 
-        if self.roster is None:
-            return listing(self.prime_agents)
         return self.roster.active(self.prime_agents, listing)
-
-    def _subscribing(self) -> AbstractContextManager[None]:
-        return self.roster.subscribing() if self.roster is not None else contextlib.nullcontext()
 
     def _subscribe_primed(self, ids: list[str]) -> None:
         pending = [u for u in ids if self._holder(u) is None]
