@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from models import Outcome
 from models.storable import storable_id
-from producer.schema import PresenceUpdate
+from producer.schema import PresenceUpdate, queue_for
 from worker import names
 from worker.app import app
 from worker.broker import ledger
@@ -22,6 +23,7 @@ from worker.broker.retry import broker_client, republish
 from worker.flow.request import Attempt
 from worker.flow.single import handle_update, record_dead_letter, record_ended
 from worker.flow.wave import handle_wave, record_wave_dead_letter, record_wave_ended
+from worker.orgs import UnknownOrg, org_of
 from worker.retry import Delay, GiveUp, PendingDeadLetter, RetryLater
 from worker.runtime import Runtime
 from worker.settings import get_settings
@@ -45,16 +47,25 @@ def _message(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, object
     return payload, kwargs.get("failures", 0), kwargs.get(PENDING_DEAD_LETTER)
 
 
-def _runtime(task: Task[Any, Any]) -> Runtime:
-    """This process's runtime. When it cannot be built (a configuration error, Redis down at
-    start), the message is retried later, never acknowledged away."""
+def _runtime(task: Task[Any, Any], org: str) -> Runtime:
+    """This process's runtime of ``org``. When it cannot be built (a configuration error, Redis
+    down at start), the message is retried later, never acknowledged away. Raises UnknownOrg
+    when ``org`` is not one this worker serves."""
     try:
-        return Runtime.current()
+        return Runtime.current(org)
+    except UnknownOrg:
+        raise
     except Exception as exc:
         # The settings themselves were read when the app was imported: they are valid here.
         retry_s = get_settings().runtime_retry_s
         log.error("cannot start the update flow, retrying in %.0f s: %s", retry_s, _why(exc))
         republish(task, countdown_s=retry_s)
+
+
+def _wave_org(elements: list[Any]) -> str:
+    """The org of a wave: its first element's."""
+    first = elements[0] if elements else None
+    return org_of(first.get("update") if isinstance(first, dict) else None)
 
 
 def _why(exc: Exception) -> str:
@@ -177,18 +188,22 @@ def _record_expired(
     if sender.name not in (names.UPDATE_TASK, names.WAVE_TASK):
         return
     try:
-        runtime = Runtime.current()
-        attempt = _attempt(request, runtime, 0)
         payload, _failures, _pending = _message(
             tuple(request.args or ()), dict(request.kwargs or {})
         )
+        elements = payload if isinstance(payload, list) else [payload]
+        org = org_of(payload) if sender.name == names.UPDATE_TASK else _wave_org(elements)
+        try:
+            runtime = Runtime.current(org)
+        except UnknownOrg as unknown:
+            runtime = Runtime.current(unknown.known[0])
+        attempt = _attempt(request, runtime, 0)
         message = f"Expired before a worker ran it (the message's expires: {request.expires})"
         if sender.name == names.UPDATE_TASK:
             record_ended(
                 runtime.ports, payload, attempt, Outcome.INVALID, "message.expired", message
             )
         else:
-            elements = payload if isinstance(payload, list) else [payload]
             record_wave_ended(
                 runtime.ports, elements, attempt, Outcome.INVALID, "message.expired", message
             )
@@ -204,7 +219,10 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     waits for budget or for another worker's lock re-schedule without counting as failures.
     """
     payload, failures, pending = _message(args, kwargs)
-    runtime = _runtime(self)
+    try:
+        runtime = _runtime(self, org_of(payload))
+    except UnknownOrg as unknown:
+        return _record_unknown_org(self, payload, unknown)
     ports = runtime.ports
     attempt = _attempt(self.request, runtime, failures)
     return _run(
@@ -226,15 +244,30 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     audited are skipped on a retry."""
     payload, failures, pending = _message(args, kwargs)
     elements: list[Any] = payload if isinstance(payload, list) else [payload]
-    runtime = _runtime(self)
+    org = _wave_org(elements)
+    try:
+        runtime = _runtime(self, org)
+    except UnknownOrg as unknown:
+        return dict(_record_unknown_org_wave(self, elements, unknown))
     ports = runtime.ports
     attempt = _attempt(self.request, runtime, failures)
+    others = [e for e in elements if _wave_org([e]) != org]
+    if others:
+        # One wave is applied with one org's runtime: elements of another org are refused.
+        mixed = record_wave_ended(
+            ports,
+            others,
+            attempt,
+            Outcome.INVALID,
+            "org.mixed",
+            f"a wave holds one org's changes; this wave is org {org!r}'s",
+        )
+        log.warning("wave %s: %d element(s) of another org refused", attempt.request_id, sum(mixed.values()))
+        elements = [e for e in elements if _wave_org([e]) == org]
 
     def requeue(request_id: str, update_payload: dict[str, Any], countdown_s: float) -> None:
         # Through the ledger's schedule like any retry: never an ETA held in worker memory.
-        entry = ledger.Scheduled(
-            request_id, names.UPDATE_TASK, [update_payload], {}, names.PRESENCE_QUEUE
-        )
+        entry = ledger.Scheduled(request_id, names.UPDATE_TASK, [update_payload], {}, queue_for(org))
         due = runtime.ports.clock.now().timestamp() + countdown_s
         ledger.schedule(broker_client(str(app.conf.broker_url)), entry, due)
 
@@ -259,4 +292,25 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
         apply,
         lambda give_up: dict(record_wave_dead_letter(ports, elements, attempt, give_up)),
         pending,
+    )
+
+
+def _record_unknown_org(task: Task[Any, str], payload: Any, unknown: UnknownOrg) -> str:
+    """An update naming an org this worker does not serve: ``invalid`` (``org.unknown``),
+    recorded through the first configured org's runtime (one audit database for all)."""
+    runtime = _runtime(task, unknown.known[0])
+    attempt = _attempt(task.request, runtime, 0)
+    return record_ended(
+        runtime.ports, payload, attempt, Outcome.INVALID, "org.unknown", str(unknown)
+    ).value
+
+
+def _record_unknown_org_wave(
+    task: Task[Any, dict[str, int]], elements: list[Any], unknown: UnknownOrg
+) -> Counter[str]:
+    """A wave naming an org this worker does not serve: every element ``invalid``."""
+    runtime = _runtime(task, unknown.known[0])
+    attempt = _attempt(task.request, runtime, 0)
+    return record_wave_ended(
+        runtime.ports, elements, attempt, Outcome.INVALID, "org.unknown", str(unknown)
     )

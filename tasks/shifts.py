@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from producer.schema import queue_for
 from tasks.presence import wave
 from worker import names
 from worker.app import app
-from worker.runtime import Runtime
+from worker.orgs import org_of
+from worker.settings import get_settings
 from worker.shifts.dispatch import dispatch_due
 
 
@@ -20,6 +22,7 @@ def dispatch() -> dict[str, Any]:
     """
 
     def send(elements: list[dict[str, Any]]) -> None:
-        wave.apply_async(args=(elements,))
+        # Every element of one wave is of one org (``dispatch_due`` groups them so).
+        wave.apply_async(args=(elements,), queue=queue_for(org_of(elements[0]["update"])))
 
-    return asdict(dispatch_due(Runtime.current().settings, send))
+    return asdict(dispatch_due(get_settings(), send))

@@ -17,7 +17,9 @@ from worker.app import app
 from worker.broker.retry import republish
 from worker.observability import metrics
 from worker.retry import RetryPolicy
+from worker.orgs import DEFAULT_ORG, UnknownOrg, get_orgs
 from worker.runtime import Runtime
+from worker.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,13 @@ def _warn_once(url: str, secret: str) -> None:
 def sync(self: Task[Any, str], delivery_id: int) -> str:
     """Deliver one WFM event; retried with backoff on 5xx/408/429/timeouts, up to
     ``WFM_MAX_RETRIES``; other 4xx fail at once. Returns the delivery's state."""
-    runtime = Runtime.current()
+    with session_scope(get_settings().database_url) as session:
+        org = wfm.org_of(session, delivery_id) or DEFAULT_ORG
+    try:
+        runtime = Runtime.current(org)
+    except UnknownOrg as exc:
+        log.error("WFM delivery %d left pending: %s", delivery_id, exc)
+        return "unknown-org"
     settings = runtime.settings
     if not settings.wfm_webhook_url:
         return "disabled"
@@ -93,8 +101,8 @@ def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> st
 @app.task(name=names.WFM_SWEEP_TASK)
 def sweep() -> int:
     """Re-enqueue pending deliveries whose send was lost (a crash between commit and send)."""
-    settings = Runtime.current().settings
-    if not settings.wfm_webhook_url:
+    settings = get_settings()
+    if not any(org.settings.wfm_webhook_url for org in get_orgs().values()):
         return 0
     with session_scope(settings.database_url) as session:
         ids = wfm.stale(session, older_than_s=settings.wfm_sweep_after_s)

@@ -8,20 +8,26 @@ visibility timeout only has to exceed a task's runtime.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from pydantic import ValidationError
 
 from worker import names, observability, preflight
 from worker.broker import guard, mover
+from worker.orgs import OrgsError, get_orgs
 from worker.problems import settings_problem
 from worker.settings import get_settings
 
 try:
     settings = get_settings()
+    orgs = get_orgs()
 except ValidationError as exc:
     # One line naming the variable (never its value), not a traceback: exits with status 1.
     raise SystemExit(f"presence worker: {settings_problem(exc)}") from None
+except OrgsError as exc:
+    raise SystemExit(f"presence worker: {exc}") from None
 TASK_TIME_LIMIT_S = 300
 # A held message is redelivered after the visibility timeout: it must exceed a task's runtime,
 # or a message still running would run twice. Retries are not held (the ledger keeps them).
@@ -82,6 +88,19 @@ observability.install()
 # The doctor's checks once per worker, in the main process before any pool process starts or
 # any message is consumed (never in worker_process_init).
 celeryd_after_setup.connect(preflight.on_worker_setup, weak=False)
+
+
+@celeryd_after_setup.connect(weak=False)
+def _consume_org_queues(instance: Any, **_: object) -> None:
+    """A worker that consumes ``presence`` consumes every configured org's queue too. Kombu's
+    Redis transport rotates its blocking pop over the queues, so a backlog in one org's queue
+    never sits in front of another org's updates."""
+    queues = instance.app.amqp.queues
+    if names.PRESENCE_QUEUE not in queues.consume_from:
+        return
+    for org in orgs.values():
+        if org.queue not in queues.consume_from:
+            queues.select_add(org.queue)
 
 
 @worker_ready.connect(weak=False)

@@ -1,7 +1,10 @@
-"""What a worker process holds: one of each connection, created lazily after fork.
+"""What a worker process holds for one org: one of each connection, created lazily after fork.
 
-``Runtime.current()`` builds it on first use in each process (never in the Celery parent, never
-inside ``worker_process_init``, whose handlers must finish within seconds).
+``Runtime.current(org)`` builds an org's runtime on first use in each process (never in the
+Celery parent, never inside ``worker_process_init``, whose handlers must finish within seconds).
+Every per-org piece (token, budget, client, catalog, caches, ordering, capacity, channels) is
+keyed by the org's Redis prefix, so nothing of one org is confused with another's even when user
+ids repeat across orgs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from worker.limiter import SharedRateLimiter
 from worker.notifications.group import ChannelGroup, channel_group
 from worker.observability import metrics
 from worker.ordering import AgentOrdering
+from worker.orgs import DEFAULT_ORG, Org, UnknownOrg, get_orgs
 from worker.retry import RetryPolicy
 from worker.rules.capacity import CapacityGuard, QueuePolicy, load_overrides
 from worker.rules.transitions import TransitionMatrix
@@ -40,6 +44,7 @@ from worker.state_cache import StateCache
 
 @dataclass
 class Runtime:
+    org: Org
     settings: Settings
     redis: redis.Redis
     http: httpx.Client
@@ -67,6 +72,11 @@ class Runtime:
         self._producer.send_task(names.WFM_SYNC_TASK, args=(delivery_id,), queue=names.WFM_QUEUE)
 
     @property
+    def prefix(self) -> str:
+        """This org's Redis key prefix."""
+        return self.org.prefix
+
+    @property
     def ports(self) -> Ports:
         """What the update flows use, over this process's connections."""
         if self._ports is None:
@@ -82,6 +92,7 @@ class Runtime:
                     self.redis,
                     ttl_s=int(settings.max_request_age_s + settings.broker_visibility_timeout_s),
                     cache=self.cache,
+                    prefix=self.prefix,
                 ),
                 cache=self.cache,
                 capacity=self.capacity,
@@ -109,9 +120,12 @@ class Runtime:
         return self._ports
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
-        """This process's runtime; raises ConfigError (one line naming the setting or file)
-        when the configuration cannot work."""
+    def build(cls, settings: Settings, *, org: Org | None = None) -> Runtime:
+        """``org``'s runtime (``settings`` are its settings; None: the ``default`` org of
+        ``settings``); raises ConfigError (one line naming the setting or file) when the
+        configuration cannot work."""
+        org = org or Org(DEFAULT_ORG, settings)
+        prefix = org.prefix
         matrix, overrides = check_config(settings)
         r = redis.Redis.from_url(settings.redis_url)
         http = httpx.Client(
@@ -119,11 +133,12 @@ class Runtime:
             timeout=settings.http_timeout_s,
         )
         client_key = budget_key(settings)
-        client = genesys_client(settings, r, http)
+        client = genesys_client(settings, r, http, prefix=prefix)
         limiter, tokens = client.limiter, client.tokens
-        cache = StateCache(r, ttl_s=settings.state_cache_ttl_s)
-        listener = channel_group(settings, client, cache, r, client_key)
+        cache = StateCache(r, ttl_s=settings.state_cache_ttl_s, prefix=prefix)
+        listener = channel_group(settings, client, cache, r, client_key, prefix=prefix)
         return cls(
+            org=org,
             settings=settings,
             redis=r,
             http=http,
@@ -131,9 +146,9 @@ class Runtime:
             tokens=tokens,
             client=client,
             cache=cache,
-            catalog=PresenceCatalog(r, client.presence_definitions),
+            catalog=PresenceCatalog(r, client.presence_definitions, prefix=prefix),
             matrix=matrix,
-            ordering=AgentOrdering(r),
+            ordering=AgentOrdering(r, prefix=prefix),
             listener=listener,
             capacity=CapacityGuard(
                 r,
@@ -145,23 +160,40 @@ class Runtime:
                 observation_ttl_s=settings.capacity_observation_ttl_s,
                 membership_ttl_s=settings.capacity_membership_ttl_s,
                 reservation_grace_s=settings.capacity_reservation_grace_s,
+                prefix=prefix,
             ),
             name=f"{socket.gethostname()}:{os.getpid()}",
             retry=RetryPolicy.for_updates(settings),
         )
 
-    _current: ClassVar[tuple[int, Runtime] | None] = None
+    # This process's runtimes by org, with the pid that built them (a fork starts afresh).
+    _current: ClassVar[tuple[int, dict[str, Runtime]] | None] = None
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
-    def current(cls) -> Runtime:
-        """This process's runtime, built on first use (after any fork)."""
+    def current(cls, org: str = DEFAULT_ORG) -> Runtime:
+        """This process's runtime of ``org``, built on first use (after any fork). Raises
+        UnknownOrg when ``org`` is not configured, OrgsError or ConfigError when the
+        configuration cannot work."""
         with cls._lock:
-            cached = cls._current
-            if cached is None or cached[0] != os.getpid():
-                cached = (os.getpid(), cls.build(get_settings()))
-                cls._current = cached
-            return cached[1]
+            pid = os.getpid()
+            if cls._current is None or cls._current[0] != pid:
+                cls._current = (pid, {})
+            runtimes = cls._current[1]
+            runtime = runtimes.get(org)
+            if runtime is None:
+                orgs = get_orgs()
+                if org not in orgs:
+                    raise UnknownOrg(org, list(orgs))
+                runtime = cls.build(orgs[org].settings, org=orgs[org])
+                runtimes[org] = runtime
+            return runtime
+
+    @classmethod
+    def built(cls) -> list[Runtime]:
+        """The runtimes this process has built so far."""
+        current = cls._current
+        return list(current[1].values()) if current is not None and current[0] == os.getpid() else []
 
 
 class ConfigError(ValueError):

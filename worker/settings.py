@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         description="Explicit API base URL (the emulator or a gateway); overrides the region.",
     )
     genesys_client_id: str = Field(default="", description="OAuth client-credentials client id.")
+    orgs_file: Path | None = Field(
+        default=None,
+        description="TOML file of further Genesys orgs (or OAuth clients) this fleet serves; "
+        "the GENESYS_* settings are the org named default.",
+    )
     genesys_client_secret: SecretStr = Field(
         default=SecretStr(""), description="OAuth client secret (never logged)."
     )

@@ -202,6 +202,15 @@ def stale(session: Session, *, older_than_s: float, limit: int = 500) -> list[in
     return out
 
 
+def org_of(session: Session, delivery_id: int) -> str | None:
+    """The org whose audit row a delivery reports (None: no such delivery)."""
+    return session.scalar(
+        select(AuditRecord.org)
+        .join(WfmDelivery, WfmDelivery.audit_id == AuditRecord.id)
+        .where(WfmDelivery.id == delivery_id)
+    )
+
+
 def failed(session: Session, *, limit: int) -> list[WfmDelivery]:
     """Deliveries that gave up, newest first."""
     return list(

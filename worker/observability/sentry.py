@@ -90,12 +90,15 @@ def configured_secrets(settings: Settings) -> set[str]:
 
 
 def current_access_tokens() -> list[str]:
-    """The bearer token this process holds in memory, if its runtime has fetched one."""
+    """The bearer tokens this process holds in memory, one per org whose runtime fetched one."""
     from worker.runtime import Runtime  # late: the runtime imports most of the worker
 
-    current = Runtime._current
-    local = getattr(current[1].tokens, "_local", None) if current is not None else None
-    return [local[0]] if isinstance(local, tuple) and isinstance(local[0], str) else []
+    tokens = []
+    for runtime in Runtime.built():
+        local = getattr(runtime.tokens, "_local", None)
+        if isinstance(local, tuple) and isinstance(local[0], str):
+            tokens.append(local[0])
+    return tokens
 
 
 class Scrubber:
@@ -112,7 +115,15 @@ class Scrubber:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scrubber:
-        return cls(configured_secrets(settings), dynamic=current_access_tokens)
+        from worker.orgs import OrgsError, load_orgs  # late: the orgs import the settings
+
+        secrets = configured_secrets(settings)
+        try:
+            for org in load_orgs(settings).values():
+                secrets |= configured_secrets(org.settings)  # each org's client and WFM secret
+        except OrgsError:
+            pass  # the worker refuses to start with it; nothing of it is in memory
+        return cls(secrets, dynamic=current_access_tokens)
 
     # -- Sentry hooks -------------------------------------------------------------------------
     def before_send(self, event: Event, hint: Hint) -> Event | None:

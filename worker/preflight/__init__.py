@@ -86,24 +86,33 @@ def run_checks(
 
 
 def on_worker_setup(**_: Any) -> None:
-    """``celeryd_after_setup``: log each problem as one line; exit (status 1) before consuming
-    when one is fatal. Off with PREFLIGHT_ON_START=false."""
+    """``celeryd_after_setup``: check every org the worker serves, logging each problem as one
+    line; exit (status 1) before consuming when one is fatal. Off with PREFLIGHT_ON_START=false."""
+    from worker.orgs import get_orgs
     from worker.settings import get_settings
 
-    settings = get_settings()
-    if not settings.preflight_on_start:
+    if not get_settings().preflight_on_start:
         return
-    findings = run_checks(settings, reuse_s=settings.preflight_reuse_s)
-    fatal = [f for f in findings if f.failed and f.fatal]
-    for finding in findings:
-        if finding in fatal:
-            log.critical("preflight: %s", finding.line)
-        elif finding.verdict in (Verdict.FAIL, Verdict.WARN):
-            log.warning("preflight: %s", finding.line)
-    if fatal:
+    orgs = get_orgs()
+    fatal_count = 0
+    for org in orgs.values():
+        settings = org.settings
+        where = f"preflight[{org.name}]" if len(orgs) > 1 else "preflight"
+        findings = run_checks(settings, reuse_s=settings.preflight_reuse_s)
+        fatal = [f for f in findings if f.failed and f.fatal]
+        fatal_count += len(fatal)
+        for finding in findings:
+            if finding in fatal:
+                log.critical("%s: %s", where, finding.line)
+            elif finding.verdict in (Verdict.FAIL, Verdict.WARN):
+                log.warning("%s: %s", where, finding.line)
+        if not fatal:
+            log.info(
+                "%s: %d checks passed against %s", where, len(findings), mask_url(settings.api_base)
+            )
+    if fatal_count:
         log.critical(
             "preflight: not starting, %d check(s) failed (`presence doctor` lists every check)",
-            len(fatal),
+            fatal_count,
         )
         raise SystemExit(1)
-    log.info("preflight: %d checks passed against %s", len(findings), mask_url(settings.api_base))

@@ -141,7 +141,7 @@ def run_failing_task(
     leaky = httpx.Client(transport=LeakyTransport(fail_on), timeout=settings.http_timeout_s)
     rt.http.close()
     rt.http = rt.client.http = rt.tokens.http = leaky
-    monkeypatch.setattr(Runtime, "_current", (os.getpid(), rt))
+    monkeypatch.setattr(Runtime, "_current", (os.getpid(), {"default": rt}))
     payload = {
         "user_id": user_id,
         "state": "Available",
