@@ -13,11 +13,18 @@ for ``--pool threads`` only (prefork children would be invisible).
 Merging: counters and histograms add up over every process that ever wrote, so the counts of a
 recycled child survive; ``presence_notification_sockets_connected`` adds up the *live* processes
 (each marks itself dead when it shuts down; a SIGKILLed one stays counted until the directory is
-emptied); ``presence_budget_utilisation_ratio`` is the most recent value any process measured (the
-budget is shared, so every process sees the same window).
+emptied); ``presence_budget_utilisation_ratio`` is the most recent value any process measured, per
+org (each org's budget is shared by the fleet, so every process sees the same window).
 
-Labels are bounded: outcomes, HTTP methods and status codes. Never an agent id, a URL or a secret.
-Recording never raises into the update flow.
+**Orgs.** Every series of an update, a budget, a Genesys call, a notification channel, a WFM
+delivery or a shift dispatch carries an ``org`` label (``ORG_LABELLED``); broker and process-level
+series do not. Its values are bounded: the names given to ``configure_orgs`` plus ``default``;
+any other value is exported as ``other`` (so a producer naming an unknown org cannot grow the
+series). Recording functions take ``org`` as a keyword, ``default`` when not given: a single-org
+deployment exports every series with ``org="default"``.
+
+Labels are bounded: orgs, outcomes, HTTP methods and status codes. Never an agent id, a URL or a
+secret. Recording never raises into the update flow.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
@@ -49,34 +56,62 @@ DEFAULT_PORT: Final = 9108
 
 # -- metric names (as exposed) ----------------------------------------------------------------
 UPDATES_TOTAL: Final[str] = "presence_updates_total"
-"""Counter {outcome}: terminal audit rows written, one per request."""
+"""Counter {outcome, org}: terminal audit rows written, one per request."""
 UPDATE_LATENCY_SECONDS: Final[str] = "presence_update_latency_seconds"
-"""Histogram {outcome}: ``requested_at`` → audit row written (end to end, queueing included)."""
+"""Histogram {outcome, org}: ``requested_at`` → audit row written (end to end, queueing included)."""
 GENESYS_REQUEST_SECONDS: Final[str] = "presence_genesys_request_seconds"
-"""Histogram {method, status}: each Genesys API call; ``status`` is the HTTP code or ``error``."""
+"""Histogram {method, status, org}: each Genesys API call; ``status`` is the HTTP code or
+``error``."""
 CONFIRMATION_SECONDS: Final[str] = "presence_confirmation_seconds"
-"""Histogram {outcome}: PATCH answered → confirming event (or read-back)."""
+"""Histogram {outcome, org}: PATCH answered → confirming event (or read-back)."""
 LIMITER_WAIT_SECONDS: Final[str] = "presence_limiter_wait_seconds"
-"""Histogram: time spent waiting for a slot of the shared budget (0 when one was free)."""
+"""Histogram {org}: time spent waiting for a slot of the org's budget (0 when one was free)."""
 LIMITER_EXHAUSTED_TOTAL: Final[str] = "presence_limiter_exhausted_total"
-"""Counter: budget waits too long to sleep through (the task re-schedules itself)."""
+"""Counter {org}: budget waits too long to sleep through (the task re-schedules itself)."""
 RATE_LIMITED_TOTAL: Final[str] = "presence_genesys_rate_limited_total"
-"""Counter: HTTP 429 answers received from Genesys."""
+"""Counter {org}: HTTP 429 answers received from Genesys."""
 BUDGET_UTILISATION_RATIO: Final[str] = "presence_budget_utilisation_ratio"
-"""Gauge: requests in the current 60 s window ÷ the budget, measured on every slot request."""
+"""Gauge {org}: requests in the current 60 s window ÷ the budget, measured on every slot request."""
 NOTIFICATION_SOCKETS_CONNECTED: Final[str] = "presence_notification_sockets_connected"
-"""Gauge: notification sockets connected (per process 0/1, summed over live processes)."""
+"""Gauge {org}: notification sockets connected (per process and org, summed over live
+processes)."""
 NOTIFICATION_RECONNECTS_TOTAL: Final[str] = "presence_notification_reconnects_total"
-"""Counter: notification socket reconnections."""
+"""Counter {org}: notification socket reconnections."""
 WFM_DELIVERIES_TOTAL: Final[str] = "presence_wfm_deliveries_total"
-"""Counter {outcome}: WFM webhook deliveries (hook for the WFM publisher)."""
+"""Counter {outcome, org}: WFM webhook deliveries (hook for the WFM publisher)."""
 SHIFT_CHANGES_TOTAL: Final[str] = "presence_shift_changes_total"
-"""Counter {event}: scheduled shift changes ``dispatched``, ``resent`` or ``skipped`` (stale)."""
+"""Counter {event, org}: scheduled shift changes ``dispatched``, ``resent`` or ``skipped``
+(stale)."""
 SHIFT_LATENESS_SECONDS: Final[str] = "presence_shift_lateness_seconds"
-"""Histogram: due time → dispatch of each dispatched shift change."""
+"""Histogram {org}: due time → dispatch of each dispatched shift change."""
 REFUSED_MESSAGES_TOTAL: Final[str] = "presence_refused_messages_total"
 """Counter {queue, reason, recorded}: broker messages refused before any task ran (malformed
-envelopes, unknown tasks); ``recorded`` is ``audit``, ``quarantine`` or ``log``."""
+envelopes, unknown tasks); ``recorded`` is ``audit``, ``quarantine`` or ``log``. No ``org``
+label: a refused message is refused before its org is known (its queue says which org's it was)."""
+
+ORG_LABELLED: Final[frozenset[str]] = frozenset(
+    {
+        UPDATES_TOTAL,
+        UPDATE_LATENCY_SECONDS,
+        GENESYS_REQUEST_SECONDS,
+        CONFIRMATION_SECONDS,
+        LIMITER_WAIT_SECONDS,
+        LIMITER_EXHAUSTED_TOTAL,
+        RATE_LIMITED_TOTAL,
+        BUDGET_UTILISATION_RATIO,
+        NOTIFICATION_SOCKETS_CONNECTED,
+        NOTIFICATION_RECONNECTS_TOTAL,
+        WFM_DELIVERIES_TOTAL,
+        SHIFT_CHANGES_TOTAL,
+        SHIFT_LATENESS_SECONDS,
+    }
+)
+"""The series with an ``org`` label (every other series has none)."""
+
+DEFAULT_ORG: Final = "default"
+"""The org of the environment settings, always a label value of its own."""
+OTHER_ORG: Final = "other"
+"""The label value of every org not given to ``configure_orgs`` (reserved: no org may use it)."""
 
 _dir = os.environ.get(MULTIPROC_ENV)
 if _dir:
@@ -92,55 +127,66 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600
 CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 
-UPDATES = Counter(_suffixless(UPDATES_TOTAL), "Terminal audit rows by outcome.", ["outcome"])
+UPDATES = Counter(
+    _suffixless(UPDATES_TOTAL), "Terminal audit rows by outcome and org.", ["outcome", "org"]
+)
 UPDATE_LATENCY = Histogram(
     UPDATE_LATENCY_SECONDS,
-    "Requested → finished, by outcome.",
-    ["outcome"],
+    "Requested → finished, by outcome and org.",
+    ["outcome", "org"],
     buckets=LATENCY_BUCKETS,
 )
 GENESYS_REQUEST = Histogram(
     GENESYS_REQUEST_SECONDS,
-    "Genesys API call time by method and HTTP status.",
-    ["method", "status"],
+    "Genesys API call time by method, HTTP status and org.",
+    ["method", "status", "org"],
     buckets=CALL_BUCKETS,
 )
 CONFIRMATION = Histogram(
     CONFIRMATION_SECONDS,
-    "PATCH answered → confirming event or read-back, by outcome.",
-    ["outcome"],
+    "PATCH answered → confirming event or read-back, by outcome and org.",
+    ["outcome", "org"],
     buckets=CALL_BUCKETS,
 )
 LIMITER_WAIT = Histogram(
-    LIMITER_WAIT_SECONDS, "Wait for a slot of the shared budget.", buckets=WAIT_BUCKETS
+    LIMITER_WAIT_SECONDS, "Wait for a slot of the org's budget.", ["org"], buckets=WAIT_BUCKETS
 )
 LIMITER_EXHAUSTED = Counter(
-    _suffixless(LIMITER_EXHAUSTED_TOTAL), "Budget waits too long to sleep; task re-scheduled."
+    _suffixless(LIMITER_EXHAUSTED_TOTAL),
+    "Budget waits too long to sleep; task re-scheduled.",
+    ["org"],
 )
-RATE_LIMITED = Counter(_suffixless(RATE_LIMITED_TOTAL), "HTTP 429 answers from Genesys.")
+RATE_LIMITED = Counter(_suffixless(RATE_LIMITED_TOTAL), "HTTP 429 answers from Genesys.", ["org"])
 BUDGET_UTILISATION = Gauge(
     BUDGET_UTILISATION_RATIO,
-    "Requests in the current window / budget.",
+    "Requests in the current window / budget, by org.",
+    ["org"],
     multiprocess_mode="mostrecent",
 )
 SOCKETS_CONNECTED = Gauge(
     NOTIFICATION_SOCKETS_CONNECTED,
-    "Connected notification sockets.",
+    "Connected notification sockets, by org.",
+    ["org"],
     multiprocess_mode="livesum",
 )
 RECONNECTS = Counter(
-    _suffixless(NOTIFICATION_RECONNECTS_TOTAL), "Notification socket reconnections."
+    _suffixless(NOTIFICATION_RECONNECTS_TOTAL), "Notification socket reconnections.", ["org"]
 )
 WFM_DELIVERIES = Counter(
-    _suffixless(WFM_DELIVERIES_TOTAL), "WFM webhook deliveries by outcome.", ["outcome"]
+    _suffixless(WFM_DELIVERIES_TOTAL),
+    "WFM webhook deliveries by outcome and org.",
+    ["outcome", "org"],
 )
 
 SHIFT_CHANGES = Counter(
-    _suffixless(SHIFT_CHANGES_TOTAL), "Scheduled shift changes by dispatch event.", ["event"]
+    _suffixless(SHIFT_CHANGES_TOTAL),
+    "Scheduled shift changes by dispatch event and org.",
+    ["event", "org"],
 )
 SHIFT_LATENESS = Histogram(
     SHIFT_LATENESS_SECONDS,
-    "Due time to dispatch of scheduled shift changes.",
+    "Due time to dispatch of scheduled shift changes, by org.",
+    ["org"],
     buckets=(0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 900, 3600),
 )
 
@@ -150,9 +196,6 @@ REFUSED_MESSAGES = Counter(
     ["queue", "reason", "recorded"],
 )
 REFUSED_QUEUES: Final = frozenset({"presence", "wfm", "shifts"})
-
-for _outcome in Outcome:  # every outcome exported from the start, at 0
-    UPDATES.labels(_outcome.value)
 
 _warned = False
 
@@ -168,83 +211,137 @@ def _safely(record: Callable[[], object]) -> None:
             log.warning("recording a metric failed: %s: %s", type(exc).__name__, exc)
 
 
+_orgs: frozenset[str] = frozenset({DEFAULT_ORG})
+
+
+def _export_outcomes(*orgs: str) -> None:
+    """Every outcome of these orgs exported from the start, at 0 (a rate over a missing series
+    is no rate at all)."""
+    for org in orgs:
+        for outcome in Outcome:
+            UPDATES.labels(outcome=outcome.value, org=org)
+
+
+_export_outcomes(DEFAULT_ORG)
+
+
+def configure_orgs(names: Iterable[str]) -> None:
+    """Allow these org names as ``org`` label values (``default`` always is), replacing any
+    earlier call's; every other org is then exported as ``other``. Call it in each process before
+    recording (a prefork child inherits its parent's). Raises ValueError for ``other``."""
+    allowed = frozenset({DEFAULT_ORG, *names})
+    if OTHER_ORG in allowed:
+        raise ValueError(f"the org name {OTHER_ORG!r} is reserved (the metrics' overflow label)")
+    global _orgs
+    _orgs = allowed
+    _safely(lambda: _export_outcomes(*sorted(allowed)))
+
+
+def org_label(org: str) -> str:
+    """The ``org`` label value of ``org``: itself when configured, else ``other``."""
+    return org if org in _orgs else OTHER_ORG
+
+
 # -- recording (called from the flow, the client, the limiter and the listener) ---------------
+# Every function below takes the org whose work it measures (``org_label`` bounds it).
 def observe_update(
     outcome: str,
     *,
     requested_at: datetime | None,
     finished_at: datetime | None,
     confirm_ms: float | None,
+    org: str = DEFAULT_ORG,
 ) -> None:
     """One terminal audit row was written, with these values."""
 
     def record() -> None:
-        UPDATES.labels(outcome).inc()
+        label = org_label(org)
+        UPDATES.labels(outcome=outcome, org=label).inc()
         if requested_at is not None and finished_at is not None:
             seconds = max(0.0, (finished_at - requested_at).total_seconds())
-            UPDATE_LATENCY.labels(outcome).observe(seconds)
+            UPDATE_LATENCY.labels(outcome=outcome, org=label).observe(seconds)
         if confirm_ms is not None:
-            CONFIRMATION.labels(outcome).observe(max(0.0, confirm_ms / 1000))
+            CONFIRMATION.labels(outcome=outcome, org=label).observe(max(0.0, confirm_ms / 1000))
 
     _safely(record)
 
 
-def observe_genesys_call(method: str, status: int | None, seconds: float) -> None:
-    _safely(lambda: GENESYS_REQUEST.labels(method, str(status or "error")).observe(seconds))
+def observe_genesys_call(
+    method: str, status: int | None, seconds: float, *, org: str = DEFAULT_ORG
+) -> None:
+    _safely(
+        lambda: GENESYS_REQUEST.labels(
+            method=method, status=str(status or "error"), org=org_label(org)
+        ).observe(seconds)
+    )
 
 
-def observe_rate_limited() -> None:
-    _safely(RATE_LIMITED.inc)
+def observe_rate_limited(*, org: str = DEFAULT_ORG) -> None:
+    _safely(lambda: RATE_LIMITED.labels(org=org_label(org)).inc())
 
 
-def observe_limiter_wait(seconds: float) -> None:
-    _safely(lambda: LIMITER_WAIT.observe(max(0.0, seconds)))
+def observe_limiter_wait(seconds: float, *, org: str = DEFAULT_ORG) -> None:
+    _safely(lambda: LIMITER_WAIT.labels(org=org_label(org)).observe(max(0.0, seconds)))
 
 
-def observe_budget_exhausted() -> None:
-    _safely(LIMITER_EXHAUSTED.inc)
+def observe_budget_exhausted(*, org: str = DEFAULT_ORG) -> None:
+    _safely(lambda: LIMITER_EXHAUSTED.labels(org=org_label(org)).inc())
 
 
-def observe_budget(in_window: int, limit: int) -> None:
-    _safely(lambda: BUDGET_UTILISATION.set(in_window / max(1, limit)))
+def observe_budget(in_window: int, limit: int, *, org: str = DEFAULT_ORG) -> None:
+    _safely(lambda: BUDGET_UTILISATION.labels(org=org_label(org)).set(in_window / max(1, limit)))
 
 
-def socket_connected() -> None:
-    _safely(SOCKETS_CONNECTED.inc)
+def socket_connected(*, org: str = DEFAULT_ORG) -> None:
+    _safely(lambda: SOCKETS_CONNECTED.labels(org=org_label(org)).inc())
 
 
-def socket_disconnected() -> None:
-    _safely(SOCKETS_CONNECTED.dec)
+def socket_disconnected(*, org: str = DEFAULT_ORG) -> None:
+    _safely(lambda: SOCKETS_CONNECTED.labels(org=org_label(org)).dec())
 
 
-def socket_reconnecting() -> None:
-    _safely(RECONNECTS.inc)
+def socket_reconnecting(*, org: str = DEFAULT_ORG) -> None:
+    _safely(lambda: RECONNECTS.labels(org=org_label(org)).inc())
 
 
-def record_wfm_delivery(outcome: str) -> None:
+def record_wfm_delivery(outcome: str, *, org: str = DEFAULT_ORG) -> None:
     """One WFM webhook delivery ended (``delivered``, ``retried``, ``failed``, ``dead_letter`` …:
     a small fixed set, never an id)."""
-    _safely(lambda: WFM_DELIVERIES.labels(outcome).inc())
+    _safely(lambda: WFM_DELIVERIES.labels(outcome=outcome, org=org_label(org)).inc())
 
 
-def record_shift_dispatch(lateness_s: list[float], resent: int, skipped: int) -> None:
-    """One dispatcher run: the lateness of each change it dispatched, and how many it re-sent
-    or skipped as stale."""
+def record_shift_dispatch(
+    lateness_s: list[float], resent: int, skipped: int, *, org: str = DEFAULT_ORG
+) -> None:
+    """One dispatcher run's changes of ``org``: the lateness of each change it dispatched, and
+    how many it re-sent or skipped as stale (a run over several orgs records each org's)."""
 
     def record() -> None:
+        label = org_label(org)
         for seconds in lateness_s:
-            SHIFT_LATENESS.observe(max(0.0, seconds))
-        SHIFT_CHANGES.labels("dispatched").inc(len(lateness_s))
-        SHIFT_CHANGES.labels("resent").inc(resent)
-        SHIFT_CHANGES.labels("skipped").inc(skipped)
+            SHIFT_LATENESS.labels(org=label).observe(max(0.0, seconds))
+        SHIFT_CHANGES.labels(event="dispatched", org=label).inc(len(lateness_s))
+        SHIFT_CHANGES.labels(event="resent", org=label).inc(resent)
+        SHIFT_CHANGES.labels(event="skipped", org=label).inc(skipped)
 
     _safely(record)
+
+
+def _refused_queue(queue: str) -> str:
+    """The task queues, and ``presence.<org>`` of the configured orgs; else ``other``."""
+    if queue in REFUSED_QUEUES:
+        return queue
+    base, dot, org = queue.partition(".")
+    if base == "presence" and dot and org != DEFAULT_ORG and org in _orgs:
+        return queue
+    return "other"
 
 
 def record_refused_message(queue: str, reason: str, recorded: str) -> None:
     """One broker message was refused (``reason``: a fixed label of ``worker.envelopes``) and
-    recorded in ``recorded``; queues other than the task queues count as ``other``."""
-    label = queue if queue in REFUSED_QUEUES else "other"
+    recorded in ``recorded``; queues other than the task queues (``presence.<org>`` of each
+    configured org included) count as ``other``."""
+    label = _refused_queue(queue)
     _safely(lambda: REFUSED_MESSAGES.labels(label, reason[:40], recorded).inc())
 
 

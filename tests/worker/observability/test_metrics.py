@@ -6,6 +6,10 @@ set to a fresh directory, and the ``presence metrics`` exporter reading the same
 twenty updates (a few invalid, one refused by ``expected_state``, one PATCH answered 429) go
 through; then both exporters (the CLI one and the worker's own ``METRICS_PORT``) are scraped over
 HTTP and their counters compared with the audit rows and the emulator's request log.
+
+The ``org`` label is specified in this process's own registry: which series carry it, the value
+each recording function exports (the given org, ``other`` for an org not configured, ``default``
+when none is given), and the Grafana dashboard's org selector over exactly those series.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 from celery import Celery
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
@@ -236,6 +242,223 @@ def test_the_grafana_dashboard_uses_exactly_the_exported_metric_names() -> None:
 
     assert used <= exposed, used - exposed
     assert {n for n in names if not any(u.startswith(n) for u in used)} == set()
+
+
+# -- the org label ----------------------------------------------------------------------------
+@pytest.fixture
+def orgs() -> Iterator[Callable[..., None]]:
+    """``configure_orgs`` for one test; back to ``default`` alone afterwards."""
+    yield m.configure_orgs
+    m.configure_orgs(())
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recording function, and the sample that one call moves by ``step``."""
+
+    record: Callable[..., None]
+    sample: str
+    labels: dict[str, str] = field(default_factory=dict)
+    step: float = 1.0
+
+
+RECORDINGS = {
+    "updates": Recording(
+        lambda **org: m.observe_update(
+            "confirmed",
+            requested_at=T0,
+            finished_at=T0 + timedelta(seconds=2),
+            confirm_ms=80,
+            **org,
+        ),
+        m.UPDATES_TOTAL,
+        {"outcome": "confirmed"},
+    ),
+    "update latency": Recording(
+        lambda **org: m.observe_update(
+            "drifted",
+            requested_at=T0,
+            finished_at=T0 + timedelta(seconds=2),
+            confirm_ms=None,
+            **org,
+        ),
+        f"{m.UPDATE_LATENCY_SECONDS}_count",
+        {"outcome": "drifted"},
+    ),
+    "confirmation": Recording(
+        lambda **org: m.observe_update(
+            "confirmed", requested_at=None, finished_at=None, confirm_ms=80, **org
+        ),
+        f"{m.CONFIRMATION_SECONDS}_count",
+        {"outcome": "confirmed"},
+    ),
+    "genesys call": Recording(
+        lambda **org: m.observe_genesys_call("PATCH", 202, 0.05, **org),
+        f"{m.GENESYS_REQUEST_SECONDS}_count",
+        {"method": "PATCH", "status": "202"},
+    ),
+    "429": Recording(lambda **org: m.observe_rate_limited(**org), m.RATE_LIMITED_TOTAL),
+    "limiter wait": Recording(
+        lambda **org: m.observe_limiter_wait(0.2, **org), f"{m.LIMITER_WAIT_SECONDS}_count"
+    ),
+    "budget exhausted": Recording(
+        lambda **org: m.observe_budget_exhausted(**org), m.LIMITER_EXHAUSTED_TOTAL
+    ),
+    "socket connected": Recording(
+        lambda **org: m.socket_connected(**org), m.NOTIFICATION_SOCKETS_CONNECTED
+    ),
+    "socket disconnected": Recording(
+        lambda **org: m.socket_disconnected(**org), m.NOTIFICATION_SOCKETS_CONNECTED, step=-1
+    ),
+    "reconnect": Recording(
+        lambda **org: m.socket_reconnecting(**org), m.NOTIFICATION_RECONNECTS_TOTAL
+    ),
+    "wfm delivery": Recording(
+        lambda **org: m.record_wfm_delivery("delivered", **org),
+        m.WFM_DELIVERIES_TOTAL,
+        {"outcome": "delivered"},
+    ),
+    "shift changes": Recording(
+        lambda **org: m.record_shift_dispatch([3.0, 4.0], 1, 2, **org),
+        m.SHIFT_CHANGES_TOTAL,
+        {"event": "skipped"},
+        step=2,
+    ),
+    "shift lateness": Recording(
+        lambda **org: m.record_shift_dispatch([3.0, 4.0], 0, 0, **org),
+        f"{m.SHIFT_LATENESS_SECONDS}_count",
+        step=2,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("given", "exported"),
+    [({"org": "acme"}, "acme"), ({"org": "zeta"}, "other"), ({}, "default")],
+    ids=["configured org", "unknown org", "no org given"],
+)
+@pytest.mark.parametrize("recording", RECORDINGS.values(), ids=RECORDINGS.keys())
+def test_each_recording_carries_its_org_bounded_to_the_configured_ones(
+    orgs, recording: Recording, given: dict[str, str], exported: str
+) -> None:
+    orgs(["acme", "beta"])
+    watched = {org: sample(recording.sample, **recording.labels, org=org)
+               for org in ("acme", "beta", "other", "default")}  # fmt: skip
+
+    recording.record(**given)
+
+    moved = {
+        org: sample(recording.sample, **recording.labels, org=org) - before
+        for org, before in watched.items()
+    }
+    assert moved == {org: recording.step if org == exported else 0 for org in watched}
+
+
+def test_the_budget_gauge_is_one_value_per_org() -> None:
+    m.observe_budget(150, 300, org="default")
+    m.observe_budget(30, 300, org="not-configured")
+
+    assert sample(m.BUDGET_UTILISATION_RATIO, org="default") == 0.5
+    assert sample(m.BUDGET_UTILISATION_RATIO, org="other") == 0.1
+
+
+def test_exactly_the_org_labelled_series_carry_the_org_label(orgs) -> None:
+    orgs(["acme"])
+    for recording in RECORDINGS.values():
+        recording.record(org="acme")
+    m.observe_budget(1, 300, org="acme")
+    m.record_refused_message("presence", "envelope.json", "log")
+    names = {v for k, v in vars(m).items() if k.isupper() and str(v).startswith("presence_")}
+
+    def label_sets(name: str) -> list[set[str]]:
+        return [
+            set(s.labels)
+            for family in REGISTRY.collect()
+            for s in family.samples
+            if s.name == name or s.name.startswith(f"{name}_")
+        ]
+
+    labelled = {n for n in names if label_sets(n) and all("org" in ls for ls in label_sets(n))}
+    unlabelled = {
+        n for n in names if label_sets(n) and not any("org" in ls for ls in label_sets(n))
+    }
+    assert labelled == m.ORG_LABELLED
+    assert unlabelled == names - m.ORG_LABELLED == {m.REFUSED_MESSAGES_TOTAL}
+
+
+def test_a_configured_org_exports_every_outcome_from_the_start(orgs) -> None:
+    orgs(["fresh-org"])
+
+    exported = {
+        s.labels["outcome"]: s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == m.UPDATES_TOTAL and s.labels["org"] == "fresh-org"
+    }
+    assert exported == {o.value: 0.0 for o in Outcome}
+
+
+def test_configuring_orgs_replaces_the_earlier_set_and_keeps_default(orgs) -> None:
+    orgs(["acme"])
+    orgs(["beta"])
+
+    assert [m.org_label(o) for o in ("acme", "beta", "default")] == ["other", "beta", "default"]
+
+
+def test_other_is_reserved_for_orgs_not_configured(orgs) -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        orgs(["acme", "other"])
+
+    assert m.org_label("acme") == "other", "a refused set changes nothing"
+
+
+@pytest.mark.parametrize(
+    ("queue", "exported"),
+    [("presence", "presence"), ("presence.acme", "presence.acme"), ("presence.zeta", "other"),
+     ("presence.default", "other"), ("celery", "other")],
+)  # fmt: skip
+def test_refused_messages_count_the_queue_of_each_configured_org(
+    orgs, queue: str, exported: str
+) -> None:
+    orgs(["acme"])
+    labels = {"reason": "envelope.json", "recorded": "log"}
+    before = sample(m.REFUSED_MESSAGES_TOTAL, queue=exported, **labels)
+
+    m.record_refused_message(queue, "envelope.json", "log")
+
+    assert sample(m.REFUSED_MESSAGES_TOTAL, queue=exported, **labels) == before + 1
+
+
+def metric_selectors(expr: str) -> list[tuple[str, str]]:
+    """Each ``(series name, label selector)`` the query reads (selector ``""`` when none)."""
+    return [
+        (re.sub(r"_(bucket|count|sum)$", "", name), selector)
+        for name, selector in re.findall(r"\b(presence_[a-z_]+)(\{[^}]*\})?", expr)
+    ]
+
+
+def test_the_dashboard_selects_orgs_on_every_org_labelled_query() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+    org = variables["org"]
+    assert (org["type"], org["multi"], org["includeAll"]) == ("query", True, True)
+    found = re.fullmatch(r"label_values\((presence_[a-z_]+), org\)", org["query"]["query"])
+    assert found is not None
+    assert found[1] in m.ORG_LABELLED
+    read = [pair for expr in exprs for pair in metric_selectors(expr)]
+    assert {name for name, _ in read} & m.ORG_LABELLED == m.ORG_LABELLED
+    for name, selector in read:
+        selects = 'org=~"$org"' in selector
+        assert selects == (name in m.ORG_LABELLED), (name, selector)
 
 
 def test_the_exporter_refuses_to_start_without_the_workers_directory(monkeypatch) -> None:

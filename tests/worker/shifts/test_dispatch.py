@@ -47,7 +47,9 @@ def add_rows(url: str, count: int, due_at: datetime, *, first_agent: int = 0) ->
 
 
 def dispatched_metric() -> float:
-    value = REGISTRY.get_sample_value("presence_shift_changes_total", {"event": "dispatched"})
+    value = REGISTRY.get_sample_value(
+        "presence_shift_changes_total", {"event": "dispatched", "org": "default"}
+    )
     return value or 0.0
 
 
