@@ -97,7 +97,7 @@ local ahead = redis.call('ZCOUNT', line, '(' .. now, '+inf')
 local rank = count - limit + ahead % limit
 local frees = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
 local leaves = tonumber(frees[2])
-if leaves > now and string.sub(frees[1], 1, 10) ~= 'cool-down:' then
+if leaves - now > tonumber(ARGV[2]) / 2 and string.sub(frees[1], 1, 10) ~= 'cool-down:' then
   leaves = now  -- a call in flight, stamped provisionally: it is expected to complete soon
 end
 local ticket = math.max(now + 1, leaves + window * (1 + math.floor(ahead / limit)))
