@@ -31,7 +31,9 @@ back at the next slot together. A caller asking again before its ticket keeps it
 counted again. One whose ticket passed and who is still refused (a fresh caller took the slot,
 or the line runs late: tickets further than a window away assume each call completes as it is
 granted) joins a second, short line at the front, so it is not sent to the back of a long
-backlog. Only refusals touch the lines: the grant path is unchanged.
+backlog. A ticket counts a call still in flight as completing now (its provisional stamp would
+leave its slot idle until the timeout). Only refusals touch the lines (both expire once their
+last ticket is a window old): the grant path is unchanged.
 
 Celery's ``rate_limit`` is per worker instance and is deliberately not used.
 """
