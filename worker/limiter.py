@@ -22,6 +22,19 @@ for it (a cool-down only ever adds entries, so a shorter one never shortens a lo
 budget above :data:`COOL_DOWN_FILL_MAX` per window is not filled: its grants read the
 cool-down key instead.
 
+A waiting line keeps a backlog from stampeding: a refused caller gets a *ticket*, the time its
+own slot frees given the waiters already ahead of it (waiter ``w`` is told the ``w mod limit``-th
+slot to free plus ``w div limit`` windows), kept in a ZSET beside the log under the caller's
+waiter id (:func:`waiting_as`; one per :meth:`SharedRateLimiter.acquire` otherwise). Told its
+ticket, a re-scheduled task comes back once, when its slot frees, instead of every waiter coming
+back at the next slot together. A caller asking again before its ticket keeps it and is not
+counted again. One whose ticket passed and who is still refused (a fresh caller took the slot,
+or the line runs late: tickets further than a window away assume each call completes as it is
+granted) joins a second, short line at the front, so it is not sent to the back of a long
+backlog. A ticket counts a call still in flight as completing now (its provisional stamp would
+leave its slot idle until the timeout). Only refusals touch the lines (both expire once their
+last ticket is a window old): the grant path is unchanged.
+
 Celery's ``rate_limit`` is per worker instance and is deliberately not used.
 """
 
@@ -31,7 +44,9 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import redis
@@ -44,11 +59,12 @@ TRIM_EVERY = 16
 COOL_DOWN_FILL_MAX = 10_000
 """The largest budget a cool-down fills the window for (one entry per request of the budget)."""
 
-# KEYS[1] log zset, KEYS[2] cool-down key. ARGV: limit, provisional_ms, member, window_ms, trim
-# (1: drop the entries older than the window first), read cool-down (1: a budget too large for
-# a cool-down to fill). Returns {1, 0, in_window, now_ms} when reserved, {0, wait_ms, in_window}
-# when the caller must wait (until the entry whose leaving brings the window below the limit
-# has left it; {0, wait_ms} during a cool-down read from its key).
+# KEYS[1] log zset, KEYS[2] cool-down key, KEYS[3] the line (zset: waiter id -> ticket ms),
+# KEYS[4] the front line (zset: waiter id -> ticket ms, for waiters whose ticket passed). ARGV:
+# limit, provisional_ms, member, window_ms, trim (1: drop the entries older than the window
+# first), read cool-down (1: a budget too large for a cool-down to fill), waiter id. Returns
+# {1, 0, in_window, now_ms} when reserved, {0, wait_ms, in_window} when the caller must wait
+# until its ticket ({0, wait_ms} during a cool-down read from its key).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -70,9 +86,32 @@ end
 if ARGV[5] ~= '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 end
-local rank = count - limit
-local next = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
-return {0, math.max(1, tonumber(next[2]) + window - now), count}
+local held = redis.call('ZSCORE', KEYS[3], ARGV[7])
+held = held and tonumber(held)
+if held and held > now then return {0, held - now, count} end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+local line = KEYS[3]
+if held and held > now - window then
+  line = KEYS[4]
+  redis.call('ZREMRANGEBYSCORE', line, '-inf', now)
+end
+local ahead = redis.call('ZCOUNT', line, '(' .. now, '+inf')
+local rank = count - limit + ahead % limit
+local frees = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
+local leaves = tonumber(frees[2])
+if leaves - now > tonumber(ARGV[2]) / 2 and string.sub(frees[1], 1, 10) ~= 'cool-down:' then
+  leaves = now  -- a call in flight, stamped provisionally: it is expected to complete soon
+end
+local ticket = math.max(now + 1, leaves + window * (1 + math.floor(ahead / limit)))
+local function hold(key)
+  redis.call('ZADD', key, ticket, ARGV[7])
+  if redis.call('PTTL', key) < ticket - now + window then
+    redis.call('PEXPIRE', key, ticket - now + window)
+  end
+end
+hold(KEYS[3])
+if line ~= KEYS[3] then hold(line) end
+return {0, ticket - now, count}
 """
 
 # KEYS[1] log zset, KEYS[2] the cool-down key (read by grants of a budget too large to fill, and
@@ -103,11 +142,27 @@ return untilms
 
 
 class BudgetExhausted(Exception):
-    """No slot within the caller's inline wait; re-schedule after ``retry_in_s``."""
+    """No slot within the caller's inline wait: re-schedule after ``retry_in_s`` (the caller's
+    ticket). ``inline_wait_s`` is the inline wait the caller allowed (infinite when unknown)."""
 
-    def __init__(self, retry_in_s: float) -> None:
+    def __init__(self, retry_in_s: float, inline_wait_s: float = math.inf) -> None:
         super().__init__(f"Genesys request budget exhausted; next slot in {retry_in_s:.1f} s")
         self.retry_in_s = retry_in_s
+        self.inline_wait_s = inline_wait_s
+
+
+_waiter: ContextVar[str | None] = ContextVar("limiter_waiter", default=None)
+
+
+@contextmanager
+def waiting_as(waiter_id: str) -> Iterator[None]:
+    """Every :meth:`SharedRateLimiter.acquire` inside waits in line as ``waiter_id`` (stable
+    across a task's re-schedules, e.g. its request id), so that coming back keeps its ticket."""
+    token = _waiter.set(waiter_id)
+    try:
+        yield
+    finally:
+        _waiter.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,25 +200,37 @@ class SharedRateLimiter:
         self.provisional_ms = int(provisional_s * 1000)
         self.log_key = f"presence:limiter:{{{key}}}:log"
         self.cooldown_key = f"presence:limiter:{{{key}}}:cooldown"
+        self.line_key = f"presence:limiter:{{{key}}}:line"
+        self.front_key = f"presence:limiter:{{{key}}}:front"
         self.sleep = sleep
         self._acquire = client.register_script(_ACQUIRE)
         self._attempts = itertools.count(1)
         self._read_cool = 0 if limit_per_minute <= COOL_DOWN_FILL_MAX else 1
         self._cool_down = client.register_script(_COOL_DOWN)
 
-    def try_acquire(self) -> tuple[str | None, float]:
-        """One attempt: (member, 0) when reserved, (None, seconds to wait) otherwise."""
-        granted = self._attempt()
+    def try_acquire(self, waiter_id: str | None = None) -> tuple[str | None, float]:
+        """One attempt: (member, 0) when reserved, (None, seconds until the ticket) otherwise
+        (waiting in line as ``waiter_id``, else as the current :func:`waiting_as`, else alone)."""
+        waiter = waiter_id or _waiter.get() or uuid.uuid4().hex
+        granted = self._attempt(waiter)
         return (granted.member, 0.0) if isinstance(granted, Reservation) else (None, granted)
 
-    def _attempt(self, started: float | None = None) -> Reservation | float:
+    def _attempt(self, waiter: str, started: float | None = None) -> Reservation | float:
         """One attempt: the reservation (waited since ``started``), or the seconds to wait."""
         member = uuid.uuid4().hex
         trim = 1 if next(self._attempts) % TRIM_EVERY == 0 else 0
         asked_at = time.monotonic()
         granted, wait_ms, *rest = self._acquire(
-            keys=[self.log_key, self.cooldown_key],
-            args=[self.limit, self.provisional_ms, member, self.window_ms, trim, self._read_cool],
+            keys=[self.log_key, self.cooldown_key, self.line_key, self.front_key],
+            args=[
+                self.limit,
+                self.provisional_ms,
+                member,
+                self.window_ms,
+                trim,
+                self._read_cool,
+                waiter,
+            ],
         )
         if rest:  # absent during a cool-down read from its key
             metrics.observe_budget(int(rest[0]), self.limit)
@@ -175,12 +242,15 @@ class SharedRateLimiter:
     def acquire(self, max_wait_s: float) -> Reservation:
         """Reserve a slot, sleeping while the wait is short.
 
-        Raises BudgetExhausted when the next slot is further away than ``max_wait_s`` (counted
-        from the first attempt), so that a task can re-schedule itself instead of blocking.
+        Raises BudgetExhausted (with the ticket and ``max_wait_s``) when the caller's ticket is
+        further away than ``max_wait_s`` (counted from the first attempt), so that a task can
+        re-schedule itself instead of blocking. Waits in line as the current :func:`waiting_as`
+        id, else as one id for this call.
         """
+        waiter = _waiter.get() or uuid.uuid4().hex
         started = time.monotonic()
         while True:
-            granted = self._attempt(started)
+            granted = self._attempt(waiter, started)
             if isinstance(granted, Reservation):
                 metrics.observe_limiter_wait(granted.waited_s)
                 return granted
@@ -188,9 +258,9 @@ class SharedRateLimiter:
             waited = time.monotonic() - started
             if waited + wait_s > max_wait_s:
                 metrics.observe_budget_exhausted()
-                raise BudgetExhausted(wait_s)
-            # Small jitter keeps waiters from stampeding the same freed slot.
-            self.sleep(wait_s + (uuid.uuid4().int % 20) / 1000.0)
+                raise BudgetExhausted(wait_s, max_wait_s)
+            # No jitter: every waiter sleeps until its own ticket, not a shared next slot.
+            self.sleep(wait_s)
 
     def release(self, reservation: Reservation) -> None:
         """Stamp the reservation with the completion time (the call has been answered): the

@@ -7,6 +7,7 @@ stamp minus the provisional delay), i.e. on the server clock the limiter itself 
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 
@@ -15,6 +16,7 @@ import redis
 
 from tests.support.redis_db import commands_during
 from worker import limiter as limiter_module
+from worker.flow import steps
 from worker.limiter import TRIM_EVERY, BudgetExhausted, Reservation, SharedRateLimiter
 
 PROVISIONAL_S = 5.0
@@ -210,18 +212,19 @@ def test_a_call_in_flight_counts_until_it_completes_plus_one_window(make_limiter
     in_flight = slow.acquire(max_wait_s=0)
 
     # Provisionally stamped at grant + timeout: the slot stays taken while the call runs.
-    _, wait_s = other.try_acquire()
-    assert wait_s > 10.0
+    time.sleep(1.1)
+    member, wait_s = other.try_acquire("other")
+    assert member is None, "the slot is still taken a window after the grant"
+    # The waiter's ticket counts on the call completing soon, not at its timeout.
+    assert 0.9 < wait_s <= 1.0
 
     slow.release(in_flight)
     completed = stamp_ms(slow, in_flight)
     assert abs(completed - server_ms(slow)) < 500, "re-stamped with the completion time"
-    _, wait_s = other.try_acquire()
-    # One more window after completion (plus at most the grant's own round trip, by which the
-    # completion stamp errs on the late side).
-    assert 0 < wait_s <= 1.05, "after completion the slot counts for one more window"
+    assert other.try_acquire("other")[0] is None, "after completion it counts one more window"
 
-    reservation = other.acquire(max_wait_s=2)
+    with limiter_module.waiting_as("other"):
+        reservation = other.acquire(max_wait_s=2)
     assert grant_ms(other, reservation) >= completed + 1000
 
 
@@ -307,3 +310,156 @@ def test_a_grant_is_one_script_of_four_commands_and_its_release_one(make_limiter
 
     # The server clock, the window's count (a cool-down fills it), the reservation; its re-stamp.
     assert counted == {"evalsha": 1, "time": 1, "zcount": 1, "zadd": 2}
+
+
+def fill(limiter: SharedRateLimiter) -> list[int]:
+    """Use the whole window with completed calls; returns their completion stamps, oldest first."""
+    stamps = []
+    for _ in range(limiter.limit):
+        reservation = limiter.acquire(max_wait_s=0)
+        limiter.release(reservation)
+        stamps.append(stamp_ms(limiter, reservation))
+    return sorted(stamps)
+
+
+def ticket_ms(limiter: SharedRateLimiter, waiter: str) -> int:
+    score = limiter.redis.zscore(limiter.line_key, waiter)
+    assert score is not None, f"{waiter} holds no ticket"
+    return int(score)
+
+
+def test_refused_waiters_get_tickets_spaced_as_the_window_frees(make_limiter):
+    limit, window_ms = 10, 10_000
+    limiter = make_limiter(limit=limit, window_s=window_ms / 1000, provisional_s=0.01)
+    stamps = fill(limiter)
+
+    for w in range(1000):
+        member, _ = limiter.try_acquire(f"waiter-{w}")
+        assert member is None
+    tickets = [ticket_ms(limiter, f"waiter-{w}") for w in range(1000)]
+
+    # Waiter w: the (w mod limit)-th oldest call leaves the window, plus (w div limit) windows.
+    assert tickets == [stamps[w % limit] + window_ms * (1 + w // limit) for w in range(1000)]
+    assert tickets == sorted(tickets), "the line is served in the order it was joined"
+    for at in tickets:  # no slot promised twice: at most the limit per rolling window
+        assert sum(1 for other in tickets if at - window_ms < other <= at) <= limit
+
+
+def test_the_first_waiters_tickets_are_when_the_window_frees_so_the_next_one_starts_on_time(
+    make_limiter,
+):
+    limiter = make_limiter(limit=3, provisional_s=0.01)
+    stamps = fill(limiter)
+
+    for w in range(3):
+        limiter.try_acquire(f"waiter-{w}")
+
+    assert [ticket_ms(limiter, f"waiter-{w}") for w in range(3)] == [s + 1000 for s in stamps]
+
+
+def test_a_waiter_asking_again_before_its_ticket_keeps_it_and_is_not_counted_again(make_limiter):
+    limiter = make_limiter(limit=2, window_s=5.0, provisional_s=0.01)
+    stamps = fill(limiter)
+    _, first_wait = limiter.try_acquire("early")
+    ticket = ticket_ms(limiter, "early")
+
+    for _ in range(3):
+        member, wait_s = limiter.try_acquire("early")
+        assert member is None
+        assert wait_s <= first_wait
+    limiter.try_acquire("next")
+
+    assert ticket_ms(limiter, "early") == ticket == stamps[0] + 5000
+    assert ticket_ms(limiter, "next") == stamps[1] + 5000, "the second in line, not the third"
+    assert limiter.redis.zcard(limiter.line_key) == 2
+    assert 0 < limiter.redis.pttl(limiter.line_key) <= 2 * 5000 + 100, "the line expires"
+
+
+def test_a_waiter_whose_ticket_passed_and_who_is_still_refused_gets_a_new_one_at_the_front(
+    make_limiter,
+):
+    limiter = make_limiter(limit=1, window_s=0.5, provisional_s=0.01)
+    fill(limiter)
+    limiter.try_acquire("unlucky")
+    for w in range(5):
+        limiter.try_acquire(f"behind-{w}")
+    passed = ticket_ms(limiter, "unlucky")
+    time.sleep(max(0.0, (passed - server_ms(limiter)) / 1000) + 0.01)
+    limiter.release(limiter.acquire(max_wait_s=0))  # someone not in line takes the slot
+
+    member, wait_s = limiter.try_acquire("unlucky")
+
+    assert member is None
+    reissued = ticket_ms(limiter, "unlucky")
+    assert reissued > passed
+    assert wait_s <= 0.55, "the slot after the one it lost, not the back of the line"
+    assert reissued < ticket_ms(limiter, "behind-4")
+
+
+def test_the_lines_of_different_clients_are_independent(make_limiter):
+    org_a = make_limiter(key="client-a", limit=2, window_s=5.0, provisional_s=0.01)
+    org_b = make_limiter(key="client-b", limit=2, window_s=5.0, provisional_s=0.01)
+    fill(org_a)
+    stamps_b = fill(org_b)
+    for w in range(50):
+        org_a.try_acquire(f"a-{w}")
+
+    org_b.try_acquire("b-0")
+
+    assert ticket_ms(org_b, "b-0") == stamps_b[0] + 5000, "first in its own line"
+    assert org_b.redis.zcard(org_b.line_key) == 1
+
+
+def test_without_a_waiter_id_each_acquire_is_one_waiter_through_its_inline_waits(make_limiter):
+    limiter = make_limiter(limit=1, provisional_s=0.01, sleep=SleepLog())
+    fill(limiter)
+
+    limiter.release(limiter.acquire(max_wait_s=2))
+
+    assert limiter.redis.zcard(limiter.line_key) == 1, "ticketed once, however often it asked"
+
+
+def test_waiting_as_names_the_waiter_of_every_acquire_inside(make_limiter):
+    limiter = make_limiter(limit=1, window_s=5.0, provisional_s=0.01)
+    fill(limiter)
+
+    for _ in range(2):
+        with limiter_module.waiting_as("request-1"), pytest.raises(BudgetExhausted) as caught:
+            limiter.acquire(max_wait_s=0.05)
+        assert caught.value.inline_wait_s == 0.05
+
+    assert limiter.redis.zrange(limiter.line_key, 0, -1) == [b"request-1"]
+
+
+def test_a_backlog_far_above_the_budget_is_refused_about_once_per_request_not_once_per_window(
+    make_limiter,
+):
+    """2,000 requests, 100 per window: re-scheduled as the flow does (to come back just before
+    the ticket), most are attempted twice instead of up to 2,000 / 100 times. (Late in the
+    backlog a line running late refuses some a few times more: tickets further than a window
+    away assume each call completes as it is granted.)"""
+    requests, limit, window_s = 2000, 100, 0.25
+    limiter = make_limiter(limit=limit, window_s=window_s, provisional_s=0.01)
+    attempts = dict.fromkeys(range(requests), 0)
+    due: list[tuple[float, int]] = [(0.0, n) for n in range(requests)]
+    heapq.heapify(due)
+    started = time.monotonic()
+    while due:
+        at, n = heapq.heappop(due)
+        time.sleep(max(0.0, at - (time.monotonic() - started)))
+        attempts[n] += 1
+        try:
+            with limiter_module.waiting_as(f"request-{n}"):
+                limiter.release(limiter.acquire(max_wait_s=0))
+        except BudgetExhausted as exc:
+            later = steps.budget_wait(exc)
+            heapq.heappush(due, (time.monotonic() - started + later.countdown_s, n))
+    elapsed = time.monotonic() - started
+
+    counts = sorted(attempts.values())
+    # Told one shared next slot, the last would be refused once per window: 2,000 / 100 = 20.
+    assert sum(counts) / requests < 3.0, counts[-20:]
+    assert counts[requests // 2] <= 2, "most come back once, at their ticket"
+    assert counts[-1] < requests // limit, counts[-20:]
+    # The budget stays used: about one window per `limit` requests after the first.
+    assert elapsed < (requests / limit - 1) * window_s * 1.25

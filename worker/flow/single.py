@@ -22,7 +22,7 @@ from worker.flow.record import AuditDraft
 from worker.flow.request import Attempt, Request, add_note, parse, validate
 from worker.genesys.client import CallLog, recording
 from worker.genesys.errors import GenesysError
-from worker.limiter import BudgetExhausted
+from worker.limiter import BudgetExhausted, waiting_as
 from worker.notifications.listener import PresenceEvent
 from worker.ordering import AgentBusy
 from worker.retry import Delay, GiveUp, RetryLater
@@ -35,7 +35,8 @@ DEFER_JITTER_S = 1.0
 
 def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
     """Apply one request; returns its terminal outcome or raises RetryLater (nothing recorded)."""
-    with recording() as calls:
+    # The request id: its budget ticket survives the re-schedules.
+    with recording() as calls, waiting_as(attempt.request_id):
         try:
             parsed = parse(
                 ports.catalog, attempt, raw, max_future_skew_s=ports.config.max_future_skew_s

@@ -157,9 +157,11 @@ def wait(countdown_s: float, message: str) -> RetryLater:
 BUDGET_EARLY_S = 1.0
 """A budget wait's retry arrives this much before its slot frees (its jitter and the schedule's
 poll would otherwise make it late), and waits the rest inline on the limiter (which sleeps up
-to ``LIMITER_MAX_INLINE_WAIT_S``), so a saturated budget's next minute starts on time."""
+to ``LIMITER_MAX_INLINE_WAIT_S``), so a saturated budget's next minute starts on time. Never
+earlier than the inline wait the limiter was allowed: it would be refused again at once."""
 
 
 def budget_wait(exc: BudgetExhausted) -> RetryLater:
-    """No budget slot within the inline wait: try again just before one frees."""
-    return wait(max(0.0, exc.retry_in_s - BUDGET_EARLY_S), str(exc))
+    """No budget slot within the inline wait: try again just before the caller's ticket."""
+    early_s = min(BUDGET_EARLY_S, exc.inline_wait_s)
+    return wait(max(0.0, exc.retry_in_s - early_s), str(exc))

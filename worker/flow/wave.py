@@ -42,7 +42,7 @@ from worker.flow.request import Attempt, Request, add_note, new_draft, parse, va
 from worker.genesys.client import Answer, CallLog, recording
 from worker.genesys.errors import GenesysError
 from worker.genesys.models import UserPresence
-from worker.limiter import BudgetExhausted
+from worker.limiter import BudgetExhausted, waiting_as
 from worker.retry import GiveUp
 from worker.rules.capacity import ON_QUEUE
 from worker.state_cache import state_of
@@ -96,6 +96,13 @@ def handle_wave(
 
     Raises RetryLater when the platform or the budget asks to try again later.
     """
+    with waiting_as(attempt.request_id):  # the wave's budget ticket survives its re-schedules
+        return _handle_wave(ports, elements, attempt, requeue)
+
+
+def _handle_wave(
+    ports: Ports, elements: list[Any], attempt: Attempt, requeue: Requeue
+) -> Counter[str]:
     outcomes: Counter[str] = Counter()
     fresh = _unaudited(ports, _identified(elements, attempt))  # a retried or re-sent wave
     try:

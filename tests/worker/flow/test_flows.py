@@ -470,6 +470,21 @@ def test_a_budget_wait_comes_back_just_before_its_slot_frees(flow: Single | Wave
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_a_budget_wait_comes_back_no_earlier_than_the_inline_wait_allowed(
+    flow: Single | Wave,
+) -> None:
+    """A process that waits at most 0.05 s inline would be refused again at once, and spin, if
+    it came back a whole second early."""
+    w = world({AGENT: AVAILABLE})
+    w.api.faults["write"].append(BudgetExhausted(12, inline_wait_s=0.05))
+
+    result = flow.run(w, payload(), 0)
+
+    assert result.later is not None
+    assert result.later.countdown_s == pytest.approx(12 - 0.05)
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
 def test_a_failed_read_back_never_causes_a_second_write(flow: Single | Wave) -> None:
     w = world({AGENT: AVAILABLE})
     w.confirmations.silent.add(AGENT)
