@@ -307,3 +307,19 @@ def test_a_grant_is_one_script_of_four_commands_and_its_release_one(make_limiter
 
     # The server clock, the window's count (a cool-down fills it), the reservation; its re-stamp.
     assert counted == {"evalsha": 1, "time": 1, "zcount": 1, "zadd": 2}
+
+
+def test_one_orgs_spent_budget_leaves_another_orgs_untouched(make_limiter):
+    default = make_limiter(limit=2, window_s=60)
+    acme = make_limiter(limit=2, window_s=60, prefix="presence:org:acme")  # same client key
+    for _ in range(2):
+        default.release(default.acquire(max_wait_s=0))
+    with pytest.raises(BudgetExhausted):
+        default.acquire(max_wait_s=0)
+    default.cool_down(30)
+
+    granted = [acme.acquire(max_wait_s=0) for _ in range(2)]
+
+    assert all(stamp_ms(acme, g) > 0 for g in granted)
+    with pytest.raises(BudgetExhausted):
+        acme.acquire(max_wait_s=0)
