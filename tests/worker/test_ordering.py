@@ -275,8 +275,9 @@ def test_the_newest_request_registers_and_locks_in_three_commands(ordering, r):
 
 
 def test_two_orgs_order_and_lock_the_same_agent_id_independently(r):
-    default, acme = AgentOrdering(r, marker_ttl_s=60), AgentOrdering(
-        r, marker_ttl_s=60, prefix="presence:org:acme"
+    default, acme = (
+        AgentOrdering(r, marker_ttl_s=60),
+        AgentOrdering(r, marker_ttl_s=60, prefix="presence:org:acme"),
     )
     default.register(AGENT, 2_000, "req-new")
 

@@ -186,7 +186,8 @@ class CapacityGuard:
         ]
         if len(missing) < 2:
             return {}
-        known_pages = self.redis.get(_listing_pages(self.prefix))  # the listing's cost, learnt earlier
+        # The listing's cost, learnt earlier.
+        known_pages = self.redis.get(_listing_pages(self.prefix))
         if known_pages is not None and int(known_pages) >= len(missing):
             return {}
         if not self.redis.set(_listing(self.prefix), 1, px=LISTING_MS, nx=True):
@@ -271,7 +272,11 @@ class CapacityGuard:
         # One query per queue at a time across the fleet: a burst of checks arriving together
         # (everyone to lunch at noon) waits for the first one's observation instead of each
         # querying analytics. A queue whose observer gives no answer in time is queried here.
-        mine = [q for q in stale if self.redis.set(_observing(self.prefix, q), 1, px=OBSERVING_MS, nx=True)]
+        mine = [
+            q
+            for q in stale
+            if self.redis.set(_observing(self.prefix, q), 1, px=OBSERVING_MS, nx=True)
+        ]
         try:
             if mine:
                 # Read again under the lock: an observer may have stored its answer and let go
