@@ -32,8 +32,12 @@ class Definition:
     deactivated: bool
 
 
-CATALOG_KEY = "presence:definitions"
 TTL_S = 600
+
+
+def catalog_key(prefix: str = "presence") -> str:
+    """The key holding the definitions of the org whose key prefix is ``prefix``."""
+    return f"{prefix}:definitions"
 
 
 def _definition(d: PresenceDefinition) -> Definition:
@@ -43,23 +47,31 @@ def _definition(d: PresenceDefinition) -> Definition:
 
 
 def _store(
-    client: redis.Redis, definitions: list[Definition], ttl_s: int, *, only_new: bool = False
+    client: redis.Redis,
+    definitions: list[Definition],
+    ttl_s: int,
+    *,
+    prefix: str,
+    only_new: bool = False,
 ) -> bool:
     """Store ``definitions`` for the fleet (``only_new``: unless some are stored already)."""
     text = json.dumps([asdict(d) for d in definitions])
-    return bool(client.set(CATALOG_KEY, text, ex=ttl_s, nx=only_new))
+    return bool(client.set(catalog_key(prefix), text, ex=ttl_s, nx=only_new))
 
 
-def seed(client: redis.Redis, entities: list[Any], ttl_s: int = TTL_S) -> bool:
+def seed(
+    client: redis.Redis, entities: list[Any], ttl_s: int = TTL_S, *, prefix: str = "presence"
+) -> bool:
     """Store a definitions listing read elsewhere (``deactivated=true``, as the catalog reads it)
-    for the fleet's catalog, unless one is stored already. Never raises; False when nothing was
-    stored (an entity of another shape, or Redis away)."""
+    for the fleet's catalog of the org whose key prefix is ``prefix``, unless one is stored
+    already. Never raises; False when nothing was stored (an entity of another shape, or Redis
+    away)."""
     try:
         definitions = [_definition(PresenceDefinition.model_validate(e)) for e in entities]
     except ValueError:
         return False
     try:
-        return _store(client, definitions, ttl_s, only_new=True)
+        return _store(client, definitions, ttl_s, prefix=prefix, only_new=True)
     except redis.RedisError:
         return False
 
@@ -68,7 +80,7 @@ class PresenceCatalog:
     """Resolves a request's ``state`` (+ ``reason``) to one active definition.
 
     Definitions are fetched once per ``ttl_s`` for the whole fleet (one Genesys call), cached in
-    Redis and in process memory.
+    Redis (under :func:`catalog_key` of ``prefix``, the org's key prefix) and in process memory.
     """
 
     def __init__(
@@ -78,8 +90,10 @@ class PresenceCatalog:
         *,
         ttl_s: int = TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        prefix: str = "presence",
     ) -> None:
         self.redis = client
+        self.prefix = prefix
         self.fetch = fetch
         self.ttl_s = ttl_s
         self.clock = clock
@@ -90,10 +104,10 @@ class PresenceCatalog:
         with self._lock:
             if self._local is not None and self._local[0] > self.clock():
                 return self._local[1]
-            raw = self.redis.get(CATALOG_KEY)
+            raw = self.redis.get(catalog_key(self.prefix))
             if raw is None:
                 definitions = [_definition(d) for d in self.fetch()]
-                _store(self.redis, definitions, self.ttl_s)
+                _store(self.redis, definitions, self.ttl_s, prefix=self.prefix)
             else:
                 definitions = [Definition(**d) for d in json.loads(raw)]
             self._local = (self.clock() + min(60, self.ttl_s), definitions)

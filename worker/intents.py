@@ -33,16 +33,24 @@ class Intent:
 class WriteIntents:
     """Marks in Redis, kept ``ttl_s`` (longer than any redelivery can take). ``cache``: the
     state cache read with a mark by :meth:`marked_with_state` (one ``MGET`` when it shares
-    this client)."""
+    this client). Marks sit under ``{prefix}:intent:<request id>`` (``prefix``: the org's key
+    prefix)."""
 
-    def __init__(self, client: redis.Redis, *, ttl_s: int, cache: StateCache | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ttl_s: int,
+        cache: StateCache | None = None,
+        prefix: str = "presence",
+    ) -> None:
         self.redis = client
         self.ttl_s = ttl_s
         self.cache = cache
+        self.prefix = prefix
 
-    @staticmethod
-    def key(request_id: str) -> str:
-        return f"presence:intent:{request_id}"
+    def key(self, request_id: str) -> str:
+        return f"{self.prefix}:intent:{request_id}"
 
     def mark(self, writes: dict[str, Intent]) -> None:
         """Record that each request (request id → its intent) is about to be sent, or, marked
@@ -79,7 +87,7 @@ class WriteIntents:
             return self.marked([request_id]).get(request_id), None
         if self.cache.redis is not self.redis:
             return self.marked([request_id]).get(request_id), self.cache.get(user_id)
-        mark, state = self.redis.mget([self.key(request_id), StateCache.key(user_id)])
+        mark, state = self.redis.mget([self.key(request_id), self.cache.key(user_id)])
         return (
             Intent(**json.loads(mark)) if mark is not None else None,
             AgentState(**json.loads(state)) if state is not None else None,

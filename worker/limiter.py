@@ -181,7 +181,8 @@ class SharedRateLimiter:
 
     ``limit_per_minute`` is the whole budget of one OAuth client across all processes and
     machines that share ``redis`` (per ``window_s``, 60 s like the platform; shorter in tests).
-    Keys sit in one hash slot (``{…}``) for Redis Cluster.
+    Keys sit under ``{prefix}:limiter:`` (``prefix``: the org's key prefix), in one hash slot
+    (``{…}``) for Redis Cluster.
     """
 
     def __init__(
@@ -193,15 +194,16 @@ class SharedRateLimiter:
         provisional_s: float,
         window_s: float = WINDOW_MS / 1000,
         sleep: Callable[[float], None] = time.sleep,
+        prefix: str = "presence",
     ) -> None:
         self.redis = client
         self.limit = limit_per_minute
         self.window_ms = int(window_s * 1000)
         self.provisional_ms = int(provisional_s * 1000)
-        self.log_key = f"presence:limiter:{{{key}}}:log"
-        self.cooldown_key = f"presence:limiter:{{{key}}}:cooldown"
-        self.line_key = f"presence:limiter:{{{key}}}:line"
-        self.front_key = f"presence:limiter:{{{key}}}:front"
+        self.log_key = f"{prefix}:limiter:{{{key}}}:log"
+        self.cooldown_key = f"{prefix}:limiter:{{{key}}}:cooldown"
+        self.line_key = f"{prefix}:limiter:{{{key}}}:line"
+        self.front_key = f"{prefix}:limiter:{{{key}}}:front"
         self.sleep = sleep
         self._acquire = client.register_script(_ACQUIRE)
         self._attempts = itertools.count(1)

@@ -19,7 +19,13 @@ SHIFTS_DISPATCH_TASK = "shifts.dispatch"
 
 SHIFT_REQUEST_PREFIX = "shift-"
 
+DEFAULT_ORG = "default"
+DEFAULT_KEY_PREFIX = "presence"
+"""The Redis key prefix of the default org: the keys of a single-org deployment."""
+
 __all__ = [
+    "DEFAULT_KEY_PREFIX",
+    "DEFAULT_ORG",
     "PRESENCE_QUEUE",
     "SHIFTS_DISPATCH_TASK",
     "SHIFTS_QUEUE",
@@ -29,6 +35,7 @@ __all__ = [
     "WFM_QUEUE",
     "WFM_SWEEP_TASK",
     "WFM_SYNC_TASK",
+    "org_key_prefix",
     "shift_request_id",
 ]
 
@@ -36,3 +43,10 @@ __all__ = [
 def shift_request_id(shift_id: int) -> str:
     """The request id a scheduled shift change is sent with: one audit row per shift row."""
     return f"{SHIFT_REQUEST_PREFIX}{shift_id}"
+
+
+def org_key_prefix(org: str) -> str:
+    """The prefix of every per-org Redis key of ``org``: ``presence`` for the default org (the
+    keys a single-org deployment has always used), ``presence:org:<org>`` for any other, so no
+    key of one org can name another org's agent, queue, client or request."""
+    return DEFAULT_KEY_PREFIX if org == DEFAULT_ORG else f"{DEFAULT_KEY_PREFIX}:org:{org}"

@@ -66,13 +66,25 @@ class AgentBusy(Exception):
 
 
 class AgentOrdering:
-    def __init__(self, client: redis.Redis, *, marker_ttl_s: int = 7 * 86_400) -> None:
+    """Each agent's newest marker and lock under ``{prefix}:agent:<user id>:…`` (``prefix``: the
+    org's key prefix)."""
+
+    def __init__(
+        self, client: redis.Redis, *, marker_ttl_s: int = 7 * 86_400, prefix: str = "presence"
+    ) -> None:
         self.redis = client
         self.marker_ttl_s = marker_ttl_s
+        self.prefix = prefix
         self._register = client.register_script(_REGISTER)
         self._unlock = client.register_script(_UNLOCK)
         self._register_and_lock = client.register_script(_REGISTER_AND_LOCK)
         self._take_over = client.register_script(_TAKE_OVER)
+
+    def newest_key(self, user_id: str) -> str:
+        return f"{self.prefix}:agent:{user_id}:newest"
+
+    def lock_key(self, user_id: str) -> str:
+        return f"{self.prefix}:agent:{user_id}:lock"
 
     @staticmethod
     def _marker(requested_at_us: int, request_id: str) -> str:
@@ -81,7 +93,7 @@ class AgentOrdering:
     def register(self, user_id: str, requested_at_us: int, request_id: str) -> None:
         """Record that this request exists; the newest registered one stays the marker."""
         self._register(
-            keys=[f"presence:agent:{user_id}:newest"],
+            keys=[self.newest_key(user_id)],
             args=[requested_at_us, request_id, self.marker_ttl_s],
         )
 
@@ -90,7 +102,7 @@ class AgentOrdering:
         pipe = self.redis.pipeline(transaction=False)
         for user_id, requested_at_us, request_id in requests:
             self._register(
-                keys=[f"presence:agent:{user_id}:newest"],
+                keys=[self.newest_key(user_id)],
                 args=[requested_at_us, request_id, self.marker_ttl_s],
                 client=pipe,
             )
@@ -101,7 +113,7 @@ class AgentOrdering:
         :meth:`is_superseded` would say True for, in one round trip."""
         if not requests:
             return set()
-        markers = self.redis.mget([f"presence:agent:{u}:newest" for u, _, _ in requests])
+        markers = self.redis.mget([self.newest_key(u) for u, _, _ in requests])
         out = set()
         for (_, requested_at_us, request_id), newest in zip(requests, markers, strict=True):
             if newest is not None and _newer(newest, requested_at_us, request_id):
@@ -111,13 +123,13 @@ class AgentOrdering:
     def is_superseded(self, user_id: str, requested_at_us: int, request_id: str) -> bool:
         """True when a newer request for the agent has been registered (a copy of this same
         request, registered with a later timestamp, does not count)."""
-        newest = self.redis.get(f"presence:agent:{user_id}:newest")
+        newest = self.redis.get(self.newest_key(user_id))
         return newest is not None and _newer(newest, requested_at_us, request_id)
 
     @contextmanager
     def lock(self, user_id: str, *, ttl_s: float, wait_s: float) -> Iterator[None]:
         """Hold the agent's lock; raises AgentBusy when not acquired within ``wait_s``."""
-        key = f"presence:agent:{user_id}:lock"
+        key = self.lock_key(user_id)
         owner = uuid.uuid4().hex
         deadline = time.monotonic() + wait_s
         while not self.redis.set(key, owner, nx=True, px=int(ttl_s * 1000)):
@@ -142,8 +154,8 @@ class AgentOrdering:
         at once, before any other request's change can reach the agent, so it reads back what
         its earlier delivery did and never mistakes its own applied change for a newer
         request's. A delivery of the same request by a live process waits like any other."""
-        key = f"presence:agent:{user_id}:lock"
-        newest_key = f"presence:agent:{user_id}:newest"
+        key = self.lock_key(user_id)
+        newest_key = self.newest_key(user_id)
         owner = f"{request_id}|{holders.PROCESS_ID}"
         deadline = time.monotonic() + wait_s
         args: list[str | int] = [
@@ -187,7 +199,7 @@ class AgentOrdering:
         owners = {u: uuid.uuid4().hex for u in dict.fromkeys(user_ids)}
         pipe = self.redis.pipeline(transaction=False)
         for user_id, owner in owners.items():
-            pipe.set(f"presence:agent:{user_id}:lock", owner, nx=True, px=int(ttl_s * 1000))
+            pipe.set(self.lock_key(user_id), owner, nx=True, px=int(ttl_s * 1000))
         taken = pipe.execute()
         return {u: o for (u, o), ok in zip(owners.items(), taken, strict=True) if ok}
 
@@ -198,5 +210,5 @@ class AgentOrdering:
             return
         pipe = self.redis.pipeline(transaction=False)
         for user_id, owner in owners.items():
-            self._unlock(keys=[f"presence:agent:{user_id}:lock"], args=[owner], client=pipe)
+            self._unlock(keys=[self.lock_key(user_id)], args=[owner], client=pipe)
         pipe.execute()

@@ -58,9 +58,12 @@ _STORED_HERE_MAX = 4096
 
 
 class StateCache:
-    def __init__(self, client: redis.Redis, *, ttl_s: int = 3600) -> None:
+    """Entries under ``{prefix}:state:<user id>`` (``prefix``: the org's key prefix)."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: int = 3600, prefix: str = "presence") -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self.prefix = prefix
         self._set_if_newer = client.register_script(_SET_IF_NEWER)
         # user id → (definition id, modified ms, monotonic time stored)
         self._stored: OrderedDict[str, tuple[str, int, float]] = OrderedDict()
@@ -80,9 +83,8 @@ class StateCache:
             and time.monotonic() - stored[2] < self.ttl_s / 2  # still there: it outlives this
         )
 
-    @staticmethod
-    def key(user_id: str) -> str:
-        return f"presence:state:{user_id}"
+    def key(self, user_id: str) -> str:
+        return f"{self.prefix}:state:{user_id}"
 
     def get(self, user_id: str) -> AgentState | None:
         raw = self.redis.get(self.key(user_id))

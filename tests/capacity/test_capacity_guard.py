@@ -13,11 +13,15 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import redis
 
 from tests.capacity.conftest import Harness
 from tests.support.pipeline import APPLIED
+from worker.rules.capacity import CapacityGuard, QueuePolicy
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -297,3 +301,60 @@ def test_changes_that_keep_routing_never_consult_the_guard(
     assert row.outcome == "rejected_capacity"
     assert "minimum 1000" in (row.error_message or "")
     assert harness.route_count(OBSERVE) == before[0] + 1
+
+
+class StubOrg:
+    """One org's platform answers for the guard: the agents' joined queues and each queue's
+    agents on queue; counts the observation queries."""
+
+    def __init__(self, joined: dict[str, list[str]], on_queue: dict[str, int]) -> None:
+        self.joined, self.on_queue, self.observed = joined, on_queue, 0
+
+    def call(self, method: str, path: str, **_: Any) -> SimpleNamespace:
+        if path.endswith("/queues"):
+            user_id = path.split("/")[-2]
+            return SimpleNamespace(data={"entities": [{"id": q} for q in self.joined[user_id]]})
+        self.observed += 1
+        return SimpleNamespace(
+            data={
+                "results": [
+                    {
+                        "group": {"queueId": q},
+                        "data": [{"metric": "oOnQueueUsers", "stats": {"count": n}}],
+                    }
+                    for q, n in self.on_queue.items()
+                ]
+            }
+        )
+
+
+def guard(redis_url: str, org: StubOrg, **kw: Any) -> CapacityGuard:
+    return CapacityGuard(
+        redis.Redis.from_url(redis_url),
+        org,  # type: ignore[arg-type]
+        default=QueuePolicy(min_on_queue=1),
+        overrides={},
+        observation_ttl_s=60,
+        membership_ttl_s=60,
+        reservation_grace_s=5,
+        **kw,
+    )
+
+
+def test_two_orgs_keep_their_own_observations_and_reservations_for_the_same_ids(redis_url):
+    default_org = StubOrg({"agent-1": ["q1"]}, {"q1": 2})
+    acme_org = StubOrg({"agent-1": ["q1", "q2"]}, {"q1": 3, "q2": 3})
+    default = guard(redis_url, default_org)
+    acme = guard(redis_url, acme_org, prefix="presence:org:acme")
+
+    assert default.check_and_reserve("req-1", "agent-1").allowed
+    assert not default.check_and_reserve("req-2", "agent-1").allowed, "q1 would fall below 1"
+    verdict = acme.check_and_reserve("req-2", "agent-1")
+
+    assert verdict.allowed, "the other org's reservation in its q1 does not count here"
+    assert verdict.queues == ("q1", "q2"), "the agent's queues in this org"
+    assert acme.loads(["q1"])["q1"].on_queue == 3
+    assert default.loads(["q1"])["q1"].on_queue == 2
+    assert (default_org.observed, acme_org.observed) == (1, 1)
+    acme.release("req-2", verdict.queues)
+    assert not default.check_and_reserve("req-2", "agent-1").allowed

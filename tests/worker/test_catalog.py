@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.worker.conftest import SYSTEM_IDS, route_count
+from worker import catalog as catalog_module
 from worker.catalog import PresenceCatalog, UnknownPresence
 
 
@@ -126,3 +127,33 @@ def test_definitions_are_fetched_again_once_the_shared_copy_expires(api, runtime
     now[0] += 60  # the in-process copy is stale and Redis has none: fetch again
     catalog.resolve("Available")
     assert route_count(api, "presence.definitions.list") == 2
+
+
+def entity(definition_id: str, system: str, label: str) -> dict[str, object]:
+    return {
+        "id": definition_id,
+        "type": "User",
+        "systemPresence": system,
+        "languageLabels": {"en_US": label},
+        "deactivated": False,
+    }
+
+
+def test_two_orgs_keep_their_own_definitions(api, runtime):
+    acme_prefix = "presence:org:acme"
+
+    def never() -> list[object]:
+        raise AssertionError("the seeded definitions were not used")
+
+    assert catalog_module.seed(
+        runtime.redis, [entity("acme-coffee", "Break", "Espresso")], prefix=acme_prefix
+    )
+    acme = PresenceCatalog(runtime.redis, never, prefix=acme_prefix)
+
+    assert [d.label for d in acme.definitions()] == ["Espresso"]
+    assert runtime.catalog.resolve("Coffee").id != "acme-coffee", "read from the default org"
+    assert route_count(api, "presence.definitions.list") == 1
+    assert not catalog_module.seed(runtime.redis, [], prefix=acme_prefix), "one stored already"
+    with pytest.raises(UnknownPresence):
+        acme.resolve("Coffee")
+    assert runtime.redis.exists("presence:definitions", f"{acme_prefix}:definitions") == 2

@@ -9,7 +9,7 @@ import pytest
 
 from tests.worker.conftest import SYSTEM_IDS, eventually, route_count
 from tests.worker.test_listener import confirm_a_write, subscribed_users
-from worker.notifications.group import ChannelGroup
+from worker.notifications.group import ChannelGroup, channel_group
 from worker.notifications.listener import NotificationListener, WaiterRegistry
 from worker.notifications.roster import Roster
 from worker.notifications.slots import ChannelSlots
@@ -148,3 +148,31 @@ def test_processes_priming_together_list_the_org_once(api, runtime, make_group, 
     eventually(lambda: all(runtime.cache.get(u) is not None for u in agents[:5]), what="cache")
     for group in (first, second):
         assert subscribed_users(api, group.members[0].channel_id) == set(agents[:5])
+
+
+def test_two_orgs_claim_their_own_slots_of_the_same_client_id(runtime):
+    key = runtime.settings.genesys_client_id
+    default = ChannelSlots(runtime.redis, key=key, max_slots=1)
+    acme = ChannelSlots(runtime.redis, key=key, max_slots=1, prefix="presence:org:acme")
+    assert default.claim()
+    assert not ChannelSlots(runtime.redis, key=key, max_slots=1).claim(), "the default's are spent"
+
+    assert acme.claim()
+    assert (default.in_use(), acme.in_use()) == (1, 1)
+    acme.release()
+    assert (default.in_use(), acme.in_use()) == (1, 0)
+
+
+def test_an_orgs_channel_group_keeps_its_slots_and_roster_under_the_orgs_prefix(runtime):
+    prefix, key = "presence:org:acme", runtime.settings.genesys_client_id
+    group = channel_group(
+        runtime.settings, runtime.client, runtime.cache, runtime.redis, key, prefix=prefix
+    )
+    member = group.make_member(group.waiters)
+
+    assert member.slots.key == f"{prefix}:channels:{{{key}}}:slots"
+    assert group.roster.key == f"{prefix}:roster:{{{key}}}"
+    assert member.slots.claim()
+    assert runtime.redis.exists(member.slots.key)
+    assert not runtime.redis.exists(f"presence:channels:{{{key}}}:slots")
+    member.slots.release()

@@ -18,7 +18,7 @@ def test_marked_requests_are_found_with_their_target(redis_url: str) -> None:
 
     assert intents.marked(["req-1", "req-2", "req-3"]) == {"req-1": first, "req-2": second}
     assert intents.marked([]) == {}
-    assert 0 < client.ttl(WriteIntents.key("req-1")) <= 60
+    assert 0 < client.ttl(intents.key("req-1")) <= 60
 
 
 def test_a_mark_made_again_as_accepted_keeps_the_answer(redis_url: str) -> None:
@@ -61,3 +61,23 @@ def test_a_mark_is_read_with_the_state_of_a_cache_elsewhere_or_alone(redis_url: 
 
     assert with_cache.marked_with_state("req-1", "agent-1")[1] == state
     assert alone.marked_with_state("req-1", "agent-1") == (Intent("def-break", 0, 1000), None)
+
+
+def test_two_orgs_keep_their_own_marks_for_the_same_request_id(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    acme_cache = StateCache(client, ttl_s=60, prefix="presence:org:acme")
+    default = WriteIntents(client, ttl_s=60, cache=StateCache(client, ttl_s=60))
+    acme = WriteIntents(client, ttl_s=60, cache=acme_cache, prefix="presence:org:acme")
+    mark = Intent("def-break", 0, 1000)
+    default.mark({"req-1": mark})
+    StateCache(client, ttl_s=60).put("agent-1", AgentState("def-meal", "BUSY", 900, "event"))
+
+    assert acme.marked(["req-1"]) == {}
+    assert acme.marked_with_state("req-1", "agent-1") == (None, None)
+    acme_state = AgentState("def-away", "AWAY", 800, "read")
+    acme_cache.put("agent-1", acme_state)
+    acme.mark({"req-1": Intent("def-meal", 0, 2000)})
+    acme.clear(["req-1"])
+
+    assert default.marked(["req-1"]) == {"req-1": mark}
+    assert acme.marked_with_state("req-1", "agent-1") == (None, acme_state)

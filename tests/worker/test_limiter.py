@@ -463,3 +463,19 @@ def test_a_backlog_far_above_the_budget_is_refused_about_once_per_request_not_on
     assert counts[-1] < requests // limit, counts[-20:]
     # The budget stays used: about one window per `limit` requests after the first.
     assert elapsed < (requests / limit - 1) * window_s * 1.25
+
+
+def test_one_orgs_spent_budget_leaves_another_orgs_untouched(make_limiter):
+    default = make_limiter(limit=2, window_s=60)
+    acme = make_limiter(limit=2, window_s=60, prefix="presence:org:acme")  # same client key
+    for _ in range(2):
+        default.release(default.acquire(max_wait_s=0))
+    with pytest.raises(BudgetExhausted):
+        default.acquire(max_wait_s=0)
+    default.cool_down(30)
+
+    granted = [acme.acquire(max_wait_s=0) for _ in range(2)]
+
+    assert all(stamp_ms(acme, g) > 0 for g in granted)
+    with pytest.raises(BudgetExhausted):
+        acme.acquire(max_wait_s=0)

@@ -272,3 +272,23 @@ def test_the_newest_request_registers_and_locks_in_three_commands(ordering, r):
     counted = commands_during(r, register_and_lock)
     # The script, the marker written with the old one read back, the lock; then the release.
     assert counted == {"evalsha": 2, "set": 2, "get": 1, "del": 1}
+
+
+def test_two_orgs_order_and_lock_the_same_agent_id_independently(r):
+    default, acme = (
+        AgentOrdering(r, marker_ttl_s=60),
+        AgentOrdering(r, marker_ttl_s=60, prefix="presence:org:acme"),
+    )
+    default.register(AGENT, 2_000, "req-new")
+
+    assert not acme.is_superseded(AGENT, 1_000, "req-old"), "another org's newer request"
+    assert acme.superseded_among([(AGENT, 1_000, "req-old")]) == set()
+    with default.lock(AGENT, ttl_s=5, wait_s=0):
+        with acme.lock(AGENT, ttl_s=5, wait_s=0):  # not blocked by the other org's lock
+            pass
+        taken = acme.try_lock_many([AGENT], ttl_s=5)
+        assert list(taken) == [AGENT]
+        acme.unlock_many(taken)
+        with acme.register_and_lock(AGENT, 1_000, "req-old", ttl_s=5, wait_s=0) as superseded:
+            assert superseded is False
+    assert default.is_superseded(AGENT, 1_000, "req-old")

@@ -217,3 +217,25 @@ def test_a_reader_that_never_finishes_is_waited_for_only_up_to_the_bound(client)
     assert roster(client, clock, wait_s=2.0).fill_once(lambda: reads.append("me"))
     assert reads == ["me"]
     assert clock.now >= 2.0
+
+
+def test_two_orgs_list_and_read_their_own_agents_under_the_same_client_key(client):
+    assert client.set("presence:roster:{org}:listing", 1, nx=True, px=60_000)  # default lists
+    roster(client).active(2, Listing(["d0", "d1"]))
+    acme_listing = Listing(["a0", "a1"])
+
+    acme = roster(client, prefix="presence:org:acme")
+    assert acme.active(2, acme_listing) == ["a0", "a1"], "not the other org's listing"
+    assert acme_listing.calls == 1
+    assert roster(client).active(2, Listing(["x"])) == ["d0", "d1"]
+
+    reads: list[str] = []
+    default = Roster(client, key="org", grace_s=0)
+    acme_reader = Roster(client, key="org", grace_s=0, wait_s=5, prefix="presence:org:acme")
+    with default.subscribing():
+        with acme_reader.subscribing():
+            pass
+        started = time.monotonic()
+        assert acme_reader.fill_once(lambda: reads.append("acme"))
+        assert time.monotonic() - started < 2, "the other org still subscribing held no read"
+    assert reads == ["acme"]

@@ -51,7 +51,7 @@ def test_a_state_as_new_as_the_stored_one_replaces_it(cache, r):
 def test_entries_expire_after_the_ttl(cache, r):
     cache.put(AGENT, state("break", 2_000))
 
-    assert 0 < r.ttl(StateCache.key(AGENT)) <= 60
+    assert 0 < r.ttl(cache.key(AGENT)) <= 60
 
 
 def test_forget_drops_the_named_agents_only(cache):
@@ -70,15 +70,15 @@ def test_a_newer_change_is_one_command_and_an_older_one_leaves_the_entry_as_it_w
     cache, other = StateCache(r, ttl_s=60), StateCache(r, ttl_s=60)  # two processes
     other.put(OTHER, state("break", 1_000))  # the script loaded once
     other.put(AGENT, state("break", 2_000, "event"))
-    r.expire(StateCache.key(AGENT), 30)
+    r.expire(cache.key(AGENT), 30)
 
     newer = commands_during(r, lambda: cache.put(AGENT, state("available", 3_000, "patch")))
     assert newer == {"evalsha": 1, "set": 1}
-    assert r.ttl(StateCache.key(AGENT)) > 30
+    assert r.ttl(cache.key(AGENT)) > 30
 
     assert other.put(AGENT, state("break", 2_500)) is False
     assert cache.get(AGENT) == state("available", 3_000, "patch")
-    assert r.ttl(StateCache.key(AGENT)) > 30
+    assert r.ttl(cache.key(AGENT)) > 30
 
 
 def test_a_change_this_process_stored_is_not_stored_again(cache, r):
@@ -95,7 +95,7 @@ def test_a_change_this_process_stored_is_not_stored_again(cache, r):
 def test_a_change_stored_longer_ago_than_half_the_ttl_is_stored_again(r, monkeypatch):
     cache = StateCache(r, ttl_s=60)
     cache.put(AGENT, state("break", 2_000, "event"))
-    r.delete(StateCache.key(AGENT))  # expired meanwhile
+    r.delete(cache.key(AGENT))  # expired meanwhile
     later = time.monotonic() + 31
     monkeypatch.setattr(time, "monotonic", lambda: later)
 
@@ -132,3 +132,16 @@ def test_a_put_refused_for_a_newer_entry_leaves_the_change_unclaimed(cache, r):
 
     assert cache.put(AGENT, state("break", 2_000)) is False
     assert not cache.stored_here(AGENT, "break", 2_000)
+
+
+def test_two_orgs_keep_their_own_entry_for_the_same_agent_id(r):
+    default, acme = StateCache(r, ttl_s=60), StateCache(r, ttl_s=60, prefix="presence:org:acme")
+    default.put(AGENT, state("break", 2_000))
+
+    assert acme.get(AGENT) is None
+    assert acme.put(AGENT, state("available", 1_000)), "another org's newer entry does not count"
+    assert acme.get_many([AGENT]) == {AGENT: state("available", 1_000)}
+
+    acme.forget([AGENT])
+    assert default.get(AGENT) == state("break", 2_000)
+    assert acme.get(AGENT) is None

@@ -158,3 +158,17 @@ def test_a_token_that_answered_401_is_never_handed_out_again(make_provider, api,
 
     assert fresh != dead
     assert token_works(api, fresh)
+
+
+def test_two_orgs_with_the_same_client_id_keep_separate_tokens(api, make_provider):
+    before = route_count(api, "oauth.token")
+    default, acme = make_provider(), make_provider(prefix="presence:org:acme")
+
+    mine, theirs = default.get(), acme.get()
+
+    assert mine != theirs
+    assert route_count(api, "oauth.token") - before == 2, "each org fetched its own"
+    assert default.renewals == acme.renewals == 1
+    default.invalidate(mine)
+    assert make_provider(prefix="presence:org:acme").get() == theirs, "still cached for acme"
+    assert make_provider().get() != mine

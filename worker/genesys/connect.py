@@ -29,13 +29,17 @@ def budget_key(settings: Settings) -> str:
     return settings.genesys_client_id or "default"
 
 
-def genesys_client(settings: Settings, r: redis.Redis, http: httpx.Client) -> GenesysClient:
-    """A client spending the OAuth client's shared budget and token, like every worker."""
+def genesys_client(
+    settings: Settings, r: redis.Redis, http: httpx.Client, *, prefix: str = "presence"
+) -> GenesysClient:
+    """A client spending the OAuth client's shared budget and token, like every worker
+    (``prefix``: the org's key prefix, under which both are kept)."""
     limiter = SharedRateLimiter(
         r,
         key=budget_key(settings),
         limit_per_minute=settings.effective_rate_per_minute,
         provisional_s=settings.http_timeout_s + 5,
+        prefix=prefix,
     )
     tokens = TokenProvider(
         r,
@@ -44,6 +48,7 @@ def genesys_client(settings: Settings, r: redis.Redis, http: httpx.Client) -> Ge
         client_id=settings.genesys_client_id,
         client_secret=settings.genesys_client_secret.get_secret_value(),
         timeout_s=settings.http_timeout_s,
+        prefix=prefix,
     )
     return GenesysClient(
         http,

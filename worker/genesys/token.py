@@ -30,7 +30,10 @@ return 0
 
 
 class TokenProvider:
-    """Hands out a valid bearer token. Thread-safe; never logs or raises with the token inside."""
+    """Hands out a valid bearer token. Thread-safe; never logs or raises with the token inside.
+
+    The token is cached under ``{prefix}:token:{<client id>}`` (``prefix``: the org's key
+    prefix)."""
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class TokenProvider:
         timeout_s: float,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        prefix: str = "presence",
     ) -> None:
         self.redis = client
         self.http = http
@@ -52,8 +56,8 @@ class TokenProvider:
         self.timeout_s = timeout_s
         self.clock = clock
         self.sleep = sleep
-        self.key = f"presence:token:{{{client_id}}}"
-        self.lock_key = f"presence:token:{{{client_id}}}:renewing"
+        self.key = f"{prefix}:token:{{{client_id}}}"
+        self.lock_key = f"{prefix}:token:{{{client_id}}}:renewing"
         self._release_lock = client.register_script(_RELEASE_LOCK)
         self._drop_if_same = client.register_script(_DROP_IF_SAME)
         self.renewals = 0

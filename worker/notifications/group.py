@@ -41,15 +41,22 @@ MemberFactory = Callable[[WaiterRegistry], NotificationListener]
 
 
 def channel_group(
-    settings: Settings, client: GenesysClient, cache: StateCache, r: redis.Redis, key: str
+    settings: Settings,
+    client: GenesysClient,
+    cache: StateCache,
+    r: redis.Redis,
+    key: str,
+    *,
+    prefix: str = "presence",
 ) -> ChannelGroup:
-    """The process's channels as the settings describe them; each holds its own fleet slot."""
+    """The process's channels as the settings describe them; each holds its own fleet slot
+    (slots and roster kept under ``prefix``, the org's key prefix)."""
 
     def member(waiters: WaiterRegistry) -> NotificationListener:
         return NotificationListener(
             client,
             cache,
-            ChannelSlots(r, key=key, max_slots=settings.channel_slots),
+            ChannelSlots(r, key=key, max_slots=settings.channel_slots, prefix=prefix),
             heartbeat_s=settings.notification_heartbeat_s,
             extend_after_s=settings.channel_extend_after_s,
             waiters=waiters,
@@ -59,7 +66,7 @@ def channel_group(
         member,
         client,
         cache,
-        Roster(r, key=key),
+        Roster(r, key=key, prefix=prefix),
         max_channels=settings.notification_channels,
         prime_agents=settings.notification_prime_agents,
         prime_wait_s=settings.notification_prime_wait_s,

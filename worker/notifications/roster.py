@@ -26,10 +26,6 @@ from collections.abc import Callable, Iterator
 
 import redis
 
-ROSTER_KEY = "presence:roster:{{{key}}}"
-LISTING_KEY = "presence:roster:{{{key}}}:listing"
-SUBSCRIBING_KEY = "presence:roster:{{{key}}}:subscribing"
-SNAPSHOT_KEY = "presence:roster:{{{key}}}:snapshot"
 SUBSCRIBING_S = 30.0
 TTL_S = 60.0
 WAIT_S = 20.0
@@ -78,6 +74,9 @@ return 1
 
 
 class Roster:
+    """The listing of one OAuth client (``key``) and its claims under ``{prefix}:roster:``
+    (``prefix``: the org's key prefix)."""
+
     def __init__(
         self,
         client: redis.Redis,
@@ -88,12 +87,13 @@ class Roster:
         grace_s: float = GRACE_S,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        prefix: str = "presence",
     ) -> None:
         self.redis = client
-        self.key = ROSTER_KEY.format(key=key)
-        self.listing_key = LISTING_KEY.format(key=key)
-        self.subscribing_key = SUBSCRIBING_KEY.format(key=key)
-        self.snapshot_key = SNAPSHOT_KEY.format(key=key)
+        self.key = f"{prefix}:roster:{{{key}}}"
+        self.listing_key = f"{self.key}:listing"
+        self.subscribing_key = f"{self.key}:subscribing"
+        self.snapshot_key = f"{self.key}:snapshot"
         self.owner = uuid.uuid4().hex
         self.ttl_ms = int(ttl_s * 1000)
         self.wait_s = wait_s

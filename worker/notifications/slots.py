@@ -26,11 +26,20 @@ return 0
 
 
 class ChannelSlots:
+    """The fleet's slots of one OAuth client (``key``) under ``{prefix}:channels:`` (``prefix``:
+    the org's key prefix)."""
+
     def __init__(
-        self, client: redis.Redis, *, key: str, max_slots: int, lease_s: float = 120.0
+        self,
+        client: redis.Redis,
+        *,
+        key: str,
+        max_slots: int,
+        lease_s: float = 120.0,
+        prefix: str = "presence",
     ) -> None:
         self.redis = client
-        self.key = f"presence:channels:{{{key}}}:slots"
+        self.key = f"{prefix}:channels:{{{key}}}:slots"
         self.max_slots = max_slots
         self.lease_ms = int(lease_s * 1000)
         self.owner = uuid.uuid4().hex

@@ -36,9 +36,15 @@ log = logging.getLogger("presence.preflight")
 
 
 def run_checks(
-    settings: Settings | None = None, *, timeout_s: float = 5.0, reuse_s: float = 0.0
+    settings: Settings | None = None,
+    *,
+    timeout_s: float = 5.0,
+    reuse_s: float = 0.0,
+    prefix: str = "presence",
 ) -> list[Finding]:
     """Every check, in order (see the module docstring); ``settings`` None: read them now.
+    ``prefix``: the key prefix of the org ``settings`` describe (what the checks keep in Redis
+    and the fleet's pass marks sit under it).
 
     ``reuse_s`` > 0 (a starting worker): the Genesys rows are skipped when another worker passed
     every check with the same settings that recently (or passes them while this one waits), and
@@ -58,7 +64,7 @@ def run_checks(
     findings.append(check_database(loaded, timeout_s))
     timeout = min(timeout_s, loaded.http_timeout_s)
     shared = reuse_s > 0 and client is not None and not first.failed
-    reused = shared and client is not None and fleet.await_pass(client, loaded)
+    reused = shared and client is not None and fleet.await_pass(client, loaded, prefix=prefix)
     try:
         with httpx.Client(timeout=timeout) as http:
             if first.failed:
@@ -72,13 +78,13 @@ def run_checks(
                     )
                 )
             else:
-                findings.extend(GenesysChecks(loaded, http, client).run())
+                findings.extend(GenesysChecks(loaded, http, client, prefix=prefix).run())
             findings.extend(check_wfm(loaded, http))
         if shared and client is not None and not reused:
             if any(f.failed for f in findings):
-                fleet.release(client, loaded)
+                fleet.release(client, loaded, prefix=prefix)
             else:
-                fleet.record_passed(client, loaded, reuse_s)
+                fleet.record_passed(client, loaded, reuse_s, prefix=prefix)
     finally:
         if client is not None:
             client.close()

@@ -15,10 +15,14 @@ from worker.preflight.findings import Finding, Verdict, ok, skip
 from worker.problems import first_line, mask_url
 from worker.settings import Settings
 
-CHANNEL_KEY = "presence:doctor:channel:{{{client_id}}}"
 PLATFORM_CHANNELS = 20  # per OAuth client; the platform evicts the oldest beyond that
 CHANNEL_KEEP_S = 20 * 3600  # under the platform's 24 h channel lifetime
 NOTIFY_FIX = "let the client's role create notification channels and subscribe to agents' presence"
+
+
+def channel_key(client_id: str, prefix: str = "presence") -> str:
+    """The key keeping the notification check's own channel id, per org and OAuth client."""
+    return f"{prefix}:doctor:channel:{{{client_id}}}"
 
 
 class _Api:
@@ -81,12 +85,21 @@ def _verdict(
 
 
 class GenesysChecks:
-    """The Genesys rows, in order; a transport failure or refusal skips what depends on it."""
+    """The Genesys rows, in order; a transport failure or refusal skips what depends on it.
+    What they keep in Redis sits under ``prefix`` (the org's key prefix)."""
 
-    def __init__(self, settings: Settings, http: httpx.Client, client: redis.Redis | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.Client,
+        client: redis.Redis | None,
+        *,
+        prefix: str = "presence",
+    ) -> None:
         self.settings = settings
         self.http = http
         self.redis = client
+        self.prefix = prefix
         self.findings: list[Finding] = []
         self.api: _Api | None = None
         self.agent: str | None = None
@@ -183,7 +196,7 @@ class GenesysChecks:
             entities = response.json().get("entities") or []
             count = sum(1 for e in entities if not e.get("deactivated"))
             if self.redis is not None:
-                catalog.seed(self.redis, entities)
+                catalog.seed(self.redis, entities, prefix=self.prefix)
         return _verdict(
             "read presence definitions",
             response,
@@ -255,7 +268,7 @@ class GenesysChecks:
             return skip(check, "no agent to subscribe to")
         if self.redis is None:
             return skip(check, "needs Redis (the check keeps its one channel's id there)")
-        key = CHANNEL_KEY.format(client_id=self.settings.genesys_client_id)
+        key = channel_key(self.settings.genesys_client_id, self.prefix)
         raw = self.redis.get(key)
         channel = raw.decode() if isinstance(raw, bytes) else None
         if channel is not None:

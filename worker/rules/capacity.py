@@ -27,9 +27,7 @@ from worker.genesys.client import GenesysClient
 
 ON_QUEUE = "onqueue"
 OBSERVING_MS = 3000  # longest a check waits for another worker's observation of a queue
-LISTING_KEY = "presence:capacity:listing"  # held while one worker lists every queue's members
-LISTING_MS = 30_000
-LISTING_PAGES_KEY = "presence:capacity:listing_pages"  # member pages of every queue, cached
+LISTING_MS = 30_000  # longest one worker holds the listing of every queue's members
 
 # KEYS: one reservation zset per queue. ARGV: request_id, then per queue 5 values:
 # on_queue, waiting, min_on_queue, max_waiting_per_agent, expires_at_ms.
@@ -129,6 +127,9 @@ def takes_out_of_routing(current: Definition | None, target: Definition) -> bool
 
 
 class CapacityGuard:
+    """Observations, reservations and memberships under ``{prefix}:capacity:…`` (``prefix``:
+    the org's key prefix)."""
+
     def __init__(
         self,
         client: redis.Redis,
@@ -139,8 +140,10 @@ class CapacityGuard:
         observation_ttl_s: float,
         membership_ttl_s: int,
         reservation_grace_s: float,
+        prefix: str = "presence",
     ) -> None:
         self.redis = client
+        self.prefix = prefix
         self.genesys = genesys
         self.default = default
         self.overrides = overrides
@@ -155,7 +158,7 @@ class CapacityGuard:
     # -- inputs (cached, shared) ------------------------------------------------------------
     def joined_queues(self, user_id: str) -> list[str]:
         """The queues the agent is joined to; one Genesys call per agent per membership TTL."""
-        key = _membership(user_id)
+        key = _membership(self.prefix, user_id)
         raw = self.redis.get(key)
         if raw is not None:
             cached: list[str] = json.loads(raw)
@@ -175,7 +178,7 @@ class CapacityGuard:
         caller's state cache; empty when nothing was listed. The listing is single-flight across
         the fleet: a concurrent caller waits for it, then reads the cache.
         """
-        keys = [_membership(u) for u in user_ids]
+        keys = [_membership(self.prefix, u) for u in user_ids]
         missing = [
             u
             for u, raw in zip(user_ids, self.redis.mget(keys) if keys else [], strict=True)
@@ -183,12 +186,13 @@ class CapacityGuard:
         ]
         if len(missing) < 2:
             return {}
-        known_pages = self.redis.get(LISTING_PAGES_KEY)  # the listing's cost, learnt earlier
+        # The listing's cost, learnt earlier.
+        known_pages = self.redis.get(_listing_pages(self.prefix))
         if known_pages is not None and int(known_pages) >= len(missing):
             return {}
-        if not self.redis.set(LISTING_KEY, 1, px=LISTING_MS, nx=True):
+        if not self.redis.set(_listing(self.prefix), 1, px=LISTING_MS, nx=True):
             deadline = time.monotonic() + LISTING_MS / 1000
-            while self.redis.exists(LISTING_KEY) and time.monotonic() < deadline:
+            while self.redis.exists(_listing(self.prefix)) and time.monotonic() < deadline:
                 time.sleep(0.05)
             return {}
         try:
@@ -197,7 +201,7 @@ class CapacityGuard:
                 max(1, -(-int(q.get("joinedMemberCount", q.get("memberCount", 0))) // 100))
                 for q in queues
             )
-            self.redis.set(LISTING_PAGES_KEY, pages, ex=self.membership_ttl_s)
+            self.redis.set(_listing_pages(self.prefix), pages, ex=self.membership_ttl_s)
             if pages >= len(missing):
                 return {}
             joined: dict[str, list[str]] = {}
@@ -211,14 +215,14 @@ class CapacityGuard:
             pipe = self.redis.pipeline(transaction=False)
             for user_id in {*joined, *missing}:
                 pipe.set(
-                    _membership(user_id),
+                    _membership(self.prefix, user_id),
                     json.dumps(joined.get(user_id, [])),
                     ex=self.membership_ttl_s,
                 )
             pipe.execute()
             return presences
         finally:
-            self.redis.delete(LISTING_KEY)
+            self.redis.delete(_listing(self.prefix))
 
     def _all_queues(self) -> list[dict[str, Any]]:
         queues: list[dict[str, Any]] = []
@@ -255,7 +259,7 @@ class CapacityGuard:
 
     def loads(self, queue_ids: list[str]) -> dict[str, QueueLoad]:
         """Current load of each queue: cached observations, the stale ones fetched in one query."""
-        keys = [f"presence:capacity:obs:{q}" for q in queue_ids]
+        keys = [_observation(self.prefix, q) for q in queue_ids]
         out: dict[str, QueueLoad] = {}
         stale = []
         for queue_id, raw in zip(queue_ids, self.redis.mget(keys) if keys else [], strict=True):
@@ -268,7 +272,11 @@ class CapacityGuard:
         # One query per queue at a time across the fleet: a burst of checks arriving together
         # (everyone to lunch at noon) waits for the first one's observation instead of each
         # querying analytics. A queue whose observer gives no answer in time is queried here.
-        mine = [q for q in stale if self.redis.set(_observing(q), 1, px=OBSERVING_MS, nx=True)]
+        mine = [
+            q
+            for q in stale
+            if self.redis.set(_observing(self.prefix, q), 1, px=OBSERVING_MS, nx=True)
+        ]
         try:
             if mine:
                 # Read again under the lock: an observer may have stored its answer and let go
@@ -279,13 +287,13 @@ class CapacityGuard:
                     self._store(self._observe(missing), out)
         finally:
             if mine:
-                self.redis.delete(*[_observing(q) for q in mine])
+                self.redis.delete(*[_observing(self.prefix, q) for q in mine])
         theirs = [q for q in stale if q not in mine]
         deadline = time.monotonic() + OBSERVING_MS / 1000
         while theirs and time.monotonic() < deadline:
             time.sleep(0.02)
             # The lock first, then the answer: an observer stores its answer before letting go.
-            observing = any(self.redis.exists(_observing(q)) for q in theirs)
+            observing = any(self.redis.exists(_observing(self.prefix, q)) for q in theirs)
             self._cached(theirs, out)
             theirs = [q for q in theirs if q not in out]
             if theirs and not observing:
@@ -296,14 +304,14 @@ class CapacityGuard:
 
     def _cached(self, queue_ids: list[str], out: dict[str, QueueLoad]) -> None:
         """Add the queues' shared observations that exist now to ``out``."""
-        raws = self.redis.mget([f"presence:capacity:obs:{q}" for q in queue_ids])
+        raws = self.redis.mget([_observation(self.prefix, q) for q in queue_ids])
         for queue_id, raw in zip(queue_ids, raws, strict=True):
             if raw is not None:
                 out[queue_id] = QueueLoad(**json.loads(raw))
 
     def _store(self, loads: list[QueueLoad], out: dict[str, QueueLoad]) -> None:
         for load in loads:
-            key = f"presence:capacity:obs:{load.queue_id}"
+            key = _observation(self.prefix, load.queue_id)
             # First writer wins: a racing fetch must not replace the observation that
             # existing reservations are counted against.
             if self.redis.set(key, json.dumps(_as_dict(load)), px=self.observation_ttl_ms, nx=True):
@@ -352,7 +360,7 @@ class CapacityGuard:
         args: list[Any] = [request_id]
         for queue_id in queue_ids:
             load, policy = loads[queue_id], self.policy(queue_id)
-            keys.append(f"presence:capacity:reserved:{queue_id}")
+            keys.append(_reserved(self.prefix, queue_id))
             args += [
                 load.on_queue,
                 load.waiting,
@@ -382,17 +390,37 @@ class CapacityGuard:
     def release(self, request_id: str, queue_ids: tuple[str, ...]) -> None:
         """Give the places back: the change was not applied."""
         for queue_id in queue_ids:
-            self.redis.zrem(f"presence:capacity:reserved:{queue_id}", request_id)
+            self.redis.zrem(_reserved(self.prefix, queue_id), request_id)
 
 
-def _membership(user_id: str) -> str:
+def _membership(prefix: str, user_id: str) -> str:
     """The key caching the agent's joined queues (a JSON list of queue ids)."""
-    return f"presence:capacity:queues:{user_id}"
+    return f"{prefix}:capacity:queues:{user_id}"
 
 
-def _observing(queue_id: str) -> str:
+def _observing(prefix: str, queue_id: str) -> str:
     """The key held while one worker queries the queue's observation."""
-    return f"presence:capacity:observing:{queue_id}"
+    return f"{prefix}:capacity:observing:{queue_id}"
+
+
+def _observation(prefix: str, queue_id: str) -> str:
+    """The key caching the queue's shared observation (a :class:`QueueLoad`)."""
+    return f"{prefix}:capacity:obs:{queue_id}"
+
+
+def _reserved(prefix: str, queue_id: str) -> str:
+    """The zset of the queue's reservations: request id → expiry (ms)."""
+    return f"{prefix}:capacity:reserved:{queue_id}"
+
+
+def _listing(prefix: str) -> str:
+    """The key held while one worker lists every queue's members."""
+    return f"{prefix}:capacity:listing"
+
+
+def _listing_pages(prefix: str) -> str:
+    """The number of member pages of every queue, learnt by the last listing."""
+    return f"{prefix}:capacity:listing_pages"
 
 
 def _as_dict(load: QueueLoad) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
+import redis
 from pydantic import SecretStr
 
-from worker.genesys.connect import budget_key, missing_settings
+from worker.genesys.connect import budget_key, genesys_client, missing_settings
 from worker.settings import Settings
 
 
@@ -30,3 +32,32 @@ def test_a_region_or_a_url_with_both_credentials_is_enough():
         )
         assert missing_settings(ready) == []
         assert budget_key(ready) == "c"
+
+
+def test_an_orgs_client_keeps_its_budget_and_token_under_the_orgs_prefix(redis_url):
+    ready = settings(
+        genesys_api_url="http://127.0.0.1:8080",
+        genesys_client_id="c",
+        genesys_client_secret=SecretStr("s"),
+        redis_url=redis_url,
+        _env_file=None,
+    )
+    r, http = redis.Redis.from_url(redis_url), httpx.Client()
+    try:
+        default = genesys_client(ready, r, http)
+        acme = genesys_client(ready, r, http, prefix="presence:org:acme")
+
+        assert (default.limiter.log_key, default.tokens.key) == (
+            "presence:limiter:{c}:log",
+            "presence:token:{c}",
+        )
+        assert (acme.limiter.log_key, acme.limiter.cooldown_key, acme.tokens.key) == (
+            "presence:org:acme:limiter:{c}:log",
+            "presence:org:acme:limiter:{c}:cooldown",
+            "presence:org:acme:token:{c}",
+        )
+        acme.limiter.release(acme.limiter.acquire(max_wait_s=0))
+        assert (default.limiter.in_window(), acme.limiter.in_window()) == (0, 1)
+    finally:
+        http.close()
+        r.close()

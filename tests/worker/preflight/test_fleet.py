@@ -10,6 +10,7 @@ import redis
 
 from tests.worker.preflight.helpers import NEEDED, SECRET, add_client, api_requests
 from worker.preflight import Verdict, fleet, run_checks
+from worker.settings import Settings
 
 
 def by_check(findings):
@@ -113,3 +114,40 @@ def test_a_worker_waiting_for_a_failing_check_checks_itself(api, setup, redis_ur
 
     assert not fleet.await_pass(client, settings)  # this one claims
     assert not fleet.await_pass(client, settings, sleep=sleep, clock=lambda: clock["now"])
+
+
+def test_another_orgs_pass_is_not_reused(api, setup, redis_url):
+    settings, acme = setup(), "presence:org:acme"
+    first = by_check(run_checks(settings, timeout_s=3, reuse_s=600, prefix=acme))
+    spent = api_requests(api)
+
+    default = by_check(run_checks(settings, timeout_s=3, reuse_s=600))
+
+    assert first["credentials"].verdict is Verdict.OK
+    assert default["credentials"].verdict is Verdict.OK, "checked in full"
+    assert api_requests(api) > spent
+    again = by_check(run_checks(settings, timeout_s=3, reuse_s=600, prefix=acme))
+    assert again["Genesys"].verdict is Verdict.SKIP, "the org's own pass is reused"
+    client = redis.Redis.from_url(redis_url)
+    assert client.exists("presence:preflight:passed:{doctor}")
+    assert client.exists(f"{acme}:preflight:passed:{{doctor}}")
+
+
+def test_each_org_claims_its_own_check(redis_url):
+    settings = Settings(
+        _env_file=None,
+        genesys_api_url="http://127.0.0.1:9",
+        genesys_client_id="c",
+        genesys_client_secret="s",
+        redis_url=redis_url,
+    )
+    client, acme = redis.Redis.from_url(redis_url), "presence:org:acme"
+
+    assert not fleet.await_pass(client, settings, prefix=acme)  # acme's worker checks
+    assert not fleet.await_pass(client, settings, wait_s=0.5)  # so does the default org's
+    assert client.exists("presence:preflight:checking:{c}", f"{acme}:preflight:checking:{{c}}") == 2
+    fleet.release(client, settings, prefix=acme)
+    assert client.exists("presence:preflight:checking:{c}")
+    fleet.record_passed(client, settings, 60, prefix=acme)
+    assert fleet.passed_recently(client, settings, prefix=acme)
+    assert not fleet.passed_recently(client, settings)

@@ -5,6 +5,7 @@ misconfigured budget fail the row they concern."""
 from __future__ import annotations
 
 import pytest
+import redis
 
 from emulator.sources import TEAMS_SOURCE_ID
 from tests.worker.preflight.helpers import (
@@ -16,7 +17,7 @@ from tests.worker.preflight.helpers import (
     failed,
     free_port,
 )
-from worker.preflight import Verdict
+from worker.preflight import Verdict, run_checks
 
 
 # -- a healthy setup ----------------------------------------------------------------------------
@@ -116,6 +117,24 @@ def test_each_missing_permission_fails_its_check_and_names_it(api, setup, missin
     assert failed(found) == {check} | also
     assert missing in found[check].fix
     assert found[check].fatal
+
+
+def test_an_orgs_checks_keep_their_channel_and_definitions_under_the_orgs_prefix(
+    api, setup, redis_url
+):
+    settings, acme = setup(), "presence:org:acme"
+    client = redis.Redis.from_url(redis_url)
+
+    run_checks(settings, timeout_s=3, prefix=acme)
+    run_checks(settings, timeout_s=3, prefix=acme)
+
+    channels = [c for c in api.admin("GET", "/channels").json() if c["clientId"] == "doctor"]
+    assert len(channels) == 1, "the org's channel is reused"
+    assert client.get(f"{acme}:doctor:channel:{{doctor}}") == channels[0]["id"].encode()
+    assert client.exists(f"{acme}:definitions")
+    assert not client.exists("presence:doctor:channel:{doctor}", "presence:definitions")
+    run_checks(settings, timeout_s=3)
+    assert client.get("presence:doctor:channel:{doctor}") != channels[0]["id"].encode()
 
 
 def test_a_refused_notification_channel_fails_the_notification_check(api, setup):
