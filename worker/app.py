@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from worker import names, observability, preflight
 from worker.broker import guard, mover
+from worker.observability import metrics
 from worker.orgs import OrgsError, get_orgs
 from worker.problems import settings_problem
 from worker.settings import get_settings
@@ -28,6 +29,8 @@ except ValidationError as exc:
     raise SystemExit(f"presence worker: {settings_problem(exc)}") from None
 except OrgsError as exc:
     raise SystemExit(f"presence worker: {exc}") from None
+# Metrics label values are bounded to the configured orgs (before any fork: children inherit).
+metrics.configure_orgs(orgs)
 TASK_TIME_LIMIT_S = 300
 # A held message is redelivered after the visibility timeout: it must exceed a task's runtime,
 # or a message still running would run twice. Retries are not held (the ledger keeps them).

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.names import DEFAULT_ORG
 from worker.observability import metrics
 
 WINDOW_MS = 60_000
@@ -195,7 +196,9 @@ class SharedRateLimiter:
         window_s: float = WINDOW_MS / 1000,
         sleep: Callable[[float], None] = time.sleep,
         prefix: str = "presence",
+        org: str = DEFAULT_ORG,
     ) -> None:
+        self.org = org  # metrics labels
         self.redis = client
         self.limit = limit_per_minute
         self.window_ms = int(window_s * 1000)
@@ -235,7 +238,7 @@ class SharedRateLimiter:
             ],
         )
         if rest:  # absent during a cool-down read from its key
-            metrics.observe_budget(int(rest[0]), self.limit)
+            metrics.observe_budget(int(rest[0]), self.limit, org=self.org)
         if not int(granted):
             return int(wait_ms) / 1000.0
         waited_s = time.monotonic() - started if started is not None else 0.0
@@ -254,12 +257,12 @@ class SharedRateLimiter:
         while True:
             granted = self._attempt(waiter, started)
             if isinstance(granted, Reservation):
-                metrics.observe_limiter_wait(granted.waited_s)
+                metrics.observe_limiter_wait(granted.waited_s, org=self.org)
                 return granted
             wait_s = granted
             waited = time.monotonic() - started
             if waited + wait_s > max_wait_s:
-                metrics.observe_budget_exhausted()
+                metrics.observe_budget_exhausted(org=self.org)
                 raise BudgetExhausted(wait_s, max_wait_s)
             # No jitter: every waiter sleeps until its own ticket, not a shared next slot.
             self.sleep(wait_s)

@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from producer.schema import DEFAULT_ORG, ORG_NAME_PATTERN, queue_for
 from worker.names import org_key_prefix
+from worker.observability.metrics import OTHER_ORG
 from worker.problems import Problem
 from worker.settings import REGION_DOMAINS, Settings, get_settings
 
 __all__ = ["DEFAULT_ORG", "Org", "OrgsError", "UnknownOrg", "get_orgs", "load_orgs"]
 
-RESERVED_NAME = "other"
+RESERVED_NAME = OTHER_ORG
 
 MULTI_ORG_INLINE_WAIT_S = 0.05
 """A process serving several orgs never parks a thread on one org's budget for longer: a wait

@@ -133,7 +133,7 @@ class Runtime:
             timeout=settings.http_timeout_s,
         )
         client_key = budget_key(settings)
-        client = genesys_client(settings, r, http, prefix=prefix)
+        client = genesys_client(settings, r, http, prefix=prefix, org=org.name)
         limiter, tokens = client.limiter, client.tokens
         cache = StateCache(r, ttl_s=settings.state_cache_ttl_s, prefix=prefix)
         listener = channel_group(settings, client, cache, r, client_key, prefix=prefix)

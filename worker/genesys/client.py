@@ -28,6 +28,7 @@ from worker.genesys.errors import (
 from worker.genesys.models import Channel, PresenceDefinition, UserPresence
 from worker.genesys.token import TokenProvider
 from worker.limiter import SharedRateLimiter
+from worker.names import DEFAULT_ORG
 from worker.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ class GenesysClient:
         timeout_s: float,
         max_inline_wait_s: float,
         presence_source: str = PURECLOUD,
+        org: str = DEFAULT_ORG,
     ) -> None:
+        self.org = org  # the org whose calls these are (metrics labels)
         self.http = http
         self.tokens = tokens
         self.limiter = limiter
@@ -128,7 +131,9 @@ class GenesysClient:
         except httpx.HTTPError as exc:
             raise TransportError(f"{method} {path} failed: {type(exc).__name__}") from None
         finally:
-            metrics.observe_genesys_call(method, status, time.perf_counter() - started)
+            metrics.observe_genesys_call(
+                method, status, time.perf_counter() - started, org=self.org
+            )
             self.limiter.release(reservation)
             if log is not None:
                 log.calls += 1
@@ -142,7 +147,7 @@ class GenesysClient:
             return Answer(data, correlation_id, response.status_code)
         error = self._error(method, path, response, correlation_id)
         if isinstance(error, RateLimited):
-            metrics.observe_rate_limited()
+            metrics.observe_rate_limited(org=self.org)
         if isinstance(error, RateLimited) and error.retry_after_s:
             self.limiter.cool_down(error.retry_after_s)
         if isinstance(error, Unauthorized):

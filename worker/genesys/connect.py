@@ -9,6 +9,7 @@ import redis
 from worker.genesys.client import GenesysClient
 from worker.genesys.token import TokenProvider
 from worker.limiter import SharedRateLimiter
+from worker.names import DEFAULT_ORG
 from worker.settings import Settings
 
 
@@ -30,16 +31,22 @@ def budget_key(settings: Settings) -> str:
 
 
 def genesys_client(
-    settings: Settings, r: redis.Redis, http: httpx.Client, *, prefix: str = "presence"
+    settings: Settings,
+    r: redis.Redis,
+    http: httpx.Client,
+    *,
+    prefix: str = "presence",
+    org: str = DEFAULT_ORG,
 ) -> GenesysClient:
-    """A client spending the OAuth client's shared budget and token, like every worker
-    (``prefix``: the org's key prefix, under which both are kept)."""
+    """A client of ``org`` spending its OAuth client's shared budget and token, like every
+    worker (``prefix``: the org's key prefix, under which both are kept)."""
     limiter = SharedRateLimiter(
         r,
         key=budget_key(settings),
         limit_per_minute=settings.effective_rate_per_minute,
         provisional_s=settings.http_timeout_s + 5,
         prefix=prefix,
+        org=org,
     )
     tokens = TokenProvider(
         r,
@@ -58,4 +65,5 @@ def genesys_client(
         timeout_s=settings.http_timeout_s,
         max_inline_wait_s=settings.limiter_max_inline_wait_s,
         presence_source=settings.presence_source,
+        org=org,
     )

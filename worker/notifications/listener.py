@@ -359,7 +359,7 @@ class NotificationListener:
             if self.stopping.is_set():
                 return
             self.reconnects += 1
-            metrics.socket_reconnecting()
+            metrics.socket_reconnecting(org=self.client.org)
             self.stopping.wait(backoff + random.uniform(0, backoff))
             backoff = min(backoff * 2, 30.0)
 
@@ -372,7 +372,7 @@ class NotificationListener:
         self.cache.forget(list(self.topics))
         self.connected.set()
         self.ever_connected = True
-        metrics.socket_connected()
+        metrics.socket_connected(org=self.client.org)
         if self.prime_agents and not self._priming.is_set():
             self._priming.set()  # once per process, off the reading thread
             threading.Thread(target=self._prime, name="genesys-prime", daemon=True).start()
@@ -488,7 +488,7 @@ class NotificationListener:
 
     def _disconnect(self) -> None:
         if self.connected.is_set():  # only this thread sets and clears it
-            metrics.socket_disconnected()
+            metrics.socket_disconnected(org=self.client.org)
         self.connected.clear()
         ws, self._ws = self._ws, None
         if ws is not None:
