@@ -28,7 +28,10 @@ from sandbox.stack import LocalStack
 from tests.support.processes import private_redis
 
 UPDATE = PresenceUpdate(
-    user_id="3ce84f47-4e65-4756-a815-67a2b32e58b8", state="Busy", source="test", requested_at=datetime(2026, 1, 2, tzinfo=UTC)
+    user_id="3ce84f47-4e65-4756-a815-67a2b32e58b8",
+    state="Busy",
+    source="test",
+    requested_at=datetime(2026, 1, 2, tzinfo=UTC),
 )
 
 
