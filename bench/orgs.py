@@ -16,7 +16,7 @@ figures are not the claim). Two worker processes (threads) serve every org from 
     emulator admitted for the org in the measured phase.
 (ii) noisy neighbour: org ``b`` at ``--rate`` updates/s (default 2) for ``--seconds`` (default
     60), first alone, then while org ``a`` holds a backlog of ``--backlog`` updates (default
-    10,000, over half an hour of its budget). Org b's request → confirmed p50/p99 (audit rows:
+    10,000 over 2,500 agents, over half an hour of its budget). Org b's request → confirmed p50/p99 (audit rows:
     ``requested_at`` to ``finished_at``) under the neighbour beside the same load alone, same
     workers, same run.
 """
@@ -261,7 +261,7 @@ def bench_noisy_neighbour(
     report: Report, budget: int, backlog: int, rate: float, seconds: float
 ) -> None:
     per_run = int(rate * seconds)
-    users = {"a": 2000, "b": 2 * per_run + 200}
+    users = {"a": 4000, "b": 2 * per_run + 300}
     with fleet(["a", "b"], budget, users) as (stack, producer):
         alone_targets = targets(stack, "b", per_run)
         noisy_targets = targets(stack, "b", per_run, skip=per_run)
@@ -269,7 +269,7 @@ def bench_noisy_neighbour(
         steady_load(stack, producer, alone_targets, "bench-b-alone", rate)
         wait_rows(stack, {"bench-b-alone": per_run}, 120)
         a_before = admitted(stack, "a")
-        a_chosen = targets(stack, "a", min(backlog, 1500))
+        a_chosen = targets(stack, "a", min(backlog, 2500))  # a few updates per agent
         send_to_org(producer.app, "a", updates(a_chosen, "bench-a-backlog", backlog))
         time.sleep(5)  # org a's budget is being spent and its waits are under way
         b_mid = admitted(stack, "b")
