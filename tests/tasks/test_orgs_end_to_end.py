@@ -9,7 +9,8 @@ org with the payload's ``org`` field on its queue ``presence.<org>``. Run alone 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from emulator.launcher import EmulatorProcess
 from sandbox.orgs import emulator_entries, send_to_org, write_orgs_file
 from tests.support.pipeline import APPLIED, Pipeline
 
-USERS = 60
+USERS = 100
 A, B = "acme", "globex"
 ORGS = ("default", A, B)
 STATES = ("Available", "Busy", "Meeting")  # allowed from any state; none On Queue
@@ -49,11 +50,37 @@ class Orgs:
         self.pipeline = pipeline
         self.workdir = workdir
 
-    def start(self, options: Mapping[str, Mapping[str, object]] | None = None) -> None:
-        """One worker process with both orgs in its orgs file (``options``: per-org settings)."""
+    def start(
+        self,
+        options: Mapping[str, Mapping[str, object]] | None = None,
+        *,
+        warm: tuple[str, ...] = ORGS,
+    ) -> None:
+        """One worker process with both orgs in its orgs file (``options``: per-org settings),
+        holding a connected, primed channel in each org of ``warm``."""
         entries = emulator_entries(self.pipeline.emulator, [A, B], options)
         env = write_orgs_file(self.workdir / "orgs.toml", entries)
-        self.pipeline.start(1, concurrency=4, warm_up=False, **env)
+        fleet = self.pipeline.start(1, concurrency=4, warm_up=False, **env)
+        for index, org in enumerate(warm):
+            self.warm_up(org, self.eligible()[-1 - index], fleet.logs)
+
+    def warm_up(self, org: str, user_id: str, logs: Callable[[], str]) -> None:
+        """Send ``org`` an update for ``user_id`` (a reserved agent); wait for its row and for a
+        connected channel of ``org`` carrying every active agent's topic."""
+        current = self.users(org)[user_id]["presence"]
+        request_id = self.send(org, Pipeline.update(user_id, other_state(current)))
+        self.pipeline.wait_rows(1, request_ids=[request_id])
+        self.pipeline.warm_up_ids.add(request_id)  # from now on out of the test's rows
+        active = sum(1 for u in self.users(org).values() if u["state"] == "active")
+        deadline = time.monotonic() + Pipeline.TIMEOUT_S
+        while time.monotonic() < deadline:
+            channels = [c for c in self.admin(org, "GET", "/channels") if c["connected"]]
+            if any(c["topics"] >= active for c in channels):
+                return
+            time.sleep(0.2)
+        pytest.fail(
+            f"org {org}: no primed channel: {self.admin(org, 'GET', '/channels')}\n{logs()}"
+        )
 
     def send(self, org: str, payload: dict[str, Any]) -> str:
         """Enqueue one payload for ``org`` on its queue; the request id."""
@@ -70,19 +97,24 @@ class Orgs:
     def users(self, org: str) -> dict[str, dict[str, Any]]:
         return {u["id"]: u for u in self.admin(org, "GET", "/users")}
 
-    def agents(self, count: int) -> list[str]:
-        """``count`` user ids active and off queue in both orgs alike (no capacity rule applies)."""
-        a, b = self.users(A), self.users(B)
-        fit = [
+    def eligible(self) -> list[str]:
+        """User ids active and off queue in every org alike (no capacity rule applies)."""
+        users = [self.users(org) for org in ORGS]
+        return [
             user_id
-            for user_id in a
-            if user_id in b
-            and all(
-                org[user_id]["state"] == "active" and org[user_id]["systemPresence"] != "On Queue"
-                for org in (a, b)
+            for user_id in users[0]
+            if all(
+                user_id in org
+                and org[user_id]["state"] == "active"
+                and org[user_id]["systemPresence"] != "On Queue"
+                for org in users
             )
         ]
-        assert len(fit) >= count, f"only {len(fit)} agents fit in both orgs"
+
+    def agents(self, count: int) -> list[str]:
+        """``count`` eligible user ids, never a warm-up agent."""
+        fit = self.eligible()[: -len(ORGS)]
+        assert len(fit) >= count, f"only {len(fit)} agents fit in every org"
         return fit[:count]
 
     def audit(self, request_ids: list[str], timeout_s: float = 60) -> dict[str, Any]:
@@ -165,7 +197,7 @@ def test_an_update_without_org_is_the_default_orgs_as_before(orgs: Orgs) -> None
 def test_one_org_out_of_budget_leaves_the_other_orgs_updates_going_at_once(orgs: Orgs) -> None:
     budget = 6
     orgs.admin(A, "PUT", "/settings", {"rate_limit_per_minute": budget})
-    orgs.start({A: {"rate_limit_per_minute": budget}})
+    orgs.start({A: {"rate_limit_per_minute": budget}}, warm=(B,))
     agents = orgs.agents(15)
     base = datetime.now(UTC)
     a_ids = [
@@ -208,7 +240,7 @@ def test_each_org_has_its_own_token_and_channel(orgs: Orgs) -> None:
 
 
 def test_an_unknown_org_is_invalid_naming_the_known_ones(orgs: Orgs) -> None:
-    orgs.start()
+    orgs.start(warm=())
     [user_id] = orgs.agents(1)
 
     request_id = orgs.send("default", {**Pipeline.update(user_id, "Busy"), "org": "nope"})
