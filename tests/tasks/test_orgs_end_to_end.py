@@ -15,12 +15,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from emulator.launcher import EmulatorProcess
 from sandbox.orgs import emulator_entries, send_to_org, write_orgs_file
 from tests.support.pipeline import APPLIED, Pipeline
+from worker.embedded_redis import _free_port
 
 USERS = 100
 A, B = "acme", "globex"
@@ -55,12 +58,13 @@ class Orgs:
         options: Mapping[str, Mapping[str, object]] | None = None,
         *,
         warm: tuple[str, ...] = ORGS,
+        **env_overrides: object,
     ) -> None:
         """One worker process with both orgs in its orgs file (``options``: per-org settings),
         holding a connected, primed channel in each org of ``warm``."""
         entries = emulator_entries(self.pipeline.emulator, [A, B], options)
         env = write_orgs_file(self.workdir / "orgs.toml", entries)
-        fleet = self.pipeline.start(1, concurrency=4, warm_up=False, **env)
+        fleet = self.pipeline.start(1, concurrency=4, warm_up=False, **env, **env_overrides)
         for index, org in enumerate(warm):
             self.warm_up(org, self.eligible()[-1 - index], fleet.logs)
 
@@ -209,12 +213,12 @@ def test_one_org_out_of_budget_leaves_the_other_orgs_updates_going_at_once(orgs:
     b_ids = [
         orgs.send(B, Pipeline.update(u, other_state(b_now[u]["presence"]))) for u in agents[:5]
     ]
-    b_rows = orgs.audit(b_ids, timeout_s=20)
+    b_rows = orgs.audit(b_ids, timeout_s=15)
 
     assert {r.org for r in b_rows.values()} == {B}
     assert {r.outcome for r in b_rows.values()} <= APPLIED
     a_admitted, a_rejected = orgs.requests(A)
-    assert a_admitted <= budget
+    assert 0 < a_admitted <= budget  # at work, within its own budget
     assert a_rejected == 0
     assert orgs.finished(a_ids) < len(a_ids)
     assert orgs.requests(B)[1] == 0
@@ -251,3 +255,23 @@ def test_an_unknown_org_is_invalid_naming_the_known_ones(orgs: Orgs) -> None:
         assert known in row.error_message
     for org in ORGS:
         assert "presence.patch" not in orgs.admin(org, "GET", "/stats")["requests"]
+
+
+def test_metrics_count_each_orgs_updates_under_its_org_label(orgs: Orgs) -> None:
+    port = _free_port()
+    orgs.start(warm=(A, B), METRICS_PORT=port)  # one warm-up update in each
+    [user_id] = orgs.agents(1)
+    current = {org: orgs.users(org)[user_id]["presence"] for org in (A, B)}
+    ids = [orgs.send(org, Pipeline.update(user_id, other_state(current[org]))) for org in current]
+    ids.append(orgs.send("default", {**Pipeline.update(user_id, "Busy"), "org": "nope"}))
+    orgs.audit(ids)
+
+    samples = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    counted: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(samples):
+        for sample in family.samples:
+            if sample.name == "presence_updates_total":
+                key = (sample.labels["org"], sample.labels["outcome"])
+                counted[key] = counted.get(key, 0) + sample.value
+
+    assert counted == {(A, "confirmed"): 2, (B, "confirmed"): 2, ("other", "invalid"): 1}
