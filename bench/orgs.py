@@ -85,7 +85,9 @@ def updates(chosen: list[Target], source: str, count: int | None = None) -> list
     return [
         PresenceUpdate(
             user_id=chosen[i % len(chosen)].user_id,
-            state=STATES[(STATES.index(chosen[i % len(chosen)].state) + i // len(chosen)) % 4],
+            state=STATES[
+                (STATES.index(chosen[i % len(chosen)].state) + i // len(chosen)) % len(STATES)
+            ],
             requested_at=t0 + timedelta(microseconds=i),
             source=source,
         )
@@ -254,9 +256,7 @@ def bench_three_orgs(report: Report, budget: int, changes: int) -> None:
 
 
 # -- (ii) the noisy neighbour ---------------------------------------------------------------------
-def steady_load(
-    stack: LocalStack, producer: PresenceProducer, chosen: list[Target], source: str, rate: float
-) -> int:
+def steady_load(producer: PresenceProducer, chosen: list[Target], source: str, rate: float) -> int:
     """Send one update per target to org b, ``rate`` per second; returns the count sent."""
     started = time.monotonic()
     for i, target in enumerate(chosen):
@@ -303,14 +303,14 @@ def bench_noisy_neighbour(
         alone_targets = targets(stack, "b", per_run)
         noisy_targets = targets(stack, "b", per_run, skip=per_run)
         b_before = admitted(stack, "b")
-        steady_load(stack, producer, alone_targets, "bench-b-alone", rate)
+        steady_load(producer, alone_targets, "bench-b-alone", rate)
         wait_rows(stack, {"bench-b-alone": per_run}, 120)
         a_before = admitted(stack, "a")
         a_chosen = targets(stack, "a", min(backlog, 2500))  # a few updates per agent
         send_to_org(producer.app, "a", updates(a_chosen, "bench-a-backlog", backlog))
         time.sleep(5)  # org a's budget is being spent and its waits are under way
         b_mid = admitted(stack, "b")
-        steady_load(stack, producer, noisy_targets, "bench-b-noisy", rate)
+        steady_load(producer, noisy_targets, "bench-b-noisy", rate)
         wait_rows(stack, {"bench-b-noisy": per_run}, 120)
         a_after, b_after = admitted(stack, "a"), admitted(stack, "b")
         alone, noisy = latencies_ms(stack, "bench-b-alone"), latencies_ms(stack, "bench-b-noisy")
