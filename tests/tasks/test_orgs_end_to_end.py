@@ -270,7 +270,7 @@ def test_metrics_count_each_orgs_updates_under_its_org_label(orgs: Orgs) -> None
     counted: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(samples):
         for sample in family.samples:
-            if sample.name == "presence_updates_total":
+            if sample.name == "presence_updates_total" and sample.value:
                 key = (sample.labels["org"], sample.labels["outcome"])
                 counted[key] = counted.get(key, 0) + sample.value
 
