@@ -1,5 +1,9 @@
 """``LocalStack``: start the emulator, pick a Redis, create an audit database, run workers.
 
+With ``orgs`` the emulator serves those orgs beside ``default`` and the workers get an orgs file
+(``ORGS_FILE``) naming each org's client, its secret in an environment variable of its own
+(:mod:`sandbox.orgs`).
+
 Every process it starts is stopped when the stack closes. The Redis is the one at the given URL
 (one database index reserved for the stack: its old ``presence*`` keys are removed at start,
 and every key it wrote at close) or, when none answers, a private embedded server.
@@ -16,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 import redis
@@ -23,6 +28,7 @@ from celery import Celery
 
 import migrations
 from emulator.launcher import EmulatorProcess, stop_processes
+from sandbox.orgs import emulator_entries, write_orgs_file
 from worker.embedded_redis import EmbeddedRedis, ensure_redis
 
 
@@ -51,6 +57,11 @@ class LocalStack:
     workdir: Path | None = None
     database_file: str | None = None  # a fresh file each start; random name when None
     worker_env: dict[str, str] = field(default_factory=dict)
+    # Extra orgs as ``--org`` takes them (``NAME[,users=N][,rate-limit=N]…``), all in the orgs
+    # file; ``org_options``: per-org orgs-file settings by name (``rate_limit_per_minute`` …).
+    orgs: list[str] = field(default_factory=list)
+    shared_user_ids: bool = False
+    org_options: dict[str, dict[str, object]] = field(default_factory=dict)
 
     emulator: EmulatorProcess | None = None
     redis: EmbeddedRedis | None = None
@@ -58,6 +69,7 @@ class LocalStack:
     database_url: str = ""
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     beats: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    orgs_env: dict[str, str] = field(default_factory=dict)
     _kept: set[bytes] = field(default_factory=set)
 
     def start(self) -> LocalStack:
@@ -67,8 +79,15 @@ class LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redis = ensure_redis(self.redis_url)  # first: EmbeddedRedisMissing fails fast
         self.emulator = EmulatorProcess(
-            client_id=self.client_id, client_secret=self.client_secret, args=self.emulator_args
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            args=self.emulator_args,
+            orgs=self.orgs,
+            shared_user_ids=self.shared_user_ids,
         ).start()
+        if self.orgs:
+            entries = emulator_entries(self.emulator, options=self.org_options)
+            self.orgs_env = write_orgs_file(self.workdir / "orgs.toml", entries)
         base = self.redis.url.rsplit("/", 1)[0]
         self.broker_url = self.redis.url if self.redis.embedded else f"{base}/{self.redis_db}"
         client = redis.Redis.from_url(self.broker_url)
@@ -97,6 +116,7 @@ class LocalStack:
             "GENESYS_CLIENT_SECRET": self.client_secret,
             "REDIS_URL": self.broker_url,
             "DATABASE_URL": self.database_url,
+            **self.orgs_env,
             **self.worker_env,
         }
 
@@ -147,15 +167,38 @@ class LocalStack:
         stop_processes(self.workers, timeout_s=20)
         self.workers.clear()
 
-    def emulator_stats(self) -> dict[str, object]:
+    @property
+    def org_names(self) -> list[str]:
+        """``default`` and every extra org the emulator serves."""
         assert self.emulator is not None
-        stats: dict[str, object] = httpx.get(f"{self.emulator.base_url}/__emulator/stats").json()
+        return self.emulator.org_names
+
+    def admin(self, method: str, path: str, *, org: str | None = None, json: object = None) -> Any:
+        """An emulator admin call (``/__emulator<path>``) on ``org`` (``default`` when None);
+        its decoded JSON body. Raises httpx.HTTPStatusError on an error answer."""
+        assert self.emulator is not None
+        params = {"org": org} if org not in (None, "default") else {}
+        response = httpx.request(
+            method,
+            f"{self.emulator.base_url}/__emulator{path}",
+            params=params,
+            json=json,
+            timeout=60,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def emulator_stats(self, org: str | None = None) -> dict[str, Any]:
+        stats: dict[str, Any] = self.admin("GET", "/stats", org=org)
         return stats
 
-    def active_users(self) -> list[str]:
-        assert self.emulator is not None
-        users = httpx.get(f"{self.emulator.base_url}/__emulator/users").json()
-        return [u["id"] for u in users if u["state"] == "active"]
+    def users(self, org: str | None = None) -> list[dict[str, Any]]:
+        """Every user of ``org`` as the emulator sees it now (state, presence, queues)."""
+        users: list[dict[str, Any]] = self.admin("GET", "/users", org=org)
+        return users
+
+    def active_users(self, org: str | None = None) -> list[str]:
+        return [u["id"] for u in self.users(org) if u["state"] == "active"]
 
     def close(self) -> None:
         stop_processes(self.beats, timeout_s=20)
