@@ -57,7 +57,10 @@ def doctor(
             raise typer.Exit(2)
         chosen = [orgs[org]] if org is not None else list(orgs.values())
         runs = [
-            (f"presence doctor: org {o.name}", run_checks(o.settings, timeout_s=timeout))
+            (
+                f"presence doctor: org {o.name}",
+                run_checks(o.settings, timeout_s=timeout, prefix=o.prefix),
+            )
             for o in chosen
         ]
     findings = [f for _, found in runs for f in found]

@@ -46,6 +46,22 @@ class UnknownOrg(LookupError):
         self.known = known
 
 
+def _refuse_shared_clients(orgs: Mapping[str, Org]) -> None:
+    """Two orgs on one OAuth client would keep two budgets for one platform limit (429s)."""
+    seen: dict[tuple[str, str], str] = {}
+    for name, org in orgs.items():
+        try:
+            client = (org.settings.api_base, org.settings.genesys_client_id)
+        except ValueError:
+            continue  # no address yet: the default org's own checks say so
+        if client in seen:
+            raise OrgsError(
+                f"ORGS_FILE: orgs {seen[client]} and {name} use the same OAuth client; one "
+                "client has one budget, so serve it as one org"
+            )
+        seen[client] = name
+
+
 @dataclass(frozen=True)
 class Org:
     """One org: ``settings`` are what this org's runtime reads (the global settings with the
@@ -184,6 +200,7 @@ def load_orgs(settings: Settings) -> dict[str, Org]:
     if DEFAULT_ORG not in entries and settings.genesys_client_id:
         orgs[DEFAULT_ORG] = Org(DEFAULT_ORG, settings)
     orgs.update(entries)
+    _refuse_shared_clients(orgs)
     if len(orgs) > 1:
         orgs = {
             name: Org(

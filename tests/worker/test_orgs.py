@@ -145,6 +145,12 @@ def test_an_unusable_orgs_file_is_refused_in_one_line_without_values(
     assert SECRET not in line and "inline" not in line
 
 
+def test_two_orgs_on_one_oauth_client_are_refused(tmp_path: Path) -> None:
+    text = ACME + ACME.replace("[orgs.acme]", "[orgs.acme-eu]").replace("rate_limit", "#")
+    with pytest.raises(OrgsError, match="orgs acme and acme-eu use the same OAuth client"):
+        load_orgs(base(orgs_file=orgs_file(tmp_path, text)))
+
+
 def test_a_missing_orgs_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(OrgsError, match=r"ORGS_FILE: .*nowhere\.toml does not exist"):
         load_orgs(base(orgs_file=tmp_path / "nowhere.toml"))

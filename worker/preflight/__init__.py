@@ -104,7 +104,7 @@ def on_worker_setup(**_: Any) -> None:
     for org in orgs.values():
         settings = org.settings
         where = f"preflight[{org.name}]" if len(orgs) > 1 else "preflight"
-        findings = run_checks(settings, reuse_s=settings.preflight_reuse_s)
+        findings = run_checks(settings, reuse_s=settings.preflight_reuse_s, prefix=org.prefix)
         fatal = [f for f in findings if f.failed and f.fatal]
         fatal_count += len(fatal)
         for finding in findings:
