@@ -222,7 +222,7 @@ def test_already_dispatched_rows_are_reported_and_kept(env):
             "roster.csv",
             f"agent,at,state\n{AGENT},2026-12-01T09:00:00Z,Break\n",
             "error: roster.csv: line 1: unknown column(s) 'agent'; missing column(s) user_id "
-            "(the columns are user_id, at, state, reason, timezone, capacity_policy; user_id, "
+            "(the columns are user_id, at, state, reason, timezone, capacity_policy, org; user_id, "
             "at, state are required)\n",
         ),
         (

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from models import AuditRecord, Outcome
+from producer.schema import DEFAULT_ORG
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class AuditDraft:
 
     request_id: str
     started_at: datetime
+    org: str = DEFAULT_ORG
     attempts: int = 1
     worker: str | None = None
     payload: dict[str, Any] | None = None
@@ -54,6 +56,7 @@ class AuditDraft:
             raise ValueError(f"audit draft of {self.request_id} has no outcome yet")
         record = AuditRecord()
         record.request_id = self.request_id
+        record.org = self.org
         record.idempotency_key = self.idempotency_key
         record.user_id = self.user_id
         record.source = self.source

@@ -230,7 +230,7 @@ def test_a_bare_json_list_of_changes_reads(tmp_path):
         (
             {"user_id": AGENT, "at": "2026-12-01T09:00:00Z", "state": "Break", "note": "x"},
             "change 1: note: unknown field (the fields are user_id, at, state, reason, "
-            "timezone, capacity_policy)",
+            "timezone, capacity_policy, org)",
         ),
         (
             {"user_id": AGENT, "at": "2026-12-01T09:00:00Z", "state": 7},
@@ -334,20 +334,20 @@ def test_line_numbers_count_skipped_lines(tmp_path):
             "shift.csv",
             f"user_id,when,state,agent\n{AGENT},2026-12-01T09:00:00Z,Break,x\n",
             "shift.csv: line 1: unknown column(s) 'when', 'agent'; missing column(s) at (the "
-            "columns are user_id, at, state, reason, timezone, capacity_policy; user_id, at, "
+            "columns are user_id, at, state, reason, timezone, capacity_policy, org; user_id, at, "
             "state are required)",
         ),
         (
             "shift.csv",
             "user_id,at,state,State\n",
             "shift.csv: line 1: column(s) state given twice (the columns are user_id, at, state, "
-            "reason, timezone, capacity_policy; user_id, at, state are required)",
+            "reason, timezone, capacity_policy, org; user_id, at, state are required)",
         ),
         (
             "shift.csv",
             "# nothing but a comment\n\n",
             "shift.csv: no header row (the columns are user_id, at, state, reason, timezone, "
-            "capacity_policy)",
+            "capacity_policy, org)",
         ),
         (
             "shift.csv",
