@@ -92,9 +92,7 @@ class PresenceProducer:
         for update in updates:
             sent = self.addressed(update)
             request_ids.append(str(uuid.uuid4()))
-            by_org.setdefault(sent.org, []).append(
-                wave_element(request_ids[-1], sent.to_message())
-            )
+            by_org.setdefault(sent.org, []).append(wave_element(request_ids[-1], sent.to_message()))
         with self.app.producer_or_acquire() as producer:
             for org, elements in by_org.items():
                 for start in range(0, len(elements), WAVE_MAX_AGENTS):
