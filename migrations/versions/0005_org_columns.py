@@ -2,7 +2,8 @@
 
 Existing rows belong to the org of the single-org settings, ``default``. Shift changes are unique
 per org, agent and due time (user ids are per org); reports of one org over a recent window are
-served by (org, finished_at).
+served by (org, finished_at). A downgrade deletes the shift changes of orgs other than
+``default``: without an org column they would be applied to the default org's agents.
 
 Revision ID: 0005
 Revises: 0004
@@ -39,6 +40,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM shift_change WHERE org <> 'default'")
     with op.batch_alter_table("shift_change", schema=None) as batch_op:
         batch_op.drop_constraint("uq_shift_change_org_user_due", type_="unique")
         batch_op.create_unique_constraint("uq_shift_change_user_due", ["user_id", "due_at"])

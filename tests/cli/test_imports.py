@@ -190,17 +190,17 @@ def test_markup_in_values_is_printed_literally(env):
     ("text", "expected"),
     [
         ("", "changes.csv: no header row (the columns are user_id, state, reason, source, "
-         "expected_state, idempotency_key, message)"),
+         "expected_state, idempotency_key, message, org)"),
         ("# only a comment\n\n", "changes.csv: no header row (the columns are user_id, state, "
-         "reason, source, expected_state, idempotency_key, message)"),
+         "reason, source, expected_state, idempotency_key, message, org)"),
         ("\nuser_id,state\n\n", "changes.csv: no rows after the header on line 2: nothing to "
          "import"),
         (f"user_id,state,agent_name\n{AGENT},Break,Ann\n", "changes.csv: line 1: unknown "
          "column(s) 'agent_name' (the columns are user_id, state, reason, source, "
-         "expected_state, idempotency_key, message; user_id, state are required)"),
+         "expected_state, idempotency_key, message, org; user_id, state are required)"),
         (f"agent,presence\n{AGENT},Break\n", "changes.csv: line 1: unknown column(s) 'agent', "
          "'presence'; missing column(s) user_id, state (the columns are user_id, state, reason, "
-         "source, expected_state, idempotency_key, message; user_id, state are required)"),
+         "source, expected_state, idempotency_key, message, org; user_id, state are required)"),
     ],
     ids=["empty", "comment-only", "header-only", "unknown-column", "missing-columns"],
 )  # fmt: skip

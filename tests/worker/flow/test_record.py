@@ -107,3 +107,13 @@ def test_the_recorded_outcome_is_found_by_request_id_or_idempotency_key(any_data
     assert store.find_outcome(request_id="req-2", idempotency_key="key-1") == Outcome.SUPERSEDED
     assert store.find_outcome(request_id="req-2", idempotency_key="key-2") is None
     assert store.find_outcome(request_id="req-2", idempotency_key=None) is None
+
+
+def test_every_row_records_its_org(database: str) -> None:
+    rec = recorder(database, [], [])
+
+    rec.finish_many([(draft("r1"), Outcome.CONFIRMED), (draft("r2", org="acme"), Outcome.INVALID)])
+
+    with session_scope(database) as session:
+        orgs = {r.request_id: r.org for r in session.scalars(select(AuditRecord))}
+    assert orgs == {"r1": "default", "r2": "acme"}
