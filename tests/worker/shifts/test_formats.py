@@ -424,3 +424,32 @@ def test_an_unreadable_path_raises_one_line(tmp_path):
         ValueError, match=r"^cannot read .*missing\.csv: No such file or directory$"
     ):
         parse_schedule(tmp_path / "missing.csv")
+
+
+def test_an_org_column_names_each_rows_org_and_an_empty_cell_leaves_it_to_the_importer(tmp_path):
+    path = write(
+        tmp_path,
+        "shift.csv",
+        f"user_id,at,state,org\n{AGENT},2026-12-01T09:00:00Z,Break,acme\n"
+        f"{OTHER},2026-12-01T09:00:00Z,Break,\n",
+    )
+
+    [first, second] = rows(path)
+
+    assert first.change is not None and first.change.org == "acme"
+    assert second.change is not None and second.change.org is None
+
+
+def test_a_json_change_names_its_org(tmp_path):
+    change = {"user_id": AGENT, "at": "2026-12-01T09:00:00Z", "state": "Break", "org": "acme"}
+    path = write(tmp_path, "export.json", json.dumps({"changes": [change]}))
+
+    assert only_change(path).org == "acme"
+
+
+def test_a_bad_org_is_one_line_naming_the_row(tmp_path):
+    path = write(
+        tmp_path, "shift.csv", f"user_id,at,state,org\n{AGENT},2026-12-01T09:00:00Z,Break,ACME\n"
+    )
+
+    assert only_error(path).startswith("line 2: org: 'ACME' is not an org name (lower-case")
