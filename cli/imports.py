@@ -13,7 +13,12 @@ from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.markup import escape
 
-from cli.definitions import DefinitionCheck, DefinitionsUnavailable, definition_check
+from cli.definitions import (
+    DefinitionCheck,
+    DefinitionsUnavailable,
+    definition_check,
+    with_other_orgs,
+)
 from cli.errors import ORG_HELP, org_option
 from cli.render import SHOWN_ERRORS, progress_bar, safe_url
 from producer import PresenceProducer, PresenceUpdate
@@ -140,12 +145,9 @@ def import_updates(
             shown = plan(rows, check) if dry_run else []
     except DefinitionsUnavailable as exc:
         _fail(str(exc), code=1)
-    note = check.note
-    if others and not no_check:
-        unchecked = f"states and reasons of org {', '.join(others)} not checked here (the worker "
-        unchecked += "rejects unknown ones when it applies each row)"
-        note = f"{note}; {unchecked}" if fetch else unchecked
-    console.print(escape(note), soft_wrap=True)
+    console.print(
+        escape(with_other_orgs(check, others, no_check=no_check, fetched=fetch)), soft_wrap=True
+    )
     errors = [row.error for row in rows if row.error is not None]
     if dry_run:
         for line in shown:

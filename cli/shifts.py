@@ -17,7 +17,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
-from cli.definitions import DefinitionCheck, DefinitionsUnavailable, definition_check
+from cli.definitions import (
+    DefinitionCheck,
+    DefinitionsUnavailable,
+    definition_check,
+    with_other_orgs,
+)
 from cli.errors import ORG_HELP, org_option
 from cli.render import SHOWN_ERRORS, progress_bar
 from models import ShiftStatus
@@ -137,12 +142,9 @@ def import_schedule(
             )
     except DefinitionsUnavailable as exc:
         _fail(str(exc), code=1)
-    note = check.note
-    if others and not no_check:
-        unchecked = f"states and reasons of org {', '.join(others)} not checked here (the worker "
-        unchecked += "rejects unknown ones when it applies each row)"
-        note = f"{note}; {unchecked}" if fetch else unchecked
-    console.print(escape(note), soft_wrap=True)
+    console.print(
+        escape(with_other_orgs(check, others, no_check=no_check, fetched=fetch)), soft_wrap=True
+    )
     errors: list[str] = []
     with (
         _database() as url,
