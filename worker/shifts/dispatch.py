@@ -9,7 +9,7 @@
   ``WAVE_TASK_AGENTS`` agents, with their lateness (dispatch time minus due time) recorded;
 - each wave holds one org's rows: every element's ``update`` names the same org (``org`` left
   out for the default org, as in any default-org payload), so ``send_wave`` sends it to that
-  org's queue (:func:`wave_org`, ``producer.schema.queue_for``);
+  org's queue (:func:`wave_queue`);
 - rows found more than ``SHIFT_STALE_AFTER_S`` past their due time are ``skipped``, not applied;
 - a row claimed earlier but never audited (the dispatcher stopped between claim and send) is
   sent again after ``SHIFT_REDISPATCH_AFTER_S``; its request id (``shift-<id>``) makes a second
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
-from producer.schema import DEFAULT_ORG, wave_element
+from producer.schema import DEFAULT_ORG, queue_for, wave_element
 from worker import names
 from worker.observability import metrics
 from worker.settings import Settings
@@ -123,6 +123,11 @@ def wave_org(elements: list[dict[str, Any]]) -> str:
     """The org of a wave built here (every element shares it): route it to ``queue_for`` it."""
     org = elements[0]["update"].get("org", DEFAULT_ORG) if elements else DEFAULT_ORG
     return str(org)
+
+
+def wave_queue(elements: list[dict[str, Any]]) -> str:
+    """The queue a wave built here goes to: its org's (``presence`` for the default org)."""
+    return queue_for(wave_org(elements))
 
 
 def _by_org(rows: list[Any]) -> dict[str, list[Any]]:

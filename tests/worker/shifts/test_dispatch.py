@@ -18,7 +18,7 @@ from models import AuditRecord, ShiftChange
 from models.db import session_scope
 from tests.support.shifts import schedule
 from worker.settings import Settings
-from worker.shifts.dispatch import dispatch_due, wave_org
+from worker.shifts.dispatch import dispatch_due, wave_org, wave_queue
 
 AGENT = "3ce84f47-4e65-4756-a815-{:012d}"
 
@@ -208,6 +208,7 @@ def test_each_wave_holds_one_orgs_rows_and_names_its_org(database_url: str) -> N
 
     assert report.claimed == 7
     assert [wave_org(w) for w in waves] == ["default", "default", "acme", "acme"]
+    assert [wave_queue(w) for w in waves] == ["presence"] * 2 + ["presence.acme"] * 2
     assert [len(w) for w in waves] == [2, 2, 2, 1]
     by_org: dict[str, list[str]] = {}
     for wave in waves:
