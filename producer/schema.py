@@ -59,6 +59,17 @@ def queue_for(org: str) -> str:
     return QUEUE if org == DEFAULT_ORG else f"{QUEUE}.{org}"
 
 
+def org_of_queue(queue: str) -> str | None:
+    """The org whose queue ``queue`` is (the inverse of :func:`queue_for`); None for a name that
+    is no org's queue."""
+    if queue == QUEUE:
+        return DEFAULT_ORG
+    prefix, dot, org = queue.partition(".")
+    if prefix == QUEUE and dot and re.fullmatch(ORG_NAME_PATTERN, org) and org != DEFAULT_ORG:
+        return org
+    return None
+
+
 class PresenceUpdate(BaseModel):
     """Set one agent's Genesys Cloud presence.
 

@@ -20,6 +20,7 @@ from producer.schema import (
     invalid_message,
     json_schema,
     org_of,
+    org_of_queue,
     queue_for,
 )
 
@@ -251,3 +252,21 @@ def test_the_json_schema_describes_the_org():
     assert org["default"] == "default"
     assert org["pattern"] == ORG_NAME_PATTERN
     assert "org" not in json_schema()["required"]
+
+
+@pytest.mark.parametrize(
+    ("queue", "org"),
+    [
+        ("presence", "default"),
+        ("presence.acme", "acme"),
+        ("presence.default", None),  # the default org's queue is presence
+        ("presence.Acme", None),
+        ("presence.", None),
+        ("wfm", None),
+        ("presencex.acme", None),
+    ],
+)
+def test_the_org_of_a_queue_is_the_inverse_of_queue_for(queue, org):
+    assert org_of_queue(queue) == org
+    if org is not None:
+        assert queue_for(org) == queue
