@@ -104,6 +104,23 @@ def definition_check(settings: Settings, *, enabled: bool = True) -> Iterator[De
         r.close()
 
 
+def with_other_orgs(
+    check: DefinitionCheck, others: list[str], *, no_check: bool, fetched: bool
+) -> str:
+    """The check's note, saying also that the rows of ``others`` (orgs other than the default
+    org, whose definitions these are) were not checked — unless the note says nothing was.
+    ``fetched``: the check was asked to read the definitions (a default-org row needed them)."""
+    if not others or no_check:
+        return check.note
+    unchecked = (
+        f"states and reasons of org {', '.join(others)} not checked here (the worker rejects "
+        "unknown ones when it applies each row)"
+    )
+    if check.catalog is not None:
+        return f"{check.note}; {unchecked}"
+    return check.note if fetched else unchecked
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__

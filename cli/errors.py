@@ -8,11 +8,24 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from producer.schema import check_org
 from worker.problems import explain
 from worker.settings import get_settings
 
 SETTINGS_EXIT = 2
 SERVICE_EXIT = 1
+ORG_HELP = "The Genesys org (as the workers configure it; default: the org of GENESYS_*)."
+
+
+def org_option(value: str | None, option: str = "--org") -> str | None:
+    """``value`` (trimmed) when it is None or an org name; else one line on stderr, exit 2."""
+    if value is None:
+        return None
+    try:
+        return check_org(value.strip())
+    except ValueError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {option}: {escape(str(exc))}")
+        raise typer.Exit(SETTINGS_EXIT) from None
 
 
 def _urls() -> tuple[str | None, str | None]:

@@ -13,9 +13,16 @@ from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.markup import escape
 
-from cli.definitions import DefinitionCheck, DefinitionsUnavailable, definition_check
+from cli.definitions import (
+    DefinitionCheck,
+    DefinitionsUnavailable,
+    definition_check,
+    with_other_orgs,
+)
+from cli.errors import ORG_HELP, org_option
 from cli.render import SHOWN_ERRORS, progress_bar, safe_url
 from producer import PresenceProducer, PresenceUpdate
+from producer.schema import DEFAULT_ORG
 from worker.imports import COLUMNS, ImportRow, parse_updates
 from worker.settings import get_settings
 
@@ -30,11 +37,14 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def checked(rows: list[ImportRow], check: DefinitionCheck) -> list[ImportRow]:
-    """``rows`` with the valid ones whose state or reason the org does not define made invalid."""
+    """``rows`` with the valid ones whose state or reason the org does not define made invalid.
+
+    The definitions checked against are the default org's (GENESYS_*): rows of another org are
+    left to the worker, which rejects an unknown state or reason when it applies the row."""
     result = []
     for row in rows:
         problem = None
-        if row.update is not None:
+        if row.update is not None and row.update.org == DEFAULT_ORG:
             problem = check.problem(row.update.state, row.update.reason)
         result.append(
             row if problem is None else ImportRow(row.line, None, f"line {row.line}: {problem}")
@@ -44,21 +54,26 @@ def checked(rows: list[ImportRow], check: DefinitionCheck) -> list[ImportRow]:
 
 def plan(rows: list[ImportRow], check: DefinitionCheck) -> list[str]:
     """What each row would do, one line each, as far as the file and the definitions tell."""
-    last_line: dict[str, int] = {}
+    last_line: dict[tuple[str, str], int] = {}  # (org, agent): user ids are per org
     first_key: dict[str, int] = {}
     for row in rows:
         if row.update is not None:
-            last_line[row.update.user_id] = row.line
+            last_line[row.update.org, row.update.user_id] = row.line
     lines = []
     for row in rows:
         update = row.update
         if update is None:
             lines.append(f"{row.error} → rejected")
             continue
-        text = f"line {row.line}: {update.user_id} → {check.target(update.state, update.reason)}"
+        if update.org == DEFAULT_ORG:
+            target = check.target(update.state, update.reason)
+        else:
+            wanted = f"{update.state} / {update.reason}" if update.reason else update.state
+            target = f"{wanted} (org {update.org}, not checked)"
+        text = f"line {row.line}: {update.user_id} → {target}"
         if update.expected_state:
             text += f", only if now {update.expected_state}"
-        later = last_line[update.user_id]
+        later = last_line[update.org, update.user_id]
         if later != row.line:
             text += f"; line {later} sets the same agent later and wins"
         key = update.idempotency_key
@@ -103,26 +118,36 @@ def import_updates(
         bool,
         typer.Option("--no-check", help="Do not check states and reasons against Genesys first."),
     ] = False,
+    org: Annotated[str, typer.Option(help=f"{ORG_HELP} Rows with an org column keep theirs.")] = (
+        DEFAULT_ORG
+    ),
 ) -> None:
-    """Enqueue every valid row of FILE in file order; print each bad row's error (the first
-    20) and a summary.
+    """Enqueue every valid row of FILE in file order, each on its org's queue; print each bad
+    row's error (the first 20) and a summary.
 
-    Blank lines and lines starting with # are skipped. States and reasons are checked against
-    the org's presence definitions when the Genesys settings are set. Exits 1 when a row was
+    Blank lines and lines starting with # are skipped. States and reasons of the default org's
+    rows are checked against its presence definitions when the Genesys settings are set. Exits 1 when a row was
     invalid (the valid ones are still enqueued), 2 when the file is no import file.
     """
+    org = org_option(org) or DEFAULT_ORG
     settings = get_settings()
     try:
-        rows = parse_updates(file, source=source, now=datetime.now(UTC))
+        rows = parse_updates(file, source=source, now=datetime.now(UTC), org=org)
     except ValueError as exc:
         _fail(str(exc))
+    orgs = sorted({row.update.org for row in rows if row.update is not None})
+    others = [name for name in orgs if name != DEFAULT_ORG]
+    # Only the default org's definitions are at hand (GENESYS_*); fetch them only if a row needs.
+    fetch = not no_check and (DEFAULT_ORG in orgs or not orgs)
     try:
-        with definition_check(settings, enabled=not no_check) as check:
+        with definition_check(settings, enabled=fetch) as check:
             rows = checked(rows, check)
             shown = plan(rows, check) if dry_run else []
     except DefinitionsUnavailable as exc:
         _fail(str(exc), code=1)
-    console.print(escape(check.note), soft_wrap=True)
+    console.print(
+        escape(with_other_orgs(check, others, no_check=no_check, fetched=fetch)), soft_wrap=True
+    )
     errors = [row.error for row in rows if row.error is not None]
     if dry_run:
         for line in shown:
@@ -148,7 +173,7 @@ def import_updates(
                 f"{sent} of {len(updates)} valid rows, in file order",
                 code=1,
             )
-    overridden = len(updates) - len({u.user_id for u in updates})
+    overridden = len(updates) - len({(u.org, u.user_id) for u in updates})
     console.print(
         f"{'dry run, nothing queued: would queue' if dry_run else 'queued'} {len(updates)}"
         + (f" ({overridden} set an agent a later line sets again)" if overridden else "")

@@ -13,14 +13,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.doctor import doctor
-from cli.errors import run
+from cli.errors import ORG_HELP, org_option, run
 from cli.imports import import_updates
-from cli.render import audit_table, plain, stats_table
+from cli.render import audit_table, org_table, plain, stats_table
 from cli.shifts import app as shifts_app
 from models import Outcome
 from models.db import session_scope
 from producer import PresenceProducer, PresenceUpdate
-from producer.schema import invalid_message, json_schema
+from producer.schema import DEFAULT_ORG, invalid_message, json_schema
 from worker import audit as audit_service
 from worker import names, reports, wfm
 from worker.settings import get_settings
@@ -79,12 +79,14 @@ def set_presence(
         str | None, typer.Option(help="Idempotency key: the same key applies once.")
     ] = None,
     message: Annotated[str | None, typer.Option(help="Presence message shown in Genesys.")] = None,
+    org: Annotated[str, typer.Option(help=ORG_HELP)] = DEFAULT_ORG,
 ) -> None:
-    """Enqueue one presence change and print its request id."""
+    """Enqueue one presence change on its org's queue and print its request id."""
+    org = org_option(org) or DEFAULT_ORG
     try:
         update = PresenceUpdate(
             user_id=user, state=state, reason=reason, source=source, expected_state=expected,
-            idempotency_key=key, message=message, requested_at=datetime.now(UTC),
+            idempotency_key=key, message=message, requested_at=datetime.now(UTC), org=org,
         )  # fmt: skip
     except ValidationError as exc:
         err.print(f"[red]error:[/] {escape(invalid_message(exc))}")
@@ -102,16 +104,18 @@ app.command("import")(import_updates)
 def audit(
     user: Annotated[str | None, typer.Option(help="Only this agent.")] = None,
     outcome: Annotated[str | None, typer.Option(help="Only this outcome, e.g. failed.")] = None,
+    org: Annotated[str | None, typer.Option(help="Only this org's requests.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Rows to show, newest first.")] = 20,
 ) -> None:
     """Show audit rows, newest first."""
+    org = org_option(org)
     if outcome is not None and outcome not in {o.value for o in Outcome}:
         err.print(
             f"[red]error:[/] unknown outcome {escape(repr(outcome))}; use one of {', '.join(o.value for o in Outcome)}"
         )
         raise typer.Exit(2)
     with session_scope(get_settings().database_url) as session:
-        rows = reports.recent(session, user_id=user, outcome=outcome, limit=limit)
+        rows = reports.recent(session, user_id=user, outcome=outcome, org=org, limit=limit)
         console.print(audit_table(rows))
 
 
@@ -121,13 +125,24 @@ def stats(
         float,
         typer.Option(min=0, help="Cover the requests finished in the last HOURS (0: every one)."),
     ] = DEFAULT_STATS_HOURS,
+    org: Annotated[
+        str | None, typer.Option(help="Only this org's requests (else every org's, and per org).")
+    ] = None,
 ) -> None:
     """Success rate, p50/p95/p99 latency by outcome, Genesys requests per update (computed by
-    the database, over the last 24 hours unless --hours says otherwise)."""
+    the database, over the last 24 hours unless --hours says otherwise); without --org, the
+    requests and success rate of each org too when there is more than one."""
+    org = org_option(org)
     since = datetime.now(UTC) - timedelta(hours=hours) if hours else None
     with session_scope(get_settings().database_url) as session:
-        summary = reports.summarize(session, since=since)
-    console.print(stats_table(summary, window=f"last {hours:g} h" if hours else "all time"))
+        summary = reports.summarize(session, since=since, org=org)
+        orgs = reports.by_org(session, since=since) if org is None else []
+    window = f"last {hours:g} h" if hours else "all time"
+    if org is not None:
+        window = f"org {org} · {window}"
+    console.print(stats_table(summary, window=window))
+    if len(orgs) > 1:
+        console.print(org_table(orgs))
 
 
 @app.command()

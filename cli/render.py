@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from models import AuditRecord
-from worker.reports import Summary
+from worker.reports import OrgCount, Summary
 
 
 def plain(value: object) -> Text:
@@ -39,9 +39,22 @@ def stats_table(summary: Summary, *, window: str | None = None) -> Table:
     return table
 
 
+def org_table(orgs: list[OrgCount]) -> Table:
+    """Requests and success rate of each org, most requests first."""
+    table = Table(title="by org")
+    for column in ("org", "requests", "success"):
+        table.add_column(column, justify="left" if column == "org" else "right")
+    for one in orgs:
+        table.add_row(plain(one.org), str(one.total), f"{one.success_rate:.1%}")
+    return table
+
+
 def audit_table(rows: list[AuditRecord]) -> Table:
+    """Audit rows, one line each; the org column only when the rows span several orgs."""
     table = Table()
-    for column in ("finished", "agent", "from → to", "outcome", "ms", "calls", "detail"):
+    several = len({row.org for row in rows}) > 1
+    columns = ("finished", "agent", "from → to", "outcome", "ms", "calls", "detail")
+    for column in ("org", *columns) if several else columns:
         table.add_column(column, overflow="fold", no_wrap=column == "finished")
     for row in rows:
         total = None
@@ -52,7 +65,7 @@ def audit_table(rows: list[AuditRecord]) -> Table:
                 else row.finished_at.replace(tzinfo=row.requested_at.tzinfo)
             )
             total = (finished - row.requested_at).total_seconds() * 1000
-        table.add_row(
+        cells: list[RenderableType] = [
             row.finished_at.strftime("%H:%M:%S"),
             plain((row.user_id or "-")[:8]),
             plain(f"{row.from_state or '?'} → {row.to_state or '?'}"),
@@ -60,7 +73,8 @@ def audit_table(rows: list[AuditRecord]) -> Table:
             _ms(total),
             str(row.genesys_requests),
             plain(row.error_message or ""),
-        )
+        ]
+        table.add_row(*([plain(row.org), *cells] if several else cells))
     return table
 
 

@@ -17,10 +17,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
-from cli.definitions import DefinitionCheck, DefinitionsUnavailable, definition_check
+from cli.definitions import (
+    DefinitionCheck,
+    DefinitionsUnavailable,
+    definition_check,
+    with_other_orgs,
+)
+from cli.errors import ORG_HELP, org_option
 from cli.render import SHOWN_ERRORS, progress_bar
 from models import ShiftStatus
 from models.db import engine_for, session_scope
+from producer.schema import DEFAULT_ORG
 from worker.settings import get_settings
 from worker.shifts import schedule
 from worker.shifts.formats import ISO_HINT, RowResult, ScheduledChange, parse_schedule
@@ -61,12 +68,18 @@ def _rolled_back(url: str) -> Iterator[Session]:
         session.close()
 
 
-def checked(results: list[RowResult], check: DefinitionCheck, where: str) -> list[RowResult]:
+def checked(
+    results: list[RowResult], check: DefinitionCheck, where: str, org: str = DEFAULT_ORG
+) -> list[RowResult]:
     """``results`` with the valid rows whose state or reason the org does not define made
-    invalid (``where`` is how the file counts rows: line or change)."""
+    invalid (``where`` is how the file counts rows: line or change). Only the default org's
+    definitions are at hand: rows of another org (their own, else ``org``) are left to the
+    worker."""
     out = []
     for row in results:
-        problem = None if row.change is None else check.problem(row.change.state, row.change.reason)
+        problem = None
+        if row.change is not None and (row.change.org or org) == DEFAULT_ORG:
+            problem = check.problem(row.change.state, row.change.reason)
         out.append(
             row if problem is None else RowResult(row.line, None, f"{where} {row.line}: {problem}")
         )
@@ -101,13 +114,17 @@ def import_schedule(
         bool,
         typer.Option("--no-check", help="Do not check states and reasons against Genesys first."),
     ] = False,
+    org: Annotated[str, typer.Option(help=f"{ORG_HELP} Rows with an org column keep theirs.")] = (
+        DEFAULT_ORG
+    ),
 ) -> None:
     """Schedule every valid row of FILE; print each bad row's error (the first 20) and a summary.
 
     Importing again updates rows still scheduled and leaves the others alone. States and
-    reasons are checked against the org's presence definitions when the Genesys settings are
-    set. Exits 1 when a row was invalid (the valid ones are still imported).
+    reasons of the default org's rows are checked against its presence definitions when the
+    Genesys settings are set. Exits 1 when a row was invalid (the valid ones are still imported).
     """
+    org = org_option(org) or DEFAULT_ORG
     label = (source if source is not None else file.name[:SOURCE_MAX]).strip()
     if not label or len(label) > SOURCE_MAX:
         _fail(f"--source must be 1 to {SOURCE_MAX} characters")
@@ -115,14 +132,19 @@ def import_schedule(
         results = list(parse_schedule(file))
     except ValueError as exc:
         _fail(str(exc))
+    orgs = sorted({row.change.org or org for row in results if row.change is not None})
+    others = [name for name in orgs if name != DEFAULT_ORG]
+    fetch = not no_check and (DEFAULT_ORG in orgs or not orgs)
     try:
-        with definition_check(get_settings(), enabled=not no_check) as check:
+        with definition_check(get_settings(), enabled=fetch) as check:
             results = checked(
-                results, check, "change" if file.suffix.lower() == ".json" else "line"
+                results, check, "change" if file.suffix.lower() == ".json" else "line", org
             )
     except DefinitionsUnavailable as exc:
         _fail(str(exc), code=1)
-    console.print(escape(check.note), soft_wrap=True)
+    console.print(
+        escape(with_other_orgs(check, others, no_check=no_check, fetched=fetch)), soft_wrap=True
+    )
     errors: list[str] = []
     with (
         _database() as url,
@@ -141,7 +163,9 @@ def import_schedule(
                         progress.console.print(f"[yellow]{escape(errors[-1])}[/]", soft_wrap=True)
                 progress.advance(task)
 
-        counts = schedule.add_changes(session, valid(), source=label, now=datetime.now(UTC))
+        counts = schedule.add_changes(
+            session, valid(), source=label, now=datetime.now(UTC), org=org
+        )
     if len(errors) > SHOWN_ERRORS:
         console.print(
             f"[yellow]… and {len(errors) - SHOWN_ERRORS} more invalid rows[/]", soft_wrap=True
@@ -189,7 +213,9 @@ def _outcome(row: ShiftRow) -> str:
 def shifts_table(rows: list[ShiftRow], now: datetime) -> Table:
     """The listed changes, one line each, times in UTC."""
     table = Table(title=f"{len(rows)} shift change{'' if len(rows) == 1 else 's'} by due time")
-    for column in ("id", "agent", "due (UTC)", "state / reason", "status", "lateness", "outcome"):
+    several = len({row.org for row in rows}) > 1
+    columns = ("id", "agent", "due (UTC)", "state / reason", "status", "lateness", "outcome")
+    for column in ("org", *columns) if several else columns:
         table.add_column(
             column,
             justify="right" if column in ("id", "lateness") else "left",
@@ -198,6 +224,7 @@ def shifts_table(rows: list[ShiftRow], now: datetime) -> Table:
         )
     for row in rows:
         table.add_row(
+            *([escape(row.org)] if several else []),
             str(row.id),
             row.user_id[:8],
             row.due_at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -221,15 +248,17 @@ def list_shifts(
     until: Annotated[
         str | None, typer.Option(help="Due at or before this time (ISO 8601; no offset = UTC).")
     ] = None,
+    org: Annotated[str | None, typer.Option(help="Only this org's changes.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Rows to show, earliest due first.")] = 50,
 ) -> None:
     """Show scheduled shift changes by due time, with each one's outcome, and totals per status."""
+    org = org_option(org)
     if status is not None and status not in STATUSES:
         _fail(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
     start, end = _time("--since", since), _time("--until", until)
     with _database() as url, session_scope(url) as session:
         rows = schedule.list_changes(
-            session, status=status, since=start, until=end, user_id=user, limit=limit
+            session, status=status, since=start, until=end, user_id=user, org=org, limit=limit
         )
         totals = schedule.summary(session)
     console.print(shifts_table(rows, datetime.now(UTC)))
@@ -245,16 +274,20 @@ def cancel_shifts(
     until: Annotated[
         str | None, typer.Option(help="Only changes due at or before this time (no offset = UTC).")
     ] = None,
+    org: Annotated[
+        str | None, typer.Option(help="Only this org's changes (narrows the other selectors).")
+    ] = None,
 ) -> None:
-    """Cancel the scheduled changes matching every selector given (IDS, --user, --until).
+    """Cancel the scheduled changes matching every selector given (IDS, --user, --until, --org).
 
     Changes already dispatched, skipped or cancelled stay as they are.
     """
+    org = org_option(org)
     if not ids and user is None and until is None:
         _fail("say which changes to cancel: give IDS, --user ID or --until TIME")
     end = _time("--until", until)
     with _database() as url, session_scope(url) as session:
         count = schedule.cancel_changes(
-            session, ids=ids or None, user_id=user, until=end, now=datetime.now(UTC)
+            session, ids=ids or None, user_id=user, until=end, org=org, now=datetime.now(UTC)
         )
     console.print(f"cancelled {count} scheduled change{'' if count == 1 else 's'}")

@@ -6,10 +6,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
+from producer.schema import DEFAULT_ORG
 
 
 class Outcome(StrEnum):
@@ -28,10 +29,18 @@ class Outcome(StrEnum):
 
 class AuditRecord(Base):
     __tablename__ = "presence_audit"
+    # Reports of one org over a recent window (``presence stats --org``, ``presence audit --org``).
+    __table_args__ = (
+        Index("ix_presence_audit_org_finished_at", "org", "finished_at"),
+        # Producers pick their keys: two orgs may use the same one for different requests.
+        UniqueConstraint("org", "idempotency_key", name="uq_presence_audit_org_idempotency_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # The Genesys org of the request (producer.schema.DEFAULT_ORG for a single-org deployment).
+    org: Mapped[str] = mapped_column(String(40), default=DEFAULT_ORG, server_default=DEFAULT_ORG)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     user_id: Mapped[str | None] = mapped_column(String(64), index=True)
     source: Mapped[str | None] = mapped_column(String(100))
     from_state: Mapped[str | None] = mapped_column(String(100))

@@ -9,6 +9,7 @@ from sqlalchemy import DateTime, Float, Index, Integer, String, Text, UniqueCons
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
+from producer.schema import DEFAULT_ORG
 
 
 class ShiftStatus(StrEnum):
@@ -19,7 +20,7 @@ class ShiftStatus(StrEnum):
 
 
 class ShiftChange(Base):
-    """Set ``user_id`` to ``state`` (``reason``) at ``due_at`` (stored in UTC).
+    """Set ``user_id`` of ``org`` to ``state`` (``reason``) at ``due_at`` (stored in UTC).
 
     The request it becomes is ``shift-<id>``: its audit row carries that request id, so a row
     dispatched twice (a beat restart) is still applied once.
@@ -27,11 +28,13 @@ class ShiftChange(Base):
 
     __tablename__ = "shift_change"
     __table_args__ = (
-        UniqueConstraint("user_id", "due_at", name="uq_shift_change_user_due"),
+        # User ids are per org: two orgs may schedule the same id at the same time.
+        UniqueConstraint("org", "user_id", "due_at", name="uq_shift_change_org_user_due"),
         Index("ix_shift_change_status_due", "status", "due_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org: Mapped[str] = mapped_column(String(40), default=DEFAULT_ORG, server_default=DEFAULT_ORG)
     user_id: Mapped[str] = mapped_column(String(64))
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     state: Mapped[str] = mapped_column(String(100))

@@ -23,9 +23,12 @@ from pydantic import (
 SCHEMA_VERSION: Literal[1] = 1
 TASK_NAME = "presence.update"
 WAVE_TASK_NAME = "presence.wave"  # many agents at once, applied with bulk PUTs
-QUEUE = "presence"
+QUEUE = "presence"  # the default org's queue; see queue_for
 WAVE_MAX_AGENTS = 1000  # a notification channel's topic limit: one subscription call per wave
 
+DEFAULT_ORG = "default"  # the org of the single-org settings (GENESYS_*)
+ORG_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+ORG_HINT = "lower-case letters, digits, - and _, starting with a letter or digit, at most 40"
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
@@ -40,6 +43,33 @@ def check_user_id(value: str) -> str:
     return value
 
 
+def check_org(value: str) -> str:
+    """``value`` when it is an org name (``ORG_NAME_PATTERN``); raises ValueError saying what one
+    is."""
+    if not isinstance(value, str) or not re.fullmatch(ORG_NAME_PATTERN, value):
+        raise ValueError(f"{str(value)[:60]!r} is not an org name ({ORG_HINT})")
+    return value
+
+
+def queue_for(org: str) -> str:
+    """The queue an org's ``presence.update`` and ``presence.wave`` messages go to:
+    ``"presence"`` for the default org, ``"presence.<org>"`` for any other. Raises ValueError for
+    a name that is no org name."""
+    check_org(org)
+    return QUEUE if org == DEFAULT_ORG else f"{QUEUE}.{org}"
+
+
+def org_of_queue(queue: str) -> str | None:
+    """The org whose queue ``queue`` is (the inverse of :func:`queue_for`); None for a name that
+    is no org's queue."""
+    if queue == QUEUE:
+        return DEFAULT_ORG
+    prefix, dot, org = queue.partition(".")
+    if prefix == QUEUE and dot and re.fullmatch(ORG_NAME_PATTERN, org) and org != DEFAULT_ORG:
+        return org
+    return None
+
+
 class PresenceUpdate(BaseModel):
     """Set one agent's Genesys Cloud presence.
 
@@ -49,7 +79,8 @@ class PresenceUpdate(BaseModel):
     same agent the one with the newest ``requested_at`` wins; older ones end ``superseded``.
     A change that takes the agent off queue passes the capacity guard: ``capacity_policy``
     ``reject`` (default) refuses when a queue would be understaffed, ``defer`` waits for room until
-    ``defer_until``, ``force`` bypasses the guard and records ``force_reason``.
+    ``defer_until``, ``force`` bypasses the guard and records ``force_reason``. ``org`` names the
+    Genesys org (as the workers configure it) the agent belongs to; left out, it is ``default``.
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -69,11 +100,17 @@ class PresenceUpdate(BaseModel):
     # Set by `presence requeue`: the original request's identity (its idempotency key, else its
     # request id), whose place in the agent's ordering the copy takes.
     requeue_of: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    org: Annotated[str, Field(json_schema_extra={"pattern": ORG_NAME_PATTERN})] = DEFAULT_ORG
 
     @field_validator("user_id")
     @classmethod
     def _user_id(cls, value: str) -> str:
         return check_user_id(value)
+
+    @field_validator("org")
+    @classmethod
+    def _org(cls, value: str) -> str:
+        return check_org(value)
 
     @field_validator("idempotency_key", "requeue_of")
     @classmethod
@@ -123,6 +160,8 @@ class PresenceUpdate(BaseModel):
         data: dict[str, Any] = json.loads(self.model_dump_json(exclude_none=True))
         if data.get("capacity_policy") == "reject":
             del data["capacity_policy"]  # the default: messages stay as small as before
+        if data.get("org") == DEFAULT_ORG:
+            del data["org"]  # likewise: a default org's message is what it was before orgs
         return data
 
 
@@ -141,6 +180,15 @@ def invalid_message(exc: ValidationError) -> str:
     return "Invalid payload — " + "; ".join(parts)
 
 
+def org_of(payload: object) -> str:
+    """The org a raw payload names when it names a valid one, else ``DEFAULT_ORG`` (also for
+    a payload that is not an object): what an audit row records even for an invalid payload."""
+    org = payload.get("org") if isinstance(payload, dict) else None
+    if isinstance(org, str) and re.fullmatch(ORG_NAME_PATTERN, org.strip()):
+        return org.strip()
+    return DEFAULT_ORG
+
+
 def json_schema() -> dict[str, Any]:
     """The payload's JSON Schema, for producers in other languages."""
     return PresenceUpdate.model_json_schema()
@@ -148,5 +196,7 @@ def json_schema() -> dict[str, Any]:
 
 def wave_element(request_id: str, update: dict[str, Any]) -> dict[str, Any]:
     """One element of a ``presence.wave`` message (``args == [[element, …]]``): the request id
-    its audit row will carry and a PresenceUpdate payload (``PresenceUpdate.to_message()``)."""
+    its audit row will carry and a PresenceUpdate payload (``PresenceUpdate.to_message()``).
+    Every element of one wave belongs to the same org (the ``org`` of its ``update``), the org
+    whose queue (:func:`queue_for`) the wave is sent to."""
     return {"request_id": request_id, "update": update}

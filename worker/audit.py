@@ -6,31 +6,37 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pydantic import ValidationError
-from sqlalchemy import or_, select, text
+from sqlalchemy import and_, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import AuditRecord, Outcome
 from models.db import engine_for, session_scope
-from producer.schema import PresenceUpdate
+from producer.schema import DEFAULT_ORG, PresenceUpdate
 from worker import wfm
 from worker.flow.record import AuditDraft, Written
 
 
 def find_existing(
-    session: Session, *, request_id: str, idempotency_key: str | None
+    session: Session, *, request_id: str, idempotency_key: str | None, org: str = DEFAULT_ORG
 ) -> AuditRecord | None:
-    """The terminal row for this request id or idempotency key, if one was written."""
+    """The terminal row for this request id, or this idempotency key in ``org``, if one was
+    written."""
     clause = AuditRecord.request_id == request_id
     if idempotency_key is not None:
-        clause = or_(clause, AuditRecord.idempotency_key == idempotency_key)
+        same_key = and_(AuditRecord.org == org, AuditRecord.idempotency_key == idempotency_key)
+        clause = or_(clause, same_key)
     return session.scalars(select(AuditRecord).where(clause).limit(1)).first()
 
 
 def existing_request_ids(
-    session: Session, request_ids: list[str], idempotency_keys: list[str] | None = None
+    session: Session,
+    request_ids: list[str],
+    idempotency_keys: list[str] | None = None,
+    org: str = DEFAULT_ORG,
 ) -> set[str]:
-    """Which of these request ids and idempotency keys already have a terminal row."""
+    """Which of these request ids, and of these idempotency keys in ``org``, already have a
+    terminal row."""
     found: set[str] = set()
     for start in range(0, len(request_ids), 500):
         chunk = request_ids[start : start + 500]
@@ -43,7 +49,9 @@ def existing_request_ids(
         found.update(
             k
             for k in session.scalars(
-                select(AuditRecord.idempotency_key).where(AuditRecord.idempotency_key.in_(chunk))
+                select(AuditRecord.idempotency_key).where(
+                    AuditRecord.org == org, AuditRecord.idempotency_key.in_(chunk)
+                )
             )
             if k is not None
         )
@@ -88,7 +96,8 @@ def requeue(
 
 _OUTCOME_BY_ID = text("SELECT outcome FROM presence_audit WHERE request_id = :id")
 _OUTCOME_BY_KEY = text(
-    "SELECT outcome FROM presence_audit WHERE request_id = :id OR idempotency_key = :key LIMIT 1"
+    "SELECT outcome FROM presence_audit "
+    "WHERE request_id = :id OR (org = :org AND idempotency_key = :key) LIMIT 1"
 )
 
 
@@ -98,19 +107,24 @@ class SqlAuditStore:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
 
-    def find_outcome(self, *, request_id: str, idempotency_key: str | None) -> Outcome | None:
+    def find_outcome(
+        self, *, request_id: str, idempotency_key: str | None, org: str = DEFAULT_ORG
+    ) -> Outcome | None:
         # Every update asks this before anything else: the outcome column alone, as plain SQL
         # on a pooled connection (no ORM session, no row object, no statement to build).
         query = _OUTCOME_BY_KEY if idempotency_key is not None else _OUTCOME_BY_ID
         with engine_for(self.database_url).connect() as conn:
-            outcome = conn.execute(query, {"id": request_id, "key": idempotency_key}).scalar()
+            params = {"id": request_id, "key": idempotency_key, "org": org}
+            outcome = conn.execute(query, params).scalar()
         return Outcome(outcome) if outcome is not None else None
 
-    def audited(self, request_ids: list[str], idempotency_keys: list[str]) -> set[str]:
+    def audited(
+        self, request_ids: list[str], idempotency_keys: list[str], org: str = DEFAULT_ORG
+    ) -> set[str]:
         if not request_ids and not idempotency_keys:
             return set()
         with session_scope(self.database_url) as session:
-            return existing_request_ids(session, request_ids, idempotency_keys)
+            return existing_request_ids(session, request_ids, idempotency_keys, org)
 
     def write(self, drafts: list[AuditDraft], *, outbox: bool) -> list[Written]:
         """All drafts in one transaction; when one collides with an existing row (a concurrent
@@ -133,7 +147,7 @@ class SqlAuditStore:
 
     def _existing(self, draft: AuditDraft) -> Written:
         outcome = self.find_outcome(
-            request_id=draft.request_id, idempotency_key=draft.idempotency_key
+            request_id=draft.request_id, idempotency_key=draft.idempotency_key, org=draft.org
         )
         if outcome is None:  # the collision was not with another terminal row: a real error
             raise RuntimeError(f"audit row of {draft.request_id} could not be written")

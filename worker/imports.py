@@ -14,11 +14,19 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from producer.schema import PresenceUpdate
+from producer.schema import DEFAULT_ORG, PresenceUpdate
 from worker import rowfiles
 
 REQUIRED_COLUMNS = ("user_id", "state")
-COLUMNS = (*REQUIRED_COLUMNS, "reason", "source", "expected_state", "idempotency_key", "message")
+COLUMNS = (
+    *REQUIRED_COLUMNS,
+    "reason",
+    "source",
+    "expected_state",
+    "idempotency_key",
+    "message",
+    "org",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +38,11 @@ class ImportRow:
     error: str | None
 
 
-def parse_updates(path: Path, *, source: str, now: datetime) -> list[ImportRow]:
-    """The rows of the CSV at ``path`` in file order; rows without a source get ``source``.
+def parse_updates(
+    path: Path, *, source: str, now: datetime, org: str = DEFAULT_ORG
+) -> list[ImportRow]:
+    """The rows of the CSV at ``path`` in file order; rows without a source get ``source``,
+    rows without an org get ``org``.
 
     Raises ``ValueError`` (one line naming the file) when the file is not an import file at all:
     unreadable, not UTF-8, no header or a bad one, or no rows after the header.
@@ -47,7 +58,7 @@ def parse_updates(path: Path, *, source: str, now: datetime) -> list[ImportRow]:
         if row.fields is None:
             results.append(ImportRow(row.line, None, f"{where}: {row.error}"))
             continue
-        fields: dict[str, object] = {"source": source, **row.fields}
+        fields: dict[str, object] = {"source": source, "org": org, **row.fields}
         fields["requested_at"] = now + timedelta(microseconds=position)
         try:
             update = PresenceUpdate.model_validate(fields)

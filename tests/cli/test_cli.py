@@ -41,9 +41,9 @@ def run(*args: str):
     return CliRunner().invoke(app, list(args))
 
 
-def queued(env) -> list[dict]:
-    """The payloads waiting on the presence queue, oldest first."""
-    messages = [json.loads(raw) for raw in reversed(env.broker.lrange(QUEUE, 0, -1))]
+def queued(env, queue: str = QUEUE) -> list[dict]:
+    """The payloads waiting on a queue (the default org's unless told), oldest first."""
+    messages = [json.loads(raw) for raw in reversed(env.broker.lrange(queue, 0, -1))]
     assert all(m["content-type"] == "application/json" for m in messages)
     return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
 
@@ -81,6 +81,27 @@ def test_set_enqueues_one_update(env):
     assert sent["reason"] == "Coffee"
     assert sent["source"] == "cli"
     assert sent["idempotency_key"] == "k-1"
+    assert "org" not in sent, "the default org's payload is what it was before orgs"
+
+
+def test_set_for_another_org_enqueues_on_its_queue(env):
+    result = run("set", AGENT, "Break", "--org", "acme")
+
+    assert result.exit_code == 0, result.output
+    assert queued(env) == []
+    [sent] = queued(env, "presence.acme")
+    assert (sent["user_id"], sent["org"]) == (AGENT, "acme")
+
+
+@pytest.mark.parametrize("command", [("set", AGENT, "Break"), ("audit",), ("stats",)])
+def test_a_bad_org_name_is_one_line_and_exit_2(env, command):
+    result = run(*command, "--org", "Acme[/]")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: --org: 'Acme[/]' is not an org name (lower-case")
+    assert env.broker.llen(QUEUE) == 0
 
 
 def test_set_rejects_a_bad_user_id_with_one_line_and_exit_2(env):
@@ -166,6 +187,66 @@ def test_stats_covers_the_last_24_hours_unless_told_otherwise(env):
         assert expected in result.stdout, args
 
 
+def header(table: str) -> str:
+    """A printed table's header cells (everything above the rule under them)."""
+    return table.split("┡")[0]
+
+
+def test_audit_of_one_org_and_the_org_column_when_rows_span_several(env):
+    add_rows(
+        env,
+        record(1, Outcome.CONFIRMED),
+        record(2, Outcome.FAILED, user=OTHER, org="acme", error_message="user not found"),
+    )
+
+    everything = run("audit")
+    acme = run("audit", "--org", "acme")
+    default = run("audit", "--org", "default")
+
+    assert everything.exit_code == 0, everything.output
+    assert " org " in header(everything.stdout)
+    assert "acme" in everything.stdout
+    assert OTHER[:8] in acme.stdout
+    assert AGENT[:8] not in acme.stdout
+    assert " org " not in header(acme.stdout), "one org: no org column"
+    assert AGENT[:8] in default.stdout
+    assert OTHER[:8] not in default.stdout
+
+
+def test_stats_of_one_org_and_per_org_when_there_are_several(env):
+    add_rows(
+        env,
+        record(1, Outcome.CONFIRMED),
+        record(2, Outcome.CONFIRMED, org="acme"),
+        record(3, Outcome.FAILED, org="acme"),
+    )
+
+    every = run("stats", "--hours", "0")
+    acme = run("stats", "--hours", "0", "--org", "acme")
+
+    assert every.exit_code == 0, every.output
+    assert "3 requests" in every.stdout
+    per_org = {
+        cells[0]: cells[1:]
+        for line in every.stdout.splitlines()
+        if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0] in {"acme", "default"}
+    }
+    assert per_org == {"acme": ["2", "50.0%"], "default": ["1", "100.0%"]}
+    assert acme.exit_code == 0, acme.output
+    assert "2 requests · success 50.0%" in acme.stdout
+    assert "org acme" in acme.stdout
+    assert "by org" not in acme.stdout
+
+
+def test_stats_of_a_single_org_shows_no_per_org_table(env):
+    add_rows(env, record(1, Outcome.CONFIRMED))
+
+    result = run("stats", "--hours", "0")
+
+    assert result.exit_code == 0, result.output
+    assert "by org" not in result.stdout
+
+
 # -- requeue ------------------------------------------------------------------------------------
 def test_requeue_enqueues_dead_letters_once_without_their_idempotency_key(env):
     original = {
@@ -201,6 +282,23 @@ def test_requeue_enqueues_dead_letters_once_without_their_idempotency_key(env):
         assert row.requeued_as is not None
         [message] = [json.loads(raw) for raw in env.broker.lrange(QUEUE, 0, -1)]
         assert message["headers"]["id"] == row.requeued_as, "requeued_as names the new request"
+
+
+def test_requeue_sends_each_request_back_to_its_orgs_queue(env):
+    original = {
+        "user_id": AGENT,
+        "state": "Break",
+        "requested_at": "2026-03-02T09:00:00Z",
+        "org": "acme",
+    }
+    add_rows(env, record(1, Outcome.DEAD_LETTER, payload=original, org="acme"))
+
+    result = run("requeue")
+
+    assert result.exit_code == 0, result.output
+    assert queued(env) == []
+    [sent] = queued(env, "presence.acme")
+    assert (sent["org"], sent["requeue_of"]) == ("acme", "req-1")
 
 
 def test_requeue_refuses_outcomes_that_cannot_be_retried(env):

@@ -67,9 +67,9 @@ def csv_file(env, text: str, name: str = "changes.csv") -> Path:
     return path
 
 
-def queued(env) -> list[dict]:
-    """The payloads waiting on the presence queue, oldest first."""
-    messages = [json.loads(raw) for raw in reversed(env.broker.lrange(QUEUE, 0, -1))]
+def queued(env, queue: str = QUEUE) -> list[dict]:
+    """The payloads waiting on a queue (the default org's unless told), oldest first."""
+    messages = [json.loads(raw) for raw in reversed(env.broker.lrange(queue, 0, -1))]
     return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
 
 
@@ -190,17 +190,17 @@ def test_markup_in_values_is_printed_literally(env):
     ("text", "expected"),
     [
         ("", "changes.csv: no header row (the columns are user_id, state, reason, source, "
-         "expected_state, idempotency_key, message)"),
+         "expected_state, idempotency_key, message, org)"),
         ("# only a comment\n\n", "changes.csv: no header row (the columns are user_id, state, "
-         "reason, source, expected_state, idempotency_key, message)"),
+         "reason, source, expected_state, idempotency_key, message, org)"),
         ("\nuser_id,state\n\n", "changes.csv: no rows after the header on line 2: nothing to "
          "import"),
         (f"user_id,state,agent_name\n{AGENT},Break,Ann\n", "changes.csv: line 1: unknown "
          "column(s) 'agent_name' (the columns are user_id, state, reason, source, "
-         "expected_state, idempotency_key, message; user_id, state are required)"),
+         "expected_state, idempotency_key, message, org; user_id, state are required)"),
         (f"agent,presence\n{AGENT},Break\n", "changes.csv: line 1: unknown column(s) 'agent', "
          "'presence'; missing column(s) user_id, state (the columns are user_id, state, reason, "
-         "source, expected_state, idempotency_key, message; user_id, state are required)"),
+         "source, expected_state, idempotency_key, message, org; user_id, state are required)"),
     ],
     ids=["empty", "comment-only", "header-only", "unknown-column", "missing-columns"],
 )  # fmt: skip
@@ -311,6 +311,60 @@ def test_unknown_states_and_reasons_are_rejected_at_import(genesys):
         ("Break", "Coffee"),
         ("onqueue", None),
     ]
+
+
+def test_rows_go_to_their_orgs_queue_the_org_column_winning_over_the_option(env):
+    path = csv_file(
+        env, f"user_id,state,org\n{AGENT},Break,\n{OTHER},Meal,globex\n{AGENT},Away,default\n"
+    )
+
+    result = run("import", str(path), "--org", "acme")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == NOT_CHECKED
+    assert [(m["state"], m["org"]) for m in queued(env, "presence.acme")] == [("Break", "acme")]
+    assert [(m["state"], m["org"]) for m in queued(env, "presence.globex")] == [("Meal", "globex")]
+    assert [(m["state"], m.get("org")) for m in queued(env)] == [("Away", None)]
+
+
+def test_the_same_agent_in_two_orgs_is_two_agents(env):
+    path = csv_file(env, f"user_id,state,org\n{AGENT},Break,acme\n{AGENT},Meal,\n")
+
+    result = run("import", str(path), "--no-check")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "queued 2, invalid 0 of 2 rows"
+
+
+def test_a_bad_org_is_one_line_for_the_option_and_a_row_error_for_a_cell(env):
+    path = csv_file(env, f"user_id,state,org\n{AGENT},Break,Acme\n{OTHER},Break,\n")
+
+    bad_option = run("import", str(path), "--org", "ACME")
+    bad_cell = run("import", str(path), "--no-check")
+
+    assert bad_option.exit_code == 2
+    assert bad_option.stderr.count("\n") == 1
+    assert bad_option.stderr.startswith("error: --org: 'ACME' is not an org name (")
+    assert bad_cell.exit_code == 1
+    assert error_lines(bad_cell.stdout)[0].startswith("line 2: org: 'Acme' is not an org name (")
+    assert [m["user_id"] for m in queued(env)] == [OTHER]
+
+
+def test_only_the_default_orgs_rows_are_checked_against_its_definitions(genesys):
+    path = csv_file(genesys, f"user_id,state,org\n{AGENT},Vacation,\n{OTHER},Vacation,acme\n")
+
+    result = run("import", str(path))
+
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("states and reasons checked against ")
+    assert lines[0].endswith(
+        "; states and reasons of org acme not checked here (the worker rejects unknown ones "
+        "when it applies each row)"
+    )
+    assert error_lines(result.stdout)[0].startswith("line 2: Unknown state 'Vacation'")
+    assert [m["org"] for m in queued(genesys, "presence.acme")] == ["acme"]
+    assert queued(genesys) == []
 
 
 def test_dry_run_says_what_each_row_would_do_and_queues_nothing(genesys):

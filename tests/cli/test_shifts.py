@@ -95,6 +95,63 @@ def test_import_schedules_the_good_rows_and_reports_each_bad_one(env):
     assert rows[0].due_at.replace(tzinfo=UTC) == datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 
+def test_import_stores_each_rows_org_the_column_winning_over_the_option(env):
+    path = schedule_file(
+        env,
+        "user_id,at,state,org\n"
+        f"{AGENT},2099-12-01T09:00:00Z,Break,\n"
+        f"{OTHER},2099-12-01T09:00:00Z,Break,globex\n"
+        f"{AGENT},2099-12-01T10:00:00Z,Meal,globex\n",
+    )
+
+    result = run("import", str(path), "--org", "acme")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "states and reasons of org acme, globex not checked here (the worker rejects unknown "
+        "ones when it applies each row)"
+    )
+    assert [(r.user_id, r.org) for r in stored(env)] == [
+        (AGENT, "acme"),
+        (OTHER, "globex"),
+        (AGENT, "globex"),
+    ]
+
+
+def test_import_of_a_bad_org_option_is_one_line_and_exit_2(env):
+    path = schedule_file(env, f"user_id,at,state\n{AGENT},2099-12-01T09:00:00Z,Break\n")
+
+    result = run("import", str(path), "--org", "Acme")
+
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: --org: 'Acme' is not an org name (")
+
+
+def test_list_and_cancel_by_org(env):
+    path = schedule_file(
+        env,
+        "user_id,at,state,org\n"
+        f"{AGENT},2099-12-01T09:00:00Z,Break,acme\n"
+        f"{AGENT},2099-12-01T09:00:00Z,Break,\n",
+    )
+    assert run("import", str(path)).exit_code == 0
+
+    every = run("list")
+    acme = run("list", "--org", "acme")
+    cancelled = run("cancel", "--user", AGENT, "--org", "acme")
+
+    assert every.exit_code == 0, every.output
+    assert sorted(row[0] for row in table_rows(every.stdout)) == ["acme", "default"]
+    assert acme.exit_code == 0, acme.output
+    assert len(table_rows(acme.stdout)) == 1
+    assert cancelled.stdout.strip() == "cancelled 1 scheduled change"
+    assert {(r.org, r.status) for r in stored(env)} == {
+        ("acme", "cancelled"),
+        ("default", "scheduled"),
+    }
+
+
 def test_import_says_when_states_are_not_checked(env):
     path = schedule_file(env, HEADER + f"{AGENT},2099-12-01T09:00:00Z,Holiday,,\n")
 
@@ -222,7 +279,7 @@ def test_already_dispatched_rows_are_reported_and_kept(env):
             "roster.csv",
             f"agent,at,state\n{AGENT},2026-12-01T09:00:00Z,Break\n",
             "error: roster.csv: line 1: unknown column(s) 'agent'; missing column(s) user_id "
-            "(the columns are user_id, at, state, reason, timezone, capacity_policy; user_id, "
+            "(the columns are user_id, at, state, reason, timezone, capacity_policy, org; user_id, "
             "at, state are required)\n",
         ),
         (

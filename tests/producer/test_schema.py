@@ -12,7 +12,17 @@ import redis
 from pydantic import ValidationError
 
 from producer import SCHEMA_VERSION, TASK_NAME, PresenceProducer, PresenceUpdate
-from producer.schema import QUEUE, json_schema
+from producer.schema import (
+    DEFAULT_ORG,
+    ORG_NAME_PATTERN,
+    QUEUE,
+    check_org,
+    invalid_message,
+    json_schema,
+    org_of,
+    org_of_queue,
+    queue_for,
+)
 
 AGENT = "0f3c2a1e-5b6d-4c7e-8f90-a1b2c3d4e5f6"
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -175,3 +185,88 @@ def test_send_many_enqueues_each_update_with_its_own_id(producer, redis_url):
     messages = queued_messages(redis_url)
     assert len(set(ids)) == 3
     assert sorted(m["headers"]["id"] for m in messages) == sorted(ids)
+
+
+def test_the_org_defaults_to_default_and_is_left_out_of_the_message():
+    update = PresenceUpdate.model_validate(payload())
+
+    assert update.org == DEFAULT_ORG == "default"
+    assert "org" not in update.to_message(), "a default-org message is what it was before orgs"
+    assert "org" not in PresenceUpdate.model_validate(payload(org="default")).to_message()
+
+
+def test_another_org_travels_in_the_message_and_round_trips():
+    update = PresenceUpdate.model_validate(payload(org="acme-eu_2"))
+
+    message = update.to_message()
+
+    assert message["org"] == "acme-eu_2"
+    assert PresenceUpdate.model_validate(message) == update
+
+
+@pytest.mark.parametrize("org", ["Acme", "-acme", "_x", "", "a" * 41, "acme.eu", "ac me", 7])
+def test_an_org_that_is_no_org_name_is_rejected_in_one_line(org):
+    with pytest.raises(ValidationError) as caught:
+        PresenceUpdate.model_validate(payload(org=org))
+
+    assert caught.value.errors()[0]["loc"] == ("org",)
+    message = invalid_message(caught.value)
+    assert message.startswith("Invalid payload — org: ")
+    assert "\n" not in message
+
+
+def test_org_names_follow_the_pattern():
+    assert ORG_NAME_PATTERN == r"^[a-z0-9][a-z0-9_-]{0,39}$"
+    assert check_org("a" * 40) == "a" * 40
+    assert check_org("0") == "0"
+    with pytest.raises(ValueError, match="is not an org name"):
+        check_org("a" * 41)
+
+
+def test_each_org_has_its_queue_and_the_default_org_keeps_presence():
+    assert queue_for(DEFAULT_ORG) == QUEUE == "presence"
+    assert queue_for("acme") == "presence.acme"
+    with pytest.raises(ValueError, match="is not an org name"):
+        queue_for("Acme")
+
+
+@pytest.mark.parametrize(
+    ("raw", "org"),
+    [
+        ({"org": "acme"}, "acme"),
+        ({"org": " acme "}, "acme"),
+        ({"org": "Acme"}, DEFAULT_ORG),
+        ({"org": 7}, DEFAULT_ORG),
+        ({}, DEFAULT_ORG),
+        ("not an object", DEFAULT_ORG),
+        (None, DEFAULT_ORG),
+    ],
+)
+def test_the_org_of_a_raw_payload_is_its_valid_org_else_default(raw, org):
+    assert org_of(raw) == org
+
+
+def test_the_json_schema_describes_the_org():
+    org = json_schema()["properties"]["org"]
+
+    assert org["default"] == "default"
+    assert org["pattern"] == ORG_NAME_PATTERN
+    assert "org" not in json_schema()["required"]
+
+
+@pytest.mark.parametrize(
+    ("queue", "org"),
+    [
+        ("presence", "default"),
+        ("presence.acme", "acme"),
+        ("presence.default", None),  # the default org's queue is presence
+        ("presence.Acme", None),
+        ("presence.", None),
+        ("wfm", None),
+        ("presencex.acme", None),
+    ],
+)
+def test_the_org_of_a_queue_is_the_inverse_of_queue_for(queue, org):
+    assert org_of_queue(queue) == org
+    if org is not None:
+        assert queue_for(org) == queue

@@ -14,11 +14,14 @@ def schedule(
     due_at: datetime,
     *,
     source: str = "e2e-roster",
+    org: str = "default",
 ) -> list[int]:
-    """Scheduled rows (agent, state, reason) due at ``due_at``; returns their ids in order."""
+    """Scheduled rows (agent, state, reason) of ``org`` due at ``due_at``; returns their ids in
+    order."""
     with session_scope(database_url) as session:
         rows = [
             ShiftChange(
+                org=org,
                 user_id=user_id,
                 due_at=due_at,
                 state=state,

@@ -53,7 +53,7 @@ def test_a_file_that_is_no_import_file_raises_naming_it(tmp_path):
 
     expected = (
         "changes.csv: line 1: unknown column(s) 'at' (the columns are user_id, state, reason, "
-        "source, expected_state, idempotency_key, message; user_id, state are required)"
+        "source, expected_state, idempotency_key, message, org; user_id, state are required)"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         parse_updates(path, source="import", now=NOW)

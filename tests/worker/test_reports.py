@@ -52,10 +52,12 @@ def row(
     calls: int = 1,
     user: str = "agent-1",
     at: datetime = T0,
+    org: str = "default",
 ):
     n = next(_ids)
     return AuditRecord(
         request_id=f"req-{n}",
+        org=org,
         user_id=user,
         outcome=outcome.value,
         requested_at=at if latency_ms is not None else None,
@@ -198,3 +200,87 @@ def test_a_recent_window_is_served_by_the_finished_at_index(database):
             params = {"since_id": 0, "since": since}
             plan = " ".join(str(r[0]) for r in conn.execute(text(f"EXPLAIN {sql}"), params))
     assert "ix_presence_audit_finished_at" in plan, plan
+
+
+def test_summarize_of_one_org_counts_only_its_rows(database):
+    insert(
+        database,
+        [
+            row(Outcome.CONFIRMED, 100),
+            row(Outcome.FAILED, 50),
+            row(Outcome.CONFIRMED, 900, org="acme"),
+            row(Outcome.CONFIRMED, 700, org="acme", at=T0 - timedelta(hours=2)),
+        ],
+    )
+
+    with session_scope(database) as session:
+        acme = reports.summarize(session, org="acme")
+        recent_acme = reports.summarize(session, org="acme", since=T0 - timedelta(minutes=1))
+        default = reports.summarize(session, org="default")
+        every = reports.summarize(session)
+
+    assert (acme.total, acme.success_rate) == (2, 1.0)
+    assert acme.by_outcome[0].p99_ms == pytest.approx(900)
+    assert recent_acme.total == 1
+    assert (default.total, default.success_rate) == (2, 0.5)
+    assert every.total == 4
+
+
+def test_by_org_counts_requests_and_success_per_org_most_first(database):
+    insert(
+        database,
+        [
+            row(Outcome.CONFIRMED, 100, org="acme"),
+            row(Outcome.FAILED, 100, org="acme"),
+            row(Outcome.APPLIED_UNCONFIRMED, 100, org="acme"),
+            row(Outcome.CONFIRMED, 100),
+            row(Outcome.CONFIRMED, 100, org="globex", at=T0 - timedelta(hours=2)),
+        ],
+    )
+
+    with session_scope(database) as session:
+        every = reports.by_org(session)
+        recent = reports.by_org(session, since=T0 - timedelta(minutes=1))
+
+    assert [(c.org, c.total) for c in every] == [("acme", 3), ("default", 1), ("globex", 1)]
+    assert every[0].success_rate == pytest.approx(2 / 3)
+    assert [c.org for c in recent] == ["acme", "default"]
+
+
+def test_recent_rows_of_one_org(database):
+    insert(database, [row(Outcome.CONFIRMED, 10), row(Outcome.FAILED, 10, org="acme")])
+
+    with session_scope(database) as session:
+        rows = reports.recent(session, org="acme")
+        assert [(r.org, r.outcome) for r in rows] == [("acme", "failed")]
+
+
+def test_one_orgs_window_is_served_by_the_org_finished_at_index(database):
+    insert(
+        database,
+        [
+            row(Outcome.CONFIRMED, 10, at=T0 - timedelta(minutes=m), org=f"o{m % 5}")
+            for m in range(50)
+        ],
+    )
+    engine = engine_for(database)
+    since = T0 - timedelta(minutes=5)
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("ANALYZE")
+            sql = str(reports._BY_MS_SQLITE_ORG)
+            params: dict[str, object] = {
+                "since_id": 0,
+                "since": since.strftime("%Y-%m-%d %H:%M:%S.%f"),
+                "org": "o1",
+            }
+            plan = " ".join(
+                str(r[3]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"), params)
+            )
+        else:
+            conn.exec_driver_sql("ANALYZE presence_audit")
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            sql = str(reports._SUMMARY_PG_ORG)
+            params = {"since_id": 0, "since": since, "org": "o1"}
+            plan = " ".join(str(r[0]) for r in conn.execute(text(f"EXPLAIN {sql}"), params))
+    assert "ix_presence_audit_org_finished_at" in plan, plan

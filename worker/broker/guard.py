@@ -42,6 +42,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 from models import Outcome
+from producer.schema import DEFAULT_ORG, org_of, org_of_queue
 from worker import names
 from worker.broker import ledger
 from worker.envelopes import Refusal, auditable_id, identity, inspect_envelope
@@ -228,7 +229,7 @@ def refuse(
     auditable = audit and refusal.request_id is not None and refusal.task == names.UPDATE_TASK
     if sinks is not None and auditable:
         try:
-            _audit(sinks, refusal, text, raw)
+            _audit(sinks, refusal, text, raw, queue)
             where = "audit"
         except Exception as exc:
             note = f"audit write failed: {type(exc).__name__}: {exc}"
@@ -247,14 +248,18 @@ def refuse(
     return where
 
 
-def _audit(sinks: Sinks, refusal: Refusal, text: str, raw: object) -> None:
+def _audit(sinks: Sinks, refusal: Refusal, text: str, raw: object, queue: str) -> None:
     assert refusal.request_id is not None
+    payload = _payload(raw)
+    named = isinstance(payload, dict) and "org" in payload
     draft = AuditDraft(
         request_id=refusal.request_id,
+        # The org the payload names when readable, else the org whose queue the message was on.
+        org=org_of(payload) if named else (org_of_queue(queue) or DEFAULT_ORG),
         started_at=datetime.now(UTC),
         worker=sinks.worker,
         payload={"envelope": text[:RAW_CHARS]},
-        user_id=_user_id(raw),
+        user_id=_user_id(payload),
         error_code=f"envelope.{refusal.reason}",
         error_message=f"malformed message: {refusal.detail}",
     )
@@ -290,14 +295,21 @@ def _raw_text(raw: object) -> str:
         return repr(raw)
 
 
-def _user_id(raw: object) -> str | None:
-    """The payload's ``user_id`` when the body can be read that far (for ``presence audit
-    --user``); None otherwise."""
+def _payload(raw: object) -> object:
+    """The message's first positional argument when the body can be read that far; None
+    otherwise."""
     try:
         body = raw["body"]  # type: ignore[index]
         if raw["properties"].get("body_encoding") == "base64":  # type: ignore[index]
             body = base64.b64decode(body).decode()
-        payload = json.loads(body)[0][0]
-        return auditable_id(payload["user_id"])
+        return json.loads(body)[0][0]
+    except Exception:
+        return None
+
+
+def _user_id(payload: object) -> str | None:
+    """The payload's ``user_id`` when there is one (for ``presence audit --user``)."""
+    try:
+        return auditable_id(payload["user_id"])  # type: ignore[index]
     except Exception:
         return None

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from models import AuditRecord, Outcome
+from producer.schema import DEFAULT_ORG
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class AuditDraft:
 
     request_id: str
     started_at: datetime
+    org: str = DEFAULT_ORG
     attempts: int = 1
     worker: str | None = None
     payload: dict[str, Any] | None = None
@@ -54,6 +56,7 @@ class AuditDraft:
             raise ValueError(f"audit draft of {self.request_id} has no outcome yet")
         record = AuditRecord()
         record.request_id = self.request_id
+        record.org = self.org
         record.idempotency_key = self.idempotency_key
         record.user_id = self.user_id
         record.source = self.source
@@ -98,11 +101,17 @@ class Written:
 class AuditStore(Protocol):
     """Where terminal rows live. Implementations: :class:`worker.audit.SqlAuditStore`."""
 
-    def find_outcome(self, *, request_id: str, idempotency_key: str | None) -> Outcome | None:
-        """The recorded outcome of this request id or idempotency key, if any."""
+    def find_outcome(
+        self, *, request_id: str, idempotency_key: str | None, org: str = DEFAULT_ORG
+    ) -> Outcome | None:
+        """The recorded outcome of this request id, or of this idempotency key in ``org``
+        (keys are unique per org), if any."""
 
-    def audited(self, request_ids: list[str], idempotency_keys: list[str]) -> set[str]:
-        """Which of these request ids and idempotency keys have a terminal row."""
+    def audited(
+        self, request_ids: list[str], idempotency_keys: list[str], org: str = DEFAULT_ORG
+    ) -> set[str]:
+        """Which of these request ids, and of these idempotency keys in ``org``, have a
+        terminal row."""
 
     def write(self, drafts: list[AuditDraft], *, outbox: bool) -> list[Written]:
         """Insert the finished drafts (and, with ``outbox``, a WFM outbox row for each that

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from producer.schema import PresenceUpdate, invalid_message
+from producer.schema import PresenceUpdate, invalid_message, org_of
 from worker.catalog import Definition, UnknownPresence
 from worker.flow.ports import Catalog
 from worker.flow.record import AuditDraft
@@ -53,6 +53,11 @@ class Request:
         return self.attempt.request_id
 
     @property
+    def org(self) -> str:
+        """The org the agent belongs to (the payload's ``org``, ``default`` when it names none)."""
+        return self.update.org
+
+    @property
     def order_id(self) -> str:
         """The request's identity for per-agent ordering: the original's for a requeued copy,
         else its idempotency key, else its id. Copies and duplicates (a repeated key) share it,
@@ -85,10 +90,12 @@ def add_note(draft: AuditDraft, note: str | None) -> None:
 
 
 def new_draft(attempt: Attempt, raw: Any) -> AuditDraft:
-    """The audit draft of a request, before anything is known about its payload."""
+    """The audit draft of a request, before anything is known about its payload; its org is
+    the one the payload names when that is a valid org name, else ``default``."""
     payload = raw if isinstance(raw, dict) else {"raw": str(raw)[:500]}
     return AuditDraft(
         request_id=attempt.request_id,
+        org=org_of(raw),
         started_at=attempt.started_at,
         attempts=attempt.failures + 1,
         worker=attempt.worker,

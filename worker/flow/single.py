@@ -72,7 +72,9 @@ def _finish(ports: Ports, draft: AuditDraft, outcome: Outcome, calls: CallLog) -
 
 def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bool) -> Outcome:
     recorded = ports.audit.find_outcome(
-        request_id=request.request_id, idempotency_key=request.update.idempotency_key
+        request_id=request.request_id,
+        idempotency_key=request.update.idempotency_key,
+        org=request.org,
     )
     if recorded is not None:
         return recorded  # a redelivery or a repeated key: applied once

@@ -219,14 +219,18 @@ def _prefetch_memberships(ports: Ports, requests: list[Request]) -> None:
 def _not_yet_audited(ports: Ports, requests: list[Request]) -> list[Request]:
     if not requests:
         return requests
-    done = ports.audit.audited(
-        [r.request_id for r in requests],
-        [r.update.idempotency_key for r in requests if r.update.idempotency_key],
-    )
+    done: dict[str, set[str]] = {}
+    for org in {r.org for r in requests}:  # one org per wave, but keys are per org regardless
+        mine = [r for r in requests if r.org == org]
+        done[org] = ports.audit.audited(
+            [r.request_id for r in mine],
+            [r.update.idempotency_key for r in mine if r.update.idempotency_key],
+            org,
+        )
     return [
         r
         for r in requests
-        if r.request_id not in done and (r.update.idempotency_key or "") not in done
+        if r.request_id not in done[r.org] and (r.update.idempotency_key or "") not in done[r.org]
     ]
 
 

@@ -7,6 +7,9 @@
   the claiming ``UPDATE`` re-checks the status and ``RETURNING`` says which rows it took;
 - claimed rows are sent only after the claim commits, in ``presence.wave`` messages of at most
   ``WAVE_TASK_AGENTS`` agents, with their lateness (dispatch time minus due time) recorded;
+- each wave holds one org's rows: every element's ``update`` names the same org (``org`` left
+  out for the default org, as in any default-org payload), so ``send_wave`` sends it to that
+  org's queue (:func:`wave_queue`);
 - rows found more than ``SHIFT_STALE_AFTER_S`` past their due time are ``skipped``, not applied;
 - a row claimed earlier but never audited (the dispatcher stopped between claim and send) is
   sent again after ``SHIFT_REDISPATCH_AFTER_S``; its request id (``shift-<id>``) makes a second
@@ -26,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
-from producer.schema import wave_element
+from producer.schema import DEFAULT_ORG, queue_for, wave_element
 from worker import names
 from worker.observability import metrics
 from worker.settings import Settings
@@ -35,6 +38,7 @@ from worker.shifts.schedule import utc
 log = logging.getLogger(__name__)
 
 SendWave = Callable[[list[dict[str, Any]]], None]
+"""Sends one wave's elements (all of one org, see :func:`wave_org`) as a ``presence.wave``."""
 CLAIM_CHUNK = 2000  # rows per claiming statement (bounded IN lists and RETURNING sets)
 
 
@@ -49,6 +53,7 @@ class DispatchReport:
 
 _COLUMNS = (
     ShiftChange.id,
+    ShiftChange.org,
     ShiftChange.user_id,
     ShiftChange.due_at,
     ShiftChange.state,
@@ -109,7 +114,28 @@ def _payload(row: Any) -> dict[str, Any]:
         update_payload["reason"] = row.reason
     if row.capacity_policy == "force":
         update_payload["force_reason"] = "scheduled shift change"
+    if row.org != DEFAULT_ORG:
+        update_payload["org"] = row.org
     return wave_element(names.shift_request_id(row.id), update_payload)
+
+
+def wave_org(elements: list[dict[str, Any]]) -> str:
+    """The org of a wave built here (every element shares it): route it to ``queue_for`` it."""
+    org = elements[0]["update"].get("org", DEFAULT_ORG) if elements else DEFAULT_ORG
+    return str(org)
+
+
+def wave_queue(elements: list[dict[str, Any]]) -> str:
+    """The queue a wave built here goes to: its org's (``presence`` for the default org)."""
+    return queue_for(wave_org(elements))
+
+
+def _by_org(rows: list[Any]) -> dict[str, list[Any]]:
+    """``rows`` grouped by org, orgs in order of first appearance, rows in their order."""
+    groups: dict[str, list[Any]] = {}
+    for row in rows:
+        groups.setdefault(row.org, []).append(row)
+    return groups
 
 
 def claim_due(
@@ -168,9 +194,10 @@ def dispatch_due(
     rows = claimed + reclaimed
     size = settings.wave_task_agents
     waves = 0
-    for start in range(0, len(rows), size):
-        send_wave([_payload(row) for row in rows[start : start + size]])
-        waves += 1
+    for group in _by_org(rows).values():
+        for start in range(0, len(group), size):
+            send_wave([_payload(row) for row in group[start : start + size]])
+            waves += 1
     metrics.record_shift_dispatch(lateness, len(reclaimed), skipped)
     report = DispatchReport(
         len(claimed), len(reclaimed), skipped, waves, max(lateness, default=0.0)

@@ -17,11 +17,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from producer.schema import ShortText, check_user_id
+from producer.schema import ShortText, check_org, check_user_id
 from worker import rowfiles
 
 REQUIRED_COLUMNS = ("user_id", "at", "state")
-COLUMNS = (*REQUIRED_COLUMNS, "reason", "timezone", "capacity_policy")
+COLUMNS = (*REQUIRED_COLUMNS, "reason", "timezone", "capacity_policy", "org")
 SUFFIXES = (".csv", ".json")
 JSON_KEYS = ("version", "timezone", "changes")
 JSON_VERSION = 1
@@ -74,7 +74,8 @@ class ScheduledChange(BaseModel):
 
     A time without a UTC offset is read in ``timezone`` (the row's IANA zone), else in the file's
     zone (validation context key ``"timezone"``); with neither it is invalid. A time with an
-    offset ignores both zones.
+    offset ignores both zones. ``org`` is the agent's org; None leaves it to the importer
+    (``presence shifts import --org``, else ``default``).
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
@@ -85,11 +86,17 @@ class ScheduledChange(BaseModel):
     state: ShortText
     reason: ShortText | None = None
     capacity_policy: Literal["reject", "defer", "force"] = "reject"
+    org: str | None = None
 
     @field_validator("user_id")
     @classmethod
     def _user_id(cls, value: str) -> str:
         return check_user_id(value)
+
+    @field_validator("org")
+    @classmethod
+    def _org(cls, value: str | None) -> str | None:
+        return None if value is None else check_org(value)
 
     @field_validator("timezone")
     @classmethod

@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session
 
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.storable import fit_values
+from producer.schema import DEFAULT_ORG
 from worker import names
 from worker.shifts.formats import ScheduledChange
 
 CHUNK = 500
-"""Rows per statement: (user_id, due_at) pairs stay well under SQLite's bound-parameter limit."""
+"""Rows per statement: (org, user_id, due_at) keys stay well under SQLite's bound-parameter
+limit."""
 _COMPARED = (
     ShiftChange.state,
     ShiftChange.reason,
@@ -31,7 +33,7 @@ _COMPARED = (
     ShiftChange.status,
 )
 
-_Key = tuple[str, datetime]
+_Key = tuple[str, str, datetime]  # (org, user_id, due_at)
 _T = TypeVar("_T")
 
 
@@ -67,9 +69,15 @@ class AddResult:
 
 
 def add_changes(
-    session: Session, changes: Iterable[ScheduledChange], *, source: str, now: datetime
+    session: Session,
+    changes: Iterable[ScheduledChange],
+    *,
+    source: str,
+    now: datetime,
+    org: str = DEFAULT_ORG,
 ) -> AddResult:
-    """Store ``changes``; one row per (agent, due time), later changes for the same one win.
+    """Store ``changes``; one row per (org, agent, due time), later changes for the same one win.
+    A change's own ``org`` wins over ``org``, the org of the changes that name none.
 
     A row still ``scheduled`` is updated in place (state, reason, capacity policy, source); a
     row already dispatched, skipped or cancelled is never touched, even when the dispatcher
@@ -86,15 +94,25 @@ def add_changes(
     for chunk in _batched(changes):
         latest: dict[_Key, ScheduledChange] = {}
         for change in chunk:
-            key = (change.user_id, utc(change.at))
+            key = (change.org or org, change.user_id, utc(change.at))
             if key in latest or key in seen:
                 result.duplicates += 1
             latest[key] = change
         existing = {
-            (row.user_id, utc(row.due_at)): row
+            (row.org, row.user_id, utc(row.due_at)): row
             for row in session.execute(
-                select(*_COMPARED, ShiftChange.id, ShiftChange.user_id, ShiftChange.due_at)
-                .where(tuple_(ShiftChange.user_id, ShiftChange.due_at).in_(list(latest)))
+                select(
+                    *_COMPARED,
+                    ShiftChange.id,
+                    ShiftChange.org,
+                    ShiftChange.user_id,
+                    ShiftChange.due_at,
+                )
+                .where(
+                    tuple_(ShiftChange.org, ShiftChange.user_id, ShiftChange.due_at).in_(
+                        list(latest)
+                    )
+                )
                 .with_for_update()
             )
         }
@@ -117,8 +135,9 @@ def add_changes(
                 inserts.append(
                     {
                         **wanted,
-                        "user_id": key[0],
-                        "due_at": key[1],
+                        "org": key[0],
+                        "user_id": key[1],
+                        "due_at": key[2],
                         "status": ShiftStatus.SCHEDULED.value,
                         "created_at": created,
                         "dispatches": 0,
@@ -149,6 +168,7 @@ class ShiftRow:
     """A shift change as listed, with its request's audit outcome once a worker recorded one."""
 
     id: int
+    org: str
     user_id: str
     due_at: datetime
     state: str
@@ -176,10 +196,12 @@ def list_changes(
     since: datetime | None = None,
     until: datetime | None = None,
     user_id: str | None = None,
+    org: str | None = None,
     limit: int = 50,
 ) -> list[ShiftRow]:
     """Up to ``limit`` changes ordered by due time, due in [``since``, ``until``] (both
-    inclusive, either open), with the audit outcome of their request (``shift-<id>``)."""
+    inclusive, either open), of ``org`` when given, with the audit outcome of their request
+    (``shift-<id>``)."""
     query = select(ShiftChange).order_by(ShiftChange.due_at, ShiftChange.id).limit(limit)
     if status is not None:
         query = query.where(ShiftChange.status == status)
@@ -189,6 +211,8 @@ def list_changes(
         query = query.where(ShiftChange.due_at <= utc(until))
     if user_id is not None:
         query = query.where(ShiftChange.user_id == user_id)
+    if org is not None:
+        query = query.where(ShiftChange.org == org)
     rows = list(session.scalars(query))
     audits: dict[str, AuditRecord] = {}
     for request_ids in _batched([row.request_id for row in rows]):
@@ -205,6 +229,7 @@ def list_changes(
         listed.append(
             ShiftRow(
                 id=row.id,
+                org=row.org,
                 user_id=row.user_id,
                 due_at=utc(row.due_at),
                 state=row.state,
@@ -230,12 +255,14 @@ def cancel_changes(
     ids: list[int] | None = None,
     user_id: str | None = None,
     until: datetime | None = None,
+    org: str | None = None,
     now: datetime,
 ) -> int:
     """Cancel the ``scheduled`` changes matching every selector given; how many were cancelled.
 
     ``ids``, ``user_id`` and ``until`` (due at or before) combine; at least one is required
-    (``ValueError`` otherwise). Rows in any other status are never changed.
+    (``ValueError`` otherwise); ``org`` narrows any of them to one org. Rows in any other status
+    are never changed.
     """
     if not ids and user_id is None and until is None:
         raise ValueError("give at least one of ids, user_id or until")
@@ -244,6 +271,8 @@ def cancel_changes(
         conditions.append(ShiftChange.user_id == user_id)
     if until is not None:
         conditions.append(ShiftChange.due_at <= utc(until))
+    if org is not None:
+        conditions.append(ShiftChange.org == org)
     groups: Iterable[list[int] | None] = _batched(ids) if ids else [None]
     note = f"cancelled at {utc(now).isoformat(timespec='seconds')}"
     cancelled = 0

@@ -181,6 +181,28 @@ def test_text_a_database_refuses_never_costs_the_audit_row(sinks: Sinks, redis_u
     assert quarantine(sinks.redis) == []
 
 
+@pytest.mark.parametrize(
+    ("queue", "args", "org"),
+    [
+        ("presence.acme", [{"user_id": "u", "org": "globex"}], "globex"),  # the payload says
+        ("presence.acme", [{"user_id": "u"}], "acme"),  # else the queue's org
+        ("presence", [{"user_id": "u", "org": "Not An Org"}], "default"),
+        ("presence", [{"user_id": "u"}], "default"),
+    ],
+)
+def test_a_refused_update_is_audited_under_its_org(
+    sinks: Sinks, queue: str, args: list[Any], org: str
+):
+    request_id = str(uuid.uuid4())
+    refusal = Refusal("eta", "eta is not a date", request_id, "presence.update")
+
+    where = refuse(queue, envelope(args, request_id, queue=queue), refusal, sinks=sinks)
+
+    assert where == "audit"
+    (row,) = audit_rows(sinks)
+    assert (row.request_id, row.org) == (request_id, org)
+
+
 def test_a_message_whose_delivery_fails_is_settled_and_quarantined_not_fatal(
     sinks: Sinks, redis_url: str
 ):

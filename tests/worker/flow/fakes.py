@@ -334,23 +334,29 @@ class FakeConfirmations:
 
 
 class FakeAuditStore:
-    """Rows by request id; request ids and idempotency keys are unique, as in the table."""
+    """Rows by request id; request ids, and idempotency keys within an org, are unique, as in
+    the table."""
 
     def __init__(self) -> None:
         self.rows: dict[str, AuditDraft] = {}
         self.deliveries: list[str] = []
         self.fault: Exception | None = None
 
-    def find_outcome(self, *, request_id: str, idempotency_key: str | None) -> Outcome | None:
+    def find_outcome(
+        self, *, request_id: str, idempotency_key: str | None, org: str = "default"
+    ) -> Outcome | None:
         for row in self.rows.values():
             if row.request_id == request_id or (
-                idempotency_key is not None and row.idempotency_key == idempotency_key
+                idempotency_key is not None
+                and (row.org, row.idempotency_key) == (org, idempotency_key)
             ):
                 return row.outcome
         return None
 
-    def audited(self, request_ids: list[str], idempotency_keys: list[str]) -> set[str]:
-        keys = {r.idempotency_key for r in self.rows.values()}
+    def audited(
+        self, request_ids: list[str], idempotency_keys: list[str], org: str = "default"
+    ) -> set[str]:
+        keys = {r.idempotency_key for r in self.rows.values() if r.org == org}
         return {i for i in request_ids if i in self.rows} | {
             k for k in idempotency_keys if k in keys
         }
@@ -362,7 +368,7 @@ class FakeAuditStore:
         for draft in drafts:
             draft.to_record()  # the real conversion must accept every draft
             existing = self.find_outcome(
-                request_id=draft.request_id, idempotency_key=draft.idempotency_key
+                request_id=draft.request_id, idempotency_key=draft.idempotency_key, org=draft.org
             )
             if existing is not None:
                 out.append(Written(existing, False))

@@ -107,3 +107,35 @@ def test_the_recorded_outcome_is_found_by_request_id_or_idempotency_key(any_data
     assert store.find_outcome(request_id="req-2", idempotency_key="key-1") == Outcome.SUPERSEDED
     assert store.find_outcome(request_id="req-2", idempotency_key="key-2") is None
     assert store.find_outcome(request_id="req-2", idempotency_key=None) is None
+
+
+def test_every_row_records_its_org(database: str) -> None:
+    rec = recorder(database, [], [])
+
+    rec.finish_many([(draft("r1"), Outcome.CONFIRMED), (draft("r2", org="acme"), Outcome.INVALID)])
+
+    with session_scope(database) as session:
+        orgs = {r.request_id: r.org for r in session.scalars(select(AuditRecord))}
+    assert orgs == {"r1": "default", "r2": "acme"}
+
+
+def test_idempotency_keys_are_per_org(database: str) -> None:
+    rec = recorder(database, [], [])
+    store = rec.store
+
+    outcomes = rec.finish_many(
+        [
+            (draft("r1", idempotency_key="shift-42"), Outcome.CONFIRMED),
+            (draft("r2", idempotency_key="shift-42", org="acme"), Outcome.FAILED),
+            (draft("r3", idempotency_key="shift-42", org="acme"), Outcome.CONFIRMED),
+        ]
+    )
+
+    assert outcomes == [Outcome.CONFIRMED, Outcome.FAILED, Outcome.FAILED], "r3 repeats r2's key"
+    assert store.find_outcome(request_id="x", idempotency_key="shift-42") == Outcome.CONFIRMED
+    assert (
+        store.find_outcome(request_id="x", idempotency_key="shift-42", org="acme") == Outcome.FAILED
+    )
+    assert store.find_outcome(request_id="x", idempotency_key="shift-42", org="globex") is None
+    assert store.audited([], ["shift-42"], "globex") == set()
+    assert store.audited(["r3"], ["shift-42"], "acme") == {"shift-42"}

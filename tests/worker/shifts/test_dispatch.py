@@ -18,7 +18,7 @@ from models import AuditRecord, ShiftChange
 from models.db import session_scope
 from tests.support.shifts import schedule
 from worker.settings import Settings
-from worker.shifts.dispatch import dispatch_due
+from worker.shifts.dispatch import dispatch_due, wave_org, wave_queue
 
 AGENT = "3ce84f47-4e65-4756-a815-{:012d}"
 
@@ -194,3 +194,35 @@ def test_rows_claimed_but_never_sent_are_sent_again_unless_audited(database_url:
     rows = shift_rows(database_url)
     assert rows[ids[0]].dispatches == 1
     assert {rows[i].dispatches for i in ids[1:]} == {2}
+
+
+def test_each_wave_holds_one_orgs_rows_and_names_its_org(database_url: str) -> None:
+    now = datetime.now(UTC)
+    agents = [(AGENT.format(i), "Break", None) for i in range(3)]
+    default_ids = schedule(database_url, agents, now - timedelta(seconds=30))
+    acme_ids = schedule(database_url, agents, now - timedelta(seconds=20), org="acme")
+    later_default = schedule(
+        database_url, [(AGENT.format(9), "Meal", None)], now - timedelta(seconds=10)
+    )
+    waves: list[list[dict[str, Any]]] = []
+
+    report = dispatch_due(settings_for(database_url, wave_task_agents=2), waves.append, now=now)
+
+    assert report.claimed == 7
+    assert [wave_org(w) for w in waves] == ["default", "default", "acme", "acme"]
+    assert [wave_queue(w) for w in waves] == ["presence"] * 2 + ["presence.acme"] * 2
+    assert [len(w) for w in waves] == [2, 2, 2, 1]
+    by_org: dict[str, list[str]] = {}
+    for wave in waves:
+        orgs = {e["update"].get("org", "default") for e in wave}
+        assert orgs == {wave_org(wave)}, "one org per wave"
+        by_org.setdefault(wave_org(wave), []).extend(e["request_id"] for e in wave)
+    assert by_org["default"] == [f"shift-{i}" for i in default_ids + later_default]
+    assert by_org["acme"] == [f"shift-{i}" for i in acme_ids]
+    default_updates = [e["update"] for w in waves[:2] for e in w]
+    assert all("org" not in u for u in default_updates), "default-org payloads as before"
+    assert {e["update"]["org"] for w in waves[2:] for e in w} == {"acme"}
+
+
+def test_the_org_of_no_wave_is_the_default_org() -> None:
+    assert wave_org([]) == "default"

@@ -230,7 +230,7 @@ def test_a_bare_json_list_of_changes_reads(tmp_path):
         (
             {"user_id": AGENT, "at": "2026-12-01T09:00:00Z", "state": "Break", "note": "x"},
             "change 1: note: unknown field (the fields are user_id, at, state, reason, "
-            "timezone, capacity_policy)",
+            "timezone, capacity_policy, org)",
         ),
         (
             {"user_id": AGENT, "at": "2026-12-01T09:00:00Z", "state": 7},
@@ -334,20 +334,20 @@ def test_line_numbers_count_skipped_lines(tmp_path):
             "shift.csv",
             f"user_id,when,state,agent\n{AGENT},2026-12-01T09:00:00Z,Break,x\n",
             "shift.csv: line 1: unknown column(s) 'when', 'agent'; missing column(s) at (the "
-            "columns are user_id, at, state, reason, timezone, capacity_policy; user_id, at, "
+            "columns are user_id, at, state, reason, timezone, capacity_policy, org; user_id, at, "
             "state are required)",
         ),
         (
             "shift.csv",
             "user_id,at,state,State\n",
             "shift.csv: line 1: column(s) state given twice (the columns are user_id, at, state, "
-            "reason, timezone, capacity_policy; user_id, at, state are required)",
+            "reason, timezone, capacity_policy, org; user_id, at, state are required)",
         ),
         (
             "shift.csv",
             "# nothing but a comment\n\n",
             "shift.csv: no header row (the columns are user_id, at, state, reason, timezone, "
-            "capacity_policy)",
+            "capacity_policy, org)",
         ),
         (
             "shift.csv",
@@ -424,3 +424,31 @@ def test_an_unreadable_path_raises_one_line(tmp_path):
         ValueError, match=r"^cannot read .*missing\.csv: No such file or directory$"
     ):
         parse_schedule(tmp_path / "missing.csv")
+
+
+def test_an_org_column_names_each_rows_org_and_an_empty_cell_leaves_it_to_the_importer(tmp_path):
+    path = write(
+        tmp_path,
+        "shift.csv",
+        f"user_id,at,state,org\n{AGENT},2026-12-01T09:00:00Z,Break,acme\n"
+        f"{OTHER},2026-12-01T09:00:00Z,Break,\n",
+    )
+
+    [first, second] = rows(path)
+
+    assert [r.change.org if r.change else "invalid" for r in (first, second)] == ["acme", None]
+
+
+def test_a_json_change_names_its_org(tmp_path):
+    change = {"user_id": AGENT, "at": "2026-12-01T09:00:00Z", "state": "Break", "org": "acme"}
+    path = write(tmp_path, "export.json", json.dumps({"changes": [change]}))
+
+    assert only_change(path).org == "acme"
+
+
+def test_a_bad_org_is_one_line_naming_the_row(tmp_path):
+    path = write(
+        tmp_path, "shift.csv", f"user_id,at,state,org\n{AGENT},2026-12-01T09:00:00Z,Break,ACME\n"
+    )
+
+    assert only_error(path).startswith("line 2: org: 'ACME' is not an org name (lower-case")

@@ -262,3 +262,43 @@ def test_cancelling_needs_a_selector(database_url):
         cancel(database_url, ids=[])
 
     assert stored(database_url)[0].status == "scheduled"
+
+
+# -- orgs ---------------------------------------------------------------------------------------
+def test_the_same_agent_and_time_in_two_orgs_are_two_rows(database_url):
+    with session_scope(database_url) as session:
+        first = schedule.add_changes(session, [change(1)], source="a.csv", now=NOW)
+        second = schedule.add_changes(session, [change(1)], source="b.csv", now=NOW, org="acme")
+        again = schedule.add_changes(
+            session, [change(1, state="Meal", org="acme")], source="b.csv", now=NOW
+        )
+
+    assert (first.added, second.added, again.updated) == (1, 1, 1)
+    rows = {row.org: row for row in stored(database_url)}
+    assert set(rows) == {"default", "acme"}
+    assert (rows["default"].state, rows["acme"].state) == ("Break", "Meal")
+
+
+def test_a_changes_own_org_wins_over_the_importers(database_url):
+    with session_scope(database_url) as session:
+        schedule.add_changes(
+            session, [change(1, org="globex"), change(2)], source="a.csv", now=NOW, org="acme"
+        )
+
+    assert [(row.user_id, row.org) for row in stored(database_url)] == [
+        (AGENT.format(1), "globex"),
+        (AGENT.format(2), "acme"),
+    ]
+
+
+def test_listing_and_cancelling_narrow_to_one_org(database_url):
+    with session_scope(database_url) as session:
+        schedule.add_changes(session, [change(1), change(2)], source="a.csv", now=NOW)
+        schedule.add_changes(session, [change(1)], source="b.csv", now=NOW, org="acme")
+
+    assert [row.org for row in listed(database_url, org="acme")] == ["acme"]
+    assert len(listed(database_url)) == 3
+    assert cancel(database_url, user_id=AGENT.format(1), org="acme") == 1
+    statuses = {(row.org, row.user_id): row.status for row in stored(database_url)}
+    assert statuses[("acme", AGENT.format(1))] == "cancelled"
+    assert statuses[("default", AGENT.format(1))] == "scheduled"
