@@ -36,7 +36,9 @@ def doctor(
     ] = 5.0,
     org: Annotated[
         str | None,
-        typer.Option(help="Check only this org of ORGS_FILE (default: every org the fleet serves)."),
+        typer.Option(
+            help="Check only this org of ORGS_FILE (default: every org the fleet serves)."
+        ),
     ] = None,
 ) -> None:
     """Check settings, Redis, the database, Genesys (reachable, credentials, the OAuth client's

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -200,3 +201,9 @@ def wave_element(request_id: str, update: dict[str, Any]) -> dict[str, Any]:
     Every element of one wave belongs to the same org (the ``org`` of its ``update``), the org
     whose queue (:func:`queue_for`) the wave is sent to."""
     return {"request_id": request_id, "update": update}
+
+
+def wave_org(elements: Sequence[Any]) -> str:
+    """The org of a wave: its first element's (:func:`org_of` of its ``update``; any input)."""
+    first = elements[0] if elements else None
+    return org_of(first.get("update") if isinstance(first, dict) else None)

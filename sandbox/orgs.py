@@ -20,11 +20,10 @@ from typing import Any
 from celery import Celery
 
 from emulator.launcher import EmulatorProcess
-from producer.schema import TASK_NAME, PresenceUpdate
+from producer.schema import DEFAULT_ORG, ORG_NAME_PATTERN, TASK_NAME, PresenceUpdate, queue_for
 
-DEFAULT_ORG = "default"
 # The worker's org names (the emulator's are a subset: no underscore).
-ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+ORG_NAME = re.compile(ORG_NAME_PATTERN)
 # Optional per-org keys of the orgs file (besides api_url/region, client_id, client_secret_env).
 ORG_OPTIONS = frozenset(
     {
@@ -37,12 +36,6 @@ ORG_OPTIONS = frozenset(
         "wfm_webhook_secret_env",
     }
 )
-
-
-def queue_for(org: str) -> str:
-    """The broker queue an org's updates travel on: ``presence`` for ``default``, else
-    ``presence.<org>`` (the payload contract's naming)."""
-    return "presence" if org == DEFAULT_ORG else f"presence.{org}"
 
 
 def secret_env(org: str) -> str:

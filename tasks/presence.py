@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from models import Outcome
 from models.storable import storable_id
-from producer.schema import PresenceUpdate, queue_for
+from producer.schema import PresenceUpdate, queue_for, wave_org
 from worker import names
 from worker.app import app
 from worker.broker import ledger
@@ -60,12 +60,6 @@ def _runtime(task: Task[Any, Any], org: str) -> Runtime:
         retry_s = get_settings().runtime_retry_s
         log.error("cannot start the update flow, retrying in %.0f s: %s", retry_s, _why(exc))
         republish(task, countdown_s=retry_s)
-
-
-def _wave_org(elements: list[Any]) -> str:
-    """The org of a wave: its first element's."""
-    first = elements[0] if elements else None
-    return org_of(first.get("update") if isinstance(first, dict) else None)
 
 
 def _why(exc: Exception) -> str:
@@ -192,7 +186,7 @@ def _record_expired(
             tuple(request.args or ()), dict(request.kwargs or {})
         )
         elements = payload if isinstance(payload, list) else [payload]
-        org = org_of(payload) if sender.name == names.UPDATE_TASK else _wave_org(elements)
+        org = org_of(payload) if sender.name == names.UPDATE_TASK else wave_org(elements)
         try:
             runtime = Runtime.current(org)
         except UnknownOrg as unknown:
@@ -244,14 +238,14 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     audited are skipped on a retry."""
     payload, failures, pending = _message(args, kwargs)
     elements: list[Any] = payload if isinstance(payload, list) else [payload]
-    org = _wave_org(elements)
+    org = wave_org(elements)
     try:
         runtime = _runtime(self, org)
     except UnknownOrg as unknown:
         return dict(_record_unknown_org_wave(self, elements, unknown))
     ports = runtime.ports
     attempt = _attempt(self.request, runtime, failures)
-    others = [e for e in elements if _wave_org([e]) != org]
+    others = [e for e in elements if wave_org([e]) != org]
     if others:
         # One wave is applied with one org's runtime: elements of another org are refused.
         mixed = record_wave_ended(
@@ -262,12 +256,16 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
             "org.mixed",
             f"a wave holds one org's changes; this wave is org {org!r}'s",
         )
-        log.warning("wave %s: %d element(s) of another org refused", attempt.request_id, sum(mixed.values()))
-        elements = [e for e in elements if _wave_org([e]) == org]
+        log.warning(
+            "wave %s: %d element(s) of another org refused", attempt.request_id, sum(mixed.values())
+        )
+        elements = [e for e in elements if wave_org([e]) == org]
 
     def requeue(request_id: str, update_payload: dict[str, Any], countdown_s: float) -> None:
         # Through the ledger's schedule like any retry: never an ETA held in worker memory.
-        entry = ledger.Scheduled(request_id, names.UPDATE_TASK, [update_payload], {}, queue_for(org))
+        entry = ledger.Scheduled(
+            request_id, names.UPDATE_TASK, [update_payload], {}, queue_for(org)
+        )
         due = runtime.ports.clock.now().timestamp() + countdown_s
         ledger.schedule(broker_client(str(app.conf.broker_url)), entry, due)
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from producer.schema import queue_for
 from tasks.presence import wave
 from worker import names
 from worker.app import app
-from worker.orgs import org_of
 from worker.settings import get_settings
-from worker.shifts.dispatch import dispatch_due
+from worker.shifts.dispatch import dispatch_due, wave_queue
 
 
 @app.task(name=names.SHIFTS_DISPATCH_TASK)
@@ -22,7 +20,6 @@ def dispatch() -> dict[str, Any]:
     """
 
     def send(elements: list[dict[str, Any]]) -> None:
-        # Every element of one wave is of one org (``dispatch_due`` groups them so).
-        wave.apply_async(args=(elements,), queue=queue_for(org_of(elements[0]["update"])))
+        wave.apply_async(args=(elements,), queue=wave_queue(elements))
 
     return asdict(dispatch_due(get_settings(), send))

@@ -16,8 +16,8 @@ from worker import names, wfm
 from worker.app import app
 from worker.broker.retry import republish
 from worker.observability import metrics
-from worker.retry import RetryPolicy
 from worker.orgs import DEFAULT_ORG, UnknownOrg, get_orgs
+from worker.retry import RetryPolicy
 from worker.runtime import Runtime
 from worker.settings import get_settings
 
@@ -92,7 +92,9 @@ def _sync_locked(task: Task[Any, str], runtime: Runtime, delivery_id: int) -> st
         if attempted.result == "retry":
             countdown = policy.backoff_s(delivery.attempts - 1, attempted.retry_after_s)
             delivery.next_attempt_at = datetime.now(UTC) + timedelta(seconds=countdown)
-    metrics.record_wfm_delivery(attempted.result, org=runtime.org.name)  # delivered | retry | failed
+    metrics.record_wfm_delivery(
+        attempted.result, org=runtime.org.name
+    )  # delivered | retry | failed
     if attempted.result == "retry":
         republish(task, args=(delivery_id,), countdown_s=countdown)
     return attempted.result

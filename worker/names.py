@@ -6,6 +6,7 @@ re-exported here, so worker code takes every name from one module.
 
 from __future__ import annotations
 
+from producer.schema import DEFAULT_ORG
 from producer.schema import QUEUE as PRESENCE_QUEUE
 from producer.schema import TASK_NAME as UPDATE_TASK
 from producer.schema import WAVE_TASK_NAME as WAVE_TASK
@@ -19,7 +20,6 @@ SHIFTS_DISPATCH_TASK = "shifts.dispatch"
 
 SHIFT_REQUEST_PREFIX = "shift-"
 
-DEFAULT_ORG = "default"
 DEFAULT_KEY_PREFIX = "presence"
 """The Redis key prefix of the default org: the keys of a single-org deployment."""
 

@@ -18,13 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from producer.schema import DEFAULT_ORG, ORG_NAME_PATTERN, queue_for
+from producer.schema import DEFAULT_ORG, ORG_NAME_PATTERN, org_of, queue_for
 from worker.names import org_key_prefix
 from worker.observability.metrics import OTHER_ORG
 from worker.problems import Problem
 from worker.settings import REGION_DOMAINS, Settings, get_settings
 
-__all__ = ["DEFAULT_ORG", "Org", "OrgsError", "UnknownOrg", "get_orgs", "load_orgs"]
+__all__ = ["DEFAULT_ORG", "Org", "OrgsError", "UnknownOrg", "get_orgs", "load_orgs", "org_of"]
 
 RESERVED_NAME = OTHER_ORG
 
@@ -103,7 +103,9 @@ class _Entry(BaseModel):
         if (self.region is None) == (self.api_url is None):
             raise ValueError("set exactly one of region and api_url")
         if self.region is not None and self.region not in REGION_DOMAINS:
-            raise ValueError(f"region is not a known region; use one of {', '.join(REGION_DOMAINS)}")
+            raise ValueError(
+                f"region is not a known region; use one of {', '.join(REGION_DOMAINS)}"
+            )
         return self
 
 
@@ -229,14 +231,3 @@ def get_orgs() -> dict[str, Org]:
     if _loaded is None or _loaded[0] is not settings:
         _loaded = (settings, load_orgs(settings))
     return _loaded[1]
-
-
-def org_of(payload: object) -> str:
-    """The org a raw update payload names (``default`` when it names none). Not validated: an
-    unusable value is returned as given and refused as an unknown org."""
-    if isinstance(payload, Mapping):
-        org = payload.get("org")
-        if org is None:
-            return DEFAULT_ORG
-        return org if isinstance(org, str) else repr(org)
-    return DEFAULT_ORG

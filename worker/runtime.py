@@ -38,7 +38,7 @@ from worker.orgs import DEFAULT_ORG, Org, UnknownOrg, get_orgs
 from worker.retry import RetryPolicy
 from worker.rules.capacity import CapacityGuard, QueuePolicy, load_overrides
 from worker.rules.transitions import TransitionMatrix
-from worker.settings import Settings, get_settings
+from worker.settings import Settings
 from worker.state_cache import StateCache
 
 
@@ -193,7 +193,9 @@ class Runtime:
     def built(cls) -> list[Runtime]:
         """The runtimes this process has built so far."""
         current = cls._current
-        return list(current[1].values()) if current is not None and current[0] == os.getpid() else []
+        return (
+            list(current[1].values()) if current is not None and current[0] == os.getpid() else []
+        )
 
 
 class ConfigError(ValueError):
@@ -217,6 +219,7 @@ def observe_row(draft: AuditDraft) -> None:
     """The metrics of one terminal row, once it is committed (the recorder's ``observe``)."""
     metrics.observe_update(
         draft.outcome.value if draft.outcome is not None else "unknown",
+        org=draft.org,
         requested_at=draft.requested_at,
         finished_at=draft.finished_at,
         confirm_ms=draft.confirm_ms,

@@ -18,7 +18,6 @@ from worker.orgs import (
     OrgsError,
     UnknownOrg,
     load_orgs,
-    org_of,
 )
 from worker.settings import Settings
 
@@ -142,7 +141,8 @@ def test_an_unusable_orgs_file_is_refused_in_one_line_without_values(
     assert line.startswith("ORGS_FILE: ")
     assert says in line
     assert "\n" not in line
-    assert SECRET not in line and "inline" not in line
+    assert SECRET not in line
+    assert "inline" not in line
 
 
 def test_two_orgs_on_one_oauth_client_are_refused(tmp_path: Path) -> None:
@@ -154,13 +154,6 @@ def test_two_orgs_on_one_oauth_client_are_refused(tmp_path: Path) -> None:
 def test_a_missing_orgs_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(OrgsError, match=r"ORGS_FILE: .*nowhere\.toml does not exist"):
         load_orgs(base(orgs_file=tmp_path / "nowhere.toml"))
-
-
-def test_a_payload_names_its_org_or_the_default() -> None:
-    assert org_of({"user_id": "u"}) == DEFAULT_ORG
-    assert org_of({"org": "acme"}) == "acme"
-    assert org_of({"org": 7}) == "7"  # refused as unknown, never crashes
-    assert org_of(["not", "a", "mapping"]) == DEFAULT_ORG
 
 
 def test_an_unknown_org_names_the_known_ones() -> None:

@@ -48,6 +48,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from models.audit import Outcome
+from producer.schema import DEFAULT_ORG
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,6 @@ ORG_LABELLED: Final[frozenset[str]] = frozenset(
 )
 """The series with an ``org`` label (every other series has none)."""
 
-DEFAULT_ORG: Final = "default"
-"""The org of the environment settings, always a label value of its own."""
 OTHER_ORG: Final = "other"
 """The label value of every org not given to ``configure_orgs`` (reserved: no org may use it)."""
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from models import AuditRecord, ShiftChange, ShiftStatus
 from models.db import session_scope
-from producer.schema import DEFAULT_ORG, queue_for, wave_element
+from producer.schema import DEFAULT_ORG, queue_for, wave_element, wave_org
 from worker import names
 from worker.observability import metrics
 from worker.settings import Settings
@@ -119,12 +119,6 @@ def _payload(row: Any) -> dict[str, Any]:
     return wave_element(names.shift_request_id(row.id), update_payload)
 
 
-def wave_org(elements: list[dict[str, Any]]) -> str:
-    """The org of a wave built here (every element shares it): route it to ``queue_for`` it."""
-    org = elements[0]["update"].get("org", DEFAULT_ORG) if elements else DEFAULT_ORG
-    return str(org)
-
-
 def wave_queue(elements: list[dict[str, Any]]) -> str:
     """The queue a wave built here goes to: its org's (``presence`` for the default org)."""
     return queue_for(wave_org(elements))
@@ -140,11 +134,11 @@ def _by_org(rows: list[Any]) -> dict[str, list[Any]]:
 
 def claim_due(
     session: Session, settings: Settings, now: datetime, *, limit: int
-) -> tuple[list[Any], list[Any], int, list[float]]:
+) -> tuple[list[Any], list[Any], list[Any], list[float]]:
     """Skip the stale rows, claim the due ones and re-claim the lost ones, in ``session``.
 
-    Returns (claimed, reclaimed, skipped count, each claimed row's lateness in seconds); nothing
-    is sent.
+    Returns (claimed, reclaimed, skipped, each claimed row's lateness in seconds, in the order
+    of ``claimed``); nothing is sent.
     """
     stale_before = now - timedelta(seconds=settings.shift_stale_after_s)
     skipped = _take(
@@ -181,7 +175,7 @@ def claim_due(
         {"dispatched_at": now},
         limit,
     )
-    return claimed, reclaimed, len(skipped), lateness
+    return claimed, reclaimed, skipped, lateness
 
 
 def dispatch_due(
@@ -190,7 +184,8 @@ def dispatch_due(
     """Claim what is due (one transaction), then send it in waves. See the module doc."""
     now = now or datetime.now(UTC)
     with session_scope(settings.database_url) as session:
-        claimed, reclaimed, skipped, lateness = claim_due(session, settings, now, limit=limit)
+        claimed, reclaimed, stale, lateness = claim_due(session, settings, now, limit=limit)
+    skipped = len(stale)
     rows = claimed + reclaimed
     size = settings.wave_task_agents
     waves = 0
@@ -198,7 +193,15 @@ def dispatch_due(
         for start in range(0, len(group), size):
             send_wave([_payload(row) for row in group[start : start + size]])
             waves += 1
-    metrics.record_shift_dispatch(lateness, len(reclaimed), skipped)
+    late = dict(zip((row.id for row in claimed), lateness, strict=True))
+    resent, dropped = _by_org(reclaimed), _by_org(stale)
+    for org, group in _by_org(claimed + reclaimed + stale).items():
+        metrics.record_shift_dispatch(
+            [late[row.id] for row in group if row.id in late],
+            len(resent.get(org, ())),
+            len(dropped.get(org, ())),
+            org=org,
+        )
     report = DispatchReport(
         len(claimed), len(reclaimed), skipped, waves, max(lateness, default=0.0)
     )
