@@ -20,6 +20,7 @@ from worker import names
 from worker.app import app
 from worker.broker import ledger
 from worker.broker.retry import broker_client, republish
+from worker.flow.ports import Ports
 from worker.flow.request import Attempt
 from worker.flow.single import handle_update, record_dead_letter, record_ended
 from worker.flow.wave import handle_wave, record_wave_dead_letter, record_wave_ended
@@ -213,19 +214,24 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
     waits for budget or for another worker's lock re-schedule without counting as failures.
     """
     payload, failures, pending = _message(args, kwargs)
-    try:
-        runtime = _runtime(self, org_of(payload))
-    except UnknownOrg as unknown:
-        return _record_unknown_org(self, payload, unknown)
+    runtime, unknown = _org_runtime(self, org_of(payload))
     ports = runtime.ports
     attempt = _attempt(self.request, runtime, failures)
+
+    def work() -> str:
+        if unknown is not None:
+            return record_ended(
+                ports, payload, attempt, Outcome.INVALID, "org.unknown", str(unknown)
+            ).value
+        return handle_update(ports, payload, attempt).value
+
     return _run(
         self,
         runtime,
         payload,
         attempt,
         lambda: _age_s(payload, attempt),
-        lambda: handle_update(ports, payload, attempt).value,
+        work,
         lambda give_up: record_dead_letter(ports, payload, attempt, give_up).value,
         pending,
     )
@@ -239,27 +245,9 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     payload, failures, pending = _message(args, kwargs)
     elements: list[Any] = payload if isinstance(payload, list) else [payload]
     org = wave_org(elements)
-    try:
-        runtime = _runtime(self, org)
-    except UnknownOrg as unknown:
-        return dict(_record_unknown_org_wave(self, elements, unknown))
+    runtime, unknown = _org_runtime(self, org)
     ports = runtime.ports
     attempt = _attempt(self.request, runtime, failures)
-    others = [e for e in elements if wave_org([e]) != org]
-    if others:
-        # One wave is applied with one org's runtime: elements of another org are refused.
-        mixed = record_wave_ended(
-            ports,
-            others,
-            attempt,
-            Outcome.INVALID,
-            "org.mixed",
-            f"a wave holds one org's changes; this wave is org {org!r}'s",
-        )
-        log.warning(
-            "wave %s: %d element(s) of another org refused", attempt.request_id, sum(mixed.values())
-        )
-        elements = [e for e in elements if wave_org([e]) == org]
 
     def requeue(request_id: str, update_payload: dict[str, Any], countdown_s: float) -> None:
         # Through the ledger's schedule like any retry: never an ETA held in worker memory.
@@ -270,6 +258,16 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
         ledger.schedule(broker_client(str(app.conf.broker_url)), entry, due)
 
     def apply() -> dict[str, int]:
+        if unknown is not None:
+            return dict(
+                record_wave_ended(
+                    ports, elements, attempt, Outcome.INVALID, "org.unknown", str(unknown)
+                )
+            )
+        mine = [e for e in elements if wave_org([e]) == org]
+        refused = _refuse_other_orgs(
+            ports, [e for e in elements if wave_org([e]) != org], attempt, org
+        )
         # One wave per process (it fills the process's channel). A busy process hands the wave
         # back instead of parking a pool thread, so single updates and dispatch keep flowing.
         if not runtime.wave_lock.acquire(timeout=WAVE_LOCK_WAIT_S):
@@ -277,7 +275,7 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
                 Delay.WAIT, "this process is applying another wave", countdown_s=WAVE_LOCK_WAIT_S
             )
         try:
-            return dict(handle_wave(ports, elements, attempt, requeue))
+            return dict(refused + handle_wave(ports, mine, attempt, requeue))
         finally:
             runtime.wave_lock.release()
 
@@ -293,22 +291,27 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
     )
 
 
-def _record_unknown_org(task: Task[Any, str], payload: Any, unknown: UnknownOrg) -> str:
-    """An update naming an org this worker does not serve: ``invalid`` (``org.unknown``),
-    recorded through the first configured org's runtime (one audit database for all)."""
-    runtime = _runtime(task, unknown.known[0])
-    attempt = _attempt(task.request, runtime, 0)
-    return record_ended(
-        runtime.ports, payload, attempt, Outcome.INVALID, "org.unknown", str(unknown)
-    ).value
+def _org_runtime(task: Task[Any, Any], org: str) -> tuple[Runtime, UnknownOrg | None]:
+    """The runtime of ``org``; for an org this worker does not serve, the first configured
+    org's (one audit database for all) with the refusal to record."""
+    try:
+        return _runtime(task, org), None
+    except UnknownOrg as unknown:
+        return _runtime(task, unknown.known[0]), unknown
 
 
-def _record_unknown_org_wave(
-    task: Task[Any, dict[str, int]], elements: list[Any], unknown: UnknownOrg
-) -> Counter[str]:
-    """A wave naming an org this worker does not serve: every element ``invalid``."""
-    runtime = _runtime(task, unknown.known[0])
-    attempt = _attempt(task.request, runtime, 0)
-    return record_wave_ended(
-        runtime.ports, elements, attempt, Outcome.INVALID, "org.unknown", str(unknown)
+def _refuse_other_orgs(ports: Ports, others: list[Any], attempt: Attempt, org: str) -> Counter[str]:
+    """One wave is applied with one org's runtime: elements naming another org are ``invalid``
+    (``org.mixed``)."""
+    if not others:
+        return Counter()
+    refused = record_wave_ended(
+        ports,
+        others,
+        attempt,
+        Outcome.INVALID,
+        "org.mixed",
+        f"a wave holds one org's changes; this wave is org {org!r}'s",
     )
+    log.warning("wave %s: %d element(s) of another org refused", attempt.request_id, len(others))
+    return refused

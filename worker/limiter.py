@@ -63,8 +63,9 @@ COOL_DOWN_FILL_MAX = 10_000
 # KEYS[1] log zset, KEYS[2] cool-down key, KEYS[3] the line (zset: waiter id -> ticket ms),
 # KEYS[4] the front line (zset: waiter id -> ticket ms, for waiters whose ticket passed). ARGV:
 # limit, provisional_ms, member, window_ms, trim (1: drop the entries older than the window
-# first), read cool-down (1: a budget too large for a cool-down to fill), waiter id. Returns
-# {1, 0, in_window, now_ms} when reserved, {0, wait_ms, in_window} when the caller must wait
+# first), read cool-down (1: a budget too large for a cool-down to fill), waiter id, probe (1:
+# reserve nothing, only say whether a slot is free). Returns {1, 0, in_window, now_ms} when
+# reserved (or free, for a probe), {0, wait_ms, in_window} when the caller must wait
 # until its ticket ({0, wait_ms} during a cool-down read from its key).
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -80,6 +81,7 @@ end
 local limit = tonumber(ARGV[1])
 local count = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), '+inf')
 if count < limit then
+  if ARGV[8] == '1' then return {1, 0, count, now} end
   local stamp = now + tonumber(ARGV[2])
   redis.call('ZADD', KEYS[1], stamp, ARGV[3])
   return {1, 0, count + 1, now}
@@ -212,6 +214,9 @@ class SharedRateLimiter:
         self._attempts = itertools.count(1)
         self._read_cool = 0 if limit_per_minute <= COOL_DOWN_FILL_MAX else 1
         self._cool_down = client.register_script(_COOL_DOWN)
+        # Until when (monotonic) this process last saw the budget exhausted: while it may still
+        # be, callers wait in line before doing any work (:meth:`wait_in_line`).
+        self._exhausted_until = 0.0
 
     def try_acquire(self, waiter_id: str | None = None) -> tuple[str | None, float]:
         """One attempt: (member, 0) when reserved, (None, seconds until the ticket) otherwise
@@ -220,8 +225,11 @@ class SharedRateLimiter:
         granted = self._attempt(waiter)
         return (granted.member, 0.0) if isinstance(granted, Reservation) else (None, granted)
 
-    def _attempt(self, waiter: str, started: float | None = None) -> Reservation | float:
-        """One attempt: the reservation (waited since ``started``), or the seconds to wait."""
+    def _attempt(
+        self, waiter: str, started: float | None = None, *, probe: bool = False
+    ) -> Reservation | float:
+        """One attempt: the reservation (waited since ``started``; for a ``probe``, a free slot
+        that is not reserved), or the seconds to wait."""
         member = uuid.uuid4().hex
         trim = 1 if next(self._attempts) % TRIM_EVERY == 0 else 0
         asked_at = time.monotonic()
@@ -235,11 +243,13 @@ class SharedRateLimiter:
                 trim,
                 self._read_cool,
                 waiter,
+                1 if probe else 0,
             ],
         )
         if rest:  # absent during a cool-down read from its key
             metrics.observe_budget(int(rest[0]), self.limit, org=self.org)
         if not int(granted):
+            self._exhausted_until = max(self._exhausted_until, asked_at + int(wait_ms) / 1000.0)
             return int(wait_ms) / 1000.0
         waited_s = time.monotonic() - started if started is not None else 0.0
         return Reservation(member, waited_s, int(rest[1]), asked_at)
@@ -252,12 +262,25 @@ class SharedRateLimiter:
         re-schedule itself instead of blocking. Waits in line as the current :func:`waiting_as`
         id, else as one id for this call.
         """
+        return self._wait(max_wait_s, probe=False)
+
+    def wait_in_line(self, max_wait_s: float) -> None:
+        """Before a caller does the work that leads to its call: while this process saw the
+        budget exhausted lately, wait in line as :meth:`acquire` does (returning once a slot is
+        free, without reserving it; raising BudgetExhausted beyond ``max_wait_s``), so that a
+        request over the budget is re-scheduled for its slot before it costs anything else.
+        Otherwise returns at once, with no Redis command."""
+        if time.monotonic() < self._exhausted_until:
+            self._wait(max_wait_s, probe=True)
+
+    def _wait(self, max_wait_s: float, *, probe: bool) -> Reservation:
         waiter = _waiter.get() or uuid.uuid4().hex
         started = time.monotonic()
         while True:
-            granted = self._attempt(waiter, started)
+            granted = self._attempt(waiter, started, probe=probe)
             if isinstance(granted, Reservation):
-                metrics.observe_limiter_wait(granted.waited_s, org=self.org)
+                if not probe:
+                    metrics.observe_limiter_wait(granted.waited_s, org=self.org)
                 return granted
             wait_s = granted
             waited = time.monotonic() - started

@@ -10,6 +10,7 @@ org with the payload's ``org`` field on its queue ``presence.<org>``. Run alone 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from emulator.launcher import EmulatorProcess
+from producer.schema import WAVE_TASK_NAME, queue_for, wave_element
 from sandbox.orgs import emulator_entries, send_to_org, write_orgs_file
 from tests.support.pipeline import APPLIED, Pipeline
 from worker.embedded_redis import _free_port
@@ -241,6 +243,27 @@ def test_each_org_has_its_own_token_and_channel(orgs: Orgs) -> None:
         assert channels
         assert {c["clientId"] for c in channels} == {f"presence-worker-{org}"}
         assert all(c["topics"] > 0 for c in channels)
+
+
+def test_a_wave_applies_its_own_orgs_changes_and_refuses_another_orgs(orgs: Orgs) -> None:
+    orgs.start(warm=(A,))
+    first, second, stray = orgs.agents(3)
+    a_now, b_now = orgs.users(A), orgs.users(B)
+    wanted = {u: other_state(a_now[u]["presence"]) for u in (first, second)}
+    ids = [f"wave-{uuid.uuid4()}" for _ in range(3)]
+    elements = [
+        wave_element(ids[0], {**Pipeline.update(first, wanted[first]), "org": A}),
+        wave_element(ids[1], {**Pipeline.update(second, wanted[second]), "org": A}),
+        wave_element(ids[2], {**Pipeline.update(stray, "Busy"), "org": B}),
+    ]
+
+    orgs.pipeline.app.send_task(WAVE_TASK_NAME, args=[elements], queue=queue_for(A))
+    rows = orgs.audit(ids)
+
+    assert [(rows[i].org, rows[i].outcome) for i in ids[:2]] == [(A, "confirmed")] * 2
+    assert (rows[ids[2]].outcome, rows[ids[2]].error_code) == ("invalid", "org.mixed")
+    assert {u: orgs.users(A)[u]["presence"] for u in wanted} == wanted
+    assert orgs.users(B)[stray]["presence"] == b_now[stray]["presence"]
 
 
 def test_an_unknown_org_is_invalid_naming_the_known_ones(orgs: Orgs) -> None:

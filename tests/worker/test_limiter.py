@@ -465,6 +465,35 @@ def test_a_backlog_far_above_the_budget_is_refused_about_once_per_request_not_on
     assert elapsed < (requests / limit - 1) * window_s * 1.25
 
 
+def test_waiting_in_line_costs_nothing_while_the_budget_was_not_exhausted(make_limiter, r):
+    limiter = make_limiter(limit=5, window_s=60)
+    limiter.release(limiter.acquire(max_wait_s=0))
+
+    assert commands_during(r, lambda: limiter.wait_in_line(0.05)) == {}
+
+
+def test_after_an_exhaustion_a_request_waits_in_line_before_its_work_reserving_nothing(
+    make_limiter,
+):
+    limiter = make_limiter(limit=2, window_s=1.0)
+    for _ in range(2):
+        limiter.release(limiter.acquire(max_wait_s=0))
+    with pytest.raises(BudgetExhausted):
+        limiter.acquire(max_wait_s=0)  # this process has now seen the budget exhausted
+
+    with limiter_module.waiting_as("request-1"), pytest.raises(BudgetExhausted) as refused:
+        limiter.wait_in_line(0.0)
+    ticket = refused.value.retry_in_s
+    assert 0 < ticket <= 1.1  # second in line: the second entry leaves the window
+    assert limiter.in_window() == 2, "a wait in line reserves no slot"
+
+    with limiter_module.waiting_as("request-1"):
+        limiter.wait_in_line(ticket + 0.5)  # its turn: returns with a free slot, still free
+    assert limiter.in_window() < 2
+    with limiter_module.waiting_as("request-1"):
+        limiter.release(limiter.acquire(max_wait_s=0))  # the slot it waited for
+
+
 def test_one_orgs_spent_budget_leaves_another_orgs_untouched(make_limiter):
     default = make_limiter(limit=2, window_s=60)
     acme = make_limiter(limit=2, window_s=60, prefix="presence:org:acme")  # same client key

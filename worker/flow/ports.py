@@ -28,6 +28,11 @@ class PresenceApi(Protocol):
     """The platform's presence endpoints. Each call may raise ``GenesysError`` or
     ``BudgetExhausted``."""
 
+    def await_budget(self) -> None:
+        """Before any other work of a request: wait for a budget slot when the budget was
+        exhausted lately (raises ``BudgetExhausted`` when the slot is further than an inline
+        wait), so a request over the budget is re-scheduled before it costs anything."""
+
     def get_presence(self, user_id: str) -> tuple[UserPresence, Answer]: ...
 
     def patch_presence(

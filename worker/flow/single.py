@@ -53,6 +53,7 @@ def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
         request = parsed
         config = ports.config
         try:
+            ports.api.await_budget()  # an org over its budget: its turn first, then the work
             with ports.ordering.register_and_lock(
                 *request.ordering_key,
                 ttl_s=config.agent_lock_ttl_s,

@@ -94,6 +94,12 @@ class GenesysClient:
         self._source_path = presence_source if registered else "purecloud"
         self._warned_not_primary = False
 
+    def await_budget(self) -> None:
+        """Wait in line for a budget slot before the work that leads to a call, when the budget
+        was exhausted lately (raises BudgetExhausted beyond the inline wait); see
+        :meth:`SharedRateLimiter.wait_in_line`."""
+        self.limiter.wait_in_line(self.max_inline_wait_s)
+
     # -- the one way to call ------------------------------------------------------------------
     def call(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None

@@ -74,7 +74,8 @@ class FakeApi:
 
     ``faults["write"]`` / ``faults["read"]``: exceptions raised by the next writes / reads, in
     order (``None`` lets one call through); ``faults["after_write"]``: raised by the next writes
-    *after* the platform applied them (an answer lost to a timeout). ``writes`` counts every accepted change per agent.
+    *after* the platform applied them (an answer lost to a timeout); ``faults["budget"]``:
+    raised by the next waits in line before a request's work. ``writes`` counts every accepted change per agent.
     """
 
     def __init__(self, clock: FakeClock, presences: dict[str, str]) -> None:
@@ -85,6 +86,7 @@ class FakeApi:
             "write": [],
             "read": [],
             "after_write": [],
+            "budget": [],
         }
         self.calls: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()
@@ -118,6 +120,9 @@ class FakeApi:
         if user_id in self.drift:
             self.presences[user_id] = self.drift[user_id]
         return answer
+
+    def await_budget(self) -> None:
+        self._fault("budget")
 
     def get_presence(self, user_id: str) -> tuple[UserPresence, Answer]:
         self.calls["get"] += 1

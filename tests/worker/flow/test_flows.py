@@ -484,6 +484,26 @@ def test_a_budget_wait_comes_back_no_earlier_than_the_inline_wait_allowed(
     assert result.later.countdown_s == pytest.approx(12 - 0.05)
 
 
+def test_a_request_over_an_exhausted_budget_waits_for_its_slot_before_any_other_work() -> None:
+    """No lock, no audit lookup, no read: a backlog over the budget costs one limiter call per
+    request until its turn."""
+    w = world({AGENT: AVAILABLE})
+    w.api.faults["budget"].append(BudgetExhausted(30, inline_wait_s=0.05))
+    looked_up: list[str] = []
+    find_outcome = w.store.find_outcome
+    w.store.find_outcome = lambda **kw: looked_up.append(kw["request_id"]) or find_outcome(**kw)  # type: ignore[method-assign]
+
+    result = Single().run(w, payload(), 0)
+
+    assert result.later is not None
+    assert result.later.countdown_s == pytest.approx(30 - 0.05)
+    assert looked_up == []
+    assert w.ordering.newest == {}, "not registered: its turn has not come"
+    assert sum(w.api.calls.values()) == 0
+
+    assert Single().run(w, payload(), 0).outcome == "confirmed"  # its turn: applied as usual
+
+
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
 def test_a_failed_read_back_never_causes_a_second_write(flow: Single | Wave) -> None:
     w = world({AGENT: AVAILABLE})
