@@ -241,6 +241,19 @@ def bench_three_orgs(report: Report, budget: int, changes: int) -> None:
                     "ratio": span / minimum if minimum else None,
                     "rejected_429": rej1 - rej0,
                     "outcomes": outcomes(stack, f"bench-{org}"),
+                    # Where the excess is: seconds after the first PATCH of every budget-th
+                    # PATCH and of the one before (the edges of each minute).
+                    "timeline_s": {
+                        str(k): round(times[k] - times[0], 2)
+                        for k in sorted(
+                            {
+                                *range(0, len(times), budget),
+                                *range(budget - 1, len(times), budget),
+                                len(times) - 1,
+                            }
+                        )
+                        if 0 <= k < len(times)
+                    },
                 }
             )
     for result in results:

@@ -217,6 +217,9 @@ class SharedRateLimiter:
         # Until when (monotonic) this process last saw the budget exhausted: while it may still
         # be, callers wait in line before doing any work (:meth:`wait_in_line`).
         self._exhausted_until = 0.0
+        # Told when (monotonic) the next slot a newcomer could get frees, at each refusal: a
+        # fleet of several orgs pauses this org's queue until then (worker.broker.pauses).
+        self.on_exhausted: Callable[[float], None] | None = None
 
     def try_acquire(self, waiter_id: str | None = None) -> tuple[str | None, float]:
         """One attempt: (member, 0) when reserved, (None, seconds until the ticket) otherwise
@@ -249,7 +252,10 @@ class SharedRateLimiter:
         if rest:  # absent during a cool-down read from its key
             metrics.observe_budget(int(rest[0]), self.limit, org=self.org)
         if not int(granted):
-            self._exhausted_until = max(self._exhausted_until, asked_at + int(wait_ms) / 1000.0)
+            until = asked_at + int(wait_ms) / 1000.0
+            self._exhausted_until = max(self._exhausted_until, until)
+            if self.on_exhausted is not None:
+                self.on_exhausted(until)
             return int(wait_ms) / 1000.0
         waited_s = time.monotonic() - started if started is not None else 0.0
         return Reservation(member, waited_s, int(rest[1]), asked_at)

@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar
 
 import httpx
@@ -22,6 +23,7 @@ from celery import Celery
 
 from worker import names
 from worker.audit import SqlAuditStore
+from worker.broker import pauses
 from worker.catalog import PresenceCatalog
 from worker.clock import SystemClock
 from worker.flow.ports import FlowConfig, Ports
@@ -186,6 +188,10 @@ class Runtime:
                 if org not in orgs:
                     raise UnknownOrg(org, list(orgs))
                 runtime = cls.build(orgs[org].settings, org=orgs[org])
+                if len(orgs) > 1:
+                    # A spent budget pauses the org's queue here, so its backlog waits in the
+                    # queue instead of taking threads and CPU from the other orgs.
+                    runtime.limiter.on_exhausted = partial(_pause_until, orgs[org].queue)
                 runtimes[org] = runtime
             return runtime
 
@@ -213,6 +219,15 @@ def check_config(settings: Settings) -> tuple[TransitionMatrix, dict[str, QueueP
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+PAUSE_EARLY_S = 0.1
+"""A paused queue is popped again this much before its slot frees: the retry waiting for that
+slot is published to it just before (``BUDGET_EARLY_S`` or the inline wait)."""
+
+
+def _pause_until(queue: str, slot_at: float) -> None:
+    pauses.pause(queue, slot_at - PAUSE_EARLY_S)
 
 
 def observe_row(draft: AuditDraft) -> None:

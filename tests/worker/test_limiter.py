@@ -494,6 +494,21 @@ def test_after_an_exhaustion_a_request_waits_in_line_before_its_work_reserving_n
         limiter.release(limiter.acquire(max_wait_s=0))  # the slot it waited for
 
 
+def test_a_refusal_tells_when_the_refused_callers_slot_frees(make_limiter):
+    limiter = make_limiter(limit=1, window_s=1.0)
+    told: list[float] = []
+    limiter.on_exhausted = told.append
+    limiter.release(limiter.acquire(max_wait_s=0))
+    assert told == []
+
+    before = time.monotonic()
+    with pytest.raises(BudgetExhausted) as refused:
+        limiter.acquire(max_wait_s=0)
+
+    assert len(told) == 1
+    assert told[0] == pytest.approx(before + refused.value.retry_in_s, abs=0.05)
+
+
 def test_one_orgs_spent_budget_leaves_another_orgs_untouched(make_limiter):
     default = make_limiter(limit=2, window_s=60)
     acme = make_limiter(limit=2, window_s=60, prefix="presence:org:acme")  # same client key

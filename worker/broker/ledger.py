@@ -47,7 +47,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
 from worker import names
-from worker.broker import holders, redis_restore
+from worker.broker import holders, pauses, redis_restore
 
 log = logging.getLogger(__name__)
 # Through the module dict: the kombu stubs do not declare the module's imported names.
@@ -447,10 +447,16 @@ class QoS(redis_restore.QoS):
 
 
 class Channel(redis_restore.Channel):
-    """Kombu's Redis channel writing the ledger with each push of a ledgered task's message."""
+    """Kombu's Redis channel writing the ledger with each push of a ledgered task's message,
+    its blocking pop leaving out the queues this process paused (:mod:`worker.broker.pauses`)."""
 
     QoS = QoS
     _shared: tuple[Any, Any] | None = None  # (pool, the client over it)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        me: Any = self
+        me._queue_cycle = pauses.PausingCycle(me._queue_cycle)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

@@ -1,0 +1,105 @@
+"""Paused queues: an org whose budget is spent is left out of the blocking pop until its slot.
+
+The pop must leave a paused queue alone until its pause ends, keep kombu's rotation for the
+others, and never be left with nothing to pop (its timeout is how the consumer comes back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from kombu.utils.scheduling import round_robin_cycle
+
+from worker.broker import ledger, pauses
+
+
+@pytest.fixture(autouse=True)
+def no_pauses() -> Iterator[None]:
+    pauses.resume_all()
+    yield
+    pauses.resume_all()
+
+
+def cycle(*queues: str) -> pauses.PausingCycle:
+    return pauses.PausingCycle(round_robin_cycle(list(queues)))
+
+
+def test_a_paused_queue_is_left_out_of_the_pop_until_its_pause_ends() -> None:
+    queues = cycle("presence", "presence.acme", "wfm")
+    pauses.pause("presence.acme", time.monotonic() + 0.2)
+
+    assert queues.consume(3) == ["presence", "wfm"]
+    time.sleep(0.25)
+    assert queues.consume(3) == ["presence", "presence.acme", "wfm"]
+    assert pauses.paused() == frozenset()
+
+
+def test_a_pause_is_only_ever_extended() -> None:
+    now = time.monotonic()
+    pauses.pause("presence.acme", now + 10)
+    pauses.pause("presence.acme", now + 1)
+
+    assert pauses.paused(now + 5) == {"presence.acme"}
+    assert pauses.paused(now + 11) == frozenset()
+
+
+def test_with_every_queue_paused_all_are_popped_so_the_pop_still_returns() -> None:
+    queues = cycle("presence.a", "presence.b")
+    for queue in ("presence.a", "presence.b"):
+        pauses.pause(queue, time.monotonic() + 60)
+
+    assert queues.consume(2) == ["presence.a", "presence.b"]
+
+
+def test_the_rotation_of_the_queues_left_is_kombus() -> None:
+    queues = cycle("presence", "presence.acme", "presence.globex")
+    queues.rotate("presence")
+    pauses.pause("presence.globex", time.monotonic() + 60)
+
+    assert queues.consume(3) == ["presence.acme", "presence"]
+    queues.update(["wfm", "presence.globex"])
+    assert queues.consume(2) == ["wfm"]
+
+
+def test_a_consumer_on_the_workers_transport_leaves_a_paused_queue_in_redis(
+    redis_url: str,
+) -> None:
+    names = [f"presence.pause-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    spent, other = (Queue(n, Exchange(n, type="direct"), routing_key=n) for n in names)
+    got: list[str] = []
+    with Connection(redis_url, transport=ledger.Transport) as connection:
+        try:
+            with connection.Producer() as producer:
+                for queue in (spent, other):
+                    producer.publish(queue.name, exchange=queue.exchange, routing_key=queue.name,
+                                     declare=[queue], serializer="json")  # fmt: skip
+            pauses.pause(spent.name, time.monotonic() + 60)
+
+            def take(body: str, message: Any) -> None:
+                got.append(body)
+                message.ack()
+
+            with connection.Consumer([spent, other], callbacks=[take]):
+                drain(connection, until=lambda: len(got) >= 1, seconds=3)
+                drain(connection, until=lambda: len(got) >= 2, seconds=1.5)
+                assert got == [other.name], "the paused queue's message stays queued"
+                pauses.resume_all()
+                drain(connection, until=lambda: len(got) >= 2, seconds=3)
+            assert got == [other.name, spent.name]
+        finally:
+            channel: Any = connection.default_channel
+            channel.client.delete(*names)
+
+
+def drain(connection: Connection, *, until: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not until() and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError, socket.timeout):
+            connection.drain_events(timeout=0.3)

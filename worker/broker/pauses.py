@@ -1,0 +1,68 @@
+"""Queues this process leaves alone for a while: an org whose budget is spent until its next slot.
+
+A fleet serving several orgs consumes one queue per org. When one org's budget is spent, popping
+its backlog only to re-schedule each message would cost every other org CPU and threads; its
+queue is paused instead until its next slot frees (:func:`pause`, called by the org's limiter),
+and the channel's queue cycle leaves paused queues out of its blocking pop
+(:class:`PausingCycle`). Its backlog waits in the queue, in order, where it costs nothing.
+
+Process-local: with the threads pool the consumer and the tasks share the process (prefork
+children cannot pause their parent's consumer; there a spent budget only re-schedules).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+_until: dict[str, float] = {}
+_lock = threading.Lock()
+
+
+def pause(queue: str, until: float) -> None:
+    """Leave ``queue`` out of this process's pops until ``until`` (``time.monotonic()``); an
+    earlier end than one already set does not shorten it."""
+    with _lock:
+        if until > _until.get(queue, 0.0):
+            _until[queue] = until
+
+
+def paused(now: float | None = None) -> frozenset[str]:
+    """The queues paused at ``now`` (monotonic; default: now)."""
+    now = time.monotonic() if now is None else now
+    with _lock:
+        for queue in [q for q, until in _until.items() if until <= now]:
+            del _until[queue]
+        return frozenset(_until)
+
+
+def resume_all() -> None:
+    """Forget every pause (tests; a process that stops serving)."""
+    with _lock:
+        _until.clear()
+
+
+class PausingCycle:
+    """Kombu's queue cycle (round robin by default) without the paused queues. When every queue
+    it would pop is paused it pops them all: the blocking pop then still returns within its
+    timeout, so the consumer's loop comes back to see a pause end."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def consume(self, n: int) -> list[str]:
+        queues: list[str] = self.inner.consume(n)
+        stopped = paused()
+        if not stopped:
+            return queues
+        return [q for q in queues if q not in stopped] or queues
+
+    def update(self, queues: Any) -> None:
+        self.inner.update(queues)
+
+    def rotate(self, last_used: str) -> Any:
+        return self.inner.rotate(last_used)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
