@@ -223,7 +223,8 @@ def update(self: Task[Any, str], *args: Any, **kwargs: Any) -> str:
             return record_ended(
                 ports, payload, attempt, Outcome.INVALID, "org.unknown", str(unknown)
             ).value
-        return handle_update(ports, payload, attempt).value
+        with runtime.occupying():
+            return handle_update(ports, payload, attempt).value
 
     return _run(
         self,
@@ -275,7 +276,8 @@ def wave(self: Task[Any, dict[str, int]], *args: Any, **kwargs: Any) -> dict[str
                 Delay.WAIT, "this process is applying another wave", countdown_s=WAVE_LOCK_WAIT_S
             )
         try:
-            return dict(refused + handle_wave(ports, mine, attempt, requeue))
+            with runtime.occupying():
+                return dict(refused + handle_wave(ports, mine, attempt, requeue))
         finally:
             runtime.wave_lock.release()
 

@@ -32,6 +32,7 @@ except OrgsError as exc:
 # Metrics label values are bounded to the configured orgs (before any fork: children inherit).
 metrics.configure_orgs(orgs)
 TASK_TIME_LIMIT_S = 300
+MULTI_ORG_POP_TIMEOUT_S = 0.1
 # A held message is redelivered after the visibility timeout: it must exceed a task's runtime,
 # or a message still running would run twice. Retries are not held (the ledger keeps them).
 if settings.broker_visibility_timeout_s <= TASK_TIME_LIMIT_S:
@@ -76,7 +77,12 @@ app.conf.update(
             "options": {"expires": settings.shift_dispatch_interval_s},
         },
     },
-    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        # Beside other orgs a queue is paused and resumed often: the blocking pop returns this
+        # often when the queues it waits on stay empty, to pop a resumed queue soon.
+        **({"polling_interval": MULTI_ORG_POP_TIMEOUT_S} if len(orgs) > 1 else {}),
+    },
     broker_connection_retry_on_startup=True,
     task_time_limit=TASK_TIME_LIMIT_S,
     task_soft_time_limit=TASK_TIME_LIMIT_S - 60,

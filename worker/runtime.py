@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
@@ -65,6 +66,15 @@ class Runtime:
     _ports: Ports | None = None
     # One wave at a time per process: a wave fills the process's channel with its agents.
     wave_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Served beside other orgs: this org's tasks take at most their share of the process.
+    shares_process: bool = False
+
+    def occupying(self) -> AbstractContextManager[None]:
+        """Around one task of this org: beside other orgs, at most ``ORG_TASK_SHARE`` of them
+        run in this process at once (:func:`worker.broker.pauses.occupying`)."""
+        if not self.shares_process:
+            return nullcontext()
+        return pauses.occupying(self.org.queue, self.settings.org_task_share)
 
     def enqueue_wfm(self, delivery_id: int) -> None:
         """Send ``wfm.sync`` for a committed outbox row (by name: no task import needed)."""
@@ -192,6 +202,7 @@ class Runtime:
                     # A spent budget pauses the org's queue here, so its backlog waits in the
                     # queue instead of taking threads and CPU from the other orgs.
                     runtime.limiter.on_exhausted = partial(_pause_until, orgs[org].queue)
+                    runtime.shares_process = True
                 runtimes[org] = runtime
             return runtime
 

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         description="Agents each process subscribes to and caches at start, over as many "
         "channels as they need (0 = subscribe lazily).",
     )
+    org_task_share: int = Field(
+        default=4,
+        ge=1,
+        description="With several orgs: the most tasks of one org a threads worker process runs "
+        "at once, so that one org's burst leaves threads and CPU to the others' updates.",
+    )
     notification_channels: int = Field(
         default=3,
         ge=1,

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _until: dict[str, float] = {}
+_busy: dict[str, int] = {}  # queue -> its tasks running in this process
+_full: set[str] = set()  # queues whose tasks fill their share of this process's threads
 _lock = threading.Lock()
 
 
@@ -29,18 +33,39 @@ def pause(queue: str, until: float) -> None:
 
 
 def paused(now: float | None = None) -> frozenset[str]:
-    """The queues paused at ``now`` (monotonic; default: now)."""
+    """The queues paused at ``now`` (monotonic; default: now), and those whose tasks fill their
+    share of this process (:func:`occupying`)."""
     now = time.monotonic() if now is None else now
     with _lock:
         for queue in [q for q, until in _until.items() if until <= now]:
             del _until[queue]
-        return frozenset(_until)
+        return frozenset(_until) | _full
+
+
+@contextmanager
+def occupying(queue: str, share: int) -> Iterator[None]:
+    """Run one task of ``queue``; while ``share`` of them run in this process the queue is left
+    out of the pop, so that one org's burst never takes every thread (and the GIL) from the
+    other orgs' updates."""
+    with _lock:
+        _busy[queue] = running = _busy.get(queue, 0) + 1
+        if running >= share:
+            _full.add(queue)
+    try:
+        yield
+    finally:
+        with _lock:
+            _busy[queue] = running = _busy[queue] - 1
+            if running < share:
+                _full.discard(queue)
 
 
 def resume_all() -> None:
     """Forget every pause (tests; a process that stops serving)."""
     with _lock:
         _until.clear()
+        _busy.clear()
+        _full.clear()
 
 
 class PausingCycle:

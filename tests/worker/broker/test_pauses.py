@@ -103,3 +103,20 @@ def drain(connection: Connection, *, until: Any, seconds: float) -> None:
     while not until() and time.monotonic() < deadline:
         with contextlib.suppress(TimeoutError, socket.timeout):
             connection.drain_events(timeout=0.3)
+
+
+def test_an_org_whose_tasks_fill_their_share_is_left_out_until_one_ends() -> None:
+    queues = cycle("presence.acme", "presence.globex")
+    with pauses.occupying("presence.acme", 2):
+        assert queues.consume(2) == ["presence.acme", "presence.globex"]
+        with pauses.occupying("presence.acme", 2):
+            assert queues.consume(2) == ["presence.globex"]
+        assert queues.consume(2) == ["presence.acme", "presence.globex"]
+    assert pauses.paused() == frozenset()
+
+
+def test_a_failing_task_still_gives_its_share_back() -> None:
+    with pytest.raises(RuntimeError), pauses.occupying("presence.acme", 1):
+        assert pauses.paused() == {"presence.acme"}
+        raise RuntimeError("the task failed")
+    assert pauses.paused() == frozenset()
