@@ -116,7 +116,14 @@ def test_an_org_whose_tasks_fill_their_share_is_left_out_until_one_ends() -> Non
 
 
 def test_a_failing_task_still_gives_its_share_back() -> None:
-    with pytest.raises(RuntimeError), pauses.occupying("presence.acme", 1):
-        assert pauses.paused() == {"presence.acme"}
-        raise RuntimeError("the task failed")
+    seen: list[frozenset[str]] = []
+
+    def failing_task() -> None:
+        with pauses.occupying("presence.acme", 1):
+            seen.append(pauses.paused())
+            raise RuntimeError("the task failed")
+
+    with pytest.raises(RuntimeError):
+        failing_task()
+    assert seen == [{"presence.acme"}]
     assert pauses.paused() == frozenset()
