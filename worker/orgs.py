@@ -141,6 +141,8 @@ def _org_settings(base: Settings, name: str, entry: _Entry) -> Settings:
         values["wfm_webhook_secret"] = _secret(
             name, entry.wfm_webhook_secret_env, "wfm_webhook_secret_env"
         )
+    elif entry.wfm_webhook_url is not None:
+        values["wfm_webhook_secret"] = ""  # never another endpoint's key (the checks warn)
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:

@@ -96,6 +96,14 @@ def test_several_orgs_never_park_a_thread_on_one_orgs_budget(tmp_path: Path) -> 
     }
 
 
+def test_an_orgs_own_webhook_is_never_signed_with_another_endpoints_key(tmp_path: Path) -> None:
+    text = ACME.replace('wfm_webhook_secret_env = "ACME_WFM_SECRET"\n', "")
+    settings = base(orgs_file=orgs_file(tmp_path, text), wfm_webhook_secret="global-key-123456")
+    orgs = load_orgs(settings)
+    assert orgs["acme"].settings.wfm_webhook_secret.get_secret_value() == ""
+    assert orgs["default"].settings.wfm_webhook_secret.get_secret_value() == "global-key-123456"
+
+
 def test_the_file_may_replace_the_default_org(tmp_path: Path) -> None:
     text = ACME.replace("[orgs.acme]", "[orgs.default]")
     orgs = load_orgs(base(orgs_file=orgs_file(tmp_path, text)))
