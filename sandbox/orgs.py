@@ -21,21 +21,12 @@ from celery import Celery
 
 from emulator.launcher import EmulatorProcess
 from producer.schema import DEFAULT_ORG, ORG_NAME_PATTERN, TASK_NAME, PresenceUpdate, queue_for
+from worker.orgs import SETTING_KEYS
 
 # The worker's org names (the emulator's are a subset: no underscore).
 ORG_NAME = re.compile(ORG_NAME_PATTERN)
 # Optional per-org keys of the orgs file (besides api_url/region, client_id, client_secret_env).
-ORG_OPTIONS = frozenset(
-    {
-        "rate_limit_per_minute",
-        "rate_limit_headroom",
-        "channel_slots",
-        "transition_matrix_file",
-        "capacity_overrides_file",
-        "wfm_webhook_url",
-        "wfm_webhook_secret_env",
-    }
-)
+ORG_OPTIONS = frozenset({*SETTING_KEYS, "wfm_webhook_secret_env"})
 
 
 def secret_env(org: str) -> str:

@@ -28,6 +28,16 @@ __all__ = ["DEFAULT_ORG", "Org", "OrgsError", "UnknownOrg", "get_orgs", "load_or
 
 RESERVED_NAME = OTHER_ORG
 
+SETTING_KEYS = (
+    "rate_limit_per_minute",
+    "rate_limit_headroom",
+    "channel_slots",
+    "transition_matrix_file",
+    "capacity_overrides_file",
+    "wfm_webhook_url",
+)
+"""Optional keys of an org's table that replace the setting of the same name as they are."""
+
 MULTI_ORG_INLINE_WAIT_S = 0.05
 """A process serving several orgs never parks a thread on one org's budget for longer: a wait
 re-schedules, so an org out of budget leaves every thread to the others."""
@@ -126,14 +136,7 @@ def _org_settings(base: Settings, name: str, entry: _Entry) -> Settings:
         genesys_client_id=entry.client_id,
         genesys_client_secret=_secret(name, entry.client_secret_env, "client_secret_env"),
     )
-    for field in (
-        "rate_limit_per_minute",
-        "rate_limit_headroom",
-        "channel_slots",
-        "transition_matrix_file",
-        "capacity_overrides_file",
-        "wfm_webhook_url",
-    ):
+    for field in SETTING_KEYS:
         value = getattr(entry, field)
         if value is not None:
             values[field] = value

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
+from bench.pipeline import api_requests
 from emulator.launcher import EmulatorProcess
 from producer.schema import WAVE_TASK_NAME, queue_for, wave_element
 from sandbox.orgs import emulator_entries, send_to_org, write_orgs_file
@@ -140,17 +141,7 @@ class Orgs:
 
     def requests(self, org: str) -> tuple[int, int]:
         """(platform requests the emulator admitted for ``org``, its 429 answers)."""
-        stats = self.admin(org, "GET", "/stats")
-        admitted = rejected = 0
-        for route, by_status in stats["requests"].items():
-            if route.startswith(("admin.", "oauth.", "wfm.")):
-                continue
-            for status, count in by_status.items():
-                if status == "429":
-                    rejected += count
-                else:
-                    admitted += count
-        return admitted, rejected
+        return api_requests(self.admin(org, "GET", "/stats"))
 
 
 @pytest.fixture
