@@ -53,7 +53,7 @@ def doctor(
         orgs = load_orgs(loaded)  # an OrgsError is one line (cli.errors)
         if org is not None and org not in orgs:
             Console(stderr=True, soft_wrap=True).print(
-                f"[red]error:[/] --org {escape(org)!r} is not configured; "
+                f"[red]error:[/] --org {escape(repr(org))} is not configured; "
                 f"known orgs: {escape(', '.join(orgs))}"
             )
             raise typer.Exit(2)

@@ -202,7 +202,7 @@ def stale(session: Session, *, older_than_s: float, limit: int = 500) -> list[in
     return out
 
 
-def org_of(session: Session, delivery_id: int) -> str | None:
+def delivery_org(session: Session, delivery_id: int) -> str | None:
     """The org whose audit row a delivery reports (None: no such delivery)."""
     return session.scalar(
         select(AuditRecord.org)
