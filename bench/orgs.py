@@ -284,15 +284,57 @@ def steady_load(producer: PresenceProducer, chosen: list[Target], source: str, r
     return len(chosen)
 
 
-def latencies_ms(stack: LocalStack, source: str) -> list[float]:
-    """Request → confirmed of each confirmed row of ``source``, milliseconds."""
+@dataclass(frozen=True)
+class Confirmed:
+    """One confirmed audit row: its agent, when it was requested (epoch seconds) and its
+    request → confirmed latency (milliseconds)."""
+
+    user_id: str
+    requested_at: float
+    ms: float
+
+
+def confirmed_rows(stack: LocalStack, source: str) -> list[Confirmed]:
+    """Each confirmed row of ``source``."""
     with session_scope(stack.database_url) as session:
         found = session.execute(
-            select(AuditRecord.requested_at, AuditRecord.finished_at).where(
+            select(AuditRecord.user_id, AuditRecord.requested_at, AuditRecord.finished_at).where(
                 AuditRecord.source == source, AuditRecord.outcome == "confirmed"
             )
         ).all()
-    return [(_aware(f) - _aware(r)).total_seconds() * 1000 for r, f in found if r is not None]
+    return [
+        Confirmed(u, _aware(r).timestamp(), (_aware(f) - _aware(r)).total_seconds() * 1000)
+        for u, r, f in found
+        if r is not None
+    ]
+
+
+def slowest(
+    stack: LocalStack, rows: list[Confirmed], org_a_patches: list[float]
+) -> list[dict[str, float | None]]:
+    """The five slowest rows, and where their time went: when the emulator applied the row's
+    PATCH (ms after the request; the rest is the confirmation), and how many of org a's PATCHes
+    it applied in the second around the request."""
+    history: dict[str, list[dict[str, Any]]] = stack.admin("GET", "/history", org="b")
+    out: list[dict[str, float | None]] = []
+    for row in sorted(rows, key=lambda r: -r.ms)[:5]:
+        applied = [
+            e["timestamp"]
+            for e in history.get(row.user_id, [])
+            if e["path"] == "patch" and e["timestamp"] >= row.requested_at
+        ]
+        out.append(
+            {
+                "ms": round(row.ms, 1),
+                "patch_applied_ms": round((min(applied) - row.requested_at) * 1000, 1)
+                if applied
+                else None,
+                "org_a_patches_within_1s": sum(
+                    1 for t in org_a_patches if abs(t - row.requested_at) <= 0.5
+                ),
+            }
+        )
+    return out
 
 
 def _aware(value: datetime) -> datetime:
@@ -319,6 +361,7 @@ def bench_noisy_neighbour(
         steady_load(producer, alone_targets, "bench-b-alone", rate)
         wait_rows(stack, {"bench-b-alone": per_run}, 120)
         a_before = admitted(stack, "a")
+        a_since = time.time()
         a_chosen = targets(stack, "a", min(backlog, 2500))  # a few updates per agent
         send_to_org(producer.app, "a", updates(a_chosen, "bench-a-backlog", backlog))
         time.sleep(5)  # org a's budget is being spent and its waits are under way
@@ -326,7 +369,10 @@ def bench_noisy_neighbour(
         steady_load(producer, noisy_targets, "bench-b-noisy", rate)
         wait_rows(stack, {"bench-b-noisy": per_run}, 120)
         a_after, b_after = admitted(stack, "a"), admitted(stack, "b")
-        alone, noisy = latencies_ms(stack, "bench-b-alone"), latencies_ms(stack, "bench-b-noisy")
+        alone_rows = confirmed_rows(stack, "bench-b-alone")
+        noisy_rows = confirmed_rows(stack, "bench-b-noisy")
+        alone, noisy = [r.ms for r in alone_rows], [r.ms for r in noisy_rows]
+        a_patches = applied_times(stack, "a", a_since)
         a_done = rows(stack, "bench-a-backlog")
         data: dict[str, Any] = {
             "rate_per_s": rate,
@@ -335,11 +381,13 @@ def bench_noisy_neighbour(
             "budget_per_min": budget,
             "b_alone": {
                 **summary(alone),
+                "slowest": slowest(stack, alone_rows, []),
                 "outcomes": outcomes(stack, "bench-b-alone"),
                 "rejected_429": b_mid[1] - b_before[1],
             },
             "b_noisy": {
                 **summary(noisy),
+                "slowest": slowest(stack, noisy_rows, a_patches),
                 "outcomes": outcomes(stack, "bench-b-noisy"),
                 "rejected_429": b_after[1] - b_mid[1],
             },

@@ -9,8 +9,8 @@ unknown state or reason when it applies the row (audit outcome ``invalid``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -21,7 +21,11 @@ from worker.catalog import Definition, PresenceCatalog, UnknownPresence
 from worker.genesys.connect import genesys_client, missing_settings
 from worker.genesys.errors import GenesysError
 from worker.limiter import BudgetExhausted
+from worker.names import DEFAULT_ORG, org_key_prefix
+from worker.orgs import OrgsError, load_orgs
 from worker.settings import Settings
+
+NOT_CHECKED_HERE = "the worker rejects unknown ones when it applies each row"
 
 
 class DefinitionsUnavailable(Exception):
@@ -57,13 +61,74 @@ def _resolve(
         return None, str(exc)
 
 
+@dataclass(frozen=True, slots=True)
+class OrgChecks:
+    """The definition check of each org the rows name that this machine can reach; the rows of
+    any other org are left to the worker."""
+
+    checks: Mapping[str, DefinitionCheck]
+    note: str  # one line: what was checked against, per org, or why not
+
+    def problem(self, org: str, state: str, reason: str | None) -> str | None:
+        """Why ``org`` would reject ``state``/``reason``, or None (also when not checked)."""
+        check = self.checks.get(org)
+        return None if check is None else check.problem(state, reason)
+
+    def target(self, org: str, state: str, reason: str | None) -> str:
+        """The presence a row of ``org`` sets, as the org names it when known."""
+        check = self.checks.get(org)
+        if check is not None and (org == DEFAULT_ORG or check.catalog is not None):
+            return check.target(state, reason)
+        wanted = f"{state} / {reason}" if reason else state
+        return f"{wanted} (org {org}, not checked)"
+
+
 @contextmanager
-def definition_check(settings: Settings, *, enabled: bool = True) -> Iterator[DefinitionCheck]:
-    """A check against the current definitions when Genesys is configured (else a no-op with a
-    note); raises :class:`DefinitionsUnavailable` when they are configured but cannot be read."""
-    if not enabled:
-        yield DefinitionCheck(None, "states and reasons not checked (--no-check)")
+def definition_checks(
+    settings: Settings, orgs: list[str], *, no_check: bool = False
+) -> Iterator[OrgChecks]:
+    """A check for each of ``orgs`` (the default org when empty) against its own current
+    definitions: the default org's from the ``GENESYS_*`` settings, the others' from
+    ``ORGS_FILE``; an org configured nowhere here is not checked, and the note says so.
+    Raises :class:`DefinitionsUnavailable` when the orgs file is unusable or a configured org's
+    definitions cannot be read."""
+    if no_check:
+        yield OrgChecks({}, "states and reasons not checked (--no-check)")
         return
+    try:
+        configured = load_orgs(settings)
+    except OrgsError as exc:
+        raise DefinitionsUnavailable(str(exc)) from None
+    wanted = orgs or [DEFAULT_ORG]
+    with ExitStack() as stack:
+        checks: dict[str, DefinitionCheck] = {}
+        for name in wanted:
+            if name in configured or name == DEFAULT_ORG:
+                org_settings = configured[name].settings if name in configured else settings
+                checks[name] = stack.enter_context(definition_check(org_settings, org=name))
+        yield OrgChecks(checks, _note(checks, wanted, settings))
+
+
+def _note(checks: Mapping[str, DefinitionCheck], wanted: list[str], settings: Settings) -> str:
+    parts = [checks[DEFAULT_ORG].note] if DEFAULT_ORG in checks else []
+    parts += [f"org {name}: {checks[name].note}" for name in wanted if name != DEFAULT_ORG
+              and name in checks]  # fmt: skip
+    unchecked = [name for name in wanted if name not in checks]
+    nothing_checked = DEFAULT_ORG in checks and all(c.catalog is None for c in checks.values())
+    if unchecked and not nothing_checked:
+        why = "ORGS_FILE is not set" if settings.orgs_file is None else "not in ORGS_FILE"
+        parts.append(
+            f"states and reasons of org {', '.join(unchecked)} not checked here ({why}; "
+            f"{NOT_CHECKED_HERE})"
+        )
+    return "; ".join(parts)
+
+
+@contextmanager
+def definition_check(settings: Settings, *, org: str = DEFAULT_ORG) -> Iterator[DefinitionCheck]:
+    """A check against ``org``'s current definitions when its Genesys settings are complete
+    (else a no-op with a note); raises :class:`DefinitionsUnavailable` when they are set but
+    the definitions cannot be read."""
     missing = missing_settings(settings)
     if missing:
         yield DefinitionCheck(
@@ -72,28 +137,29 @@ def definition_check(settings: Settings, *, enabled: bool = True) -> Iterator[De
             "unknown ones when it applies each row)",
         )
         return
+    named = "" if org == DEFAULT_ORG else f"org {org}: "
+    prefix = org_key_prefix(org)
     r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     http = httpx.Client(timeout=settings.http_timeout_s)
     try:
         # A clock that never moves: the definitions read once serve the whole import, so no row
         # check ever reaches Redis or Genesys again.
-        catalog = PresenceCatalog(
-            r, genesys_client(settings, r, http).presence_definitions, clock=lambda: 0.0
-        )
+        client = genesys_client(settings, r, http, prefix=prefix, org=org)
+        catalog = PresenceCatalog(r, client.presence_definitions, clock=lambda: 0.0, prefix=prefix)
         try:
             count = len(catalog.definitions())
         except redis.RedisError as exc:
             raise DefinitionsUnavailable(
-                f"Redis at {safe_url(settings.redis_url)} (REDIS_URL): {_first_line(exc)}"
+                f"{named}Redis at {safe_url(settings.redis_url)} (REDIS_URL): {_first_line(exc)}"
             ) from None
         except GenesysError as exc:
             raise DefinitionsUnavailable(
-                f"cannot read the presence definitions from {settings.api_base}: "
+                f"{named}cannot read the presence definitions from {settings.api_base}: "
                 f"{_first_line(exc)} (or import with --no-check)"
             ) from None
         except BudgetExhausted:
             raise DefinitionsUnavailable(
-                "cannot read the presence definitions: the Genesys request budget is spent "
+                f"{named}cannot read the presence definitions: the Genesys request budget is spent "
                 "for now; try again in a minute (or import with --no-check)"
             ) from None
         yield DefinitionCheck(
@@ -102,23 +168,6 @@ def definition_check(settings: Settings, *, enabled: bool = True) -> Iterator[De
     finally:
         http.close()
         r.close()
-
-
-def with_other_orgs(
-    check: DefinitionCheck, others: list[str], *, no_check: bool, fetched: bool
-) -> str:
-    """The check's note, saying also that the rows of ``others`` (orgs other than the default
-    org, whose definitions these are) were not checked — unless the note says nothing was.
-    ``fetched``: the check was asked to read the definitions (a default-org row needed them)."""
-    if not others or no_check:
-        return check.note
-    unchecked = (
-        f"states and reasons of org {', '.join(others)} not checked here (the worker rejects "
-        "unknown ones when it applies each row)"
-    )
-    if check.catalog is not None:
-        return f"{check.note}; {unchecked}"
-    return check.note if fetched else unchecked
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,12 +13,7 @@ from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.markup import escape
 
-from cli.definitions import (
-    DefinitionCheck,
-    DefinitionsUnavailable,
-    definition_check,
-    with_other_orgs,
-)
+from cli.definitions import DefinitionsUnavailable, OrgChecks, definition_checks
 from cli.errors import ORG_HELP, org_option
 from cli.render import SHOWN_ERRORS, progress_bar, safe_url
 from producer import PresenceProducer, PresenceUpdate
@@ -36,23 +31,22 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def checked(rows: list[ImportRow], check: DefinitionCheck) -> list[ImportRow]:
-    """``rows`` with the valid ones whose state or reason the org does not define made invalid.
-
-    The definitions checked against are the default org's (GENESYS_*): rows of another org are
-    left to the worker, which rejects an unknown state or reason when it applies the row."""
+def checked(rows: list[ImportRow], checks: OrgChecks) -> list[ImportRow]:
+    """``rows`` with the valid ones whose state or reason their org does not define made
+    invalid. Rows of an org not checked here are left to the worker, which rejects an unknown
+    state or reason when it applies the row."""
     result = []
     for row in rows:
         problem = None
-        if row.update is not None and row.update.org == DEFAULT_ORG:
-            problem = check.problem(row.update.state, row.update.reason)
+        if row.update is not None:
+            problem = checks.problem(row.update.org, row.update.state, row.update.reason)
         result.append(
             row if problem is None else ImportRow(row.line, None, f"line {row.line}: {problem}")
         )
     return result
 
 
-def plan(rows: list[ImportRow], check: DefinitionCheck) -> list[str]:
+def plan(rows: list[ImportRow], checks: OrgChecks) -> list[str]:
     """What each row would do, one line each, as far as the file and the definitions tell."""
     last_line: dict[tuple[str, str], int] = {}  # (org, agent): user ids are per org
     first_key: dict[str, int] = {}
@@ -65,11 +59,7 @@ def plan(rows: list[ImportRow], check: DefinitionCheck) -> list[str]:
         if update is None:
             lines.append(f"{row.error} → rejected")
             continue
-        if update.org == DEFAULT_ORG:
-            target = check.target(update.state, update.reason)
-        else:
-            wanted = f"{update.state} / {update.reason}" if update.reason else update.state
-            target = f"{wanted} (org {update.org}, not checked)"
+        target = checks.target(update.org, update.state, update.reason)
         text = f"line {row.line}: {update.user_id} → {target}"
         if update.expected_state:
             text += f", only if now {update.expected_state}"
@@ -125,8 +115,9 @@ def import_updates(
     """Enqueue every valid row of FILE in file order, each on its org's queue; print each bad
     row's error (the first 20) and a summary.
 
-    Blank lines and lines starting with # are skipped. States and reasons of the default org's
-    rows are checked against its presence definitions when the Genesys settings are set. Exits 1 when a row was
+    Blank lines and lines starting with # are skipped. Each row's state and reason are checked
+    against its org's presence definitions when that org's Genesys settings are at hand (the
+    default org's GENESYS_*, the others' in ORGS_FILE). Exits 1 when a row was
     invalid (the valid ones are still enqueued), 2 when the file is no import file.
     """
     org = org_option(org) or DEFAULT_ORG
@@ -136,18 +127,13 @@ def import_updates(
     except ValueError as exc:
         _fail(str(exc))
     orgs = sorted({row.update.org for row in rows if row.update is not None})
-    others = [name for name in orgs if name != DEFAULT_ORG]
-    # Only the default org's definitions are at hand (GENESYS_*); fetch them only if a row needs.
-    fetch = not no_check and (DEFAULT_ORG in orgs or not orgs)
     try:
-        with definition_check(settings, enabled=fetch) as check:
-            rows = checked(rows, check)
-            shown = plan(rows, check) if dry_run else []
+        with definition_checks(settings, orgs, no_check=no_check) as checks:
+            rows = checked(rows, checks)
+            shown = plan(rows, checks) if dry_run else []
     except DefinitionsUnavailable as exc:
         _fail(str(exc), code=1)
-    console.print(
-        escape(with_other_orgs(check, others, no_check=no_check, fetched=fetch)), soft_wrap=True
-    )
+    console.print(escape(checks.note), soft_wrap=True)
     errors = [row.error for row in rows if row.error is not None]
     if dry_run:
         for line in shown:

@@ -17,12 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
-from cli.definitions import (
-    DefinitionCheck,
-    DefinitionsUnavailable,
-    definition_check,
-    with_other_orgs,
-)
+from cli.definitions import DefinitionsUnavailable, OrgChecks, definition_checks
 from cli.errors import ORG_HELP, org_option
 from cli.render import SHOWN_ERRORS, progress_bar
 from models import ShiftStatus
@@ -69,17 +64,16 @@ def _rolled_back(url: str) -> Iterator[Session]:
 
 
 def checked(
-    results: list[RowResult], check: DefinitionCheck, where: str, org: str = DEFAULT_ORG
+    results: list[RowResult], checks: OrgChecks, where: str, org: str = DEFAULT_ORG
 ) -> list[RowResult]:
-    """``results`` with the valid rows whose state or reason the org does not define made
-    invalid (``where`` is how the file counts rows: line or change). Only the default org's
-    definitions are at hand: rows of another org (their own, else ``org``) are left to the
-    worker."""
+    """``results`` with the valid rows whose state or reason their org (their own, else
+    ``org``) does not define made invalid (``where`` is how the file counts rows: line or
+    change). Rows of an org not checked here are left to the worker."""
     out = []
     for row in results:
         problem = None
-        if row.change is not None and (row.change.org or org) == DEFAULT_ORG:
-            problem = check.problem(row.change.state, row.change.reason)
+        if row.change is not None:
+            problem = checks.problem(row.change.org or org, row.change.state, row.change.reason)
         out.append(
             row if problem is None else RowResult(row.line, None, f"{where} {row.line}: {problem}")
         )
@@ -120,9 +114,9 @@ def import_schedule(
 ) -> None:
     """Schedule every valid row of FILE; print each bad row's error (the first 20) and a summary.
 
-    Importing again updates rows still scheduled and leaves the others alone. States and
-    reasons of the default org's rows are checked against its presence definitions when the
-    Genesys settings are set. Exits 1 when a row was invalid (the valid ones are still imported).
+    Importing again updates rows still scheduled and leaves the others alone. Each row's state
+    and reason are checked against its org's presence definitions when that org's Genesys
+    settings are at hand (the default org's GENESYS_*, the others' in ORGS_FILE). Exits 1 when a row was invalid (the valid ones are still imported).
     """
     org = org_option(org) or DEFAULT_ORG
     label = (source if source is not None else file.name[:SOURCE_MAX]).strip()
@@ -133,18 +127,14 @@ def import_schedule(
     except ValueError as exc:
         _fail(str(exc))
     orgs = sorted({row.change.org or org for row in results if row.change is not None})
-    others = [name for name in orgs if name != DEFAULT_ORG]
-    fetch = not no_check and (DEFAULT_ORG in orgs or not orgs)
     try:
-        with definition_check(get_settings(), enabled=fetch) as check:
+        with definition_checks(get_settings(), orgs, no_check=no_check) as checks:
             results = checked(
-                results, check, "change" if file.suffix.lower() == ".json" else "line", org
+                results, checks, "change" if file.suffix.lower() == ".json" else "line", org
             )
     except DefinitionsUnavailable as exc:
         _fail(str(exc), code=1)
-    console.print(
-        escape(with_other_orgs(check, others, no_check=no_check, fetched=fetch)), soft_wrap=True
-    )
+    console.print(escape(checks.note), soft_wrap=True)
     errors: list[str] = []
     with (
         _database() as url,

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from emulator.launcher import EmulatorProcess
 from producer.schema import QUEUE
+from sandbox.orgs import OrgEntry, secret_env, write_orgs_file
 from tests.support.processes import stop
 from worker.embedded_redis import _server_binary, reachable
 from worker.settings import get_settings
@@ -350,7 +351,7 @@ def test_a_bad_org_is_one_line_for_the_option_and_a_row_error_for_a_cell(env):
     assert [m["user_id"] for m in queued(env)] == [OTHER]
 
 
-def test_only_the_default_orgs_rows_are_checked_against_its_definitions(genesys):
+def test_rows_of_an_org_configured_nowhere_here_are_left_to_the_worker(genesys):
     path = csv_file(genesys, f"user_id,state,org\n{AGENT},Vacation,\n{OTHER},Vacation,acme\n")
 
     result = run("import", str(path))
@@ -359,12 +360,73 @@ def test_only_the_default_orgs_rows_are_checked_against_its_definitions(genesys)
     lines = result.stdout.splitlines()
     assert lines[0].startswith("states and reasons checked against ")
     assert lines[0].endswith(
-        "; states and reasons of org acme not checked here (the worker rejects unknown ones "
-        "when it applies each row)"
+        "; states and reasons of org acme not checked here (ORGS_FILE is not set; the worker "
+        "rejects unknown ones when it applies each row)"
     )
     assert error_lines(result.stdout)[0].startswith("line 2: Unknown state 'Vacation'")
     assert [m["org"] for m in queued(genesys, "presence.acme")] == ["acme"]
     assert queued(genesys) == []
+
+
+@pytest.fixture
+def acme(genesys, emulator: EmulatorProcess):
+    """``genesys`` plus a second org ``acme`` served by the emulator and named in ORGS_FILE
+    (gone at the next test's reset)."""
+    org = httpx.post(f"{emulator.base_url}/__emulator/orgs", json={"name": "acme", "users": 5})
+    org.raise_for_status()
+    body = org.json()
+    entry = OrgEntry("acme", emulator.base_url, body["clientIds"][0], body["clientSecret"])
+    env = write_orgs_file(genesys.tmp_path / "orgs.toml", [entry])
+    for name, value in env.items():
+        genesys.monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    return genesys
+
+
+def acme_requests(emulator: EmulatorProcess) -> int:
+    stats = httpx.get(f"{emulator.base_url}/__emulator/stats", params={"org": "acme"}).json()
+    return sum(sum(by_status.values()) for by_status in stats["requests"].values())
+
+
+def test_each_orgs_rows_are_checked_against_that_orgs_own_definitions(acme, emulator):
+    path = csv_file(
+        acme,
+        "user_id,state,org\n"
+        f"{AGENT},Vacation,\n"
+        f"{OTHER},Vacation,acme\n"
+        f"{OTHER},Break,acme\n"
+        f"{AGENT},Meal,globex\n",
+    )
+
+    result = run("import", str(path))
+
+    assert result.exit_code == 1, result.output
+    note = result.stdout.splitlines()[0]
+    assert note.startswith("states and reasons checked against ")
+    assert "; org acme: states and reasons checked against " in note
+    assert note.endswith(
+        "; states and reasons of org globex not checked here (not in ORGS_FILE; the worker "
+        "rejects unknown ones when it applies each row)"
+    )
+    errors = error_lines(result.stdout)
+    assert [e.split(":")[0] for e in errors] == ["line 2", "line 3"]
+    assert errors[1].startswith("line 3: Unknown state 'Vacation'")
+    assert [m["state"] for m in queued(acme, "presence.acme")] == ["Break"]
+    assert [m["state"] for m in queued(acme, "presence.globex")] == ["Meal"]
+    assert acme_requests(emulator) >= 1  # acme's own client read acme's definitions
+
+
+def test_an_org_whose_definitions_cannot_be_read_is_one_line_naming_it(acme, emulator):
+    acme.monkeypatch.setenv(secret_env("acme"), "not-the-secret")
+    get_settings.cache_clear()
+    path = csv_file(acme, f"user_id,state,org\n{OTHER},Break,acme\n")
+
+    result = run("import", str(path))
+
+    message = assert_one_line_error(result, 1)
+    assert message.startswith("org acme: cannot read the presence definitions from ")
+    assert "not-the-secret" not in result.output
+    assert queued(acme, "presence.acme") == []
 
 
 def test_dry_run_says_what_each_row_would_do_and_queues_nothing(genesys):

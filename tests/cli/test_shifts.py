@@ -108,8 +108,8 @@ def test_import_stores_each_rows_org_the_column_winning_over_the_option(env):
 
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == (
-        "states and reasons of org acme, globex not checked here (the worker rejects unknown "
-        "ones when it applies each row)"
+        "states and reasons of org acme, globex not checked here (ORGS_FILE is not set; the "
+        "worker rejects unknown ones when it applies each row)"
     )
     assert [(r.user_id, r.org) for r in stored(env)] == [
         (AGENT, "acme"),
