@@ -83,10 +83,12 @@ class Socket:
 
     ws: web.WebSocketResponse
     request: web.Request
-    outbox: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(OUTBOX_MAX))
+    # A str is sent as a text frame; bytes (the admin's raw frames) as a text frame of exactly
+    # those bytes, valid UTF-8 or not.
+    outbox: asyncio.Queue[str | bytes] = field(default_factory=lambda: asyncio.Queue(OUTBOX_MAX))
     dropped_events: int = 0
 
-    def offer(self, text: str) -> None:
+    def offer(self, text: str | bytes) -> None:
         try:
             self.outbox.put_nowait(text)
         except asyncio.QueueFull:
@@ -355,7 +357,10 @@ class NotificationHub:
                 await sock.ws.close()
                 return
             try:
-                await sock.ws.send_str(text)
+                if isinstance(text, bytes):
+                    await sock.ws.send_frame(text, web.WSMsgType.TEXT)
+                else:
+                    await sock.ws.send_str(text)
             except (ConnectionError, RuntimeError):
                 return
 
@@ -392,6 +397,15 @@ class NotificationHub:
         for channel in hit:
             if channel.socket is not None:
                 channel.socket.abort()
+        return len(hit)
+
+    def send_raw(self, channel_id: str | None, frames: list[bytes]) -> int:
+        """Send each of ``frames`` as a text frame of exactly those bytes (hostile input)."""
+        hit = self.targets(channel_id)
+        for channel in hit:
+            if channel.socket is not None:
+                for frame in frames:
+                    channel.socket.offer(frame)
         return len(hit)
 
     def announce_closing(self, channel_id: str | None, grace_s: float) -> int:

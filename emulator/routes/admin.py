@@ -7,6 +7,8 @@ orgs, and a reset without ``?org`` resets the whole process.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, Literal
 
 from aiohttp import web
@@ -86,6 +88,11 @@ class TokensBody(_Admin):
 class SocketsBody(_Admin):
     channel_id: str | None = None
     close_after_s: float | None = Field(default=None, ge=0)
+
+
+class RawFramesBody(_Admin):
+    channel_id: str | None = None
+    frames_base64: list[str] = Field(min_length=1, max_length=1000)
 
 
 class SystemMessageBody(_Admin):
@@ -290,6 +297,18 @@ async def system_message(request: web.Request) -> web.Response:
     return respond({"notified": emu.hub.announce(body.channel_id, body.kind, body.close)})
 
 
+async def raw_frames(request: web.Request) -> web.Response:
+    """Text frames of arbitrary bytes (base64 in the body: not JSON, not UTF-8, anything) on one
+    or every connected channel, in order, between the events."""
+    emu = emulator_of(request)
+    body: RawFramesBody = await _body(request, RawFramesBody)
+    try:
+        frames = [base64.b64decode(frame, validate=True) for frame in body.frames_base64]
+    except binascii.Error:
+        raise bad_request("frames_base64: every frame must be base64.") from None
+    return respond({"sent": emu.hub.send_raw(body.channel_id, frames)})
+
+
 # -- agents and queues ----------------------------------------------------------------------
 async def set_presence(request: web.Request) -> web.Response:
     """A change made outside the API (an agent in the UI, a supervisor): events as usual."""
@@ -414,6 +433,7 @@ def register(router: web.UrlDispatcher) -> None:
     add("POST", f"{PREFIX}/sockets/drop", drop_sockets, name="admin.sockets.drop")
     add("POST", f"{PREFIX}/sockets/closing", socket_closing, name="admin.sockets.closing")
     add("POST", f"{PREFIX}/sockets/system", system_message, name="admin.sockets.system")
+    add("POST", f"{PREFIX}/sockets/raw", raw_frames, name="admin.sockets.raw")
     add("PUT", f"{PREFIX}/users/{{user_id}}/presence", set_presence, name="admin.users.presence")
     add("PUT", f"{PREFIX}/users/{{user_id}}/work", set_work, name="admin.users.work")
     add("PUT", f"{PREFIX}/queues/{{queue_id}}/waiting", set_waiting, name="admin.queues.waiting")

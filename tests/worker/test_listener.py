@@ -7,6 +7,7 @@ Listeners are built from the runtime's own pieces and talk to the emulator over 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import threading
@@ -624,3 +625,37 @@ def test_wait_primed_is_bounded_once_per_process(make_listener):
 
 def test_without_priming_there_is_nothing_to_wait_for(make_listener):
     assert make_listener(prime_agents=0).wait_primed()
+
+
+# -- hostile frames ------------------------------------------------------------------------------
+HOSTILE_FRAMES = [
+    b"\xff\xfe not UTF-8 \xc3\x28",
+    b"not json",
+    b"[1, 2, 3]",
+    b"null",
+    b'"a string"',
+    b'{"topicName": 7}',
+    b'{"topicName": "v2.users.x.presence", "eventBody": [1]}',
+    b'{"topicName": "v2.users.x.presence", "eventBody": {"presenceDefinition": "id"}}',
+    b'{"topicName": "v2.users.x.presence", "eventBody": {"presenceDefinition": {"id": 5}}}',
+    b'{"topicName": "v2.users.x.presence", "metadata": 3, "eventBody": '
+    b'{"presenceDefinition": {"id": "d"}, "modifiedDate": 12}}',
+    "{\"topicName\": \"v2.users.\u00e9\u00e8.presence\"}".encode(),
+]
+
+
+def test_frames_that_are_not_the_platforms_are_ignored_and_the_socket_stays(
+    api, runtime, make_listener, agents
+):
+    listener = make_listener()
+    assert listener.ensure_subscribed(agents[0], wait_s=5)
+    before = listener.reconnects
+    frames = [base64.b64encode(frame).decode() for frame in HOSTILE_FRAMES]
+
+    sent = api.admin("POST", "/sockets/raw", {"frames_base64": frames})
+
+    assert sent.json()["sent"] == 1
+    event, _ = confirm_a_write(runtime, listener, agents[0], BREAK)  # read after every frame
+    assert event is not None, "events still flow after the hostile frames"
+    assert listener.reconnects == before, "no frame cost the socket"
+    assert listener.connected.is_set()

@@ -49,9 +49,9 @@ LEASE_RENEW_FRACTION = 0.25
 MAINTAIN_EVERY_S = 1.0
 
 
-def parse_ms(value: str | None) -> int:
+def parse_ms(value: object) -> int:
     """ISO-8601 (``…Z``) to epoch milliseconds; 0 when absent or malformed."""
-    if not value:
+    if not isinstance(value, str) or not value:
         return 0
     try:
         return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
@@ -379,7 +379,12 @@ class NotificationListener:
 
     def _open(self, connect_uri: str) -> websocket.WebSocket:
         """A socket on ``connect_uri`` that is proven to carry events (an answered ping)."""
-        ws = websocket.create_connection(connect_uri, timeout=self.connect_timeout_s)
+        # UTF-8 is left to json.loads (C): websocket-client's own check is pure Python, a large
+        # share of the listener's CPU, and would end the socket on a frame that is not UTF-8
+        # where json.loads makes it one more unreadable message (see _receive).
+        ws = websocket.create_connection(
+            connect_uri, timeout=self.connect_timeout_s, skip_utf8_validation=True
+        )
         try:
             self._sync(ws)
         except BaseException:
@@ -394,12 +399,12 @@ class NotificationListener:
         (``current=False``) a system message or close just ends the reading."""
         ws.send(json.dumps({"message": "ping"}))
         while True:
-            text = ws.recv()
-            if not current and (not text or '"v2.system.' in str(text) or '"404"' in str(text)):
+            data = _receive(ws)
+            if not current and (not data or b'"v2.system.' in data or b'"404"' in data):
                 return
-            if not self._handle(text):
+            if not self._handle(data):
                 raise ConnectionError("channel closed while connecting")
-            if isinstance(text, str) and '"channel.metadata"' in text:
+            if b'"channel.metadata"' in data:
                 return
 
     def _new_channel(self) -> None:
@@ -505,7 +510,7 @@ class NotificationListener:
             assert ws is not None
             ws.settimeout(min(self.heartbeat_s / 2, MAINTAIN_EVERY_S))
             try:
-                text = ws.recv()
+                data = _receive(ws)
             except websocket.WebSocketTimeoutException:
                 quiet = time.monotonic() - last_heard
                 if quiet > self.heartbeat_s * 3:
@@ -516,10 +521,10 @@ class NotificationListener:
                     pinged = True
                 self._maintain()
                 continue
-            if not text:
+            if not data:
                 return  # closed by the server
             last_heard, pinged = time.monotonic(), False
-            if not self._handle(text):
+            if not self._handle(data):
                 return
             self._maintain()
 
@@ -545,11 +550,14 @@ class NotificationListener:
                 except (GenesysError, BudgetExhausted) as exc:
                     log.warning("channel extension failed: %s", exc)
 
-    def _handle(self, text: str | bytes) -> bool:
-        """Process one message; False when the socket must be re-established."""
+    def _handle(self, data: bytes) -> bool:
+        """Process one message (anything not a JSON object is ignored); False when the socket
+        must be re-established."""
         try:
-            message: dict[str, Any] = json.loads(text)
-        except ValueError:
+            message: object = json.loads(data)
+        except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
+            return True
+        if not isinstance(message, dict):
             return True
         if message.get("result") == "404":
             self.channel_id = self.connect_uri = None  # the channel is gone: make a new one
@@ -578,16 +586,21 @@ class NotificationListener:
         return False
 
     def _on_presence(self, user_id: str, message: dict[str, Any]) -> None:
-        body = message.get("eventBody") or {}
-        definition = body.get("presenceDefinition") or {}
-        if "id" not in definition:
+        """A presence event; one whose shape is not the platform's is ignored."""
+        body = message.get("eventBody")
+        if not isinstance(body, dict):
             return
+        definition = body.get("presenceDefinition")
+        if not isinstance(definition, dict) or not isinstance(definition.get("id"), str):
+            return
+        metadata = message.get("metadata")
+        correlation_id = metadata.get("CorrelationId") if isinstance(metadata, dict) else None
         event = PresenceEvent(
             user_id=user_id,
             definition_id=definition["id"],
             system_presence=str(definition.get("systemPresence", "")),
             modified_ms=parse_ms(body.get("modifiedDate")),
-            correlation_id=(message.get("metadata") or {}).get("CorrelationId"),
+            correlation_id=correlation_id if isinstance(correlation_id, str) else None,
         )
         waiters = self.waiters.of(user_id)
         # The write this event confirms was stored by this process already and its waiter is
@@ -601,3 +614,13 @@ class NotificationListener:
             )
         for waiter in waiters:
             waiter.push(event)
+
+
+def _receive(ws: websocket.WebSocket) -> bytes:
+    """The next text or binary message's bytes, as sent; ``b""`` when the socket closed (a close
+    frame, or an empty message, which the platform never sends)."""
+    with ws.readlock:
+        opcode, data = ws.recv_data()
+    if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+        return bytes(data)
+    return b""
