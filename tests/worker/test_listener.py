@@ -640,7 +640,7 @@ HOSTILE_FRAMES = [
     b'{"topicName": "v2.users.x.presence", "eventBody": {"presenceDefinition": {"id": 5}}}',
     b'{"topicName": "v2.users.x.presence", "metadata": 3, "eventBody": '
     b'{"presenceDefinition": {"id": "d"}, "modifiedDate": 12}}',
-    "{\"topicName\": \"v2.users.\u00e9\u00e8.presence\"}".encode(),
+    '{"topicName": "v2.users.\u00e9\u00e8.presence"}'.encode(),
 ]
 
 
