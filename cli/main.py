@@ -151,9 +151,11 @@ def requeue(
         str, typer.Option(help="Requeue requests that ended with this outcome.")
     ] = "dead_letter",
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
+    org: Annotated[str | None, typer.Option(help="Only this org's requests.")] = None,
 ) -> None:
-    """Enqueue again the requests that ended with OUTCOME (once each; a newer request for the
-    same agent still wins)."""
+    """Enqueue again the requests that ended with OUTCOME (once each, each on its org's queue;
+    a newer request for the same agent still wins)."""
+    org = org_option(org)
     if outcome not in audit_service.REQUEUEABLE:
         allowed = ", ".join(sorted(audit_service.REQUEUEABLE))
         err.print(f"[red]error:[/] only {allowed} can be requeued")
@@ -161,10 +163,11 @@ def requeue(
     producer = _producer()
     with session_scope(get_settings().database_url) as session:
         count = audit_service.requeue(
-            session, outcome=Outcome(outcome), limit=limit, send=producer.send
+            session, outcome=Outcome(outcome), limit=limit, send=producer.send, org=org
         )
     producer.close()
-    console.print(f"requeued {count} request(s) that ended {outcome}")
+    of_org = f" in org {org}" if org else ""
+    console.print(f"requeued {count} request(s) that ended {outcome}{of_org}")
 
 
 wfm_app = typer.Typer(no_args_is_help=True, help="WFM deliveries: inspect and retry.")

@@ -62,21 +62,27 @@ REQUEUEABLE = frozenset({Outcome.DEAD_LETTER, Outcome.FAILED, Outcome.DRIFTED})
 
 
 def requeue(
-    session: Session, *, outcome: Outcome, limit: int, send: Callable[[PresenceUpdate], str]
+    session: Session,
+    *,
+    outcome: Outcome,
+    limit: int,
+    send: Callable[[PresenceUpdate], str],
+    org: str | None = None,
 ) -> int:
-    """Send again, once each, up to ``limit`` requests that ended ``outcome`` (oldest first);
-    each row records the new request id in ``requeued_as``. Returns how many were sent.
+    """Send again, once each, up to ``limit`` requests that ended ``outcome`` (oldest first;
+    only ``org``'s when given); each row records the new request id in ``requeued_as``.
+    Returns how many were sent.
 
     Raises ValueError for an outcome that cannot be requeued (see ``REQUEUEABLE``).
     """
     if outcome not in REQUEUEABLE:
         raise ValueError(f"only {', '.join(sorted(REQUEUEABLE))} can be requeued")
-    rows = session.scalars(
-        select(AuditRecord)
-        .where(AuditRecord.outcome == outcome.value, AuditRecord.requeued_as.is_(None))
-        .order_by(AuditRecord.id)
-        .limit(limit)
-    ).all()
+    query = select(AuditRecord).where(
+        AuditRecord.outcome == outcome.value, AuditRecord.requeued_as.is_(None)
+    )
+    if org is not None:
+        query = query.where(AuditRecord.org == org)
+    rows = session.scalars(query.order_by(AuditRecord.id).limit(limit)).all()
     count = 0
     for row in rows:
         if not row.payload or "user_id" not in row.payload:

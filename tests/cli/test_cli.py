@@ -301,6 +301,25 @@ def test_requeue_sends_each_request_back_to_its_orgs_queue(env):
     assert (sent["org"], sent["requeue_of"]) == ("acme", "req-1")
 
 
+def test_requeue_with_an_org_sends_only_that_orgs_requests(env):
+    acme = {"user_id": AGENT, "state": "Break", "requested_at": "2026-03-02T09:00:00Z"}
+    add_rows(
+        env,
+        record(1, Outcome.DEAD_LETTER, payload={**acme, "org": "acme"}, org="acme"),
+        record(2, Outcome.DEAD_LETTER, payload={**acme, "state": "Meal"}),
+    )
+
+    only_acme = run("requeue", "--org", "acme")
+    bad = run("requeue", "--org", "ACME")
+
+    assert only_acme.exit_code == 0, only_acme.output
+    assert "requeued 1 request(s) that ended dead_letter in org acme" in only_acme.stdout
+    assert [m["state"] for m in queued(env, "presence.acme")] == ["Break"]
+    assert queued(env) == [], "the default org's dead letter stays for its own requeue"
+    assert bad.exit_code == 2
+    assert bad.stderr.startswith("error: --org: 'ACME' is not an org name (")
+
+
 def test_requeue_refuses_outcomes_that_cannot_be_retried(env):
     result = run("requeue", "--outcome", "confirmed")
 
