@@ -13,7 +13,8 @@ import os
 import random
 import socket
 import threading
-from contextlib import AbstractContextManager, nullcontext
+import time
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
@@ -44,6 +45,8 @@ from worker.rules.transitions import TransitionMatrix
 from worker.settings import Settings
 from worker.state_cache import StateCache
 
+BACKLOG_READ_S = 1.0
+
 
 @dataclass
 class Runtime:
@@ -68,13 +71,30 @@ class Runtime:
     wave_lock: threading.Lock = field(default_factory=threading.Lock)
     # Served beside other orgs: this org's tasks take at most their share of the process.
     shares_process: bool = False
+    # (when read, monotonic; messages then waiting in this org's queue)
+    _backlog: tuple[float, int] = (float("-inf"), 0)
 
     def occupying(self) -> AbstractContextManager[None]:
         """Around one task of this org: beside other orgs, at most ``ORG_TASK_SHARE`` of them
-        run in this process at once (:func:`worker.broker.pauses.occupying`)."""
+        run in this process at once, one while the org's backlog is deep
+        (:func:`worker.broker.pauses.occupying`, :func:`~worker.broker.pauses.task_share`)."""
         if not self.shares_process:
             return nullcontext()
-        return pauses.occupying(self.org.queue, self.settings.org_task_share)
+        share = pauses.task_share(
+            self.backlog(), self.settings.rate_limit_per_minute, self.settings.org_task_share
+        )
+        return pauses.occupying(self.org.queue, share)
+
+    def backlog(self) -> int:
+        """Messages waiting in this org's queue, read at most once per ``BACKLOG_READ_S`` (the
+        last known count when Redis does not answer)."""
+        read_at, count = self._backlog
+        now = time.monotonic()
+        if now - read_at >= BACKLOG_READ_S:
+            with suppress(redis.RedisError):
+                count = int(self.redis.llen(self.org.queue))
+            self._backlog = (now, count)
+        return count
 
     def enqueue_wfm(self, delivery_id: int) -> None:
         """Send ``wfm.sync`` for a committed outbox row (by name: no task import needed)."""

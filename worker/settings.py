@@ -107,7 +107,8 @@ class Settings(BaseSettings):
         default=4,
         ge=1,
         description="With several orgs: the most tasks of one org a threads worker process runs "
-        "at once, so that one org's burst leaves threads and CPU to the others' updates.",
+        "at once, so that one org's burst leaves threads and CPU to the others' updates (1 "
+        "while the org's queue holds more than two minutes of its budget).",
     )
     notification_channels: int = Field(
         default=3,

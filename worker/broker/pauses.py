@@ -18,6 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+# An org whose queue holds more than this many minutes of its budget runs one task at a time in
+# a process beside other orgs (:func:`task_share`).
+DEEP_BACKLOG_MINUTES = 2
+
 _until: dict[str, float] = {}
 _busy: dict[str, int] = {}  # queue -> its tasks running in this process
 _full: set[str] = set()  # queues whose tasks fill their share of this process's threads
@@ -40,6 +44,17 @@ def paused(now: float | None = None) -> frozenset[str]:
         for queue in [q for q, until in _until.items() if until <= now]:
             del _until[queue]
         return frozenset(_until) | _full
+
+
+def task_share(backlog: int, budget_per_minute: int, share: int) -> int:
+    """How many of an org's tasks may run at once in a process beside other orgs: ``share``, or
+    1 while its queue holds more than :data:`DEEP_BACKLOG_MINUTES` of its budget
+    (``backlog`` messages). Such a backlog drains at the budget's pace however fast each
+    minute's allowance is spent (one minute's burst more or less, out of several), so spending
+    the allowance in a burst would only take the CPU from the other orgs' updates."""
+    if budget_per_minute > 0 and backlog > DEEP_BACKLOG_MINUTES * budget_per_minute:
+        return 1
+    return share
 
 
 @contextmanager

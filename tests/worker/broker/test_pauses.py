@@ -18,6 +18,8 @@ from kombu import Connection, Exchange, Queue
 from kombu.utils.scheduling import round_robin_cycle
 
 from worker.broker import ledger, pauses
+from worker.orgs import Org
+from worker.runtime import Runtime
 
 
 @pytest.fixture(autouse=True)
@@ -126,4 +128,37 @@ def test_a_failing_task_still_gives_its_share_back() -> None:
     with pytest.raises(RuntimeError):
         failing_task()
     assert seen == [{"presence.acme"}]
+    assert pauses.paused() == frozenset()
+
+
+# -- an org with a deep backlog --------------------------------------------------------------------
+def test_the_share_is_one_only_while_the_backlog_is_over_two_minutes_of_budget() -> None:
+    assert pauses.task_share(backlog=600, budget_per_minute=300, share=4) == 4
+    assert pauses.task_share(backlog=601, budget_per_minute=300, share=4) == 1
+    assert pauses.task_share(backlog=0, budget_per_minute=300, share=4) == 4
+    assert pauses.task_share(backlog=10**6, budget_per_minute=0, share=4) == 4  # no budget set
+
+
+def test_an_org_with_a_deep_backlog_runs_one_task_at_a_time_beside_other_orgs(settings) -> None:
+    acme_settings = settings.model_copy(update={"rate_limit_per_minute": 5})
+    runtime = Runtime.build(acme_settings, org=Org("acme", acme_settings))
+    runtime.shares_process = True
+    queue = runtime.org.queue
+    runtime.redis.delete(queue)
+    try:
+        with runtime.occupying():
+            shallow = pauses.paused()
+        runtime.redis.rpush(queue, *[b"waiting"] * 11)  # over 2 minutes of 5 per minute
+        with runtime.occupying():
+            cached = pauses.paused()  # the length is read at most once a second
+        runtime._backlog = (float("-inf"), 0)
+        with runtime.occupying():
+            deep = pauses.paused()
+    finally:
+        runtime.redis.delete(queue)
+        runtime.http.close()
+        runtime.redis.close()
+    assert shallow == frozenset()
+    assert cached == frozenset()
+    assert deep == {queue}
     assert pauses.paused() == frozenset()
