@@ -72,3 +72,35 @@ def test_a_dead_letter_due_while_the_database_is_down_is_written_once_it_is_back
     ]
     assert {r.outcome for r in rows} == {"dead_letter"}, [(r.outcome, r.error_code) for r in rows]
     assert [p.poll() for p in fleet.processes] == [None] * len(fleet.processes)
+
+
+def test_an_unknown_org_and_a_wave_element_of_another_org_are_recorded_once_the_database_is_back(
+    outage: Pipeline, postgres: PrivatePostgres
+) -> None:
+    fleet = outage.start(1, pool="threads", concurrency=4, MAX_RETRIES=30)
+    agents = outage.agents(3, online=True)
+    postgres.stop()
+    unknown = outage.send(outage.update(agents[0]["id"], "Available", org="nosuch"))
+    wave = {
+        f"wave-{a['id']}": outage.update(a["id"], "Available", **({"org": "acme"} if i else {}))
+        for i, a in enumerate(agents[1:])
+    }
+    outage.send_wave(wave)
+    mixed = [request_id for request_id, p in wave.items() if p.get("org") == "acme"]
+
+    deadline = time.monotonic() + 60
+    while "failed unexpectedly" not in outage.full_logs():  # a write failed: the retry is on
+        assert time.monotonic() < deadline, outage.logs()
+        time.sleep(0.5)
+    time.sleep(DOWN_S)
+    postgres.start()
+
+    ids = [unknown, *wave]
+    outage.wait_rows(len(ids), request_ids=ids, timeout_s=120)
+    outage.wait_idle(timeout_s=60)
+    rows = {r.request_id: r for r in outage.rows(ids)}
+    assert sorted(rows) == sorted(ids)
+    assert Counter(r.request_id for r in outage.rows(ids)) == dict.fromkeys(ids, 1)
+    assert (rows[unknown].outcome, rows[unknown].error_code) == ("invalid", "org.unknown")
+    assert [(rows[i].outcome, rows[i].error_code) for i in mixed] == [("invalid", "org.mixed")]
+    assert [p.poll() for p in fleet.processes] == [None] * len(fleet.processes)
