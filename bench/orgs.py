@@ -305,7 +305,7 @@ def confirmed_rows(stack: LocalStack, source: str) -> list[Confirmed]:
     return [
         Confirmed(u, _aware(r).timestamp(), (_aware(f) - _aware(r)).total_seconds() * 1000)
         for u, r, f in found
-        if r is not None
+        if u is not None and r is not None
     ]
 
 
