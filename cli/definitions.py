@@ -110,9 +110,11 @@ def definition_checks(
 
 
 def _note(checks: Mapping[str, DefinitionCheck], wanted: list[str], settings: Settings) -> str:
+    """One line: the default org's check, each other checked org's, and the orgs not checked
+    (left out when the default org's note already says nothing was checked)."""
     parts = [checks[DEFAULT_ORG].note] if DEFAULT_ORG in checks else []
-    parts += [f"org {name}: {checks[name].note}" for name in wanted if name != DEFAULT_ORG
-              and name in checks]  # fmt: skip
+    others = [name for name in wanted if name != DEFAULT_ORG and name in checks]
+    parts += [f"org {name}: {checks[name].note}" for name in others]
     unchecked = [name for name in wanted if name not in checks]
     nothing_checked = DEFAULT_ORG in checks and all(c.catalog is None for c in checks.values())
     if unchecked and not nothing_checked:
