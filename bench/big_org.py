@@ -41,6 +41,7 @@ from rich.console import Console
 from sqlalchemy import func, select
 from urllib3.util import Retry
 
+from bench.pipeline import api_counts
 from bench.report import Report
 from emulator.launcher import EmulatorProcess
 from models import AuditRecord
@@ -58,21 +59,6 @@ LISTING_PAGE = 500
 
 def emulator_args(org: int, budget: int) -> list[str]:
     return ["--users", str(org), "--queues", "4", "--rate-limit", str(budget), "--heartbeat", "5"]
-
-
-def api_counts(stats: dict[str, Any]) -> tuple[Counter[str], int]:
-    """Admitted platform requests by route, and 429 answers."""
-    admitted: Counter[str] = Counter()
-    rejected = 0
-    for route, by_status in stats["requests"].items():
-        if route.startswith(("admin.", "oauth.", "wfm.")):
-            continue
-        for status, count in by_status.items():
-            if status == "429":
-                rejected += int(count)
-            else:
-                admitted[route] += int(count)
-    return admitted, rejected
 
 
 def minimum_s(requests: int, budget: int) -> float:

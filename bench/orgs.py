@@ -37,7 +37,8 @@ from typing import Any
 from rich.console import Console
 from sqlalchemy import func, select
 
-from bench.big_org import api_counts, minimum_s
+from bench.big_org import minimum_s
+from bench.pipeline import api_counts
 from bench.report import Report
 from models import AuditRecord
 from models.db import session_scope

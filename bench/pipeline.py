@@ -21,6 +21,7 @@ import random
 import statistics
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,18 +71,26 @@ def wait_rows(stack: LocalStack, expected: int, timeout_s: float) -> float:
     raise TimeoutError(f"fewer than {expected} audit rows after {timeout_s:.0f} s")
 
 
-def api_requests(stats: dict[str, Any]) -> tuple[int, int]:
-    """(admitted platform API requests, 429 answers) from the emulator's counters."""
-    admitted = rejected = 0
+def api_counts(stats: dict[str, Any]) -> tuple[Counter[str], int]:
+    """Admitted platform requests by route, and 429 answers, from the emulator's counters (its
+    admin, OAuth and WFM-sink routes are not the platform's API)."""
+    admitted: Counter[str] = Counter()
+    rejected = 0
     for route, by_status in stats["requests"].items():
         if route.startswith(("admin.", "oauth.", "wfm.")):
             continue
         for status, count in by_status.items():
             if status == "429":
-                rejected += count
+                rejected += int(count)
             else:
-                admitted += count
+                admitted[route] += int(count)
     return admitted, rejected
+
+
+def api_requests(stats: dict[str, Any]) -> tuple[int, int]:
+    """(admitted platform API requests, 429 answers) from the emulator's counters."""
+    admitted, rejected = api_counts(stats)
+    return sum(admitted.values()), rejected
 
 
 # -- (a) throughput --------------------------------------------------------------------------------

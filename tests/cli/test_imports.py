@@ -16,6 +16,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from bench.pipeline import api_requests
 from cli.main import app
 from emulator.launcher import EmulatorProcess
 from producer.schema import QUEUE
@@ -385,7 +386,7 @@ def acme(genesys, emulator: EmulatorProcess):
 
 def acme_requests(emulator: EmulatorProcess) -> int:
     stats = httpx.get(f"{emulator.base_url}/__emulator/stats", params={"org": "acme"}).json()
-    return sum(sum(by_status.values()) for by_status in stats["requests"].values())
+    return api_requests(stats)[0]
 
 
 def test_each_orgs_rows_are_checked_against_that_orgs_own_definitions(acme, emulator):
