@@ -1,7 +1,7 @@
 """WFM synchronisation through a durable outbox.
 
 Every terminal outcome that changed an agent's state gets a :class:`WfmDelivery` row in the
-same transaction as its audit row (:func:`outbox_row`); the ``wfm.sync`` task then delivers it
+same transaction as its audit row (:func:`outbox_values`); the ``wfm.sync`` task then delivers it
 (:func:`deliver`), and a periodic sweep re-enqueues deliveries left pending (:func:`stale`).
 
 Event (JSON, ``Content-Type: application/json``)::
@@ -26,6 +26,7 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,38 +75,37 @@ def _iso(value: datetime | None) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-def event_for(record: AuditRecord) -> dict[str, Any]:
+def event_for(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The webhook event of an audit row (column name → value)."""
     return {
         "event_id": str(uuid.uuid4()),
         "type": "presence.changed",
-        "agent_id": record.user_id,
-        "request_id": record.request_id,
-        "from": {"state": record.from_state, "definition_id": record.from_definition_id},
-        "to": {"state": record.to_state, "definition_id": record.to_definition_id},
-        "reason": record.reason,
-        "source": record.source,
-        "requested_at": _iso(record.requested_at),
-        "applied_at": _iso(record.finished_at),
-        "outcome": record.outcome,
+        "agent_id": row["user_id"],
+        "request_id": row["request_id"],
+        "from": {"state": row["from_state"], "definition_id": row["from_definition_id"]},
+        "to": {"state": row["to_state"], "definition_id": row["to_definition_id"]},
+        "reason": row["reason"],
+        "source": row["source"],
+        "requested_at": _iso(row["requested_at"]),
+        "applied_at": _iso(row["finished_at"]),
+        "outcome": row["outcome"],
     }
 
 
-def outbox_row(session: Session, record: AuditRecord) -> WfmDelivery | None:
-    """Add the delivery for ``record`` to the session (same transaction), if it changed state."""
-    if record.outcome not in STATE_CHANGING:
+def outbox_values(row: Mapping[str, Any], audit_id: int) -> dict[str, Any] | None:
+    """The outbox row (column name → value) for the audit row ``row`` stored as ``audit_id``,
+    or None when it did not change the agent's state (nothing to tell WFM)."""
+    if row["outcome"] not in STATE_CHANGING:
         return None
-    event = event_for(record)
-    delivery = WfmDelivery(
-        event_id=event["event_id"],
-        audit_id=record.id,
-        payload=event,
-        state=DeliveryState.PENDING.value,
-        attempts=0,
-        created_at=datetime.now(UTC),
-    )
-    session.add(delivery)
-    session.flush()
-    return delivery
+    event = event_for(row)
+    return {
+        "event_id": event["event_id"],
+        "audit_id": audit_id,
+        "payload": event,
+        "state": DeliveryState.PENDING.value,
+        "attempts": 0,
+        "created_at": datetime.now(UTC),
+    }
 
 
 @dataclass(frozen=True, slots=True)

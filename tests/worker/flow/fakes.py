@@ -371,7 +371,7 @@ class FakeAuditStore:
             raise self.fault
         out = []
         for draft in drafts:
-            draft.to_record()  # the real conversion must accept every draft
+            draft.to_row()  # the real conversion must accept every draft
             existing = self.find_outcome(
                 request_id=draft.request_id, idempotency_key=draft.idempotency_key, org=draft.org
             )

@@ -46,7 +46,7 @@ def test_the_draft_has_exactly_the_audit_columns() -> None:
 
 def test_an_unfinished_draft_cannot_become_a_row() -> None:
     with pytest.raises(ValueError, match="no outcome"):
-        draft("r1").to_record()
+        draft("r1").to_row()
 
 
 def test_a_batch_is_written_with_outbox_rows_for_state_changes_only(database: str) -> None:
