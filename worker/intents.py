@@ -57,6 +57,10 @@ class WriteIntents:
         again with ``accepted``, that the platform applied it."""
         if not writes:
             return
+        if len(writes) == 1:  # a single update's mark: no pipeline to build
+            ((request_id, intent),) = writes.items()
+            self.redis.set(self.key(request_id), json.dumps(asdict(intent)), ex=self.ttl_s)
+            return
         pipe = self.redis.pipeline(transaction=False)
         for request_id, intent in writes.items():
             pipe.set(self.key(request_id), json.dumps(asdict(intent)), ex=self.ttl_s)
