@@ -87,12 +87,29 @@ class WriteIntents:
     ) -> tuple[Intent | None, AgentState | None]:
         """The request's intent (None: not marked) and the agent's cached state (None: not
         cached, or no cache given)."""
+        keys = self.first_reads(request_id, user_id)
+        return self.from_first_reads(user_id, list(self.redis.mget(keys)))
+
+    def first_reads(self, request_id: str, user_id: str) -> list[str]:
+        """The keys :meth:`marked_with_state` reads on this client: the request's mark, and the
+        agent's cached state when the cache shares the client. For a caller that reads them in
+        a round trip it makes anyway (:meth:`AgentOrdering.register_lock_and_read`, on the same
+        Redis); their values go to :meth:`from_first_reads`."""
+        keys = [self.key(request_id)]
+        if self.cache is not None and self.cache.redis is self.redis:
+            keys.append(self.cache.key(user_id))
+        return keys
+
+    def from_first_reads(
+        self, user_id: str, values: list[bytes | str | None]
+    ) -> tuple[Intent | None, AgentState | None]:
+        """:meth:`marked_with_state` from the values of :meth:`first_reads` (a cache on another
+        client is read here)."""
+        mark = values[0]
+        intent = Intent(**json.loads(mark)) if mark is not None else None
         if self.cache is None:
-            return self.marked([request_id]).get(request_id), None
-        if self.cache.redis is not self.redis:
-            return self.marked([request_id]).get(request_id), self.cache.get(user_id)
-        mark, state = self.redis.mget([self.key(request_id), self.cache.key(user_id)])
-        return (
-            Intent(**json.loads(mark)) if mark is not None else None,
-            AgentState(**json.loads(state)) if state is not None else None,
-        )
+            return intent, None
+        if len(values) < 2:
+            return intent, self.cache.get(user_id)
+        state = values[1]
+        return intent, AgentState(**json.loads(state)) if state is not None else None

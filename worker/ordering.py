@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -23,10 +23,10 @@ if cur and cur > mine then
 end
 return mine
 """
-# KEYS[1] newest marker, KEYS[2] lock. ARGV: ts_us, request_id, ttl_s, owner, lock_ttl_ms.
-# :data:`_REGISTER` (the newest marker kept), then the lock taken if free: returns {taken,
-# newest, holder} so the caller learns in one command whether it holds the lock, what is newest
-# and, when not, who holds it.
+# KEYS[1] newest marker, KEYS[2] lock, KEYS[3…] keys to read once the lock is taken. ARGV:
+# ts_us, request_id, ttl_s, owner, lock_ttl_ms. :data:`_REGISTER` (the newest marker kept), then
+# the lock taken if free: returns {taken, newest, holder, values read} so the caller learns in
+# one command whether it holds the lock, what is newest and, when not, who holds it.
 _REGISTER_AND_LOCK = """
 local mine = string.format('%020d', tonumber(ARGV[1])) .. '|' .. ARGV[2]
 local cur = redis.call('SET', KEYS[1], mine, 'EX', tonumber(ARGV[3]), 'GET')
@@ -36,7 +36,10 @@ else
   cur = mine
 end
 local taken = redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', tonumber(ARGV[5]))
-if taken then return {1, cur, false} end
+if taken then
+  if #KEYS > 2 then return {1, cur, false, redis.call('MGET', unpack(KEYS, 3))} end
+  return {1, cur, false}
+end
 return {0, cur, redis.call('GET', KEYS[2])}
 """
 # KEYS[1] lock. ARGV: the holder seen, the new owner, lock_ttl_ms. Take the lock over only if it
@@ -147,7 +150,26 @@ class AgentOrdering:
     ) -> Iterator[bool]:
         """:meth:`register`, then hold the agent's lock (as :meth:`lock`) and yield whether the
         request is superseded, read once the lock is held (:meth:`is_superseded`). The
-        registration, each lock attempt and that read are one script call.
+        registration, each lock attempt and that read are one script call."""
+        with self.register_lock_and_read(
+            user_id, requested_at_us, request_id, ttl_s=ttl_s, wait_s=wait_s
+        ) as (superseded, _):
+            yield superseded
+
+    @contextmanager
+    def register_lock_and_read(
+        self,
+        user_id: str,
+        requested_at_us: int,
+        request_id: str,
+        *,
+        ttl_s: float,
+        wait_s: float,
+        read: Sequence[str] = (),
+    ) -> Iterator[tuple[bool, list[bytes | str | None]]]:
+        """:meth:`register_and_lock`, yielding also the values of the keys ``read`` (in order,
+        None when absent), read in the same script once the lock is held: a single update's
+        first reads cost no round trip of their own. Raises AgentBusy as :meth:`lock`.
 
         The lock names its request and process: a redelivery of a request whose worker died
         holding the lock (its liveness key, :mod:`worker.broker.holders`, expired) takes it over
@@ -167,14 +189,20 @@ class AgentOrdering:
         ]
         # Registering again while waiting is harmless: the marker keeps the max.
         while True:
-            taken, newest, holder = self._register_and_lock(keys=[newest_key, key], args=args)
-            if int(taken) or self._dead_delivery_taken_over(key, holder, request_id, owner, ttl_s):
+            taken, newest, holder, *read_back = self._register_and_lock(
+                keys=[newest_key, key, *read], args=args
+            )
+            if int(taken):
+                values: list[bytes | str | None] = list(read_back[0]) if read else []
+                break
+            if self._dead_delivery_taken_over(key, holder, request_id, owner, ttl_s):
+                values = list(self.redis.mget(read)) if read else []
                 break
             if time.monotonic() >= deadline:
                 raise AgentBusy(f"agent {user_id} is being updated by another worker")
             time.sleep(0.02)
         try:
-            yield newest is not None and _newer(newest, requested_at_us, request_id)
+            yield newest is not None and _newer(newest, requested_at_us, request_id), values
         finally:
             self._unlock(keys=[key], args=[owner])
 

@@ -274,6 +274,33 @@ def test_the_newest_request_registers_and_locks_in_three_commands(ordering, r):
     assert counted == {"evalsha": 2, "set": 2, "get": 1, "del": 1}
 
 
+def test_keys_read_with_the_lock_come_back_in_the_same_script_call(ordering, r):
+    r.set("presence:intent:req-b", "mark")
+    read = ["presence:intent:req-b", "presence:state:nobody"]
+
+    def register_lock_and_read() -> None:
+        with ordering.register_lock_and_read(
+            AGENT, 2_000, "req-b", ttl_s=5, wait_s=0, read=read
+        ) as (superseded, values):
+            assert not superseded
+            assert values == [b"mark", None]
+
+    counted = commands_during(r, register_lock_and_read)
+    # As without reads, plus the one MGET inside the script: no round trip of its own.
+    assert counted == {"evalsha": 2, "set": 2, "mget": 1, "get": 1, "del": 1}
+
+
+def test_keys_are_read_after_a_dead_delivery_s_lock_is_taken_over(ordering, r):
+    r.set(f"presence:agent:{AGENT}:lock", "req-a|dead-process", px=60_000)  # its worker died
+    r.set("presence:intent:req-a", "sent")
+
+    with ordering.register_lock_and_read(
+        AGENT, 100, "req-a", ttl_s=5, wait_s=0, read=["presence:intent:req-a"]
+    ) as (_, values):
+        assert values == [b"sent"], "the mark its earlier delivery left, read once the lock is ours"
+        assert r.get(f"presence:agent:{AGENT}:lock").startswith(b"req-a|")
+
+
 def test_two_orgs_order_and_lock_the_same_agent_id_independently(r):
     default, acme = (
         AgentOrdering(r, marker_ttl_s=60),

@@ -7,7 +7,7 @@ store; the in-process tests pass fakes. The flows reach nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -86,6 +86,20 @@ class Ordering(Protocol):
         lock is held; raises ``AgentBusy`` when not acquired within ``wait_s``."""
         ...
 
+    def register_lock_and_read(
+        self,
+        user_id: str,
+        requested_at_us: int,
+        request_id: str,
+        *,
+        ttl_s: float,
+        wait_s: float,
+        read: Sequence[str] = (),
+    ) -> AbstractContextManager[tuple[bool, list[bytes | str | None]]]:
+        """``register_and_lock``, yielding also the values of the keys ``read`` (None when
+        absent), read once the lock is held, in the same round trip."""
+        ...
+
     def try_lock_many(self, user_ids: list[str], *, ttl_s: float) -> dict[str, str]: ...
 
     def unlock_many(self, owners: dict[str, str]) -> None: ...
@@ -100,11 +114,17 @@ class Intents(Protocol):
 
     def marked(self, request_ids: list[str]) -> dict[str, Intent]: ...
 
-    def marked_with_state(
-        self, request_id: str, user_id: str
+    def first_reads(self, request_id: str, user_id: str) -> list[str]:
+        """The keys of the request's mark and the agent's entry in the shared state cache (a
+        single update's first reads), read with the agent's lock
+        (:meth:`Ordering.register_lock_and_read`, on the same Redis)."""
+        ...
+
+    def from_first_reads(
+        self, user_id: str, values: list[bytes | str | None]
     ) -> tuple[Intent | None, AgentState | None]:
-        """The request's mark and the agent's entry in the shared state cache, read together
-        (a single update's first reads)."""
+        """The mark (None: not marked) and the cached state (None: not cached) from the values
+        of :meth:`first_reads`."""
         ...
 
     def clear(self, request_ids: list[str]) -> None:

@@ -22,6 +22,7 @@ from worker.flow.record import AuditDraft
 from worker.flow.request import Attempt, Request, add_note, parse, validate
 from worker.genesys.client import CallLog, recording
 from worker.genesys.errors import GenesysError
+from worker.intents import Intent
 from worker.limiter import BudgetExhausted, waiting_as
 from worker.notifications.listener import PresenceEvent
 from worker.ordering import AgentBusy
@@ -54,12 +55,14 @@ def handle_update(ports: Ports, raw: Any, attempt: Attempt) -> Outcome:
         config = ports.config
         try:
             ports.api.await_budget()  # an org over its budget: its turn first, then the work
-            with ports.ordering.register_and_lock(
+            with ports.ordering.register_lock_and_read(
                 *request.ordering_key,
                 ttl_s=config.agent_lock_ttl_s,
                 wait_s=config.agent_lock_wait_s,
-            ) as superseded:
-                return _apply_locked(ports, request, calls, superseded)
+                read=ports.intents.first_reads(request.request_id, request.user_id),
+            ) as (superseded, first_reads):
+                first = ports.intents.from_first_reads(request.user_id, first_reads)
+                return _apply_locked(ports, request, calls, superseded, first)
         except AgentBusy as exc:
             raise steps.wait(LOCK_RETRY_S, str(exc)) from None
         except BudgetExhausted as exc:
@@ -71,7 +74,15 @@ def _finish(ports: Ports, draft: AuditDraft, outcome: Outcome, calls: CallLog) -
     return ports.recorder.finish(draft, outcome)
 
 
-def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bool) -> Outcome:
+def _apply_locked(
+    ports: Ports,
+    request: Request,
+    calls: CallLog,
+    superseded: bool,
+    first: tuple[Intent | None, AgentState | None],
+) -> Outcome:
+    """Under the agent's lock; ``superseded`` and ``first`` (the request's mark, the agent's
+    cached state) were read as the lock was taken."""
     recorded = ports.audit.find_outcome(
         request_id=request.request_id,
         idempotency_key=request.update.idempotency_key,
@@ -80,7 +91,7 @@ def _apply_locked(ports: Ports, request: Request, calls: CallLog, superseded: bo
     if recorded is not None:
         return recorded  # a redelivery or a repeated key: applied once
     try:
-        marked, cached = ports.intents.marked_with_state(request.request_id, request.user_id)
+        marked, cached = first
         if marked is not None:
             # An earlier delivery may have sent the write: read back, never write twice.
             presence = None if marked.accepted else ports.api.get_presence(request.user_id)[0]

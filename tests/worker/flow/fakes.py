@@ -8,7 +8,7 @@ ordering, newer-wins state cache, unique request ids and idempotency keys in the
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -204,6 +204,22 @@ class FakeOrdering:
         with self.lock(user_id, ttl_s=ttl_s, wait_s=wait_s):
             yield self.is_superseded(user_id, requested_at_us, request_id)
 
+    @contextmanager
+    def register_lock_and_read(
+        self,
+        user_id: str,
+        requested_at_us: int,
+        request_id: str,
+        *,
+        ttl_s: float,
+        wait_s: float,
+        read: Sequence[str] = (),
+    ) -> Iterator[tuple[bool, list[bytes | str | None]]]:
+        with self.register_and_lock(
+            user_id, requested_at_us, request_id, ttl_s=ttl_s, wait_s=wait_s
+        ) as superseded:
+            yield superseded, [key.encode() for key in read]  # read as the lock is held
+
     def try_lock_many(self, user_ids: list[str], *, ttl_s: float) -> dict[str, str]:
         taken = {}
         for user_id in dict.fromkeys(user_ids):
@@ -222,12 +238,19 @@ class FakeIntents:
         self.cache = cache
         self.reads_with_state = 0
 
-    def marked_with_state(
-        self, request_id: str, user_id: str
+    def first_reads(self, request_id: str, user_id: str) -> list[str]:
+        return [f"intent:{request_id}", f"state:{user_id}"]
+
+    def from_first_reads(
+        self, user_id: str, values: list[bytes | str | None]
     ) -> tuple[Intent | None, AgentState | None]:
+        # The fake ordering "reads" a key as its own name: resolved here.
         self.reads_with_state += 1
-        state = self.cache.entries.get(user_id) if self.cache is not None else None
-        return self.marks.get(request_id), state
+        mark, state = (v.decode() if isinstance(v, bytes) else v or "" for v in values)
+        intent = self.marks.get(mark.removeprefix("intent:")) if mark else None
+        cached = state.removeprefix("state:") if state else None
+        entry = self.cache.entries.get(cached) if self.cache is not None and cached else None
+        return intent, entry
 
     def mark(self, writes: dict[str, Intent]) -> None:
         self.marks.update(writes)
