@@ -52,19 +52,27 @@ class WriteIntents:
     def key(self, request_id: str) -> str:
         return f"{self.prefix}:intent:{request_id}"
 
-    def mark(self, writes: dict[str, Intent]) -> None:
+    def mark(
+        self, writes: dict[str, Intent], *, state: tuple[str, AgentState] | None = None
+    ) -> None:
         """Record that each request (request id → its intent) is about to be sent, or, marked
-        again with ``accepted``, that the platform applied it."""
-        if not writes:
-            return
-        if len(writes) == 1:  # a single update's mark: no pipeline to build
-            ((request_id, intent),) = writes.items()
-            self.redis.set(self.key(request_id), json.dumps(asdict(intent)), ex=self.ttl_s)
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for request_id, intent in writes.items():
-            pipe.set(self.key(request_id), json.dumps(asdict(intent)), ex=self.ttl_s)
-        pipe.execute()
+        again with ``accepted``, that the platform applied it. With ``state`` (user id, what
+        the write's answer says), also store that in the shared cache (as
+        :meth:`StateCache.put`), in the same round trip when the cache shares this client."""
+        values = {self.key(r): (json.dumps(asdict(i)), self.ttl_s) for r, i in writes.items()}
+        if state is not None and self.cache is not None:
+            if self.cache.redis is self.redis:
+                self.cache.put(*state, also_set=values)
+                return
+            self.cache.put(*state)
+        if len(values) == 1:  # a single update's mark: no pipeline to build
+            ((key, (value, ttl_s)),) = values.items()
+            self.redis.set(key, value, ex=ttl_s)
+        elif values:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, (value, ttl_s) in values.items():
+                pipe.set(key, value, ex=ttl_s)
+            pipe.execute()
 
     def clear(self, request_ids: list[str]) -> None:
         """Drop the marks of requests whose write was certainly never sent (no budget)."""

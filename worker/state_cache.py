@@ -11,17 +11,22 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import redis
 
 from worker.genesys.models import UserPresence
 
-# KEYS[1] entry. ARGV: json, modified_ms, ttl_s. Writes when newer than (or as new as) what is
-# stored; returns 1 when written. The entry is written with the stored one read back (one
-# command in the usual case, a newer change); when the stored one was newer it is put back,
-# inside the same script, so no reader ever sees the older entry.
+# KEYS[1] entry, KEYS[2…] the caller's plain writes. ARGV: json, modified_ms, ttl_s, then each
+# plain write's value and ttl_s. Writes the entry when newer than (or as new as) what is stored;
+# returns 1 when written. The entry is written with the stored one read back (one command in the
+# usual case, a newer change); when the stored one was newer it is put back, inside the same
+# script, so no reader ever sees the older entry. The plain writes are made whatever the entry.
 _SET_IF_NEWER = """
+for j = 1, #KEYS - 1 do
+  redis.call('SET', KEYS[j + 1], ARGV[2 + 2 * j], 'EX', tonumber(ARGV[3 + 2 * j]))
+end
 local cur = redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]), 'GET')
 if cur and cur ~= ARGV[1] then
   local stored = cjson.decode(cur)['modified_ms']
@@ -97,27 +102,44 @@ class StateCache:
         raws = self.redis.mget([self.key(u) for u in user_ids])
         return {u: AgentState(**json.loads(r)) for u, r in zip(user_ids, raws, strict=True) if r}
 
-    def put(self, user_id: str, state: AgentState) -> bool:
+    def put(
+        self,
+        user_id: str,
+        state: AgentState,
+        *,
+        also_set: Mapping[str, tuple[str, int]] | None = None,
+    ) -> bool:
         """Store ``state`` unless a newer one is already there; True when stored (or when this
         process stored or is storing the same change
         lately: the PATCH answer and the socket event of one write, which arrive together, are
-        stored once)."""
+        stored once). ``also_set`` (key → (value, ttl s)): the caller's own plain writes, made
+        in the same round trip whatever becomes of ``state``."""
+        plain = dict(also_set or {})
         mine: tuple[str, int, float] | None = None
         if state.modified_ms:
             mine = (state.definition_id, state.modified_ms, time.monotonic())
             with self._stored_lock:
-                if self._recent(user_id, state.definition_id, state.modified_ms):
-                    return True
-                self._stored[user_id] = mine  # claimed before the write: a twin waits for none
-                self._stored.move_to_end(user_id)
-                if len(self._stored) > _STORED_HERE_MAX:
-                    self._stored.popitem(last=False)
+                recent = self._recent(user_id, state.definition_id, state.modified_ms)
+                if not recent:
+                    self._stored[user_id] = mine  # claimed before the write: a twin waits
+                    self._stored.move_to_end(user_id)
+                    if len(self._stored) > _STORED_HERE_MAX:
+                        self._stored.popitem(last=False)
+            if recent:
+                for key, (value, ttl_s) in plain.items():
+                    self.redis.set(key, value, ex=ttl_s)
+                return True
         stored = False
         try:
             stored = bool(
                 self._set_if_newer(
-                    keys=[self.key(user_id)],
-                    args=[json.dumps(asdict(state)), state.modified_ms, self.ttl_s],
+                    keys=[self.key(user_id), *plain],
+                    args=[
+                        json.dumps(asdict(state)),
+                        state.modified_ms,
+                        self.ttl_s,
+                        *(part for value_and_ttl in plain.values() for part in value_and_ttl),
+                    ],
                 )
             )
         finally:

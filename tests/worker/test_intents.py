@@ -63,6 +63,41 @@ def test_a_mark_is_read_with_the_state_of_a_cache_elsewhere_or_alone(redis_url: 
     assert alone.marked_with_state("req-1", "agent-1") == (Intent("def-break", 0, 1000), None)
 
 
+def test_an_accepted_mark_and_the_written_state_are_one_script_call(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    cache = StateCache(client, ttl_s=60)
+    intents = WriteIntents(client, ttl_s=90, cache=cache)
+    intents.mark(
+        {"warm-up": Intent("def-break", 0, 1)},
+        state=("agent-0", AgentState("d", "BUSY", 1, "patch")),
+    )
+    accepted = Intent("def-break", 0, 1000, accepted=True, correlation_id="corr-1")
+    written = AgentState("def-break", "BREAK", 1_500, "patch")
+
+    counted = commands_during(
+        client, lambda: intents.mark({"req-1": accepted}, state=("agent-1", written))
+    )
+
+    assert counted == {"evalsha": 1, "set": 2}  # the mark, and the entry with the old read back
+    assert intents.marked_with_state("req-1", "agent-1") == (accepted, written)
+    assert 60 < client.ttl(intents.key("req-1")) <= 90, "the mark keeps its own expiry"
+
+
+def test_the_mark_is_written_when_the_state_is_older_or_already_stored(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    cache = StateCache(client, ttl_s=60)
+    intents = WriteIntents(client, ttl_s=60, cache=cache)
+    newer = AgentState("def-meal", "MEAL", 2_000, "event")
+    cache.put("agent-1", newer)
+    older, twin = AgentState("def-break", "BREAK", 1_000, "patch"), newer
+
+    intents.mark({"req-1": Intent("def-break", 0, 1)}, state=("agent-1", older))
+    intents.mark({"req-2": Intent("def-meal", 0, 2)}, state=("agent-1", twin))  # stored here
+
+    assert cache.get("agent-1") == newer
+    assert set(intents.marked(["req-1", "req-2"])) == {"req-1", "req-2"}
+
+
 def test_two_orgs_keep_their_own_marks_for_the_same_request_id(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     acme_cache = StateCache(client, ttl_s=60, prefix="presence:org:acme")

@@ -108,8 +108,12 @@ class Ordering(Protocol):
 class Intents(Protocol):
     """Marks of requests whose write may have reached the platform."""
 
-    def mark(self, writes: dict[str, Intent]) -> None:
-        """Record, before sending, that each request (id → its intent) is written."""
+    def mark(
+        self, writes: dict[str, Intent], *, state: tuple[str, AgentState] | None = None
+    ) -> None:
+        """Record, before sending, that each request (id → its intent) is written; with
+        ``state`` (user id, what a write's answer says), put that in the shared state cache
+        too."""
         ...
 
     def marked(self, request_ids: list[str]) -> dict[str, Intent]: ...

@@ -155,11 +155,14 @@ def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcom
             if isinstance(exc, BudgetExhausted):  # never sent: the retry need not read back
                 ports.intents.clear([request.request_id])
             raise
-        steps.accepted(ports, {request.request_id: (intent, answer.correlation_id)})
+        written = state_of(presence, "patch")
+        steps.accepted(
+            ports,
+            {request.request_id: (intent, answer.correlation_id)},
+            state=(request.user_id, written),
+        )
         draft.correlation_id = answer.correlation_id
         draft.api_ms = round(calls.api_s * 1000, 2)
-        written = state_of(presence, "patch")
-        ports.cache.put(request.user_id, written)
         started = ports.clock.monotonic()
         if waiter is not None:
             event = waiter.wait_for(

@@ -89,17 +89,25 @@ def applied_earlier(
     return True
 
 
-def accepted(ports: Ports, sent: dict[str, tuple[Intent, str | None]]) -> None:
+def accepted(
+    ports: Ports,
+    sent: dict[str, tuple[Intent, str | None]],
+    *,
+    state: tuple[str, AgentState] | None = None,
+) -> None:
     """Mark these requests' writes (request id → (its intent, the answer's correlation id)) as
     accepted by the platform, so that a redelivery records them as applied without reading the
-    agent back, even after a newer change replaced them. Best effort, never raises: the write
-    is already applied, and without the mark a redelivery still reads the agent back."""
+    agent back, even after a newer change replaced them; with ``state`` (a single write's agent
+    and what its answer says), cache that too, in the same round trip. Best effort, never
+    raises: the write is already applied, without the mark a redelivery still reads the agent
+    back, and without the cache entry the socket event or a read-back fills it."""
     try:
         ports.intents.mark(
             {
                 request_id: replace(intent, accepted=True, correlation_id=correlation_id)
                 for request_id, (intent, correlation_id) in sent.items()
-            }
+            },
+            state=state,
         )
     except Exception as exc:  # Redis away: the terminal row, written next, is what counts
         log.warning("cannot mark %d accepted write(s): %s", len(sent), exc)

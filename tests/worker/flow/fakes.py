@@ -252,8 +252,12 @@ class FakeIntents:
         entry = self.cache.entries.get(cached) if self.cache is not None and cached else None
         return intent, entry
 
-    def mark(self, writes: dict[str, Intent]) -> None:
+    def mark(
+        self, writes: dict[str, Intent], *, state: tuple[str, AgentState] | None = None
+    ) -> None:
         self.marks.update(writes)
+        if state is not None and self.cache is not None:
+            self.cache.put(*state)
 
     def marked(self, request_ids: list[str]) -> dict[str, Intent]:
         return {r: self.marks[r] for r in request_ids if r in self.marks}
