@@ -110,6 +110,7 @@ _OUTCOME_BY_KEY = text(
 
 
 _AUDIT = AuditRecord.__table__
+_DELIVERY = WfmDelivery.__table__
 _INSERT_AUDIT = insert(AuditRecord).returning(AuditRecord.id, sort_by_parameter_order=True)
 _INSERT_DELIVERY = insert(WfmDelivery).returning(WfmDelivery.id, sort_by_parameter_order=True)
 
@@ -126,7 +127,8 @@ def _insert_outbox(
     ]
     if not pending:
         return {}
-    delivery_ids = conn.execute(_INSERT_DELIVERY, [values for _, values in pending]).scalars()
+    delivery_rows = [fit_values(_DELIVERY, values) for _, values in pending]
+    delivery_ids = conn.execute(_INSERT_DELIVERY, delivery_rows).scalars()
     return {
         index: delivery_id for (index, _), delivery_id in zip(pending, delivery_ids, strict=True)
     }
