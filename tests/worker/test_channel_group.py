@@ -11,7 +11,7 @@ from tests.worker.conftest import SYSTEM_IDS, eventually, route_count
 from tests.worker.test_listener import confirm_a_write, subscribed_users
 from worker.notifications.group import ChannelGroup, channel_group
 from worker.notifications.listener import NotificationListener, WaiterRegistry
-from worker.notifications.roster import Roster
+from worker.notifications.roster import FirstPage, Roster, seed_first_page
 from worker.notifications.slots import ChannelSlots
 
 BREAK = SYSTEM_IDS["Break"]
@@ -134,6 +134,27 @@ def test_priming_spreads_over_as_many_channels_as_it_needs_and_fills_the_cache(
     calls = route_count(api, "notifications.subscriptions.post")
     assert group.ensure_subscribed(agents[11], wait_s=5)
     assert route_count(api, "notifications.subscriptions.post") == calls, "a primed agent is free"
+
+
+def test_a_first_page_the_start_checks_read_spares_the_listing_it_covers(
+    api, runtime, make_group, agents
+):
+    key = runtime.settings.genesys_client_id
+    seed_first_page(runtime.redis, key, FirstPage(agents[:12], more=False))
+    group = make_group(prime_agents=12)
+
+    assert group.wait_primed()
+
+    primed = set().union(*(subscribed_users(api, m.channel_id) for m in group.members))
+    assert primed == set(agents[:12])
+    assert route_count(api, "users.list") == 1, "only the read after subscribing"
+
+
+def test_a_listing_after_a_first_page_asks_from_page_two(api, runtime, agents):
+    everyone = runtime.client.list_active_users(len(agents) + 10)
+    assert [u["id"] for u in everyone] == agents, "one page holds this org"
+
+    assert runtime.client.list_active_users(5, from_page=2) == []
 
 
 def test_processes_priming_together_list_the_org_once(api, runtime, make_group, agents):

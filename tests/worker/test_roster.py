@@ -13,15 +13,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.support.clock import ManualClock
-from worker.notifications.roster import Roster
+from worker.notifications.roster import FirstPage, Roster, seed_first_page
 
 
 class Listing:
     def __init__(self, ids: list[str], fail: bool = False) -> None:
         self.ids, self.fail, self.calls = ids, fail, 0
+        self.given: list[FirstPage | None] = []
 
-    def __call__(self, limit: int) -> list[str]:
+    def __call__(self, limit: int, first: FirstPage | None = None) -> list[str]:
         self.calls += 1
+        self.given.append(first)
         if self.fail:
             raise RuntimeError("listing refused")
         return self.ids[:limit]
@@ -45,6 +47,36 @@ def test_a_second_process_uses_the_first_ones_listing(client):
 
     assert first == second == [f"a{i}" for i in range(8)]
     assert listing.calls == 1
+
+
+def test_a_first_page_read_at_the_start_checks_is_passed_to_the_listing(client):
+    listing = Listing([f"a{i}" for i in range(10)])
+    seed_first_page(client, "org", FirstPage(["a0", "a1"], more=True))
+
+    assert roster(client).active(8, listing) == [f"a{i}" for i in range(8)]
+    assert listing.given == [FirstPage(["a0", "a1"], more=True)]
+
+
+def test_a_first_page_covering_the_org_or_the_limit_spares_the_listing(client):
+    listing = Listing([])
+    seed_first_page(client, "org", FirstPage(["a0", "a1", "a2"], more=True))
+    assert roster(client).active(2, listing) == ["a0", "a1"]
+    client.delete("presence:roster:{org}")
+    seed_first_page(client, "org", FirstPage(["a0", "a1", "a2"], more=False))
+    assert roster(client).active(3000, listing) == ["a0", "a1", "a2"], "the whole org"
+    assert roster(client).active(3000, listing) == ["a0", "a1", "a2"], "stored for the others"
+    assert listing.calls == 0
+
+
+def test_a_first_page_no_longer_fresh_or_unreadable_is_not_used(client):
+    listing = Listing(["a0"])
+    seed_first_page(client, "org", FirstPage(["old"], more=False), ttl_s=0.05)
+    time.sleep(0.1)
+    assert roster(client).active(5, listing) == ["a0"]
+    client.delete("presence:roster:{org}")
+    client.set("presence:roster:{org}:first", b"\xff not json")
+    assert roster(client).active(5, listing) == ["a0"]
+    assert listing.given == [None, None]
 
 
 def test_a_listing_for_fewer_agents_is_not_reused_for_more_unless_it_was_complete(client):

@@ -33,6 +33,8 @@ from worker.observability import metrics
 
 log = logging.getLogger(__name__)
 PURECLOUD = "PURECLOUD"
+USERS_PAGE_SIZE = 500
+"""Users per page of a listing (``GET /api/v2/users``): the platform's largest page."""
 
 
 @dataclass(slots=True)
@@ -259,13 +261,18 @@ class GenesysClient:
         }
 
     def list_active_users(
-        self, limit: int, *, expand_presence: bool = False
+        self, limit: int, *, expand_presence: bool = False, from_page: int = 1
     ) -> list[dict[str, Any]]:
-        """Up to ``limit`` active users, 500 per call."""
+        """Up to ``limit`` active users, :data:`USERS_PAGE_SIZE` per call, pages ``from_page``
+        on."""
         users: list[dict[str, Any]] = []
-        page = 1
+        page = from_page
         while len(users) < limit:
-            params: dict[str, Any] = {"pageSize": 500, "pageNumber": page, "state": "active"}
+            params: dict[str, Any] = {
+                "pageSize": USERS_PAGE_SIZE,
+                "pageNumber": page,
+                "state": "active",
+            }
             if expand_presence:
                 params["expand"] = "presence"
             answer = self.call("GET", "/api/v2/users", params=params)

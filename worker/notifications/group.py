@@ -30,7 +30,7 @@ from worker.notifications.listener import (
     WaiterRegistry,
     parse_ms,
 )
-from worker.notifications.roster import Roster
+from worker.notifications.roster import FirstPage, Roster
 from worker.notifications.slots import ChannelSlots
 from worker.settings import Settings
 from worker.state_cache import AgentState, StateCache
@@ -237,8 +237,14 @@ class ChannelGroup:
     def _active_ids(self) -> list[str]:
         """The agents to prime: the fleet's shared listing (:class:`Roster`)."""
 
-        def listing(limit: int) -> list[str]:
-            return [str(u["id"]) for u in self.client.list_active_users(limit)]
+        def listing(limit: int, first: FirstPage | None) -> list[str]:
+            ids = [] if first is None else first.ids[:limit]
+            if first is None or first.more:
+                more = self.client.list_active_users(
+                    limit - len(ids), from_page=1 if first is None else 2
+                )
+                ids += [str(u["id"]) for u in more]
+            return ids
 
         return self.roster.active(self.prime_agents, listing)
 

@@ -23,6 +23,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import redis
 
@@ -33,8 +34,44 @@ POLL_S = 0.1
 GRACE_S = 1.0
 """How long a process that would read first waits for fleet-mates starting just after it."""
 
-ListActive = Callable[[int], list[str]]
-"""Lists up to the given number of active agents' ids (raises what the client raises)."""
+
+@dataclass(frozen=True, slots=True)
+class FirstPage:
+    """Page 1 of the org's active-agent listing
+    (:meth:`~worker.genesys.client.GenesysClient.list_active_users`' pages), read by someone else
+    (the start checks); ``more``: the listing has a page 2."""
+
+    ids: list[str]
+    more: bool
+
+
+ListActive = Callable[[int, FirstPage | None], list[str]]
+"""Lists up to the given number of active agents' ids, from page 2 on when given page 1
+(raises what the client raises)."""
+
+
+def roster_key(key: str, prefix: str = "presence") -> str:
+    """Where the listing of OAuth client ``key`` of the org under ``prefix`` is kept."""
+    return f"{prefix}:roster:{{{key}}}"
+
+
+def seed_first_page(
+    client: redis.Redis,
+    key: str,
+    page: FirstPage,
+    *,
+    ttl_s: float = TTL_S,
+    prefix: str = "presence",
+) -> bool:
+    """Keep ``page`` for ``ttl_s`` so that the fleet's listing (:meth:`Roster.active`) starts at
+    page 2 (or needs no call when ``page`` is the whole org). Never raises; False when Redis is
+    away."""
+    text = json.dumps({"ids": page.ids, "more": page.more})
+    try:
+        return bool(client.set(f"{roster_key(key, prefix)}:first", text, px=int(ttl_s * 1000)))
+    except redis.RedisError:
+        return False
+
 
 # KEYS: snapshot, subscribing. ARGV: since (server ms), owner, ttl ms. 'skip': a read started
 # after ``since`` (strictly: a read in the same millisecond may have begun before) has finished; 'wait': one is running, or a fleet-mate is still subscribing;
@@ -90,8 +127,9 @@ class Roster:
         prefix: str = "presence",
     ) -> None:
         self.redis = client
-        self.key = f"{prefix}:roster:{{{key}}}"
+        self.key = roster_key(key, prefix)
         self.listing_key = f"{self.key}:listing"
+        self.first_key = f"{self.key}:first"
         self.subscribing_key = f"{self.key}:subscribing"
         self.snapshot_key = f"{self.key}:snapshot"
         self.owner = uuid.uuid4().hex
@@ -105,8 +143,10 @@ class Roster:
 
     def active(self, limit: int, list_active: ListActive) -> list[str]:
         """Up to ``limit`` active agents: the fleet's stored listing when it covers ``limit``,
-        else ``list_active(limit)``, stored for the others. Redis errors fall back to listing;
-        errors of ``list_active`` propagate (nothing is stored)."""
+        else ``list_active(limit, first)`` (``first``: a page 1 read by the start checks within
+        ``ttl_s``, or None; that page alone when it covers ``limit``), stored for the others.
+        Redis errors fall back to listing; errors of ``list_active`` propagate (nothing is
+        stored)."""
         deadline = self.clock() + self.wait_s
         while True:
             stored = self._stored(limit)
@@ -121,13 +161,30 @@ class Roster:
             if self.clock() >= deadline:
                 break
             self.sleep(POLL_S)
+        first = self._first_page()
         try:
-            ids = list_active(limit)
+            if first is not None and (not first.more or len(first.ids) >= limit):
+                ids = first.ids[:limit]
+            else:
+                ids = list_active(limit, first)
         except BaseException:
             self._release()
             raise
         self._store(limit, ids)
         return ids
+
+    def _first_page(self) -> FirstPage | None:
+        try:
+            raw = self.redis.get(self.first_key)
+        except redis.RedisError:
+            return None
+        if not isinstance(raw, bytes):
+            return None
+        try:
+            data = json.loads(raw)
+            return FirstPage([str(i) for i in data["ids"]], bool(data["more"]))
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def _stored(self, limit: int) -> list[str] | None:
         try:

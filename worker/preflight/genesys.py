@@ -11,6 +11,9 @@ import httpx
 import redis
 
 from worker import catalog
+from worker.genesys.client import USERS_PAGE_SIZE
+from worker.genesys.connect import budget_key
+from worker.notifications import roster
 from worker.preflight.findings import Finding, Verdict, ok, skip
 from worker.problems import first_line, mask_url
 from worker.settings import Settings
@@ -206,10 +209,17 @@ class GenesysChecks:
 
     def _presence(self) -> Finding:
         check = "read agents and presence"
-        users = self._call("GET", "/api/v2/users", params={"pageSize": 1, "state": "active"})
+        # Page 1 of the fleet's listing (as the channels' priming reads it), which this answer
+        # then spares a call.
+        params = {"pageSize": USERS_PAGE_SIZE, "pageNumber": 1, "state": "active"}
+        users = self._call("GET", "/api/v2/users", params=params)
         if users.status_code != 200:
             return _verdict(check, users, "directory:user:view", "")
-        entities = users.json().get("entities") or []
+        body = users.json()
+        entities = [e for e in body.get("entities") or [] if isinstance(e, dict) and "id" in e]
+        if self.redis is not None:
+            page = roster.FirstPage([str(e["id"]) for e in entities], bool(body.get("nextUri")))
+            roster.seed_first_page(self.redis, budget_key(self.settings), page, prefix=self.prefix)
         if not entities:
             return Finding(check, Verdict.WARN, "the org has no active user", "", fatal=False)
         self.agent = str(entities[0]["id"])

@@ -222,6 +222,21 @@ def test_the_definitions_read_serves_the_workers_catalog(api, setup, redis_url):
     assert catalog.resolve("Break").primary
 
 
+def test_the_agents_read_serves_the_first_page_of_the_fleets_listing(api, setup, redis_url):
+    from worker.notifications.roster import Roster
+
+    settings = setup()
+    checks(settings)
+    active = [u["id"] for u in api.admin("GET", "/users").json() if u["state"] == "active"]
+    assert len(active) > 1
+
+    def listing(limit, first):
+        raise AssertionError("the fleet listed agents the checks had read")
+
+    roster = Roster(redis.Redis.from_url(redis_url), key=settings.genesys_client_id)
+    assert roster.active(len(active) + 5, listing) == active
+
+
 def test_a_readable_primary_source_spares_the_org_settings_read(api, setup):
     add_client(api, "sources", SECRET, [*NEEDED, "presence:userPrimarySource:view"])
 
