@@ -8,10 +8,16 @@ visibility timeout only has to exceed a task's runtime.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
+from celery.signals import (
+    celeryd_after_setup,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from pydantic import ValidationError
 
 from worker import names, observability, preflight
@@ -31,6 +37,7 @@ except OrgsError as exc:
     raise SystemExit(f"presence worker: {exc}") from None
 # Metrics label values are bounded to the configured orgs (before any fork: children inherit).
 metrics.configure_orgs(orgs)
+log = logging.getLogger(__name__)
 TASK_TIME_LIMIT_S = 300
 MULTI_ORG_POP_TIMEOUT_S = 0.1
 # A held message is redelivered after the visibility timeout: it must exceed a task's runtime,
@@ -121,3 +128,17 @@ def _start_mover(**_: object) -> None:
 @worker_shutdown.connect(weak=False)
 def _stop_mover(**_: object) -> None:
     mover.stop()
+
+
+@worker_shutdown.connect(weak=False)
+@worker_process_shutdown.connect(weak=False)
+def _write_last_restamps(**_: object) -> None:
+    """Calls answered in a process's last moments leave the shared budget at their completion
+    time, not at their provisional stamp (their re-stamps wait for a next grant)."""
+    from worker.runtime import Runtime  # late: the runtime imports most of the worker
+
+    for runtime in Runtime.built():
+        try:
+            runtime.limiter.flush()
+        except Exception as exc:  # Redis away at shutdown: the provisional stamps stay
+            log.warning("could not write the last re-stamps of %s: %s", runtime.org.name, exc)

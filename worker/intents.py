@@ -9,10 +9,12 @@ again: a change is sent at most once per request, and an applied one is recorded
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
 import redis
 
+from worker.limiter import granting_with
 from worker.state_cache import AgentState, StateCache
 
 
@@ -59,7 +61,7 @@ class WriteIntents:
         again with ``accepted``, that the platform applied it. With ``state`` (user id, what
         the write's answer says), also store that in the shared cache (as
         :meth:`StateCache.put`), in the same round trip when the cache shares this client."""
-        values = {self.key(r): (json.dumps(asdict(i)), self.ttl_s) for r, i in writes.items()}
+        values = self._values(writes)
         if state is not None and self.cache is not None:
             if self.cache.redis is self.redis:
                 self.cache.put(*state, also_set=values)
@@ -73,6 +75,15 @@ class WriteIntents:
             for key, (value, ttl_s) in values.items():
                 pipe.set(key, value, ex=ttl_s)
             pipe.execute()
+
+    def marking(self, writes: dict[str, Intent]) -> AbstractContextManager[None]:
+        """Inside, the marks of ``writes`` are stored with the budget grant of the call that
+        sends them (:func:`~worker.limiter.granting_with`): before it leaves, in the grant's
+        script, and never for a call the budget refused."""
+        return granting_with(self._values(writes))
+
+    def _values(self, writes: dict[str, Intent]) -> dict[str, tuple[str, int]]:
+        return {self.key(r): (json.dumps(asdict(i)), self.ttl_s) for r, i in writes.items()}
 
     def clear(self, request_ids: list[str]) -> None:
         """Drop the marks of requests whose write was certainly never sent (no budget)."""

@@ -10,10 +10,17 @@ token bucket that must keep headroom for network jitter — the budget is used t
 One script per call: the grant counts the window with ``ZCOUNT`` (entries older than the window
 do not count, whether trimmed yet or not; the log is trimmed on every :data:`TRIM_EVERY`-th
 grant of a process and before any refusal) and returns the server time it was stamped at; the
-re-stamp is a plain ``ZADD XX`` at that time plus the call's duration measured from *before* the
-grant was asked for (so never earlier than the completion on the server clock). The log keeps
-no TTL: it holds at most ``limit`` entries in the window plus those that left it since the last
-trim (and a cool-down's, below).
+re-stamp is that time plus the call's duration measured from *before* the grant was asked for
+(so never earlier than the completion on the server clock). Re-stamps ride with the process's
+next grant, in the grant's own ``ZADD`` (or are written by themselves, ``ZADD XX``, once
+:data:`RESTAMP_DELAY_S` has passed without one): until then the entry keeps its later,
+provisional stamp, which only ever counts it longer, and the window holds it until its
+completion plus a window either way, the delay being far under a window. The log keeps no TTL:
+it holds at most ``limit`` entries in the window plus those that left it since the last trim (and
+a cool-down's, below).
+
+A grant can also write keys (:func:`granting_with`): a write's mark is then stored exactly when
+its call is let through, with no round trip of its own.
 
 A 429 that happens anyway (another tool on the same token, a platform-side limit) sets a shared
 cool-down from ``Retry-After`` that every process honours before its next reservation: ``limit``
@@ -41,7 +48,9 @@ Celery's ``rate_limit`` is per worker instance and is deliberately not used.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -54,25 +63,45 @@ import redis
 from worker.names import DEFAULT_ORG
 from worker.observability import metrics
 
+log = logging.getLogger(__name__)
 WINDOW_MS = 60_000
+RESTAMP_DELAY_S = 0.25
+"""A completed call's re-stamp waits at most this long for the process's next grant to carry
+it."""
+RESTAMPS_PER_WRITE = 500
+"""The most re-stamps one grant or flush writes (the rest wait for the next)."""
 TRIM_EVERY = 16
 """A process trims the log of entries older than the window on every this many grants."""
 COOL_DOWN_FILL_MAX = 10_000
 """The largest budget a cool-down fills the window for (one entry per request of the budget)."""
 
 # KEYS[1] log zset, KEYS[2] cool-down key, KEYS[3] the line (zset: waiter id -> ticket ms),
-# KEYS[4] the front line (zset: waiter id -> ticket ms, for waiters whose ticket passed). ARGV:
-# limit, provisional_ms, member, window_ms, trim (1: drop the entries older than the window
-# first), read cool-down (1: a budget too large for a cool-down to fill), waiter id, probe (1:
-# reserve nothing, only say whether a slot is free). Returns {1, 0, in_window, now_ms} when
-# reserved (or free, for a probe), {0, wait_ms, in_window} when the caller must wait
-# until its ticket ({0, wait_ms} during a cool-down read from its key).
+# KEYS[4] the front line (zset: waiter id -> ticket ms, for waiters whose ticket passed),
+# KEYS[5…] keys to set with a grant. ARGV: limit, provisional_ms, member, window_ms, trim (1: drop
+# the entries older than the window first), read cool-down (1: a budget too large for a
+# cool-down to fill), waiter id, probe (1: reserve nothing, only say whether a slot is free), n
+# re-stamps, then n (stamp, member) pairs, then a (value, ttl s) pair per key to set. Returns
+# {1, 0, in_window, now_ms} when reserved (or free, for a probe), {0, wait_ms, in_window} when
+# the caller must wait until its ticket ({0, wait_ms} during a cool-down read from its key).
+# Re-stamps move entries from a future stamp to a past one inside the window: they change no
+# count, so they join the grant's ZADD (an entry trimmed meanwhile would come back outside the
+# window, uncounted, and be trimmed again); a refusal writes them with XX before its ticket.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local restamps = tonumber(ARGV[9])
+local function restamp()
+  if restamps > 0 then
+    redis.call('ZADD', KEYS[1], 'XX', unpack(ARGV, 10, 9 + 2 * restamps))
+    restamps = 0
+  end
+end
 if ARGV[6] == '1' then
   local cool = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if cool > now then return {0, cool - now} end
+  if cool > now then
+    restamp()
+    return {0, cool - now}
+  end
 end
 local window = tonumber(ARGV[4])
 if ARGV[5] == '1' then
@@ -81,11 +110,24 @@ end
 local limit = tonumber(ARGV[1])
 local count = redis.call('ZCOUNT', KEYS[1], '(' .. (now - window), '+inf')
 if count < limit then
-  if ARGV[8] == '1' then return {1, 0, count, now} end
+  if ARGV[8] == '1' then
+    restamp()
+    return {1, 0, count, now}
+  end
   local stamp = now + tonumber(ARGV[2])
-  redis.call('ZADD', KEYS[1], stamp, ARGV[3])
+  if restamps > 0 then
+    redis.call('ZADD', KEYS[1], stamp, ARGV[3], unpack(ARGV, 10, 9 + 2 * restamps))
+  else
+    redis.call('ZADD', KEYS[1], stamp, ARGV[3])
+  end
+  local at = 10 + 2 * restamps
+  for i = 5, #KEYS do
+    redis.call('SET', KEYS[i], ARGV[at], 'EX', ARGV[at + 1])
+    at = at + 2
+  end
   return {1, 0, count + 1, now}
 end
+restamp()
 if ARGV[5] ~= '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 end
@@ -155,6 +197,21 @@ class BudgetExhausted(Exception):
 
 
 _waiter: ContextVar[str | None] = ContextVar("limiter_waiter", default=None)
+_grant_writes: ContextVar[dict[str, tuple[str, int]] | None] = ContextVar(
+    "limiter_grant_writes", default=None
+)
+
+
+@contextmanager
+def granting_with(values: dict[str, tuple[str, int]]) -> Iterator[None]:
+    """Every grant of :meth:`SharedRateLimiter.acquire` inside also sets each key to its value
+    with its expiry (seconds), in the grant's script: stored exactly when a call is let
+    through, never for a refused one."""
+    token = _grant_writes.set(values or None)
+    try:
+        yield
+    finally:
+        _grant_writes.reset(token)
 
 
 @contextmanager
@@ -214,6 +271,9 @@ class SharedRateLimiter:
         self._attempts = itertools.count(1)
         self._read_cool = 0 if limit_per_minute <= COOL_DOWN_FILL_MAX else 1
         self._cool_down = client.register_script(_COOL_DOWN)
+        self._restamps: dict[str, int] = {}  # member -> completion ms, for the next grant
+        self._restamps_lock = threading.Lock()
+        self._flush_timer: threading.Timer | None = None
         # Until when (monotonic) this process last saw the budget exhausted: while it may still
         # be, callers wait in line before doing any work (:meth:`wait_in_line`).
         self._exhausted_until = 0.0
@@ -235,20 +295,30 @@ class SharedRateLimiter:
         that is not reserved), or the seconds to wait."""
         member = uuid.uuid4().hex
         trim = 1 if next(self._attempts) % TRIM_EVERY == 0 else 0
+        writes = None if probe else _grant_writes.get()
+        restamps = self._take_restamps()
+        args: list[str | int] = [
+            self.limit,
+            self.provisional_ms,
+            member,
+            self.window_ms,
+            trim,
+            self._read_cool,
+            waiter,
+            1 if probe else 0,
+            len(restamps),
+        ]
+        for restamped, ms in restamps.items():
+            args += [ms, restamped]
+        for value, ttl_s in (writes or {}).values():
+            args += [value, ttl_s]
+        keys = [self.log_key, self.cooldown_key, self.line_key, self.front_key, *(writes or ())]
         asked_at = time.monotonic()
-        granted, wait_ms, *rest = self._acquire(
-            keys=[self.log_key, self.cooldown_key, self.line_key, self.front_key],
-            args=[
-                self.limit,
-                self.provisional_ms,
-                member,
-                self.window_ms,
-                trim,
-                self._read_cool,
-                waiter,
-                1 if probe else 0,
-            ],
-        )
+        try:
+            granted, wait_ms, *rest = self._acquire(keys=keys, args=args)
+        except BaseException:
+            self._keep_restamps(restamps)
+            raise
         if rest:  # absent during a cool-down read from its key
             metrics.observe_budget(int(rest[0]), self.limit, org=self.org)
         if not int(granted):
@@ -298,11 +368,50 @@ class SharedRateLimiter:
 
     def release(self, reservation: Reservation) -> None:
         """Stamp the reservation with the completion time (the call has been answered): the
-        grant's server time plus the time since the grant was asked for, rounded up."""
+        grant's server time plus the time since the grant was asked for, rounded up. Written
+        with this process's next grant, or by :meth:`flush` within :data:`RESTAMP_DELAY_S`;
+        never raises."""
         elapsed_ms = math.ceil((time.monotonic() - reservation.asked_at) * 1000)
-        self.redis.zadd(
-            self.log_key, {reservation.member: reservation.granted_ms + elapsed_ms}, xx=True
-        )
+        with self._restamps_lock:
+            self._restamps[reservation.member] = reservation.granted_ms + elapsed_ms
+            if self._flush_timer is None:
+                self._flush_timer = threading.Timer(RESTAMP_DELAY_S, self._flush_later)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+
+    def flush(self) -> None:
+        """Write the re-stamps no grant has carried yet (``ZADD XX``: an entry trimmed
+        meanwhile stays away). Raises what Redis raises (they are kept for the next grant)."""
+        restamps = self._take_restamps()
+        if not restamps:
+            return
+        try:
+            self.redis.zadd(self.log_key, restamps, xx=True)
+        except BaseException:
+            self._keep_restamps(restamps)
+            raise
+
+    def _flush_later(self) -> None:
+        with self._restamps_lock:
+            self._flush_timer = None
+        try:
+            self.flush()
+        except redis.RedisError as exc:
+            log.warning("re-stamping completed calls failed (kept for the next grant): %s", exc)
+
+    def _take_restamps(self) -> dict[str, int]:
+        """Up to :data:`RESTAMPS_PER_WRITE` pending re-stamps, taken out of the pending ones."""
+        with self._restamps_lock:
+            if len(self._restamps) <= RESTAMPS_PER_WRITE:
+                taken, self._restamps = self._restamps, {}
+                return taken
+            members = list(itertools.islice(self._restamps, RESTAMPS_PER_WRITE))
+            return {m: self._restamps.pop(m) for m in members}
+
+    def _keep_restamps(self, restamps: dict[str, int]) -> None:
+        """Put back re-stamps a failed write did not store (a newer one of a member wins)."""
+        with self._restamps_lock:
+            self._restamps = {**restamps, **self._restamps}
 
     def cool_down(self, seconds: float) -> None:
         """Pause every process for ``seconds`` (from a 429's Retry-After)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from tests.support.redis_db import commands_during
 from worker.intents import Intent, WriteIntents
+from worker.limiter import BudgetExhausted, SharedRateLimiter
 from worker.state_cache import AgentState, StateCache
 
 
@@ -116,3 +118,22 @@ def test_two_orgs_keep_their_own_marks_for_the_same_request_id(redis_url: str) -
 
     assert default.marked(["req-1"]) == {"req-1": mark}
     assert acme.marked_with_state("req-1", "agent-1") == (None, acme_state)
+
+
+def test_a_mark_made_while_sending_is_stored_by_the_calls_budget_grant_only(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    intents = WriteIntents(client, ttl_s=60)
+    limiter = SharedRateLimiter(client, key="marks", limit_per_minute=1, provisional_s=5)
+    sent, refused = Intent("def-break", 0, 1000), Intent("def-meal", 0, 2000)
+
+    with intents.marking({"req-1": sent}):
+        assert intents.marked(["req-1"]) == {}, "nothing before the call is let through"
+        counted = commands_during(client, lambda: limiter.acquire(max_wait_s=0))
+    with intents.marking({"req-2": refused}), pytest.raises(BudgetExhausted):
+        limiter.acquire(max_wait_s=0)
+
+    assert intents.marked(["req-1", "req-2"]) == {"req-1": sent}
+    assert (counted["evalsha"], counted["set"]) == (1, 1), "in the grant's own script"
+    assert 0 < client.ttl(intents.key("req-1")) <= 60

@@ -118,6 +118,7 @@ def test_a_wait_is_slept_through_and_reported_on_the_reservation(make_limiter):
     second = make_limiter(limit=1, sleep=sleep)
     earlier = first.acquire(max_wait_s=0)
     first.release(earlier)
+    first.flush()
     completed = stamp_ms(first, earlier)
 
     reservation = second.acquire(max_wait_s=3)
@@ -219,6 +220,7 @@ def test_a_call_in_flight_counts_until_it_completes_plus_one_window(make_limiter
     assert 0.9 < wait_s <= 1.0
 
     slow.release(in_flight)
+    slow.flush()
     completed = stamp_ms(slow, in_flight)
     assert abs(completed - server_ms(slow)) < 500, "re-stamped with the completion time"
     assert other.try_acquire("other")[0] is None, "after completion it counts one more window"
@@ -259,6 +261,7 @@ def test_the_completion_stamp_is_never_earlier_than_the_completion_on_the_server
     before_release = server_ms(limiter)
 
     limiter.release(reservation)
+    limiter.flush()
 
     completed = stamp_ms(limiter, reservation)
     assert before_release <= completed < before_release + 200
@@ -273,6 +276,7 @@ def test_a_release_after_the_window_trimmed_the_reservation_adds_nothing(make_li
     limiter.acquire(max_wait_s=0)  # trims the first, long expired
 
     limiter.release(late)
+    limiter.flush()
 
     assert limiter.redis.zscore(limiter.log_key, late.member) is None
 
@@ -302,14 +306,57 @@ def test_entries_that_left_the_window_never_count_trimmed_or_not(make_limiter):
     assert limiter.in_window() == 1
 
 
-def test_a_grant_is_one_script_of_four_commands_and_its_release_one(make_limiter, r):
+def test_a_grant_is_one_script_of_three_commands_that_carries_the_last_calls_re_stamp(
+    make_limiter, r
+):
     limiter = make_limiter(limit=100)
     limiter.release(limiter.acquire(max_wait_s=0))  # the script loaded once
+    earlier = limiter.acquire(max_wait_s=0)
+    limiter.release(earlier)
+    completed = earlier.granted_ms + 1  # at least: the re-stamp counts from before the grant
 
-    counted = commands_during(r, lambda: limiter.release(limiter.acquire(max_wait_s=0)))
+    counted = commands_during(r, lambda: limiter.acquire(max_wait_s=0))
 
-    # The server clock, the window's count (a cool-down fills it), the reservation; its re-stamp.
-    assert counted == {"evalsha": 1, "time": 1, "zcount": 1, "zadd": 2}
+    # The server clock, the window's count (a cool-down fills it), the reservation with the
+    # earlier call's re-stamp.
+    assert counted == {"evalsha": 1, "time": 1, "zcount": 1, "zadd": 1}
+    assert completed <= stamp_ms(limiter, earlier) < earlier.granted_ms + 1000
+
+
+def test_a_re_stamp_no_grant_carries_is_written_within_its_delay(make_limiter):
+    limiter = make_limiter(limit=100, provisional_s=10)
+    reservation = limiter.acquire(max_wait_s=0)
+    limiter.release(reservation)
+    assert stamp_ms(limiter, reservation) > server_ms(limiter) + 5000, "still provisional"
+
+    time.sleep(limiter_module.RESTAMP_DELAY_S + 0.3)
+
+    assert abs(stamp_ms(limiter, reservation) - server_ms(limiter)) < 1000
+
+
+def test_a_refused_grant_writes_the_re_stamps_it_carries(make_limiter):
+    limiter = make_limiter(limit=1, provisional_s=10)
+    reservation = limiter.acquire(max_wait_s=0)
+    limiter.release(reservation)
+
+    assert limiter.try_acquire("late")[0] is None
+
+    assert abs(stamp_ms(limiter, reservation) - server_ms(limiter)) < 1000
+
+
+def test_keys_granted_with_a_call_are_set_exactly_when_it_is_let_through(make_limiter, r):
+    limiter = make_limiter(limit=1)
+    with limiter_module.granting_with({"mark:a": ("sent", 30)}):
+        limiter.acquire(max_wait_s=0)
+    with (
+        limiter_module.granting_with({"mark:b": ("sent", 30)}),
+        pytest.raises(BudgetExhausted),
+    ):
+        limiter.acquire(max_wait_s=0)
+
+    assert r.get("mark:a") == b"sent"
+    assert 25 < r.ttl("mark:a") <= 30
+    assert r.get("mark:b") is None, "refused: never sent, never marked"
 
 
 def fill(limiter: SharedRateLimiter) -> list[int]:
@@ -318,6 +365,7 @@ def fill(limiter: SharedRateLimiter) -> list[int]:
     for _ in range(limiter.limit):
         reservation = limiter.acquire(max_wait_s=0)
         limiter.release(reservation)
+        limiter.flush()
         stamps.append(stamp_ms(limiter, reservation))
     return sorted(stamps)
 

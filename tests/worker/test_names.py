@@ -13,7 +13,7 @@ from worker.genesys.token import TokenProvider
 from worker.intents import Intent, WriteIntents
 from worker.limiter import SharedRateLimiter
 from worker.names import DEFAULT_ORG, org_key_prefix
-from worker.notifications.roster import Roster
+from worker.notifications.roster import FirstPage, Roster, seed_first_page
 from worker.notifications.slots import ChannelSlots
 from worker.ordering import AgentOrdering
 from worker.preflight import fleet
@@ -78,8 +78,9 @@ def test_the_default_org_uses_exactly_the_keys_of_a_single_org_deployment(r, kw)
     limiter.release(limiter.acquire(max_wait_s=0))
     limiter.cool_down(1)
     assert ChannelSlots(r, key="c", max_slots=1, **kw).claim()
+    seed_first_page(r, "c", FirstPage(["u1"], more=True), **kw)
     roster = Roster(r, key="c", grace_s=0, **kw)
-    roster.active(1, lambda limit: ["u1"])
+    roster.active(2, lambda limit, first: ["u1"])
     with roster.subscribing():
         pass
     roster.fill_once(lambda: None)
@@ -102,6 +103,7 @@ def test_the_default_org_uses_exactly_the_keys_of_a_single_org_deployment(r, kw)
         "presence:limiter:{c}:cooldown",
         "presence:channels:{c}:slots",
         "presence:roster:{c}",
+        "presence:roster:{c}:first",
         "presence:roster:{c}:snapshot",
         "presence:preflight:checking:{c}",
         "presence:preflight:passed:{d}",

@@ -116,6 +116,11 @@ class Intents(Protocol):
         too."""
         ...
 
+    def marking(self, writes: dict[str, Intent]) -> AbstractContextManager[None]:
+        """Inside, the marks of ``writes`` are stored as the call sending them is let through
+        (before it leaves), never for a call the budget refused."""
+        ...
+
     def marked(self, request_ids: list[str]) -> dict[str, Intent]: ...
 
     def first_reads(self, request_id: str, user_id: str) -> list[str]:

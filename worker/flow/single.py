@@ -146,10 +146,10 @@ def _write_and_confirm(ports: Ports, request: Request, calls: CallLog) -> Outcom
     try:
         try:
             intent = steps.intent(ports, request)
-            ports.intents.mark({request.request_id: intent})
-            presence, answer = ports.api.patch_presence(
-                request.user_id, target.id, request.update.message
-            )
+            with ports.intents.marking({request.request_id: intent}):
+                presence, answer = ports.api.patch_presence(
+                    request.user_id, target.id, request.update.message
+                )
         except (GenesysError, BudgetExhausted) as exc:
             steps.release(ports, [request])  # not applied: give the room back
             if isinstance(exc, BudgetExhausted):  # never sent: the retry need not read back

@@ -405,8 +405,8 @@ def _put_and_confirm(ports: Ports, ready: list[Request], covered: set[str], call
     unconfirmed: list[tuple[Request, int]] = []
     try:
         intents = {r.request_id: steps.intent(ports, r) for r in ready}
-        ports.intents.mark(intents)
-        applied, refused = _put_isolating(ports, ready)
+        with ports.intents.marking(intents):  # with the first PUT's grant, as a single's PATCH
+            applied, refused = _put_isolating(ports, ready)
         steps.accepted(
             ports, {r.request_id: (intents[r.request_id], a.correlation_id) for r, _, a in applied}
         )

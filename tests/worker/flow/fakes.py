@@ -259,6 +259,11 @@ class FakeIntents:
         if state is not None and self.cache is not None:
             self.cache.put(*state)
 
+    @contextmanager
+    def marking(self, writes: dict[str, Intent]) -> Iterator[None]:
+        self.marks.update(writes)  # no budget here: every call inside is let through
+        yield
+
     def marked(self, request_ids: list[str]) -> dict[str, Intent]:
         return {r: self.marks[r] for r in request_ids if r in self.marks}
 
