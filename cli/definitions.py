@@ -13,12 +13,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-import httpx
 import redis
 
 from cli.render import safe_url
 from worker.catalog import Definition, PresenceCatalog, UnknownPresence
-from worker.genesys.connect import genesys_client, missing_settings
+from worker.genesys.connect import genesys_client, http_client, missing_settings
 from worker.genesys.errors import GenesysError
 from worker.limiter import BudgetExhausted
 from worker.names import DEFAULT_ORG, org_key_prefix
@@ -142,7 +141,7 @@ def definition_check(settings: Settings, *, org: str = DEFAULT_ORG) -> Iterator[
     named = "" if org == DEFAULT_ORG else f"org {org}: "
     prefix = org_key_prefix(org)
     r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
-    http = httpx.Client(timeout=settings.http_timeout_s)
+    http = http_client(settings)
     try:
         # A clock that never moves: the definitions read once serve the whole import, so no row
         # check ever reaches Redis or Genesys again.

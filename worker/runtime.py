@@ -31,7 +31,7 @@ from worker.clock import SystemClock
 from worker.flow.ports import FlowConfig, Ports
 from worker.flow.record import AuditDraft, Recorder
 from worker.genesys.client import GenesysClient
-from worker.genesys.connect import budget_key, genesys_client
+from worker.genesys.connect import budget_key, genesys_client, http_client
 from worker.genesys.token import TokenProvider
 from worker.intents import WriteIntents
 from worker.limiter import SharedRateLimiter
@@ -160,10 +160,7 @@ class Runtime:
         prefix = org.prefix
         matrix, overrides = check_config(settings)
         r = redis.Redis.from_url(settings.redis_url)
-        http = httpx.Client(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            timeout=settings.http_timeout_s,
-        )
+        http = http_client(settings, httpx.Limits(max_connections=64, max_keepalive_connections=32))
         client_key = budget_key(settings)
         client = genesys_client(settings, r, http, prefix=prefix, org=org.name)
         limiter, tokens = client.limiter, client.tokens

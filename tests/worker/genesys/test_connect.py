@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import redis
 from pydantic import SecretStr
 
-from worker.genesys.connect import budget_key, genesys_client, missing_settings
+from worker.genesys.connect import (
+    CookielessClient,
+    budget_key,
+    genesys_client,
+    http_client,
+    missing_settings,
+)
 from worker.settings import Settings
 
 
@@ -61,3 +68,27 @@ def test_an_orgs_client_keeps_its_budget_and_token_under_the_orgs_prefix(redis_u
     finally:
         http.close()
         r.close()
+
+
+def test_genesys_calls_keep_no_cookie_a_response_sets():
+    sent: list[str | None] = []
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"set-cookie": "AWSALB=sticky; Path=/"}, json={})
+
+    with CookielessClient(transport=httpx.MockTransport(platform)) as http:
+        http.get("https://api.example.test/api/v2/users/me")
+        http.get("https://api.example.test/api/v2/users/me")
+
+        assert sent == [None, None]
+        assert not http.cookies
+        with pytest.raises(ValueError, match="no cookies"):
+            http.cookies = {"AWSALB": "sticky"}  # type: ignore[assignment]
+
+
+def test_the_http_client_takes_the_settings_timeout():
+    http = http_client(settings(http_timeout_s=7.5))
+
+    assert isinstance(http, CookielessClient)
+    assert http.timeout == httpx.Timeout(7.5)
