@@ -57,8 +57,9 @@ class WriteIntents:
     def mark(
         self, writes: dict[str, Intent], *, state: tuple[str, AgentState] | None = None
     ) -> None:
-        """Record that each request (request id → its intent) is about to be sent, or, marked
-        again with ``accepted``, that the platform applied it. With ``state`` (user id, what
+        """Record that each request (request id → its intent) is about to be sent (a mark made
+        before sending is better made by :meth:`marking`), or, marked again with ``accepted``,
+        that the platform applied it. With ``state`` (user id, what
         the write's answer says), also store that in the shared cache (as
         :meth:`StateCache.put`), in the same round trip when the cache shares this client."""
         values = self._values(writes)

@@ -111,9 +111,9 @@ class Intents(Protocol):
     def mark(
         self, writes: dict[str, Intent], *, state: tuple[str, AgentState] | None = None
     ) -> None:
-        """Record, before sending, that each request (id → its intent) is written; with
+        """Record each request's intent (id → its intent; once answered, ``accepted``); with
         ``state`` (user id, what a write's answer says), put that in the shared state cache
-        too."""
+        too. Marks made before sending go through :meth:`marking`."""
         ...
 
     def marking(self, writes: dict[str, Intent]) -> AbstractContextManager[None]:

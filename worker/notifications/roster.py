@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -173,28 +174,36 @@ class Roster:
         self._store(limit, ids)
         return ids
 
-    def _first_page(self) -> FirstPage | None:
+    def _read_json(self, key: str) -> dict[str, Any] | None:
+        """The JSON object stored at ``key``; None when absent, unreadable or Redis is away."""
         try:
-            raw = self.redis.get(self.first_key)
+            raw = self.redis.get(key)
         except redis.RedisError:
             return None
         if not isinstance(raw, bytes):
             return None
         try:
             data = json.loads(raw)
-            return FirstPage([str(i) for i in data["ids"]], bool(data["more"]))
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _first_page(self) -> FirstPage | None:
+        data = self._read_json(self.first_key)
+        try:
+            return (
+                None
+                if data is None
+                else FirstPage([str(i) for i in data["ids"]], bool(data["more"]))
+            )
+        except (KeyError, TypeError):
             return None
 
     def _stored(self, limit: int) -> list[str] | None:
-        try:
-            raw = self.redis.get(self.key)
-        except redis.RedisError:
-            return None
-        if not isinstance(raw, bytes):
+        data = self._read_json(self.key)
+        if data is None:
             return None
         try:
-            data = json.loads(raw)
             asked, ids = int(data["limit"]), [str(i) for i in data["ids"]]
         except (ValueError, KeyError, TypeError):
             return None
