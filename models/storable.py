@@ -13,6 +13,7 @@ used, consistently: :func:`storable_id`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -76,17 +77,31 @@ def _limit(column_type: Any) -> int | None:
     return None
 
 
+@functools.cache
+def _plan(table: FromClause) -> dict[str, tuple[bool, int | None]]:
+    """``table``'s columns that need fitting: name → (JSON?, a text column's limit)."""
+    plan: dict[str, tuple[bool, int | None]] = {}
+    for column in table.columns:
+        if isinstance(column.type, JSON):
+            plan[column.key] = (True, None)
+        elif isinstance(column.type, String):
+            plan[column.key] = (False, _limit(column.type))
+    return plan
+
+
 def fit_values(table: FromClause, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` (column name → value) made storable in ``table``'s columns."""
+    plan = _plan(table)
     out = dict(values)
     for name, value in values.items():
-        column = table.columns.get(name)
-        if column is None or value is None:
+        fit = plan.get(name)
+        if fit is None or value is None:
             continue
-        if isinstance(column.type, JSON):
+        is_json, limit = fit
+        if is_json:
             out[name] = clean_json(value)
-        elif isinstance(value, str) and isinstance(column.type, String):
-            out[name] = clean(value, _limit(column.type))
+        elif isinstance(value, str):
+            out[name] = clean(value, limit)
     return out
 
 
