@@ -122,7 +122,13 @@ def _consume_org_queues(instance: Any, **_: object) -> None:
 @worker_ready.connect(weak=False)
 def _start_mover(**_: object) -> None:
     """Each worker's main process publishes due retries and re-enqueues lost messages."""
-    mover.start(app, settings.redis_url, settings.schedule_poll_s, settings.ledger_check_after_s)
+    mover.start(
+        app,
+        settings.redis_url,
+        settings.schedule_poll_s,
+        settings.ledger_check_after_s,
+        settings.broker_visibility_timeout_s,
+    )
 
 
 @worker_shutdown.connect(weak=False)

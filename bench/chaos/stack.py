@@ -268,8 +268,9 @@ class ChaosStack:
         return ids
 
     def leftovers(self) -> Leftovers:
-        """Messages the broker still holds: kombu's unacknowledged hash, every queue list
-        (priority variants included), and any sorted set holding delayed messages."""
+        """Messages the broker still holds: unacknowledged (the ledger's holds and kombu's
+        hash), every queue list (priority variants included), and any sorted set holding
+        delayed messages."""
         client = redis.Redis.from_url(self.broker_url, socket_timeout=5)
         unacked = queued = delayed = 0
         try:
@@ -278,6 +279,8 @@ class ChaosStack:
                 kind = _text(client.type(key))
                 if kind == "hash" and name == "unacked":
                     unacked += int(client.hlen(key))
+                elif kind == "zset" and name == ledger.HELD_KEY:  # held, the ledger's copy
+                    unacked += int(client.zcard(key))
                 elif kind == "list" and name.split("\x06", 1)[0] in QUEUES:
                     queued += int(client.llen(key))
                 elif kind == "zset" and name != "unacked_index" and _delayed_name(name):

@@ -1,6 +1,6 @@
 """``celery -A tests.support.dying_worker worker``: the worker's own app, except that its process
-SIGKILLs itself right after its consumer pops a presence message and before kombu holds it in
-``unacked`` — the window in which a crash used to lose the message."""
+SIGKILLs itself right after its consumer pops a presence message and before it holds it — the
+window in which a crash used to lose the message."""
 
 from __future__ import annotations
 

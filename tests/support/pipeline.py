@@ -35,6 +35,7 @@ from producer.schema import QUEUE, TASK_NAME, WAVE_TASK_NAME, wave_element
 from tests.support.fleet import WorkerFleet
 from tests.support.processes import private_redis, worker_env
 from tests.support.services import scratch_postgres_database
+from worker.broker import ledger
 from worker.broker.ledger import ENTRIES_KEY
 
 APPLIED = {"confirmed", "applied_unconfirmed"}
@@ -292,9 +293,15 @@ class Pipeline:
 
     @staticmethod
     def unacked(client: redis.Redis, queue: str = QUEUE) -> list[str]:
-        """Delivery tags of the ``queue`` messages workers hold unacknowledged (other queues, such
-        as WFM deliveries for ``presence``, left out)."""
-        return [
+        """Delivery tags of the ``queue`` messages workers hold unacknowledged, in the ledger or
+        in kombu's ``unacked`` (other queues, such as WFM deliveries for ``presence``, left
+        out)."""
+        held = [
+            e["key"]
+            for e in ledger.pending(client)
+            if e["holder"] and e["list"].split("\x06", 1)[0] == queue
+        ]
+        return held + [
             tag.decode()
             for tag, raw in client.hgetall("unacked").items()
             if json.loads(raw)[2] == queue  # [message, exchange, routing key]

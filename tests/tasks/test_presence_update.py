@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from tests.support.pipeline import APPLIED, Pipeline
+from worker.broker import ledger
 
 # (state, reason, definition name as the platform lists it)
 STATES = [
@@ -537,7 +538,13 @@ def test_a_killed_worker_process_loses_nothing(pipeline: Pipeline) -> None:
 
     # The visibility timeout (302 s) is too long to sit out: age the messages past it instead;
     # a starting worker restores every message older than that.
-    broker.zadd("unacked_index", {tag: time.time() - 400 for tag in in_flight})
+    aged = time.time() - 400
+    for key, held in (
+        (ledger.HELD_KEY, broker.zrange(ledger.HELD_KEY, 0, -1)),  # the ledger's holds
+        ("unacked_index", [t for t in in_flight if broker.hexists("unacked", t)]),  # kombu's
+    ):
+        if held:
+            broker.zadd(key, dict.fromkeys(held, aged))
     broker.close()
     pipeline.start(1, warm_up=False, **env)
 

@@ -1,11 +1,11 @@
 """A worker SIGKILLed while it has a request, with real processes: the request still ends in one
 terminal row, without manual steps and long before the visibility timeout (production's 600 s).
 
-* Killed between the pop and ``unacked`` (the worker's app with a hook that SIGKILLs it right
+* Killed between the pop and the hold (the worker's app with a hook that SIGKILLs it right
   there): the broker ledger's entry, written with the producer's push, is pushed again by the
   next worker's mover. Before: the message was gone (one request per killed worker).
 * Killed while it holds a message (mid-PATCH): its liveness key expires, and the next worker's
-  mover restores the message it held (kombu's own restore) within seconds. Before: it waited in
+  mover puts the message it held back on its list within seconds. Before: it waited in
   ``unacked`` for the visibility timeout.
 * Killed while a retry waits: the retry is in the ledger's schedule, not in the dead worker's
   memory, and the next worker publishes it when due. Before: it sat in ``unacked`` until the
@@ -74,7 +74,7 @@ def test_a_message_popped_by_a_worker_killed_before_holding_it_still_ends(
     # The kill hit the window: the message is neither queued nor held, only the ledger has it.
     assert pipeline.redis.llen(names.PRESENCE_QUEUE) == 0
     assert pipeline.unacked(pipeline.redis) == []
-    assert [e["key"] for e in ledger.pending(pipeline.redis)] == [request_id]
+    assert [e["id"] for e in ledger.pending(pipeline.redis)] == [request_id]
     killed_at = time.monotonic()
 
     pipeline.start(
@@ -177,9 +177,9 @@ def test_a_message_pushed_again_after_it_was_applied_changes_nothing(
     patches = pipeline.route_count("presence.patch")
 
     # As if the clear had been lost: the queued entry is back, its message long done.
-    pipeline.redis.hset(ledger.ENTRIES_KEY, request_id, json.dumps(
-        {k: written[k] for k in ("state", "list", "tag", "message")}))  # fmt: skip
-    pipeline.redis.zadd(ledger.QUEUED_KEY, {request_id: time.time() - CHECK_AFTER_S})
+    pipeline.redis.hset(ledger.ENTRIES_KEY, written["key"], json.dumps(
+        {k: written[k] for k in ("state", "id", "list", "tag", "message")}))  # fmt: skip
+    pipeline.redis.zadd(ledger.QUEUED_KEY, {written["key"]: time.time() - CHECK_AFTER_S})
     _wait(lambda: "re-enqueued 1 message(s)" in fleet.logs(), 30, fleet.logs())
     _wait(lambda: pipeline.queue_length() == 0 and ledger.pending(pipeline.redis) == [], 30, "")
 

@@ -1,27 +1,28 @@
-"""The broker ledger: a request's custody in Redis whenever no worker's acknowledgement holds it.
+"""The broker ledger: a request's custody in Redis from its push to its acknowledgement.
 
-Kombu's Redis transport keeps a held message in its ``unacked`` hash and restores it after the
-visibility timeout. Two gaps remain, and the ledger closes both:
+Kombu's Redis transport pops a message with ``BRPOP`` and only then copies it to its ``unacked``
+hash; a worker SIGKILLed in between loses it, and a Celery countdown retry sits unacknowledged
+in a worker's memory until its ETA. For ``presence.update`` and ``presence.wave`` messages the
+ledger replaces kombu's ``unacked`` altogether:
 
-* **popped, never held** — a consumer's ``BRPOP`` removes a message from its list before the
-  consumer writes it to ``unacked``; a worker SIGKILLed in between loses it. So every
-  ``presence.update`` and ``presence.wave`` message pushed through :class:`Channel` (the
-  producer library, the worker's own sends, kombu's restores) gets a *queued* entry written
-  before its ``LPUSH`` in the same round trip, and the ``unacked`` write clears it in the same
-  script (:meth:`QoS.append`). An entry still there after ``check_after_s`` is looked up: held in
-  ``unacked`` (cleared), still in its list (looked at again later), or neither — popped and
-  lost — and pushed again.
-* **waiting for a retry** — a Celery countdown retry sits unacknowledged in a worker's memory
-  until its ETA, which is why the visibility timeout had to exceed the longest retry delay.
-  Instead, :func:`schedule` writes a *scheduled* entry (the task, its arguments, when it is
-  due) and only then is the message acknowledged; :func:`move_due` (run by every worker, see
-  :mod:`worker.broker.mover`) publishes it when due.
+* **queued** — every such message pushed through :class:`Channel` (the producer library, the
+  worker's own sends, restores) gets an entry, keyed by its delivery tag, written before its
+  ``LPUSH`` in the same round trip: the message itself, its list, when it was pushed. The
+  message carries a ``ledger`` property naming its list and push time, so the consumer knows
+  the entry exists.
+* **held** — the consumer's hold is one ``ZADD`` to :data:`HELD_KEY` (``tag|holder`` → when), the
+  entry staying as the held copy; the acknowledgement drops the entry, its time and the hold in
+  one pipeline. A hold whose process is dead (:mod:`worker.broker.holders`) or older than the
+  visibility timeout is pushed back by any live worker's mover (:func:`restore_held`).
+* **popped, never held** — an entry neither held nor in its list after ``check_after_s`` is
+  pushed again by the mover (:func:`move_due`).
+* **scheduled** — :func:`schedule` writes a retry (the task, its arguments, when it is due,
+  keyed by the task id) and only then is the message acknowledged; the mover publishes it when
+  due.
 
-Three keys: the hash :data:`ENTRIES_KEY` (id → the entry as JSON) and two sorted sets,
-:data:`QUEUED_KEY` (when each queued entry was pushed) and :data:`SCHEDULED_KEY` (when each
-retry is due); how long a queued entry may wait before it is looked up is the workers' setting,
-not the producers'. Ids are Celery task ids: a request id for
-``presence.update``. Every step writes the next custody before dropping the last, so a crash
+A message of these tasks without the ``ledger`` property (a client that writes the broker's
+lists itself) is held the kombu way, in ``unacked`` with its holder, and gets an entry when
+kombu restores it. Every step writes the next custody before dropping the last, so a crash
 anywhere leaves a duplicate at worst, which the per-request idempotency (audit table, write
 intents) makes harmless.
 
@@ -55,14 +56,19 @@ _dumps: Callable[[Any], str] = vars(kombu_redis)["dumps"]
 
 TRANSPORT: Final = "worker.broker.ledger:Transport"
 QUEUED_KEY: Final = "presence:ledger:queued"
-"""Sorted set: id → when its message was pushed (or last found waiting), epoch seconds."""
+"""Sorted set: delivery tag → when its message was pushed (or last found waiting or held)."""
 SCHEDULED_KEY: Final = "presence:ledger:scheduled"
-"""Sorted set: id → when its retry is due (or its claim ends), epoch seconds."""
+"""Sorted set: task id → when its retry is due (or its claim ends), epoch seconds."""
 ENTRIES_KEY: Final = "presence:ledger:entries"
-"""Hash: id → the entry as JSON (``state`` ``queued`` or ``scheduled``)."""
+"""Hash: a queued entry under its delivery tag, a scheduled one under its task id (JSON, with
+``state`` ``queued`` or ``scheduled``)."""
+HELD_KEY: Final = "presence:ledger:held"
+"""Sorted set: ``tag|holder`` → when the holder (a process id) took the message."""
 TAKEN_KEY: Final = "presence:ledger:taken_at"
 """Sorted set: list → the newest push time of a ledgered message a consumer took from it (kept
-with ``ZADD GT``, one command per message)."""
+with ``ZADD GT``, written by each consumer's mover)."""
+MARK: Final = "ledger"
+"""The message property naming a ledgered message's list and push time: its entry exists."""
 SCAN_MAX: Final = 1000
 """A list this long or shorter is searched for an old entry's message whatever its position."""
 UNACKED_KEY: Final = "unacked"  # kombu's default ``unacked_key``
@@ -75,10 +81,11 @@ CLAIM_S: Final = 30.0
 """A scheduled entry taken by a mover is due again after this unless the mover settles it."""
 MOVE_LIMIT: Final = 200
 
-# KEYS: queued, scheduled, entries, unacked, taken. ARGV: now, limit, claim until, queued
-# before, scan max. Queued entries old enough are settled here; scheduled ones due are claimed
-# and returned. A list is first in, first out: while no message pushed after an entry's was
-# taken from a long list, the entry's message is still in it, and the list is not searched.
+# KEYS: queued, scheduled, entries, held, taken. ARGV: now, limit, claim until, queued before,
+# scan max. Queued entries old enough are looked up here (held or still listed: looked at again
+# later; neither: pushed again); scheduled ones due are claimed and returned. A list is first
+# in, first out: while no message pushed after an entry's was taken from a long list, the
+# entry's message is still in it, and the list is not searched.
 _CLAIM: Final = """
 local function listed(entry)
   local taken = tonumber(redis.call('ZSCORE', KEYS[5], entry.list) or '-1')
@@ -87,25 +94,31 @@ local function listed(entry)
   end
   return redis.call('LPOS', entry.list, entry.message, 'RANK', -1)
 end
-local requeued, settled, waiting = 0, 0, 0
+local holding = nil
+local function held(tag)
+  if not holding then
+    holding = {}
+    for _, member in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+      holding[string.match(member, '^[^|]*')] = true
+    end
+  end
+  return holding[tag]
+end
+local requeued, waiting = 0, 0
 local old = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[4], 'BYSCORE', 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(old) do
-  local raw = redis.call('HGET', KEYS[3], id)
+for _, tag in ipairs(old) do
+  local raw = redis.call('HGET', KEYS[3], tag)
   local entry = raw and cjson.decode(raw)
   if not entry or entry.state ~= 'queued' then
-    redis.call('ZREM', KEYS[1], id)
-  elseif redis.call('HEXISTS', KEYS[4], entry.tag) == 1 then
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('HDEL', KEYS[3], id)
-    settled = settled + 1
-  elseif listed(entry) then
-    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    redis.call('ZREM', KEYS[1], tag)
+  elseif held(tag) or listed(entry) then
+    redis.call('ZADD', KEYS[1], ARGV[1], tag)
     waiting = waiting + 1
   else
     redis.call('LPUSH', entry.list, entry.message)
     entry.pushed = tonumber(ARGV[1])
-    redis.call('HSET', KEYS[3], id, cjson.encode(entry))
-    redis.call('ZADD', KEYS[1], ARGV[1], id)
+    redis.call('HSET', KEYS[3], tag, cjson.encode(entry))
+    redis.call('ZADD', KEYS[1], ARGV[1], tag)
     requeued = requeued + 1
   end
 end
@@ -120,56 +133,60 @@ for _, id in ipairs(due) do
     table.insert(scheduled, raw)
   end
 end
-return {requeued, settled, waiting, scheduled}
+return {requeued, waiting, scheduled}
 """
 
-# KEYS: queued, scheduled, entries, taken. ARGV: id, a delivery tag or '', an entry's JSON or ''.
-# Drop the entry of ARGV[1] only if it is still the one the caller knows: the queued entry of
-# delivery ARGV[2] (its push time then counts as taken from its list), or exactly ARGV[3]; a
-# newer entry under the same id is kept.
+# KEYS: scheduled, entries. ARGV: id, the entry's JSON. Drop the scheduled entry of ARGV[1]
+# only if it is still exactly ARGV[2]: a newer one under the same id is kept.
 _SETTLE: Final = """
-local raw = redis.call('HGET', KEYS[3], ARGV[1])
-if not raw then return 0 end
-if ARGV[2] ~= '' then
-  local entry = cjson.decode(raw)
-  if entry.state ~= 'queued' or entry.tag ~= ARGV[2] then return 0 end
-  if entry.pushed then redis.call('ZADD', KEYS[4], 'GT', entry.pushed, entry.list) end
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  return 1
-elseif raw ~= ARGV[3] then
-  return 0
-end
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: unacked index, unacked, holders, entries, queued, taken. ARGV: delivery tag, now, the
-# unacked value, holder, task id or ''. Kombu's ``unacked`` write with its holder, and (for a
-# ledgered task) :data:`_SETTLE`'s drop of the delivery's queued entry, in one atomic script.
-# A queued entry is never in the scheduled set: a stale member there (the entry was scheduled
-# before this push replaced it) is dropped by the mover's claim, which ignores ids whose entry
-# is not scheduled.
-_HOLD: Final = """
+# KEYS: held, entries, queued, the list. ARGV: hold member, tag, message, entry JSON, now,
+# 'front' or 'back'. A held message back on its list, queued again, if the hold is still there
+# and the message not acknowledged meanwhile (only one of two concurrent restores pushes).
+_RESTORE: Final = """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[6] == 'front' then
+  redis.call('RPUSH', KEYS[4], ARGV[3])
+else
+  redis.call('LPUSH', KEYS[4], ARGV[3])
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
+return 1
+"""
+
+# KEYS: unacked index, unacked, holders. ARGV: delivery tag, now, the unacked value, holder.
+# Kombu's ``unacked`` write with its holder, atomically: a message the ledger does not hold.
+_HOLD_UNACKED: Final = """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-if ARGV[5] == '' then return 0 end
-local raw = redis.call('HGET', KEYS[4], ARGV[5])
-if not raw then return 0 end
-local entry = cjson.decode(raw)
-if entry.state ~= 'queued' or entry.tag ~= ARGV[1] then return 0 end
-if entry.pushed then redis.call('ZADD', KEYS[6], 'GT', entry.pushed, entry.list) end
-redis.call('ZREM', KEYS[5], ARGV[5])
-redis.call('HDEL', KEYS[4], ARGV[5])
-return 1
 """
+
+# Registered on a client that never connects: each script runs on the client given per call
+# (EVALSHA, loading it once per server).
+_SCRIPTS: Final = redis.Redis()
+_CLAIM_SCRIPT: Final = _SCRIPTS.register_script(_CLAIM)
+_SETTLE_SCRIPT: Final = _SCRIPTS.register_script(_SETTLE)
+_RESTORE_SCRIPT: Final = _SCRIPTS.register_script(_RESTORE)
+_HOLD_UNACKED_SCRIPT: Final = _SCRIPTS.register_script(_HOLD_UNACKED)
 
 
 def _new_token() -> str:
     return uuid.uuid4().hex
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +242,7 @@ class Moved:
 
     published: int = 0
     requeued: int = 0  # queued entries popped by a worker that died before holding them
-    settled: int = 0  # queued entries found held (their clear was lost)
-    waiting: int = 0  # queued entries still in their list
+    waiting: int = 0  # queued entries still in their list, or held
     failed: int = 0  # scheduled entries whose publish failed (due again after CLAIM_S)
 
 
@@ -246,11 +262,40 @@ def delivery_tag(message: Mapping[str, Any]) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
-def queued_entry(list_key: str, tag: str, message: str, pushed: float) -> str:
+def mark(message: dict[str, Any], list_key: str, pushed: float) -> None:
+    """Write the :data:`MARK` property on a message dict about to be pushed with its entry."""
+    properties = message.setdefault("properties", {})
+    if isinstance(properties, dict):
+        properties[MARK] = {"list": list_key, "pushed": pushed}
+
+
+def marked_place(message: Any) -> tuple[str, float] | None:
+    """A ledgered message's list and push time (its :data:`MARK`), or None for a message
+    without an entry (another task's, or one a client pushed without this transport)."""
+    if not isinstance(message, Mapping) or ledgered_id(message) is None:
+        return None
+    properties = message.get("properties")
+    place = properties.get(MARK) if isinstance(properties, Mapping) else None
+    if not isinstance(place, Mapping):
+        return None
+    list_key, pushed = place.get("list"), place.get("pushed")
+    if not isinstance(list_key, str) or not isinstance(pushed, int | float):
+        return None
+    return list_key, float(pushed)
+
+
+def queued_entry(task_id: str, list_key: str, tag: str, message: str, pushed: float) -> str:
     """A queued entry: ``pushed`` is when the message went to the back of its list (0 for one
     restored to its front, which is taken next)."""
     return json.dumps(
-        {"state": "queued", "list": list_key, "tag": tag, "message": message, "pushed": pushed},
+        {
+            "state": "queued",
+            "id": task_id,
+            "list": list_key,
+            "tag": tag,
+            "message": message,
+            "pushed": pushed,
+        },
         separators=(",", ":"),
     )
 
@@ -265,14 +310,24 @@ def record_queued(
     *,
     front: bool = False,
 ) -> None:
-    """Queue the commands writing a queued entry on ``pipe`` (a pipeline or publish batch),
-    replacing any scheduled one of ``task_id`` (its id may stay in the scheduled set: the
-    mover's claim drops ids whose entry is not scheduled); ``front``: pushed to the end taken
-    next. The time first: a partial write leaves an id without entry (dropped by the claim),
-    never an entry the claim would take for old."""
-    entry = queued_entry(list_key, tag, message, 0.0 if front else now)
-    pipe.zadd(QUEUED_KEY, {task_id: now})
-    pipe.hset(ENTRIES_KEY, task_id, entry)
+    """Queue the commands writing the queued entry of delivery ``tag`` on ``pipe`` (a pipeline
+    or publish batch); ``front``: pushed to the end taken next. The time first: a partial write
+    leaves a tag without entry (dropped by the claim), never an entry the claim would take for
+    old."""
+    entry = queued_entry(task_id, list_key, tag, message, 0.0 if front else now)
+    pipe.zadd(QUEUED_KEY, {tag: now})
+    pipe.hset(ENTRIES_KEY, tag, entry)
+
+
+def hold_member(tag: str) -> str:
+    """This process's hold of delivery ``tag`` in :data:`HELD_KEY`."""
+    return f"{tag}|{holders.PROCESS_ID}"
+
+
+def release_commands(tag: str, member: str) -> list[tuple[str, ...]]:
+    """The acknowledgement of a ledger hold: the entry first, so that a partial write leaves
+    only a hold without entry, which a restore drops."""
+    return [("hdel", ENTRIES_KEY, tag), ("zrem", QUEUED_KEY, tag), ("zrem", HELD_KEY, member)]
 
 
 def schedule(client: redis.Redis, entry: Scheduled, due: float) -> None:
@@ -281,20 +336,72 @@ def schedule(client: redis.Redis, entry: Scheduled, due: float) -> None:
     with client.pipeline() as pipe:
         pipe.hset(ENTRIES_KEY, entry.id, entry.to_json())
         pipe.zadd(SCHEDULED_KEY, {entry.id: due})
-        pipe.zrem(QUEUED_KEY, entry.id)
         pipe.execute()
 
 
-def forget_queued(client: Any, task_id: str, tag: str) -> None:
-    """Drop the queued entry of ``task_id`` if it is the one of delivery ``tag`` (on ``client``,
-    a Redis client or pipeline): the message is held in ``unacked`` now, or its fate written."""
-    client.eval(_SETTLE, 4, QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, TAKEN_KEY, task_id, tag, "")
+def forget_queued(client: Any, tag: str) -> None:
+    """Drop the queued entry of delivery ``tag`` (on ``client``, a Redis client or pipeline):
+    its message's fate is written and it was never held."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hdel(ENTRIES_KEY, tag)
+    pipe.zrem(QUEUED_KEY, tag)
+    pipe.execute()
 
 
 def settle(client: redis.Redis, entry_id: str, raw: str) -> bool:
-    """Drop the entry of ``entry_id`` if it is still ``raw`` (published, nothing newer)."""
-    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, TAKEN_KEY)
-    return bool(client.eval(_SETTLE, 4, *keys, entry_id, "", raw))
+    """Drop the scheduled entry of ``entry_id`` if it is still ``raw`` (published, nothing
+    newer)."""
+    return bool(
+        _SETTLE_SCRIPT(keys=(SCHEDULED_KEY, ENTRIES_KEY), args=(entry_id, raw), client=client)
+    )
+
+
+def restore_held(client: redis.Redis, member: str, *, now: float, front: bool = True) -> bool:
+    """Put the message of hold ``member`` back on its list (``front``: taken next, as kombu
+    restores; else at the back, as a requeueing reject), marked redelivered and queued again;
+    False when the hold is gone or its message was acknowledged. Raises ``redis.RedisError``."""
+    tag = member.split("|", 1)[0]
+    raw = client.hget(ENTRIES_KEY, tag)
+    entry = json.loads(raw) if raw is not None else None
+    if not isinstance(entry, dict) or entry.get("state") != "queued":
+        client.zrem(HELD_KEY, member)
+        return False
+    message = json.loads(entry["message"])
+    headers, properties = message.get("headers"), message.get("properties")
+    if isinstance(headers, dict):
+        headers["redelivered"] = True
+    if isinstance(properties, dict) and isinstance(properties.get("delivery_info"), dict):
+        properties["delivery_info"]["redelivered"] = True
+    pushed = 0.0 if front else now
+    mark(message, entry["list"], pushed)
+    text = _dumps(message)
+    again = queued_entry(str(entry.get("id") or ""), entry["list"], tag, text, pushed)
+    keys = (HELD_KEY, ENTRIES_KEY, QUEUED_KEY, entry["list"])
+    args = (member, tag, text, again, now, "front" if front else "back")
+    return bool(_RESTORE_SCRIPT(keys=keys, args=args, client=client))
+
+
+def orphaned_holds(
+    client: redis.Redis, *, now: float, visibility_s: float, limit: int = MOVE_LIMIT
+) -> list[str]:
+    """Holds older than :data:`holders.ALIVE_TTL_S` whose process is no longer alive, and any
+    older than ``visibility_s`` (a holder alive but stuck, as kombu's visibility timeout)."""
+    rows = cast(
+        list[tuple[Any, float]],
+        client.zrangebyscore(
+            HELD_KEY, "-inf", now - holders.ALIVE_TTL_S, start=0, num=limit, withscores=True
+        ),
+    )
+    holds = [(_text(member), at) for member, at in rows]
+    if not holds:
+        return []
+    owners = sorted({member.rpartition("|")[2] for member, _ in holds})
+    alive = dict(zip(owners, client.mget([holders.ALIVE_PREFIX + o for o in owners]), strict=True))
+    return [
+        member
+        for member, at in holds
+        if alive[member.rpartition("|")[2]] is None or at < now - visibility_s
+    ]
 
 
 def move_due(
@@ -308,20 +415,18 @@ def move_due(
     scan_max: int = SCAN_MAX,
 ) -> Moved:
     """One pass at ``now``: queued entries older than ``check_after_s`` are settled in Redis
-    (held in ``unacked``: dropped; still in their list: looked at again ``check_after_s``
-    later; neither, so popped and lost: pushed again); scheduled entries due are claimed for
-    ``claim_s`` and published with ``send``, then dropped unless a newer entry replaced them (a
-    ledgered task's publish writes its queued entry). A list longer than ``scan_max`` is not
-    searched while no message pushed after the entry's was taken from it (first in, first out:
-    it is still there). Raises ``redis.RedisError`` when Redis cannot be reached; a failed
-    ``send`` is logged and tried again after ``claim_s``."""
-    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, UNACKED_KEY, TAKEN_KEY)
+    (held, or still in their list: looked at again ``check_after_s`` later; neither, so popped
+    and lost: pushed again); scheduled entries due are claimed for ``claim_s`` and published
+    with ``send``, then dropped unless a newer entry replaced them. A list longer than
+    ``scan_max`` is not searched while no message pushed after the entry's was taken from it
+    (first in, first out: it is still there). Raises ``redis.RedisError`` when Redis cannot be
+    reached; a failed ``send`` is logged and tried again after ``claim_s``."""
+    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, HELD_KEY, TAKEN_KEY)
     args = (now, limit, now + claim_s, now - check_after_s, scan_max)
-    result = client.eval(_CLAIM, 5, *keys, *args)
-    requeued, settled, waiting, claimed = result
+    requeued, waiting, claimed = _CLAIM_SCRIPT(keys=keys, args=args, client=client)
     published = failed = 0
     for raw in claimed:
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        text = _text(raw)
         entry = Scheduled.from_json(text)
         try:
             send(entry)
@@ -336,111 +441,190 @@ def move_due(
             "re-enqueued %d message(s) a worker took from the queue and died before holding",
             requeued,
         )
-    return Moved(published, int(requeued), int(settled), int(waiting), failed)
+    return Moved(published, int(requeued), int(waiting), failed)
 
 
 def pending(client: redis.Redis) -> list[dict[str, Any]]:
-    """Every entry (for operators and tests): the decoded JSON plus its ``at`` time (pushed or
-    last found waiting for a queued entry, due for a scheduled one)."""
+    """Every entry (for operators and tests): the decoded JSON plus its ``key`` (a delivery tag
+    or, for a retry, the task id), its ``at`` time (pushed or last found waiting for a queued
+    entry, due for a scheduled one) and, for a held message, its ``holder``."""
     entries = cast(dict[bytes, bytes], client.hgetall(ENTRIES_KEY))
     scores: dict[Any, Any] = {}
     for key in (QUEUED_KEY, SCHEDULED_KEY):
         scores.update(cast(list[tuple[Any, Any]], client.zrange(key, 0, -1, withscores=True)))
+    holds = {
+        tag: holder
+        for tag, _, holder in (
+            _text(m).partition("|") for m in cast(list[bytes], client.zrange(HELD_KEY, 0, -1))
+        )
+    }
     return [
-        {**json.loads(raw), "key": key.decode(), "at": scores.get(key)}
+        {
+            **json.loads(raw),
+            "key": _text(key),
+            "at": scores.get(key),
+            "holder": holds.get(_text(key)),
+        }
         for key, raw in entries.items()
     ]
+
+
+class TakenTimes:
+    """The newest push time of a ledgered message this process took from each list, kept in
+    memory at each hold and written to :data:`TAKEN_KEY` by the mover: one command per list and
+    pass instead of one per message. Written late, a time is only lower than the truth, which
+    makes the claim search a list or look again later, never push a listed message again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._newest: dict[str, float] = {}
+
+    def note(self, list_key: str, pushed: float) -> None:
+        with self._lock:
+            if pushed > self._newest.get(list_key, -1.0):
+                self._newest[list_key] = pushed
+
+    def write(self, client: redis.Redis) -> None:
+        """Write the times noted since the last write; raises what Redis raises (they are
+        kept for the next write)."""
+        with self._lock:
+            newest, self._newest = self._newest, {}
+        if not newest:
+            return
+        try:
+            pipe = client.pipeline(transaction=False)
+            for list_key, pushed in newest.items():
+                pipe.zadd(TAKEN_KEY, {list_key: pushed}, gt=True)
+            pipe.execute()
+        except redis.RedisError:
+            for list_key, pushed in newest.items():
+                self.note(list_key, pushed)
+            raise
+
+
+TAKEN: Final = TakenTimes()
 
 
 # -- the transport ------------------------------------------------------------------------------
 class PendingAcks:
     """Acknowledgements Redis could not take (it was away when a task ended), kept in this
     process and settled by its mover once Redis answers again. Without them the finished
-    message would sit in ``unacked`` until the visibility timeout redelivered it."""
+    message would be delivered again once its hold is taken for stuck."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tags: dict[str, tuple[str, str]] = {}  # delivery tag → (unacked key, index key)
+        self._commands: dict[str, list[tuple[str, ...]]] = {}  # delivery tag → its removal
 
-    def add(self, delivery_tag: str, unacked_key: str, index_key: str) -> None:
+    def add(self, delivery_tag: str, commands: list[tuple[str, ...]]) -> None:
         with self._lock:
-            self._tags[delivery_tag] = (unacked_key, index_key)
+            self._commands[delivery_tag] = commands
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._tags)
+            return len(self._commands)
 
     def settle(self, client: redis.Redis) -> int:
-        """Remove every pending tag from ``unacked`` in one round trip; how many were settled.
-        Raises what Redis raises (the tags stay pending)."""
+        """Run every pending removal in one round trip; how many were settled. Raises what
+        Redis raises (they stay pending)."""
         with self._lock:
-            pending = dict(self._tags)
+            pending = dict(self._commands)
         if not pending:
             return 0
         pipe = client.pipeline(transaction=False)
-        for tag, (unacked_key, index_key) in pending.items():
-            pipe.hdel(unacked_key, tag)
-            pipe.zrem(index_key, tag)
+        for commands in pending.values():
+            _queue_commands(pipe, commands)
         pipe.execute()
         with self._lock:
             for tag in pending:
-                self._tags.pop(tag, None)
+                self._commands.pop(tag, None)
         return len(pending)
 
 
+def _queue_commands(pipe: Any, commands: list[tuple[str, ...]]) -> None:
+    for name, *args in commands:
+        getattr(pipe, name)(*args)
+
+
 PENDING_ACKS: Final = PendingAcks()
-# Registered on a client that never connects: the script runs on the client given per call
-# (EVALSHA, loading it once per server).
-_HOLD_SCRIPT: Final = redis.Redis().register_script(_HOLD)
 
 
 class QoS(redis_restore.QoS):
+    """Kombu's Redis QoS with the ledger's hold for ledgered messages (:data:`MARK`), and this
+    process named the holder of every other message in ``unacked``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._holds: dict[str, str] = {}  # delivery tag → its hold member, for ledger holds
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Hold ``message``: a ledgered one with one ``ZADD`` (its entry is the held copy),
+        any other with kombu's ``unacked`` write and its holder, in one script."""
+        raw = getattr(message, "_raw", None)
+        place = marked_place(raw)
+        channel: Any = self.channel
+        with channel.conn_or_acquire() as client:
+            if place is not None:
+                member = hold_member(delivery_tag)
+                client.zadd(HELD_KEY, {member: time.time()})
+                self._holds[delivery_tag] = member
+                TAKEN.note(*place)
+            else:
+                delivery = message.delivery_info
+                value = _dumps([raw, delivery["exchange"], delivery["routing_key"]])
+                keys = (self.unacked_index_key, self.unacked_key, holders.HOLDERS_KEY)
+                args = (delivery_tag, time.time(), value, holders.PROCESS_ID)
+                _HOLD_UNACKED_SCRIPT(keys=keys, args=args, client=client)
+        kombu_virtual.QoS.append(self, message, delivery_tag)
+
     def ack(self, delivery_tag: str) -> None:
-        """Kombu's ``ack`` (the message out of ``unacked``, with its holder) as one pipeline
-        without a transaction: ``unacked`` first, so a partial write leaves only an index entry,
-        which kombu's restore drops; a concurrent restore watches ``unacked`` and starts over.
-        When Redis cannot take it, the tag is settled later by the mover
-        (:data:`PENDING_ACKS`) instead of waiting out the visibility timeout. Celery would only
-        log the failure (``ack_log_error``)."""
+        """Drop the message's custody in one pipeline without a transaction (a ledger hold:
+        its entry, time and hold; else ``unacked``, its index and holder, ``unacked`` first, so
+        a partial write leaves only an index entry, which kombu's restore drops). When Redis
+        cannot take it, the removal is run later by the mover (:data:`PENDING_ACKS`). Celery
+        would only log the failure (``ack_log_error``)."""
+        member = self._holds.pop(delivery_tag, None)
+        if member is not None:
+            commands = release_commands(delivery_tag, member)
+        else:
+            commands = [
+                ("hdel", self.unacked_key, delivery_tag),
+                ("zrem", self.unacked_index_key, delivery_tag),
+                ("hdel", holders.HOLDERS_KEY, delivery_tag),
+            ]
         try:
             channel: Any = self.channel
             with channel.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=False)
-                pipe.hdel(self.unacked_key, delivery_tag)
-                pipe.zrem(self.unacked_index_key, delivery_tag)
-                holders.release(pipe, delivery_tag)
+                _queue_commands(pipe, commands)
                 pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            PENDING_ACKS.add(delivery_tag, self.unacked_key, self.unacked_index_key)
+            PENDING_ACKS.add(delivery_tag, commands)
             log.warning(
                 "cannot acknowledge %s yet (%s); settling it when Redis is back", delivery_tag, exc
             )
         kombu_virtual.QoS.ack(self, delivery_tag)  # settled here either way: never restore it
 
-    def append(self, message: Any, delivery_tag: str) -> None:
-        """Kombu's ``append`` (the ``unacked`` write), with this process named its holder and a
-        ledgered message's queued entry dropped, in one script: custody passes from the ledger
-        to ``unacked`` atomically, in one round trip."""
-        raw = getattr(message, "_raw", None)
-        task_id = ledgered_id(raw) if isinstance(raw, Mapping) else None
-        delivery = message.delivery_info
-        value = _dumps([raw, delivery["exchange"], delivery["routing_key"]])
-        keys = (
-            self.unacked_index_key,
-            self.unacked_key,
-            holders.HOLDERS_KEY,
-            ENTRIES_KEY,
-            QUEUED_KEY,
-            TAKEN_KEY,
-        )
-        args = (delivery_tag, time.time(), value, holders.PROCESS_ID, task_id or "")
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        """Kombu's restore (shutdown, a requeueing reject); a ledger hold goes back through
+        :func:`restore_held`. Raises what Redis raises (the hold stays, for a later ack or
+        another worker's restore)."""
+        member = self._holds.get(tag)
+        if member is None:
+            super().restore_by_tag(tag, client, leftmost)
+            return
         channel: Any = self.channel
-        with channel.conn_or_acquire() as client:
-            _HOLD_SCRIPT(keys=keys, args=args, client=client)
-        kombu_virtual.QoS.append(self, message, delivery_tag)
+        with channel.conn_or_acquire(client) as conn:
+            restore_held(conn, member, now=time.time(), front=not leftmost)
+        self._holds.pop(tag, None)
 
     def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        """Kombu's removal from ``unacked`` (ack, reject, restore), with the holder's entry."""
+        """Kombu's removal from ``unacked`` (a reject, a restore), with the holder's entry; a
+        ledger hold's removal instead for a ledgered message."""
+        member = self._holds.pop(delivery_tag, None)
+        if member is not None:
+            with self.pipe_or_acquire(pipe) as removing:
+                _queue_commands(removing, release_commands(delivery_tag, member))
+                return removing
         removing = super()._remove_from_indices(delivery_tag, pipe)  # type: ignore[misc]
         holders.release(removing, delivery_tag)
         return removing
@@ -481,14 +665,14 @@ class Channel(redis_restore.Channel):
             super()._put(queue, message, **kwargs)
             return
         key = me._q_for_pri(queue, me._get_message_priority(message, reverse=False))
-        text = _dumps(message)
         now = time.time()
+        mark(message, key, now)
+        text = _dumps(message)
         batch = kwargs.pop("_publish_batch", None)
         if batch is not None:
             # A non-transactional batch: the entry first, so a partial write errs on its side.
-            # A non-transactional batch: the entry first, so a partial write errs on its side.
-            batch.add("zadd", QUEUED_KEY, {task_id: now})
-            batch.add("hset", ENTRIES_KEY, task_id, queued_entry(key, tag, text, now))
+            batch.add("zadd", QUEUED_KEY, {tag: now})
+            batch.add("hset", ENTRIES_KEY, tag, queued_entry(task_id, key, tag, text, now))
             batch.add("lpush", key, text)
             return
         # No transaction: the entry is written before the push, so a partial write errs on its
@@ -501,26 +685,33 @@ class Channel(redis_restore.Channel):
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
     ) -> None:
-        """Kombu's restore (back onto the list), with a queued entry written in its
-        transaction: a restored message can be popped and lost like a new one."""
+        """Kombu's restore from ``unacked`` (back onto the list), the message marked and its
+        queued entry written in the same transaction: a restored message can be popped and lost
+        like a new one."""
         me: Any = self
-        cast(Any, super())._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
         task_id = ledgered_id(payload) if isinstance(payload, Mapping) else None
         tag = delivery_tag(payload) if isinstance(payload, Mapping) else None
-        if task_id is None or tag is None:
+        queues = list(me._lookup(exchange, routing_key)) if task_id and tag else []
+        now = time.time()
+        keys = [
+            me._q_for_pri(queue, me._get_message_priority(payload, reverse=False))
+            for queue in queues
+        ]
+        if len(keys) == 1:  # one list, the only case the mark can name
+            mark(payload, keys[0], 0.0 if not leftmost else now)
+        cast(Any, super())._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        if task_id is None or tag is None or len(keys) != 1:
             return
         text = _dumps(payload)  # what kombu pushed (the payload marked redelivered)
-        for queue in me._lookup(exchange, routing_key):
-            key = me._q_for_pri(queue, me._get_message_priority(payload, reverse=False))
-            record_queued(pipe, task_id, key, tag, text, time.time(), front=not leftmost)
+        record_queued(pipe, task_id, keys[0], tag, text, now, front=not leftmost)
 
 
 class Transport(redis_restore.Transport):
     Channel = Channel
 
     def forget(self, message: Any) -> None:
-        """Drop the queued entry of a message that never reached ``unacked`` but whose fate is
-        written (a refused message). Never raises: a kept entry only costs a redelivery."""
+        """Drop the queued entry of a message that was never held but whose fate is written (a
+        refused message). Never raises: a kept entry only costs a redelivery."""
         if not isinstance(message, Mapping):
             return
         task_id, tag = ledgered_id(message), delivery_tag(message)
@@ -530,7 +721,7 @@ class Transport(redis_restore.Transport):
         for channel in channels:
             try:
                 with channel.conn_or_acquire() as client:
-                    forget_queued(client, task_id, tag)
+                    forget_queued(client, tag)
                 return
             except Exception as exc:
                 log.warning("could not clear the ledger entry of %s: %s", task_id, exc)

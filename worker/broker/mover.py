@@ -1,7 +1,7 @@
 """The mover: a thread in each worker's main process running :func:`worker.broker.ledger.move_due`
-every ``SCHEDULE_POLL_S``, so retries are published when due and messages lost between a pop
-and ``unacked`` are pushed again, with no beat process needed (any live worker moves them; the
-Lua claim makes concurrent movers safe)."""
+every ``SCHEDULE_POLL_S``, so retries are published when due, messages lost between a pop and
+their hold are pushed again and the holds of dead workers restored, with no beat process needed
+(any live worker moves them; the Lua scripts make concurrent movers safe)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 
 
 class Mover:
-    """Settles acknowledgements Redis could not take (:data:`ledger.PENDING_ACKS`), keeps this
-    process alive as a holder and restores the messages of dead holders (when given
-    ``restore``; :mod:`worker.broker.holders`), and runs
-    :func:`ledger.move_due` on ``client`` every ``poll_s`` until stopped; a Redis that
-    cannot be reached is logged once per outage and tried again on the next pass."""
+    """Settles acknowledgements Redis could not take (:data:`ledger.PENDING_ACKS`); in a
+    consuming process (given ``restore``) keeps it alive as a holder, writes its taken times
+    (:data:`ledger.TAKEN`) and restores the messages of dead holders (kombu's ``unacked`` ones
+    with ``restore``, ledger holds with :func:`ledger.restore_held`; ledger holds older than
+    ``visibility_s`` whatever their holder); and runs :func:`ledger.move_due` on ``client``
+    every ``poll_s`` until stopped. A Redis that cannot be reached is logged once per outage
+    and tried again on the next pass."""
 
     def __init__(
         self,
@@ -34,10 +36,12 @@ class Mover:
         check_after_s: float = ledger.CHECK_AFTER_S,
         now: Callable[[], float] = time.time,
         restore: Callable[[list[str]], None] | None = None,
+        visibility_s: float = 3600.0,
     ) -> None:
         self.client = client
         self.send = send
         self.restore = restore
+        self.visibility_s = visibility_s
         self.poll_s = poll_s
         self.check_after_s = check_after_s
         self.now = now
@@ -51,10 +55,19 @@ class Mover:
             ledger.PENDING_ACKS.settle(self.client)
             if self.restore is not None:  # a consuming process: a holder, and a restorer
                 holders.beat(self.client)
+                ledger.TAKEN.write(self.client)
                 orphaned = holders.orphans(self.client, now=self.now())
                 if orphaned:
                     log.warning("restoring %d message(s) held by a dead worker", len(orphaned))
                     self.restore(orphaned)
+                now = self.now()
+                holds = ledger.orphaned_holds(self.client, now=now, visibility_s=self.visibility_s)
+                if holds:
+                    log.warning(
+                        "restoring %d message(s) held by a dead or stuck worker", len(holds)
+                    )
+                    for member in holds:
+                        ledger.restore_held(self.client, member, now=now)
             moved = ledger.move_due(
                 self.client, self.send, now=self.now(), check_after_s=self.check_after_s
             )
@@ -91,7 +104,9 @@ class Mover:
 _current: Mover | None = None
 
 
-def start(app: Any, redis_url: str, poll_s: float, check_after_s: float) -> Mover:
+def start(
+    app: Any, redis_url: str, poll_s: float, check_after_s: float, visibility_s: float
+) -> Mover:
     """Start this process's mover, publishing through ``app`` (a Celery app)."""
     global _current
 
@@ -113,7 +128,14 @@ def start(app: Any, redis_url: str, poll_s: float, check_after_s: float) -> Move
                 qos.restore_by_tag(tag)
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
-    _current = Mover(client, send, poll_s=poll_s, check_after_s=check_after_s, restore=restore)
+    _current = Mover(
+        client,
+        send,
+        poll_s=poll_s,
+        check_after_s=check_after_s,
+        restore=restore,
+        visibility_s=visibility_s,
+    )
     _current.start()
     return _current
 

@@ -19,6 +19,7 @@ import redis
 from bench.chaos.stack import ChaosStack, Managed
 from emulator.wfm_sink import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from producer import PresenceProducer, PresenceUpdate
+from worker.broker import ledger
 
 
 def stack_on(emulator=None, redis_url: str | None = None) -> ChaosStack:
@@ -66,6 +67,7 @@ def test_leftovers_count_unacked_queued_and_delayed_messages(redis_url):
     client = redis.Redis.from_url(redis_url)
     client.hset("unacked", mapping={"tag1": "m", "tag2": "m"})
     client.zadd("unacked_index", {"tag1": 1, "tag2": 2})  # the index of the same two
+    client.zadd(ledger.HELD_KEY, {"tag3|process": 3})  # a ledger hold
     client.rpush("presence", "a", "b", "c")
     client.rpush("presence\x06\x163", "d")  # a priority variant of the queue
     client.rpush("wfm", "e")
@@ -73,7 +75,7 @@ def test_leftovers_count_unacked_queued_and_delayed_messages(redis_url):
     client.rpush("celeryev.something", "not a queue of ours")
     client.close()
     left = stack_on(redis_url=redis_url).leftovers()
-    assert (left.unacked, left.queued, left.delayed, left.total) == (2, 5, 1, 8)
+    assert (left.unacked, left.queued, left.delayed, left.total) == (3, 5, 1, 9)
 
 
 def test_held_names_the_requests_of_queued_and_unacknowledged_messages(redis_url):
@@ -131,8 +133,6 @@ def test_a_process_stopped_on_purpose_is_left_to_the_fault(tmp_path):
 
 
 def test_held_names_a_request_popped_and_never_held_and_a_waiting_retry(redis_url):
-    from worker.broker import ledger
-
     producer = PresenceProducer(redis_url)
     update = PresenceUpdate(user_id=str(uuid.uuid4()), state="Busy", requested_at=datetime.now(UTC))
     producer.send(update, request_id="popped-1")

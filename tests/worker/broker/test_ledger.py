@@ -1,7 +1,8 @@
-"""The broker ledger against a real Redis: a ledgered push writes its entry in the same MULTI,
-the consumer's ``unacked`` write clears it, and :func:`move_due` (with an injected clock) pushes
-again a message popped by a worker that died before holding it, leaves waiting ones alone, and
-publishes scheduled retries once when due."""
+"""The broker ledger against a real Redis: a ledgered push writes its entry in the same round
+trip, the consumer's hold is one command and the entry its held copy until the ack,
+:func:`move_due` (with an injected clock) pushes again a message popped by a worker that died
+before holding it, leaves waiting and held ones alone, and publishes scheduled retries once when
+due; a dead or stuck worker's holds are put back on their list."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from producer.api import PresenceProducer
 from producer.schema import PresenceUpdate
 from tests.support.redis_db import commands_during
 from worker import names
-from worker.broker import ledger
+from worker.broker import holders, ledger
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def producer(redis_url: str) -> Iterator[PresenceProducer]:
 
 @pytest.fixture
 def consumer(redis_url: str) -> Iterator[Any]:
-    """A channel of the worker's kind, taking messages as Celery's consumer does (``unacked``)."""
+    """A channel of the worker's kind, taking messages as Celery's consumer does."""
     with Connection(redis_url, transport=ledger.Transport) as connection:
         yield connection.default_channel
 
@@ -48,28 +49,34 @@ def _update(user: int = 1) -> PresenceUpdate:
 
 
 def _entries(r: redis.Redis) -> dict[str, dict[str, Any]]:
-    return {e["key"]: e for e in ledger.pending(r)}
+    return {e["id"]: e for e in ledger.pending(r)}
 
 
 def _later(seconds: float = ledger.CHECK_AFTER_S + 1) -> float:
     return time.time() + seconds
 
 
-def test_a_published_update_has_a_queued_entry_until_a_consumer_holds_it(
+def test_a_published_update_has_an_entry_that_is_its_held_copy_until_the_ack(
     r: redis.Redis, producer: PresenceProducer, consumer: Any
 ) -> None:
     request_id = producer.send(_update())
 
     entry = _entries(r)[request_id]
-    assert entry["state"] == "queued"
+    assert (entry["state"], entry["holder"]) == ("queued", None)
     assert entry["list"] == names.PRESENCE_QUEUE
     assert [m.decode() for m in r.lrange(names.PRESENCE_QUEUE, 0, -1)] == [entry["message"]]
+    marked = json.loads(entry["message"])["properties"][ledger.MARK]
+    assert marked == {"list": names.PRESENCE_QUEUE, "pushed": entry["pushed"]}
 
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
     assert message is not None
     assert message.headers["id"] == request_id
-    assert r.hexists(ledger.UNACKED_KEY, message.delivery_tag)
-    assert _entries(r) == {}  # custody passed to ``unacked`` in the same round trip
+    assert not r.hexists(ledger.UNACKED_KEY, message.delivery_tag)  # no second copy
+    assert _entries(r)[request_id]["holder"] == holders.PROCESS_ID
+
+    message.ack()
+    assert _entries(r) == {}
+    assert r.zcard(ledger.HELD_KEY) == 0
 
 
 def test_a_message_popped_by_a_worker_that_died_is_pushed_again_once(
@@ -90,6 +97,7 @@ def test_a_message_popped_by_a_worker_that_died_is_pushed_again_once(
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
     assert message is not None
     assert message.headers["id"] == request_id
+    message.ack()
     assert _entries(r) == {}
 
 
@@ -106,11 +114,12 @@ def test_a_long_queue_is_searched_only_once_a_newer_message_was_taken(
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)  # a newer one is taken
     assert message is not None
     assert message.headers["id"] == ids[1]
+    ledger.TAKEN.write(r)  # as the consumer's mover does on its next pass
     second = ledger.move_due(r, _never, now=_later(2 * ledger.CHECK_AFTER_S + 2), scan_max=2)
 
-    assert (second.requeued, second.waiting) == (1, 3)
+    assert (second.requeued, second.waiting) == (1, 4)  # the held one waits too
     assert r.llen(names.PRESENCE_QUEUE) == 4
-    assert set(_entries(r)) == {ids[0], *ids[2:]}
+    assert set(_entries(r)) == set(ids)
 
 
 def test_a_message_still_waiting_in_its_queue_is_not_duplicated(
@@ -126,22 +135,96 @@ def test_a_message_still_waiting_in_its_queue_is_not_duplicated(
     assert all(e["at"] > time.time() + ledger.CHECK_AFTER_S for e in _entries(r).values())
 
 
-def test_an_entry_whose_clear_was_lost_is_dropped_when_its_message_is_held(
+def test_a_held_message_is_never_pushed_again_while_its_holder_lives(
     r: redis.Redis, producer: PresenceProducer, consumer: Any
 ) -> None:
     request_id = producer.send(_update())
-    written = r.hget(ledger.ENTRIES_KEY, request_id)
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
     assert message is not None
-    assert written is not None
-    r.hset(ledger.ENTRIES_KEY, request_id, written)  # as if the clear never reached Redis
-    r.zadd(ledger.QUEUED_KEY, {request_id: time.time()})
+    holders.beat(r)
 
     moved = ledger.move_due(r, _never, now=_later())
+    holds = ledger.orphaned_holds(r, now=_later(), visibility_s=3600)
 
-    assert (moved.settled, moved.requeued) == (1, 0)
+    assert (moved.waiting, moved.requeued, holds) == (1, 0, [])
     assert r.llen(names.PRESENCE_QUEUE) == 0
-    assert _entries(r) == {}
+    assert set(_entries(r)) == {request_id}
+
+
+def test_the_hold_of_a_dead_worker_goes_back_to_the_front_of_its_list(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    first = producer.send(_update(1))
+    producer.send(_update(2))
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert message is not None
+    assert message.headers["id"] == first  # no beat: this process counts as dead
+
+    assert ledger.orphaned_holds(r, now=time.time(), visibility_s=3600) == []  # too young
+    later = time.time() + holders.ALIVE_TTL_S + 1
+    [hold] = ledger.orphaned_holds(r, now=later, visibility_s=3600)
+    assert ledger.restore_held(r, hold, now=later)
+    assert not ledger.restore_held(r, hold, now=later)  # a second mover's restore: nothing
+
+    entry = _entries(r)[first]
+    assert (entry["holder"], entry["pushed"]) == (None, 0)  # taken next
+    again = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert again is not None
+    assert again.headers["id"] == first
+    assert again.headers["redelivered"] is True
+    assert r.llen(names.PRESENCE_QUEUE) == 1
+
+
+def test_a_live_holder_stuck_past_the_visibility_timeout_loses_its_hold(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    producer.send(_update())
+    assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
+    holders.beat(r)
+
+    assert ledger.orphaned_holds(r, now=time.time() + 100, visibility_s=300) == []
+    assert len(ledger.orphaned_holds(r, now=time.time() + 301, visibility_s=300)) == 1
+
+
+def test_an_acknowledged_hold_is_never_restored(
+    r: redis.Redis, producer: PresenceProducer, consumer: Any
+) -> None:
+    producer.send(_update())
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+    assert message is not None
+    hold = ledger.hold_member(message.delivery_tag)
+    r.hdel(ledger.ENTRIES_KEY, message.delivery_tag)  # an ack cut off after its first command
+
+    assert not ledger.restore_held(r, hold, now=time.time())
+    assert (r.llen(names.PRESENCE_QUEUE), r.zcard(ledger.HELD_KEY)) == (0, 0)
+
+
+def test_a_message_pushed_without_the_ledger_is_held_in_kombus_unacked(
+    r: redis.Redis, consumer: Any
+) -> None:
+    raw = {
+        "body": "W1tdLCB7fSwge31d",
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"task": names.UPDATE_TASK, "id": "raw-1"},
+        "properties": {
+            "delivery_tag": "tag-raw-1",
+            "delivery_info": {"exchange": "", "routing_key": names.PRESENCE_QUEUE},
+            "body_encoding": "base64",
+            "priority": 0,
+        },
+    }
+    r.lpush(names.PRESENCE_QUEUE, json.dumps(raw))  # a client writing the list itself
+
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+
+    assert message is not None
+    assert r.hexists(ledger.UNACKED_KEY, "tag-raw-1")
+    assert r.hget(holders.HOLDERS_KEY, "tag-raw-1") == holders.PROCESS_ID.encode()
+    assert r.zcard(ledger.HELD_KEY) == 0
+    message.reject(requeue=True)  # kombu's restore: back on the list, now with an entry
+    assert _entries(r)["raw-1"]["state"] == "queued"
+    assert r.hlen(ledger.UNACKED_KEY) == 0
 
 
 def test_a_restored_message_is_ledgered_again(
@@ -151,11 +234,12 @@ def test_a_restored_message_is_ledgered_again(
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
     assert message is not None
 
-    message.reject(requeue=True)  # kombu's restore: back on the list, out of ``unacked``
+    message.reject(requeue=True)  # back on the list, at its back, out of the held set
 
     entry = _entries(r)[request_id]
     assert json.loads(entry["message"])["headers"]["redelivered"] is True
     assert [m.decode() for m in r.lrange(names.PRESENCE_QUEUE, 0, -1)] == [entry["message"]]
+    assert (entry["holder"], r.zcard(ledger.HELD_KEY)) == (None, 0)
     assert ledger.move_due(r, _never, now=_later()).waiting == 1
 
 
@@ -286,7 +370,7 @@ def test_a_push_is_its_entry_and_the_message_without_a_transaction(
     }
 
 
-def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
+def test_holding_a_message_is_one_command_and_its_ack_one_pipeline(
     r: redis.Redis, producer: PresenceProducer, consumer: Any
 ) -> None:
     producer.send(_update(1))
@@ -300,19 +384,14 @@ def test_holding_a_message_is_one_script_and_its_ack_one_pipeline(
 
     assert taking == {
         "rpop": 1,  # kombu's get (a worker's BRPOP)
-        "evalsha": 1,  # the ``unacked`` write, its holder and the ledger entry dropped:
-        "zadd": 2,  # unacked index, taken time
-        "hset": 2,  # unacked, holder
-        "hget": 1,  # the entry, to drop only this delivery's
-        "zrem": 1,
-        "hdel": 1,
+        "zadd": 1,  # the hold: its entry is the held copy
     }
     assert acking == {
-        "hdel": 2,
-        "zrem": 1,
-    }  # unacked, holder; unacked index
+        "hdel": 1,  # the entry
+        "zrem": 2,  # its time, the hold
+    }
     assert r.hlen(ledger.UNACKED_KEY) == 0
-    assert r.zcard("unacked_index") == 0
+    assert r.zcard(ledger.HELD_KEY) == 0
     assert _entries(r) == {}
 
 
@@ -325,30 +404,32 @@ def test_a_message_taken_again_from_the_front_keeps_the_newest_taken_time(
     assert held is not None
     assert held.headers["id"] == first
     assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
+    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) is None  # kept in memory
+    ledger.TAKEN.write(r)  # the mover's pass
     assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == newest
 
     consumer.qos.restore_by_tag(held.delivery_tag)  # to the front: its entry's push time is 0
     assert _entries(r)[first]["pushed"] == 0
     assert consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False) is not None
+    ledger.TAKEN.write(r)
 
     assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == newest
 
 
-def test_a_push_over_a_scheduled_entry_is_never_published_by_the_mover(
+def test_a_push_of_a_task_id_with_a_scheduled_retry_keeps_both(
     redis_url: str, r: redis.Redis
 ) -> None:
+    """Entries of pushes are a delivery's, a retry's its task id's: neither replaces the other
+    (the second run of the request finds its row)."""
     app = Celery(broker=redis_url, broker_transport=ledger.TRANSPORT, set_as_current=False)
     retry = ledger.Scheduled("req-2", names.UPDATE_TASK, [{"x": 1}], {}, names.PRESENCE_QUEUE)
     ledger.schedule(r, retry, due=1000.0)
 
     app.send_task(retry.task, args=retry.args, task_id=retry.id, queue=retry.queue)
     app.close()
-    sent: list[ledger.Scheduled] = []
-    moved = ledger.move_due(r, sent.append, now=2000.0)
 
-    assert (moved.published, sent) == (0, [])
-    assert r.zscore(ledger.SCHEDULED_KEY, retry.id) is None  # the id the push left, dropped
-    assert _entries(r)[retry.id]["state"] == "queued"
+    states = sorted(e["state"] for e in ledger.pending(r))
+    assert states == ["queued", "scheduled"]
     assert r.llen(names.PRESENCE_QUEUE) == 1
 
 

@@ -1,8 +1,10 @@
-"""The mover: each pass publishes what is due; a Redis it cannot reach is logged once per outage
-and never ends the thread."""
+"""The mover: each pass publishes what is due, and in a consuming process writes its taken times
+and restores dead workers' holds; a Redis it cannot reach is logged once per outage and never
+ends the thread."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -12,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker import names
-from worker.broker import ledger
+from worker.broker import holders, ledger
 from worker.broker.mover import Mover
 from worker.embedded_redis import _free_port
 
@@ -53,3 +55,25 @@ def test_the_thread_moves_entries_until_stopped(r: redis.Redis) -> None:
     finally:
         mover.stop()
     assert sent == [RETRY]
+
+
+def test_a_consuming_pass_writes_its_taken_times_and_restores_dead_holds(r: redis.Redis) -> None:
+    """The pass of a process that consumes: what it took goes to the taken times, and a hold of a
+    process whose liveness key is gone goes back to its list."""
+    tag, now = "tag-1", time.time()
+    message = '{"headers": {"id": "req-1"}, "properties": {}}'
+    with r.pipeline() as pipe:
+        ledger.record_queued(pipe, "req-1", names.PRESENCE_QUEUE, tag, message, now - 60)
+        pipe.execute()
+    r.zadd(ledger.HELD_KEY, {f"{tag}|a-dead-process": now - holders.ALIVE_TTL_S - 1})
+    ledger.TAKEN.note(names.PRESENCE_QUEUE, now - 60)
+    restored: list[list[str]] = []
+    mover = Mover(r, lambda _e: None, poll_s=0.1, restore=restored.append, now=lambda: now)
+
+    mover.run_once()
+
+    assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == pytest.approx(now - 60)
+    assert r.zcard(ledger.HELD_KEY) == 0
+    [back] = r.lrange(names.PRESENCE_QUEUE, 0, -1)
+    assert json.loads(back)["headers"]["redelivered"] is True
+    assert restored == []  # nothing in kombu's ``unacked``
