@@ -279,8 +279,8 @@ class ChaosStack:
                 kind = _text(client.type(key))
                 if kind == "hash" and name == "unacked":
                     unacked += int(client.hlen(key))
-                elif kind == "zset" and name == ledger.HELD_KEY:  # held, the ledger's copy
-                    unacked += int(client.zcard(key))
+                elif kind == "zset" and name == ledger.QUEUED_KEY:  # the ledger's holds
+                    unacked += len(ledger.holds(client))
                 elif kind == "list" and name.split("\x06", 1)[0] in QUEUES:
                     queued += int(client.llen(key))
                 elif kind == "zset" and name != "unacked_index" and _delayed_name(name):

@@ -10,9 +10,9 @@ ledger replaces kombu's ``unacked`` altogether:
   ``LPUSH`` in the same round trip: the message itself, its list, when it was pushed. The
   message carries a ``ledger`` property naming its list and push time, so the consumer knows
   the entry exists.
-* **held** — the consumer's hold is one ``ZADD`` to :data:`HELD_KEY` (``tag|holder`` → when), the
-  entry staying as the held copy; the acknowledgement drops the entry, its time and the hold in
-  one pipeline. A hold whose process is dead (:mod:`worker.broker.holders`) or older than the
+* **held** — the consumer's hold is one ``ZADD`` (``tag|holder`` in :data:`QUEUED_KEY`), the
+  entry staying as the held copy; the acknowledgement is two commands: the entry, then its time
+  and hold in one ``ZREM``. A hold whose process is dead (:mod:`worker.broker.holders`) or older than the
   visibility timeout is pushed back by any live worker's mover (:func:`restore_held`).
 * **popped, never held** — an entry neither held nor in its list after ``check_after_s`` is
   pushed again by the mover (:func:`move_due`).
@@ -56,14 +56,14 @@ _dumps: Callable[[Any], str] = vars(kombu_redis)["dumps"]
 
 TRANSPORT: Final = "worker.broker.ledger:Transport"
 QUEUED_KEY: Final = "presence:ledger:queued"
-"""Sorted set: delivery tag → when its message was pushed (or last found waiting or held)."""
+"""Sorted set of times: a delivery tag → when its message was pushed (or last found waiting),
+and a hold, ``tag|holder`` (a process id) → minus when the holder took the message. Negative,
+so that a range of push times never meets a hold, and one ``ZREM`` drops both at the ack."""
 SCHEDULED_KEY: Final = "presence:ledger:scheduled"
 """Sorted set: task id → when its retry is due (or its claim ends), epoch seconds."""
 ENTRIES_KEY: Final = "presence:ledger:entries"
 """Hash: a queued entry under its delivery tag, a scheduled one under its task id (JSON, with
 ``state`` ``queued`` or ``scheduled``)."""
-HELD_KEY: Final = "presence:ledger:held"
-"""Sorted set: ``tag|holder`` → when the holder (a process id) took the message."""
 TAKEN_KEY: Final = "presence:ledger:taken_at"
 """Sorted set: list → the newest push time of a ledgered message a consumer took from it (kept
 with ``ZADD GT``, written by each consumer's mover)."""
@@ -81,14 +81,14 @@ CLAIM_S: Final = 30.0
 """A scheduled entry taken by a mover is due again after this unless the mover settles it."""
 MOVE_LIMIT: Final = 200
 
-# KEYS: queued, scheduled, entries, held, taken. ARGV: now, limit, claim until, queued before,
+# KEYS: queued, scheduled, entries, taken. ARGV: now, limit, claim until, queued before,
 # scan max. Queued entries old enough are looked up here (held or still listed: looked at again
 # later; neither: pushed again); scheduled ones due are claimed and returned. A list is first
 # in, first out: while no message pushed after an entry's was taken from a long list, the
 # entry's message is still in it, and the list is not searched.
 _CLAIM: Final = """
 local function listed(entry)
-  local taken = tonumber(redis.call('ZSCORE', KEYS[5], entry.list) or '-1')
+  local taken = tonumber(redis.call('ZSCORE', KEYS[4], entry.list) or '-1')
   if taken < (entry.pushed or 0) and redis.call('LLEN', entry.list) > tonumber(ARGV[5]) then
     return true
   end
@@ -98,14 +98,14 @@ local holding = nil
 local function held(tag)
   if not holding then
     holding = {}
-    for _, member in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    for _, member in ipairs(redis.call('ZRANGE', KEYS[1], '-inf', '(0', 'BYSCORE')) do
       holding[string.match(member, '^[^|]*')] = true
     end
   end
   return holding[tag]
 end
 local requeued, waiting = 0, 0
-local old = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[4], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+local old = redis.call('ZRANGE', KEYS[1], 0, ARGV[4], 'BYSCORE', 'LIMIT', 0, ARGV[2])
 for _, tag in ipairs(old) do
   local raw = redis.call('HGET', KEYS[3], tag)
   local entry = raw and cjson.decode(raw)
@@ -145,8 +145,8 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: held, entries, queued, the list. ARGV: hold member, tag, message, entry JSON, now,
-# 'front' or 'back'. A held message back on its list, queued again, if the hold is still there
+# KEYS: queued, entries, the list. ARGV: hold member, tag, message, entry JSON, now, 'front' or
+# 'back'. A held message back on its list, queued again, if the hold is still there
 # and the message not acknowledged meanwhile (only one of two concurrent restores pushes).
 _RESTORE: Final = """
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
@@ -155,12 +155,12 @@ if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
 end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if ARGV[6] == 'front' then
-  redis.call('RPUSH', KEYS[4], ARGV[3])
+  redis.call('RPUSH', KEYS[3], ARGV[3])
 else
-  redis.call('LPUSH', KEYS[4], ARGV[3])
+  redis.call('LPUSH', KEYS[3], ARGV[3])
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[5], ARGV[2])
 return 1
 """
 
@@ -320,14 +320,19 @@ def record_queued(
 
 
 def hold_member(tag: str) -> str:
-    """This process's hold of delivery ``tag`` in :data:`HELD_KEY`."""
+    """This process's hold of delivery ``tag`` in :data:`QUEUED_KEY`."""
     return f"{tag}|{holders.PROCESS_ID}"
+
+
+def hold_score(at: float) -> float:
+    """The score in :data:`QUEUED_KEY` of a hold taken at ``at`` (epoch seconds)."""
+    return -at
 
 
 def release_commands(tag: str, member: str) -> list[tuple[str, ...]]:
     """The acknowledgement of a ledger hold: the entry first, so that a partial write leaves
-    only a hold without entry, which a restore drops."""
-    return [("hdel", ENTRIES_KEY, tag), ("zrem", QUEUED_KEY, tag), ("zrem", HELD_KEY, member)]
+    only a hold without entry, which a restore drops; then its time and hold."""
+    return [("hdel", ENTRIES_KEY, tag), ("zrem", QUEUED_KEY, tag, member)]
 
 
 def schedule(client: redis.Redis, entry: Scheduled, due: float) -> None:
@@ -364,7 +369,7 @@ def restore_held(client: redis.Redis, member: str, *, now: float, front: bool = 
     raw = client.hget(ENTRIES_KEY, tag)
     entry = json.loads(raw) if raw is not None else None
     if not isinstance(entry, dict) or entry.get("state") != "queued":
-        client.zrem(HELD_KEY, member)
+        client.zrem(QUEUED_KEY, member)
         return False
     message = json.loads(entry["message"])
     headers, properties = message.get("headers"), message.get("properties")
@@ -376,9 +381,18 @@ def restore_held(client: redis.Redis, member: str, *, now: float, front: bool = 
     mark(message, entry["list"], pushed)
     text = _dumps(message)
     again = queued_entry(str(entry.get("id") or ""), entry["list"], tag, text, pushed)
-    keys = (HELD_KEY, ENTRIES_KEY, QUEUED_KEY, entry["list"])
+    keys = (QUEUED_KEY, ENTRIES_KEY, entry["list"])
     args = (member, tag, text, again, now, "front" if front else "back")
     return bool(_RESTORE_SCRIPT(keys=keys, args=args, client=client))
+
+
+def holds(client: redis.Redis) -> list[tuple[str, float]]:
+    """Every ledger hold (its ``tag|holder`` member) and when it was taken, oldest first."""
+    rows = cast(
+        list[tuple[Any, float]],
+        client.zrangebyscore(QUEUED_KEY, "-inf", "(0", withscores=True),
+    )
+    return [(_text(member), -score) for member, score in reversed(rows)]
 
 
 def orphaned_holds(
@@ -386,13 +400,12 @@ def orphaned_holds(
 ) -> list[str]:
     """Holds older than :data:`holders.ALIVE_TTL_S` whose process is no longer alive, and any
     older than ``visibility_s`` (a holder alive but stuck, as kombu's visibility timeout)."""
+    oldest = f"({hold_score(now - holders.ALIVE_TTL_S)!r}"
     rows = cast(
         list[tuple[Any, float]],
-        client.zrangebyscore(
-            HELD_KEY, "-inf", now - holders.ALIVE_TTL_S, start=0, num=limit, withscores=True
-        ),
+        client.zrangebyscore(QUEUED_KEY, oldest, "(0", start=0, num=limit, withscores=True),
     )
-    holds = [(_text(member), at) for member, at in rows]
+    holds = [(_text(member), -score) for member, score in rows]
     if not holds:
         return []
     owners = sorted({member.rpartition("|")[2] for member, _ in holds})
@@ -421,7 +434,7 @@ def move_due(
     ``scan_max`` is not searched while no message pushed after the entry's was taken from it
     (first in, first out: it is still there). Raises ``redis.RedisError`` when Redis cannot be
     reached; a failed ``send`` is logged and tried again after ``claim_s``."""
-    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, HELD_KEY, TAKEN_KEY)
+    keys = (QUEUED_KEY, SCHEDULED_KEY, ENTRIES_KEY, TAKEN_KEY)
     args = (now, limit, now + claim_s, now - check_after_s, scan_max)
     requeued, waiting, claimed = _CLAIM_SCRIPT(keys=keys, args=args, client=client)
     published = failed = 0
@@ -450,14 +463,16 @@ def pending(client: redis.Redis) -> list[dict[str, Any]]:
     entry, due for a scheduled one) and, for a held message, its ``holder``."""
     entries = cast(dict[bytes, bytes], client.hgetall(ENTRIES_KEY))
     scores: dict[Any, Any] = {}
+    holds: dict[str, str] = {}
     for key in (QUEUED_KEY, SCHEDULED_KEY):
-        scores.update(cast(list[tuple[Any, Any]], client.zrange(key, 0, -1, withscores=True)))
-    holds = {
-        tag: holder
-        for tag, _, holder in (
-            _text(m).partition("|") for m in cast(list[bytes], client.zrange(HELD_KEY, 0, -1))
-        )
-    }
+        for member, score in cast(
+            list[tuple[bytes, float]], client.zrange(key, 0, -1, withscores=True)
+        ):
+            tag, _, holder = _text(member).partition("|")
+            if holder:
+                holds[tag] = holder
+            else:
+                scores[member] = score
     return [
         {
             **json.loads(raw),
@@ -565,7 +580,7 @@ class QoS(redis_restore.QoS):
         with channel.conn_or_acquire() as client:
             if place is not None:
                 member = hold_member(delivery_tag)
-                client.zadd(HELD_KEY, {member: time.time()})
+                client.zadd(QUEUED_KEY, {member: hold_score(time.time())})
                 self._holds[delivery_tag] = member
                 TAKEN.note(*place)
             else:

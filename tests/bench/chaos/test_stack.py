@@ -67,7 +67,7 @@ def test_leftovers_count_unacked_queued_and_delayed_messages(redis_url):
     client = redis.Redis.from_url(redis_url)
     client.hset("unacked", mapping={"tag1": "m", "tag2": "m"})
     client.zadd("unacked_index", {"tag1": 1, "tag2": 2})  # the index of the same two
-    client.zadd(ledger.HELD_KEY, {"tag3|process": 3})  # a ledger hold
+    client.zadd(ledger.QUEUED_KEY, {"tag3|process": ledger.hold_score(3)})  # a ledger hold
     client.rpush("presence", "a", "b", "c")
     client.rpush("presence\x06\x163", "d")  # a priority variant of the queue
     client.rpush("wfm", "e")

@@ -65,7 +65,8 @@ def test_a_consuming_pass_writes_its_taken_times_and_restores_dead_holds(r: redi
     with r.pipeline() as pipe:
         ledger.record_queued(pipe, "req-1", names.PRESENCE_QUEUE, tag, message, now - 60)
         pipe.execute()
-    r.zadd(ledger.HELD_KEY, {f"{tag}|a-dead-process": now - holders.ALIVE_TTL_S - 1})
+    held_at = now - holders.ALIVE_TTL_S - 1
+    r.zadd(ledger.QUEUED_KEY, {f"{tag}|a-dead-process": ledger.hold_score(held_at)})
     ledger.TAKEN.note(names.PRESENCE_QUEUE, now - 60)
     restored: list[list[str]] = []
     mover = Mover(r, lambda _e: None, poll_s=0.1, restore=restored.append, now=lambda: now)
@@ -73,7 +74,7 @@ def test_a_consuming_pass_writes_its_taken_times_and_restores_dead_holds(r: redi
     mover.run_once()
 
     assert r.zscore(ledger.TAKEN_KEY, names.PRESENCE_QUEUE) == pytest.approx(now - 60)
-    assert r.zcard(ledger.HELD_KEY) == 0
+    assert ledger.holds(r) == []
     [back] = r.lrange(names.PRESENCE_QUEUE, 0, -1)
     assert json.loads(back)["headers"]["redelivered"] is True
     assert restored == []  # nothing in kombu's ``unacked``
