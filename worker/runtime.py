@@ -25,6 +25,7 @@ from celery import Celery
 
 from worker import names
 from worker.audit import SqlAuditStore
+from worker.bound_redis import ThreadBoundRedis
 from worker.broker import pauses
 from worker.catalog import PresenceCatalog
 from worker.clock import SystemClock
@@ -159,7 +160,7 @@ class Runtime:
         org = org or Org(DEFAULT_ORG, settings)
         prefix = org.prefix
         matrix, overrides = check_config(settings)
-        r = redis.Redis.from_url(settings.redis_url)
+        r = ThreadBoundRedis.from_url(settings.redis_url)
         http = http_client(settings, httpx.Limits(max_connections=64, max_keepalive_connections=32))
         client_key = budget_key(settings)
         client = genesys_client(settings, r, http, prefix=prefix, org=org.name)

@@ -48,6 +48,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
 from worker import names
+from worker.bound_redis import ThreadBoundRedis
 from worker.broker import holders, pauses, redis_restore
 
 log = logging.getLogger(__name__)
@@ -660,8 +661,9 @@ class Channel(redis_restore.Channel):
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         """Kombu's, with one client per connection pool instead of a new one (and its
-        response-callback table) for every push, hold and ack. Redis clients are thread-safe;
-        the pool is the channel's as before."""
+        response-callback table) for every push, hold and ack, each thread on its own pooled
+        connection (:class:`~worker.bound_redis.ThreadBoundRedis`); the pool is the channel's as
+        before."""
         if client:
             yield client
             return
@@ -669,7 +671,7 @@ class Channel(redis_restore.Channel):
         pool = me.pool
         shared = self._shared
         if shared is None or shared[0] is not pool:
-            shared = self._shared = (pool, me._create_client())
+            shared = self._shared = (pool, ThreadBoundRedis(connection_pool=pool))
         yield shared[1]
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
