@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import redis
 
@@ -30,6 +30,18 @@ class Intent:
     at_ms: int
     accepted: bool = False
     correlation_id: str | None = None
+
+    def to_json(self) -> str:
+        """The stored form (``Intent(**json.loads(text))`` reads it back)."""
+        return json.dumps(
+            {
+                "target_id": self.target_id,
+                "before_ms": self.before_ms,
+                "at_ms": self.at_ms,
+                "accepted": self.accepted,
+                "correlation_id": self.correlation_id,
+            }
+        )
 
 
 class WriteIntents:
@@ -84,7 +96,7 @@ class WriteIntents:
         return granting_with(self._values(writes))
 
     def _values(self, writes: dict[str, Intent]) -> dict[str, tuple[str, int]]:
-        return {self.key(r): (json.dumps(asdict(i)), self.ttl_s) for r, i in writes.items()}
+        return {self.key(r): (i.to_json(), self.ttl_s) for r, i in writes.items()}
 
     def clear(self, request_ids: list[str]) -> None:
         """Drop the marks of requests whose write was certainly never sent (no budget)."""

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import redis
 
@@ -45,6 +45,17 @@ class AgentState:
     system_presence: str  # as the platform spelled it (REST "On Queue" or event "ON_QUEUE")
     modified_ms: int
     seen_via: str  # event | patch | read
+
+    def to_json(self) -> str:
+        """The stored form (``AgentState(**json.loads(text))`` reads it back)."""
+        return json.dumps(
+            {
+                "definition_id": self.definition_id,
+                "system_presence": self.system_presence,
+                "modified_ms": self.modified_ms,
+                "seen_via": self.seen_via,
+            }
+        )
 
 
 def state_of(presence: UserPresence, seen_via: str) -> AgentState:
@@ -135,7 +146,7 @@ class StateCache:
                 self._set_if_newer(
                     keys=[self.key(user_id), *plain],
                     args=[
-                        json.dumps(asdict(state)),
+                        state.to_json(),
                         state.modified_ms,
                         self.ttl_s,
                         *(part for value_and_ttl in plain.values() for part in value_and_ttl),

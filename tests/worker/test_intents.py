@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 
@@ -137,3 +139,9 @@ def test_a_mark_made_while_sending_is_stored_by_the_calls_budget_grant_only(
     assert intents.marked(["req-1", "req-2"]) == {"req-1": sent}
     assert (counted["evalsha"], counted["set"]) == (1, 1), "in the grant's own script"
     assert 0 < client.ttl(intents.key("req-1")) <= 60
+
+
+def test_an_intent_reads_back_as_it_was_stored() -> None:
+    intent = Intent("target", 1, 2, accepted=True, correlation_id="c-1")
+
+    assert Intent(**json.loads(intent.to_json())) == intent

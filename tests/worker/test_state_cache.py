@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -145,3 +146,9 @@ def test_two_orgs_keep_their_own_entry_for_the_same_agent_id(r):
     acme.forget([AGENT])
     assert default.get(AGENT) == state("break", 2_000)
     assert acme.get(AGENT) is None
+
+
+def test_a_state_reads_back_as_it_was_stored() -> None:
+    state = AgentState("definition", "ON_QUEUE", 123, "event")
+
+    assert AgentState(**json.loads(state.to_json())) == state

@@ -165,12 +165,23 @@ redis.call('ZADD', KEYS[1], ARGV[5], ARGV[2])
 return 1
 """
 
-# KEYS: unacked index, unacked, holders. ARGV: delivery tag, now, the unacked value, holder.
-# Kombu's ``unacked`` write with its holder, atomically: a message the ledger does not hold.
+# KEYS: unacked index, unacked, holders, entries, queued. ARGV: delivery tag, now, the unacked
+# value, holder, task id or ''. Kombu's ``unacked`` write with its holder, atomically: a message
+# the ledger does not hold. A ledgered task's message without the mark may come from a producer
+# of the release before, which ledgered it under its task id: that entry is dropped here, as that
+# release's consumers did, or the mover would push the message again.
 _HOLD_UNACKED: Final = """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+if ARGV[5] == '' then return 0 end
+local raw = redis.call('HGET', KEYS[4], ARGV[5])
+if not raw then return 0 end
+local entry = cjson.decode(raw)
+if entry.state ~= 'queued' or entry.tag ~= ARGV[1] then return 0 end
+redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('HDEL', KEYS[4], ARGV[5])
+return 1
 """
 
 # Registered on a client that never connects: each script runs on the client given per call
@@ -397,16 +408,29 @@ def holds(client: redis.Redis) -> list[tuple[str, float]]:
 
 
 def orphaned_holds(
-    client: redis.Redis, *, now: float, visibility_s: float, limit: int = MOVE_LIMIT
+    client: redis.Redis,
+    *,
+    now: float,
+    visibility_s: float,
+    limit: int = MOVE_LIMIT,
+    page: int = 1000,
 ) -> list[str]:
-    """Holds older than :data:`holders.ALIVE_TTL_S` whose process is no longer alive, and any
-    older than ``visibility_s`` (a holder alive but stuck, as kombu's visibility timeout)."""
+    """Up to ``limit`` holds, oldest first, older than :data:`holders.ALIVE_TTL_S` whose process
+    is no longer alive, or older than ``visibility_s`` whatever their holder (alive but stuck,
+    as kombu's visibility timeout). Every hold old enough is looked at (``page`` per read), so
+    many live ones never hide a dead one."""
     oldest = f"({hold_score(now - holders.ALIVE_TTL_S)!r}"
-    rows = cast(
-        list[tuple[Any, float]],
-        client.zrangebyscore(QUEUED_KEY, oldest, "(0", start=0, num=limit, withscores=True),
-    )
-    holds = [(_text(member), -score) for member, score in rows]
+    holds: list[tuple[str, float]] = []
+    while True:
+        rows = cast(
+            list[tuple[Any, float]],
+            client.zrevrangebyscore(
+                QUEUED_KEY, "(0", oldest, start=len(holds), num=page, withscores=True
+            ),
+        )
+        holds += [(_text(member), -score) for member, score in rows]
+        if len(rows) < page:
+            break
     if not holds:
         return []
     owners = sorted({member.rpartition("|")[2] for member, _ in holds})
@@ -415,7 +439,7 @@ def orphaned_holds(
         member
         for member, at in holds
         if alive[member.rpartition("|")[2]] is None or at < now - visibility_s
-    ]
+    ][:limit]
 
 
 def move_due(
@@ -587,8 +611,15 @@ class QoS(redis_restore.QoS):
             else:
                 delivery = message.delivery_info
                 value = _dumps([raw, delivery["exchange"], delivery["routing_key"]])
-                keys = (self.unacked_index_key, self.unacked_key, holders.HOLDERS_KEY)
-                args = (delivery_tag, time.time(), value, holders.PROCESS_ID)
+                task_id = ledgered_id(raw) if isinstance(raw, Mapping) else None
+                keys = (
+                    self.unacked_index_key,
+                    self.unacked_key,
+                    holders.HOLDERS_KEY,
+                    ENTRIES_KEY,
+                    QUEUED_KEY,
+                )
+                args = (delivery_tag, time.time(), value, holders.PROCESS_ID, task_id or "")
                 _HOLD_UNACKED_SCRIPT(keys=keys, args=args, client=client)
         kombu_virtual.QoS.append(self, message, delivery_tag)
 

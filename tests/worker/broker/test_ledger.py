@@ -186,6 +186,15 @@ def test_a_live_holder_stuck_past_the_visibility_timeout_loses_its_hold(
     assert len(ledger.orphaned_holds(r, now=time.time() + 301, visibility_s=300)) == 1
 
 
+def test_many_live_holds_never_hide_a_dead_one(r: redis.Redis) -> None:
+    now = time.time()
+    holders.beat(r)
+    live = {f"t{n}|{holders.PROCESS_ID}": ledger.hold_score(now - 100 + n / 100) for n in range(30)}
+    r.zadd(ledger.QUEUED_KEY, {**live, "dead-tag|gone": ledger.hold_score(now - 50)})
+
+    assert ledger.orphaned_holds(r, now=now, visibility_s=3600, page=7) == ["dead-tag|gone"]
+
+
 def test_an_acknowledged_hold_is_never_restored(
     r: redis.Redis, producer: PresenceProducer, consumer: Any
 ) -> None:
@@ -199,22 +208,44 @@ def test_an_acknowledged_hold_is_never_restored(
     assert (r.llen(names.PRESENCE_QUEUE), len(ledger.holds(r))) == (0, 0)
 
 
-def test_a_message_pushed_without_the_ledger_is_held_in_kombus_unacked(
+def test_a_message_an_older_producer_ledgered_under_its_task_id_drops_that_entry_when_held(
     r: redis.Redis, consumer: Any
 ) -> None:
-    raw = {
+    raw = _raw_message("old-1", "tag-old-1")
+    text = json.dumps(raw)
+    old_entry = {"state": "queued", "list": names.PRESENCE_QUEUE, "tag": "tag-old-1"}
+    r.hset(ledger.ENTRIES_KEY, "old-1", json.dumps({**old_entry, "message": text, "pushed": 1.0}))
+    r.zadd(ledger.QUEUED_KEY, {"old-1": 1.0})
+    r.lpush(names.PRESENCE_QUEUE, text)
+
+    message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
+
+    assert message is not None
+    assert r.hexists(ledger.UNACKED_KEY, "tag-old-1")
+    assert ledger.pending(r) == []  # the mover will not push it again
+    assert ledger.move_due(r, _never, now=_later()) == ledger.Moved()
+
+
+def _raw_message(task_id: str, tag: str) -> dict[str, Any]:
+    """A ``presence.update`` message as a client writing the list itself would push it."""
+    return {
         "body": "W1tdLCB7fSwge31d",
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": {"task": names.UPDATE_TASK, "id": "raw-1"},
+        "headers": {"task": names.UPDATE_TASK, "id": task_id},
         "properties": {
-            "delivery_tag": "tag-raw-1",
+            "delivery_tag": tag,
             "delivery_info": {"exchange": "", "routing_key": names.PRESENCE_QUEUE},
             "body_encoding": "base64",
             "priority": 0,
         },
     }
-    r.lpush(names.PRESENCE_QUEUE, json.dumps(raw))  # a client writing the list itself
+
+
+def test_a_message_pushed_without_the_ledger_is_held_in_kombus_unacked(
+    r: redis.Redis, consumer: Any
+) -> None:
+    r.lpush(names.PRESENCE_QUEUE, json.dumps(_raw_message("raw-1", "tag-raw-1")))
 
     message = consumer.basic_get(names.PRESENCE_QUEUE, no_ack=False)
 
