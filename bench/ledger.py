@@ -4,8 +4,8 @@ costs Redis when a backlog waits.
 Run: ``python -m bench.ledger`` (under a minute; a private Redis server, nothing else). Two
 producers send the same updates in turns of ``--batch`` messages: ``plain`` (Celery on kombu's
 Redis transport, the baseline) and ``ledgered`` (``PresenceProducer``: each push and its ledger
-entry in one MULTI). Then ``--backlog`` ledgered messages wait in the queue, all older than the
-check age, and mover passes look them up (each finds its message still listed and leaves it):
+entry in one round trip). Then ``--backlog`` ledgered messages wait in the queue, all older than
+the check age, and mover passes look them up (each finds its message still listed and leaves it):
 the time per pass of ``MOVE_LIMIT`` entries is how long one Lua call holds Redis. Reported: sends
 per second of each producer and their ratio, Redis memory per queued message with and without
 its entry, and the pass times; results go to ``bench/results/ledger.json``.

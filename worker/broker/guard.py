@@ -4,8 +4,8 @@ Kombu turns a popped Redis list item into a message on the consumer's thread: ``
 ``Channel._brpop_read`` / ``Channel._get``, then ``Transport._deliver`` → the consumer's callback
 (``virtual.Message``, ``QoS.append``, Celery's ``on_task_received`` and task strategy). An
 exception anywhere there is not a task failure: it ends the worker ("Unrecoverable error") or,
-for some shapes, loops the consumer through reconnects; a message already in Kombu's ``unacked``
-hash is restored and stops the next worker too. Upstream has no fix in a released version (open:
+for some shapes, loops the consumer through reconnects; a message already held (Kombu's
+``unacked`` hash, the broker ledger's hold) is restored and stops the next worker too. Upstream has no fix in a released version (open:
 celery/celery#4308 "Worker dies if unable to decode a message", celery/kombu#2421 "no supported
 extension point to intercept or validate the raw message before JSON parsing").
 
@@ -15,8 +15,8 @@ The guard therefore sits at the two points every message passes before any of th
   becomes an :class:`Unreadable` marker instead of an exception;
 * :class:`Transport` (``broker_transport`` in ``worker.app``) checks each message of the task
   queues with :func:`worker.envelopes.inspect_envelope` in ``_deliver``, before the consumer's
-  callback, so a refused message never reaches ``unacked``: it was removed from the list by the
-  pop and is settled once it is recorded.
+  callback, so a refused message is never held: it was removed from the list by the pop and is
+  settled (its ledger entry dropped) once it is recorded.
 
 A refused message is recorded where operators look: an ``invalid`` audit row through the
 recorder when it is a ``presence.update`` whose ``headers.id`` can key a row, else (or when the
@@ -135,7 +135,7 @@ class Transport(ledger.Transport):
             refuse(queue, message, refusal, audit=False)
 
     def _settle(self, message: dict[str, Any]) -> None:
-        """Take a message the consumer's callback already holds out of ``unacked``."""
+        """Settle a message the consumer's callback already holds (its hold dropped)."""
         tag = message.get("properties", {}).get("delivery_tag")
         for channel in self.channels or []:
             try:

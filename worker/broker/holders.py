@@ -2,14 +2,16 @@
 back within seconds instead of after the visibility timeout.
 
 Kombu's Redis transport restores a held (``unacked``) message only once the visibility timeout
-has passed, because it cannot tell a dead holder from a slow one. Here every process that
-consumes writes its :data:`PROCESS_ID` beside each message it takes (:data:`HOLDERS_KEY`, in
-the same script as kombu's ``unacked`` write) and keeps a liveness key alive from its mover
-(:func:`beat`). A message whose holder's liveness key has expired is an orphan
-(:func:`orphans`): any live worker's mover restores it with kombu's own atomic
-``restore_by_tag``. A holder that is merely cut off from Redis for longer than
-:data:`ALIVE_TTL_S` may see its message delivered twice; the per-request idempotency (audit
-row, write intents, the agent's lock) makes that harmless.
+has passed, because it cannot tell a dead holder from a slow one. Here every hold names its
+process: a ledger hold carries :data:`PROCESS_ID` in its member (:mod:`worker.broker.ledger`),
+and a message in kombu's ``unacked`` has it beside it in :data:`HOLDERS_KEY` (written in the
+same script). Each consuming process keeps a liveness key alive from its mover (:func:`beat`).
+A message whose holder's liveness key has expired is an orphan (:func:`orphans` for
+``unacked``, :func:`worker.broker.ledger.orphaned_holds` for the ledger): any live worker's
+mover restores it (kombu's own atomic ``restore_by_tag``, or the ledger's). A holder that is
+merely cut off from Redis for longer than :data:`ALIVE_TTL_S` may see its message delivered
+twice; the per-request idempotency (audit row, write intents, the agent's lock) makes that
+harmless.
 """
 
 from __future__ import annotations
