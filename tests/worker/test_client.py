@@ -48,15 +48,17 @@ def is_correlation_id(value: str | None) -> bool:
 
 
 def test_a_bad_definition_id_is_a_bad_request_with_code_message_and_correlation_id(
-    runtime, user_id
+    runtime, user_id, monkeypatch
 ):
-    answered: list[tuple[str, dict]] = []  # what came over the wire (an httpx event hook)
+    answered: list[tuple[str, dict]] = []  # what came over the wire
+    send = runtime.client.http.request
 
-    def observe(response):
-        response.read()
-        answered.append((response.headers["inin-correlation-id"], response.json()))
+    def observe(*args, **kwargs):
+        reply = send(*args, **kwargs)
+        answered.append((reply.headers["inin-correlation-id"], reply.json()))
+        return reply
 
-    runtime.http.event_hooks["response"].append(observe)
+    monkeypatch.setattr(runtime.client.http, "request", observe)
 
     with pytest.raises(BadRequest) as caught:
         runtime.client.patch_presence(user_id, str(uuid.uuid4()))
@@ -178,7 +180,7 @@ def test_a_call_slower_than_the_timeout_is_a_retryable_transport_error(api, runt
     runtime.tokens.get()
     api.admin("POST", "/faults/latency", {"endpoint": "presence.get", "latency_ms": 800})
     impatient = GenesysClient(
-        runtime.http, runtime.tokens, runtime.limiter, api_base=runtime.settings.api_base,
+        runtime.client.http, runtime.tokens, runtime.limiter, api_base=runtime.settings.api_base,
         timeout_s=0.3, max_inline_wait_s=1,
     )  # fmt: skip
 
@@ -233,7 +235,7 @@ def test_no_slot_no_call(api, runtime, r, user_id):
     full = SharedRateLimiter(r, key="tiny-budget", limit_per_minute=1, provisional_s=5)
     full.acquire(max_wait_s=0)
     starved = GenesysClient(
-        runtime.http, runtime.tokens, full, api_base=runtime.settings.api_base, timeout_s=2,
+        runtime.client.http, runtime.tokens, full, api_base=runtime.settings.api_base, timeout_s=2,
         max_inline_wait_s=0.5,
     )  # fmt: skip
 

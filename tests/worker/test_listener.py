@@ -344,7 +344,7 @@ def test_a_silent_socket_is_abandoned_and_reconnected(api, runtime, make_listene
     proxy = FreezingProxy(api.emulator.base_url)
     try:
         through_proxy = GenesysClient(
-            runtime.http, runtime.tokens, runtime.limiter, api_base=proxy.url, timeout_s=2,
+            runtime.client.http, runtime.tokens, runtime.limiter, api_base=proxy.url, timeout_s=2,
             max_inline_wait_s=2,
         )  # fmt: skip
         listener = make_listener(client=through_proxy, heartbeat_s=0.5)

@@ -16,8 +16,6 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from worker.genesys.errors import (
     GenesysError,
     RateLimited,
@@ -25,6 +23,7 @@ from worker.genesys.errors import (
     Unauthorized,
     error_for_status,
 )
+from worker.genesys.http import PlatformHttp, Reply, TransportFailure, TransportTimeout
 from worker.genesys.models import Channel, PresenceDefinition, UserPresence
 from worker.genesys.token import TokenProvider
 from worker.limiter import SharedRateLimiter
@@ -73,7 +72,7 @@ class GenesysClient:
 
     def __init__(
         self,
-        http: httpx.Client,
+        http: PlatformHttp,
         tokens: TokenProvider,
         limiter: SharedRateLimiter,
         *,
@@ -131,13 +130,13 @@ class GenesysClient:
                 json=json,
                 params=params,
                 headers={"Authorization": f"Bearer {token}"},
-                timeout=self.timeout_s,
+                timeout_s=self.timeout_s,
             )
             status = response.status_code
-        except httpx.TimeoutException:
+        except TransportTimeout:
             raise TransportError(f"{method} {path} timed out after {self.timeout_s:g} s") from None
-        except httpx.HTTPError as exc:
-            raise TransportError(f"{method} {path} failed: {type(exc).__name__}") from None
+        except TransportFailure as exc:
+            raise TransportError(f"{method} {path} failed: {exc}") from None
         finally:
             metrics.observe_genesys_call(
                 method, status, time.perf_counter() - started, org=self.org
@@ -163,9 +162,7 @@ class GenesysClient:
         raise error
 
     @staticmethod
-    def _error(
-        method: str, path: str, response: httpx.Response, correlation_id: str | None
-    ) -> GenesysError:
+    def _error(method: str, path: str, response: Reply, correlation_id: str | None) -> GenesysError:
         code = None
         message = response.reason_phrase
         try:

@@ -7,6 +7,7 @@ import httpx
 import redis
 
 from worker.genesys.client import GenesysClient
+from worker.genesys.http import PlatformHttp
 from worker.genesys.token import TokenProvider
 from worker.limiter import SharedRateLimiter
 from worker.names import DEFAULT_ORG
@@ -70,7 +71,9 @@ def genesys_client(
     org: str = DEFAULT_ORG,
 ) -> GenesysClient:
     """A client of ``org`` spending its OAuth client's shared budget and token, like every
-    worker (``prefix``: the org's key prefix, under which both are kept)."""
+    worker (``prefix``: the org's key prefix, under which both are kept). Its API calls go
+    through a :class:`~worker.genesys.http.PlatformHttp` of its own; ``http`` fetches the
+    token."""
     limiter = SharedRateLimiter(
         r,
         key=budget_key(settings),
@@ -89,7 +92,7 @@ def genesys_client(
         prefix=prefix,
     )
     return GenesysClient(
-        http,
+        PlatformHttp(),
         tokens,
         limiter,
         api_base=settings.api_base,

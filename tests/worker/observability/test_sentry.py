@@ -32,6 +32,7 @@ from sentry_sdk.serializer import serialize
 from sentry_sdk.transport import Transport
 
 import migrations
+from worker.genesys.http import PlatformHttp, Reply
 from worker.observability import sentry as observed
 from worker.runtime import Runtime
 from worker.settings import Settings
@@ -75,6 +76,24 @@ class LeakyTransport(httpx.HTTPTransport):
                 f"(Authorization: {request.headers['Authorization']})"
             )
         return super().handle_request(request)
+
+
+class LeakyPlatformHttp(PlatformHttp):
+    """The API calls' transport, failing ``fail_on`` as :class:`LeakyTransport` does."""
+
+    def __init__(self, fail_on: tuple[str, str]) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Reply:
+        fail_method, suffix = self.fail_on
+        if method == fail_method and url.split("?", 1)[0].endswith(suffix):
+            path = url.split("/api/", 1)[-1]
+            raise RuntimeError(
+                f"gateway refused {method} /api/{path} "
+                f"(Authorization: {kwargs['headers']['Authorization']})"
+            )
+        return super().request(method, url, **kwargs)
 
 
 @pytest.fixture
@@ -140,7 +159,8 @@ def run_failing_task(
     rt = Runtime.build(settings)
     leaky = httpx.Client(transport=LeakyTransport(fail_on), timeout=settings.http_timeout_s)
     rt.http.close()
-    rt.http = rt.client.http = rt.tokens.http = leaky
+    rt.http = rt.tokens.http = leaky
+    rt.client.http = LeakyPlatformHttp(fail_on)
     monkeypatch.setattr(Runtime, "_current", (os.getpid(), {"default": rt}))
     payload = {
         "user_id": user_id,
