@@ -32,16 +32,9 @@ class Intent:
     correlation_id: str | None = None
 
     def to_json(self) -> str:
-        """The stored form (``Intent(**json.loads(text))`` reads it back)."""
-        return json.dumps(
-            {
-                "target_id": self.target_id,
-                "before_ms": self.before_ms,
-                "at_ms": self.at_ms,
-                "accepted": self.accepted,
-                "correlation_id": self.correlation_id,
-            }
-        )
+        """The stored form (``Intent(**json.loads(text))`` reads it back); its fields by name,
+        without ``dataclasses.asdict``'s deep copy (written on every update)."""
+        return json.dumps({name: getattr(self, name) for name in self.__slots__})
 
 
 class WriteIntents:

@@ -47,15 +47,9 @@ class AgentState:
     seen_via: str  # event | patch | read
 
     def to_json(self) -> str:
-        """The stored form (``AgentState(**json.loads(text))`` reads it back)."""
-        return json.dumps(
-            {
-                "definition_id": self.definition_id,
-                "system_presence": self.system_presence,
-                "modified_ms": self.modified_ms,
-                "seen_via": self.seen_via,
-            }
-        )
+        """The stored form (``AgentState(**json.loads(text))`` reads it back); its fields by name,
+        without ``dataclasses.asdict``'s deep copy (written on every update)."""
+        return json.dumps({name: getattr(self, name) for name in self.__slots__})
 
 
 def state_of(presence: UserPresence, seen_via: str) -> AgentState:
