@@ -209,7 +209,7 @@ def test_flower_shows_the_worker_and_a_retried_task_that_succeeds(ops: Ops):
     task = wait_until("the task's end in Flower", ops, finished, timeout_s=90)
 
     assert task["state"] == "SUCCESS", (states, task)
-    assert "RETRY" in states or task["retries"] > 0, (states, task)
+    assert task["retries"] == 1, "the redelivered message counts the retry"
     assert task["name"] == "presence.update"
     assert agent in task["args"], "the payload is readable in Flower"
     assert task["worker"] == ops.worker

@@ -207,7 +207,8 @@ class Scheduled:
     ``expires`` the original message's ``expires`` (ISO-8601), kept too. ``token`` tells one
     scheduling from the next: a task that waits again (same arguments) while the mover that
     published it has not yet settled must not look like the entry being settled, or the settle
-    would delete the new retry."""
+    would delete the new retry. ``retries`` is Celery's count of earlier attempts, carried in the
+    published message's ``retries`` header (Flower shows it)."""
 
     id: str
     task: str
@@ -215,6 +216,7 @@ class Scheduled:
     kwargs: dict[str, Any]
     queue: str
     expires: str | None = None
+    retries: int = 0
     token: str = field(default_factory=_new_token, compare=False)
 
     def to_json(self) -> str:
@@ -227,6 +229,7 @@ class Scheduled:
                 "kwargs": self.kwargs,
                 "queue": self.queue,
                 "expires": self.expires,
+                "retries": self.retries,
                 "token": self.token,
             },
             separators=(",", ":"),
@@ -235,16 +238,16 @@ class Scheduled:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Scheduled:
         data = json.loads(raw)
-        expires = data.get("expires")
-        token = data.get("token")
+        expires, retries, token = data.get("expires"), data.get("retries"), data.get("token")
         return cls(
             data["id"],
             data["task"],
             data["args"],
             data["kwargs"],
             data["queue"],
-            expires if isinstance(expires, str) else None,
-            token if isinstance(token, str) else _new_token(),
+            expires=expires if isinstance(expires, str) else None,
+            retries=retries if type(retries) is int and retries >= 0 else 0,
+            token=token if isinstance(token, str) else _new_token(),
         )
 
 

@@ -118,6 +118,7 @@ def start(
             task_id=entry.id,
             queue=entry.queue,
             expires=entry.expires,
+            retries=entry.retries,
         )
 
     def restore(tags: list[str]) -> None:

@@ -61,6 +61,7 @@ def republish(
         kwargs=dict(task.request.kwargs or {}) if kwargs is None else dict(kwargs),
         queue=queue_of(task),
         expires=_expires(task),
+        retries=(task.request.retries or 0) + 1,
     )
     write = store or broker_store(str(task.app.conf.broker_url))
     wait_s = broker_wait_s() if wait_s is None else wait_s

@@ -33,7 +33,11 @@ class FlakyBroker:
 TASK = SimpleNamespace(
     name=names.UPDATE_TASK,
     request=SimpleNamespace(
-        id="task-1", args=["original"], kwargs={}, delivery_info={"routing_key": "presence"}
+        id="task-1",
+        args=["original"],
+        kwargs={},
+        retries=0,
+        delivery_info={"routing_key": "presence"},
     ),
     app=SimpleNamespace(conf=SimpleNamespace(broker_url="redis://unused", task_routes={})),
 )
@@ -59,9 +63,24 @@ def test_a_retry_is_scheduled_then_acknowledged_through_celerys_retry() -> None:
         _republish(store, clock, args=("payload",), kwargs={"failures": 2})
     assert retried.value.when == 1.5
     assert store.calls == [
-        (ledger.Scheduled("task-1", names.UPDATE_TASK, ["payload"], {"failures": 2}, "presence"),
+        (ledger.Scheduled("task-1", names.UPDATE_TASK, ["payload"], {"failures": 2}, "presence",
+                          retries=1),
          1001.5),
     ]  # fmt: skip
+
+
+def test_the_retry_counts_one_more_attempt_than_the_message_being_retried() -> None:
+    store = FlakyBroker(failures=0)
+    task = SimpleNamespace(
+        name=TASK.name,
+        request=SimpleNamespace(**{**vars(TASK.request), "retries": 2}),
+        app=TASK.app,
+    )
+    with pytest.raises(Retry):
+        republish(cast(Task[Any, Any], task), countdown_s=1, wait_s=0, store=store, now=lambda: 0.0)
+    [(entry, _due)] = store.calls
+    assert entry.retries == 3
+    assert ledger.Scheduled.from_json(entry.to_json()).retries == 3
 
 
 def test_without_arguments_the_current_message_is_retried() -> None:
