@@ -10,10 +10,15 @@ capacity rule applies; ``bench.capacity`` measures those).
 (1) big org, warm: workers primed, the window emptied, then ``--changes`` single updates (default
     600) to agents past the first 1,000 (outside what one channel could hold).
 (2) cold start: the same changes queued first, then both workers started together.
-(3) the SDK script: ``PresenceApi.patch_user_presences_purecloud`` for each change in a loop,
-    sleeping ``Retry-After`` on a 429 — the loop a Genesys user would write; warm (its
-    definitions read a minute before the clock starts) beside (1), cold (token and definitions
-    on the clock) beside (2).
+(3) the SDK script (``bench.sdk_script``): ``PresenceApi.patch_user_presences_purecloud`` for
+    each change in a loop, sleeping ``Retry-After`` on a 429 — the loop a Genesys user would
+    write; warm (its definitions read a minute before the clock starts) beside (1), cold (its
+    own process started on the clock, interpreter, SDK import, token and definitions included,
+    as the workers' start is in (2)) beside (2).
+
+``--latency-ms`` adds that much to every answer of the emulator (which otherwise answers in
+about a millisecond, far faster than a platform across a network): a loop sending one request
+at a time slows with it, a fleet with calls in flight much less.
 
 Physical minimum: the platform admits at most ``budget`` requests in any rolling 60 s, so of N
 requests from an empty window the ``k * budget + 1``-th cannot be sent before ``k`` minutes
@@ -24,26 +29,26 @@ priming listings, are counted in its requests per update): 600 changes at 300/mi
 two minutes, not one. Two times per run: the wall time, until the last audit row (the fleet's
 rows follow each change's confirmation; the SDK script's end is its last response), and when
 the platform applied the last change (the emulator's presence history, the same for both).
-Results go to ``bench/results/big_org.json``.
+Results go to ``bench/results/big_org.json`` (``big_org-<N>ms.json`` with a latency).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import PureCloudPlatformClientV2 as sdk
-import urllib3
-from PureCloudPlatformClientV2.rest import ApiException
 from rich.console import Console
 from sqlalchemy import func, select
-from urllib3.util import Retry
 
+from bench import sdk_script
 from bench.pipeline import api_counts
 from bench.report import Report
 from emulator.launcher import EmulatorProcess
@@ -67,6 +72,16 @@ def emulator_args(org: int, budget: int) -> list[str]:
 def minimum_s(requests: int, budget: int) -> float:
     """The least time from the first to the last of ``requests`` in a rolling-minute window."""
     return max(0, requests - 1) // budget * 60.0
+
+
+def add_latency(base_url: str, latency_ms: float) -> None:
+    """Every API route of the emulator answers ``latency_ms`` later (± a quarter), as a platform
+    further away than this machine does; nothing when 0."""
+    if latency_ms > 0:
+        fault = {"endpoint": "*", "latency_ms": latency_ms, "jitter_ms": latency_ms / 4}
+        httpx.post(
+            f"{base_url}/__emulator/faults/latency", json=fault, timeout=10
+        ).raise_for_status()
 
 
 def targets(base_url: str, count: int) -> list[str]:
@@ -127,13 +142,16 @@ def wait_rows(stack: LocalStack, source: str, expected: int, timeout_s: float) -
     return time.monotonic() - started
 
 
-def run_workers(org: int, budget: int, changes: int, *, cold: bool) -> dict[str, Any]:
+def run_workers(
+    org: int, budget: int, changes: int, *, cold: bool, latency_ms: float = 0
+) -> dict[str, Any]:
     env = {"RATE_LIMIT_PER_MINUTE": str(budget)}
     with LocalStack(
         emulator_args=emulator_args(org, budget), redis_url=REDIS_URL, redis_db=9, worker_env=env
     ) as stack:
         agents = stack.active_users()
         assert stack.emulator is not None
+        add_latency(stack.emulator.base_url, latency_ms)
         chosen = targets(stack.emulator.base_url, changes)
         producer = PresenceProducer(stack.broker_url)
         if not cold:
@@ -179,39 +197,38 @@ def run_workers(org: int, budget: int, changes: int, *, cold: bool) -> dict[str,
     return result
 
 
-def run_sdk(org: int, budget: int, changes: int, *, cold: bool = False) -> dict[str, Any]:
+def run_sdk(
+    org: int, budget: int, changes: int, *, cold: bool = False, latency_ms: float = 0
+) -> dict[str, Any]:
     with EmulatorProcess(args=emulator_args(org, budget)) as emulator:
+        add_latency(emulator.base_url, latency_ms)
         chosen = targets(emulator.base_url, changes)
-        started, since = time.monotonic(), time.time()
-        client = sdk.ApiClient(host=emulator.base_url)
-        rest = client.get_http_client().rest_client
-        rest.pool_manager = urllib3.PoolManager(retries=Retry(total=0))
-        client.get_client_credentials_token(emulator.client_id, emulator.client_secret)
-        presence = sdk.PresenceApi(client)
-        definitions = {
-            d.system_presence: d.id
-            for d in presence.get_presence_definitions().entities
-            if d.type == "System"
-        }
-        if not cold:
+        pairs = [(u.user_id, u.state) for u in changes_for(chosen, changes)]
+        if cold:
+            run = {
+                "base_url": emulator.base_url,
+                "client_id": emulator.client_id,
+                "client_secret": emulator.client_secret,
+                "changes": pairs,
+            }
+            started, since = time.monotonic(), time.time()
+            done = subprocess.run(
+                [sys.executable, "-m", "bench.sdk_script"],
+                input=json.dumps(run),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            wall = time.monotonic() - started
+            retries = json.loads(done.stdout)["retries"]
+        else:
+            presence, definitions = sdk_script.connect(
+                emulator.base_url, emulator.client_id, emulator.client_secret
+            )
             time.sleep(61)  # the definitions call leaves the window
             started, since = time.monotonic(), time.time()
-        retries = 0
-        for update in changes_for(chosen, changes):
-            body = sdk.UserPresence()
-            ref = sdk.PresenceDefinition()
-            ref.id = definitions[update.state.replace(" ", "")]
-            body.presence_definition = ref
-            while True:
-                try:
-                    presence.patch_user_presences_purecloud(update.user_id, body)
-                    break
-                except ApiException as exc:
-                    if exc.status != 429:
-                        raise
-                    retries += 1
-                    time.sleep(int((exc.headers or {}).get("Retry-After", "1")))
-        wall = time.monotonic() - started
+            retries = sdk_script.patch_all(presence, definitions, pairs)
+            wall = time.monotonic() - started
         applied = last_applied_s(emulator.base_url, since)
         stats = httpx.get(f"{emulator.base_url}/__emulator/stats").json()
         spent, rejected = api_counts(stats)
@@ -223,6 +240,7 @@ def run_sdk(org: int, budget: int, changes: int, *, cold: bool = False) -> dict[
         "applied_s": applied,
         "requests": requests,
         "rejected_429": rejected,
+        "retries": retries,
         "physical_minimum_s": minimum_s(requests, budget),
     }
     console.print(result)
@@ -236,15 +254,22 @@ def main() -> None:
     parser.add_argument("--org", type=int, default=2500, help="agents in the org")
     parser.add_argument("--budget", type=int, default=300, help="requests per rolling minute")
     parser.add_argument("--changes", type=int, default=600, help="single changes per run")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0,
+        help="added to every API answer (± a quarter); 0: the emulator's own, about 1 ms",
+    )
     args = parser.parse_args()
+    lag = args.latency_ms
     report = Report()
     sdk_runs = {
-        False: run_sdk(args.org, args.budget, args.changes),
-        True: run_sdk(args.org, args.budget, args.changes, cold=True),
+        False: run_sdk(args.org, args.budget, args.changes, latency_ms=lag),
+        True: run_sdk(args.org, args.budget, args.changes, cold=True, latency_ms=lag),
     }
     runs = [
-        run_workers(args.org, args.budget, args.changes, cold=False),
-        run_workers(args.org, args.budget, args.changes, cold=True),
+        run_workers(args.org, args.budget, args.changes, cold=False, latency_ms=lag),
+        run_workers(args.org, args.budget, args.changes, cold=True, latency_ms=lag),
     ]
     for run in runs:
         sdk_run = sdk_runs[run["case"] == "cold start"]
@@ -268,7 +293,10 @@ def main() -> None:
             f"{run['rejected_429']} 429s (SDK {sdk_run['rejected_429']})",
         )
     report.data = {"sdk": list(sdk_runs.values()), "runs": runs, "args": vars(args)}
-    report.publish(console, "big org and cold start at the real budget", "big_org")
+    title = "big org and cold start at the real budget" + (
+        f", {lag:g} ms per answer" if lag else ""
+    )
+    report.publish(console, title, f"big_org-{lag:g}ms" if lag else "big_org")
 
 
 if __name__ == "__main__":
