@@ -150,6 +150,21 @@ def test_a_first_page_the_start_checks_read_spares_the_listing_it_covers(
     assert route_count(api, "users.list") == 1, "only the read after subscribing"
 
 
+def test_the_subscriptions_are_ready_before_the_caches_fill(api, runtime, make_group, agents):
+    key = runtime.settings.genesys_client_id
+    seed_first_page(runtime.redis, key, FirstPage(agents[:12], more=False))
+    api.admin("POST", "/faults/latency", {"endpoint": "users.list", "latency_ms": 1500})
+    group = make_group(prime_agents=12)  # its one listing is the slow read after subscribing
+
+    assert group.wait_subscribed()
+
+    assert not group.primed.is_set(), "a write needs the subscriptions, not the fill"
+    primed = set().union(*(subscribed_users(api, m.channel_id) for m in group.members))
+    assert primed == set(agents[:12])
+    assert group.wait_primed()
+    assert all(runtime.cache.get(u) is not None for u in agents[:12])
+
+
 def test_a_listing_after_a_first_page_asks_from_page_two(api, runtime, agents):
     everyone = runtime.client.list_active_users(len(agents) + 10)
     assert [u["id"] for u in everyone] == agents, "one page holds this org"

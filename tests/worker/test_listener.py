@@ -612,11 +612,23 @@ def test_wait_primed_returns_once_priming_is_done(make_listener):
     assert listener.primed.is_set()
 
 
+def test_the_subscriptions_are_ready_before_the_caches_fill(api, make_listener):
+    listing = {"endpoint": "users.list", "latency_ms": 1500}
+    api.admin("POST", "/faults/latency", listing)  # so is the read after subscribing
+    listener = make_listener(prime_agents=20)
+
+    assert listener.wait_subscribed()
+
+    assert not listener.primed.is_set(), "a write needs the subscriptions, not the fill"
+    assert listener.wait_primed()
+
+
 def test_wait_primed_is_bounded_once_per_process(make_listener):
     listener = make_listener(prime_agents=20, max_slots=0, prime_wait_s=0.3)  # never connects
 
     started = time.monotonic()
     assert listener.wait_primed() is False
+    assert listener.wait_subscribed() is False
     assert listener.wait_primed() is False
     elapsed = time.monotonic() - started
 

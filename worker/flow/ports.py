@@ -178,8 +178,14 @@ W = TypeVar("W", bound=Waiter)
 class Confirmations(Protocol[W]):
     """This process's notification socket."""
 
+    def wait_subscribed(self) -> bool:
+        """Wait (bounded, once per process) for the priming's subscriptions, so a write spends no
+        subscription call on an agent priming is about to cover; True when they are made."""
+        ...
+
     def wait_primed(self) -> bool:
-        """Wait (bounded, once per process) for the process's priming; True when primed."""
+        """Wait (the same bound) for the whole priming, subscriptions and the cache's fill, so a
+        read is spent only on an agent the fill will not cover; True when primed."""
         ...
 
     def ensure_subscribed(self, user_id: str) -> bool:

@@ -100,7 +100,7 @@ def _apply_locked(
             cached = None  # the read-back refreshed the cache: read it again
         if superseded:  # read as the lock was taken
             return _finish(ports, *steps.rejected(request.draft, SUPERSEDED), calls)
-        ports.confirmations.wait_primed()  # a cold start: priming may soon cover this agent
+        ports.confirmations.wait_subscribed()  # a cold start: priming may soon cover this agent
         _load_current(ports, request, cached)
         decision = steps.verdict(ports, request)
         if isinstance(decision, Reject):
@@ -126,12 +126,15 @@ def _load_current(ports: Ports, request: Request, cached: AgentState | None) -> 
     """The agent's presence: ``cached`` (read from the shared cache as the lock was taken),
     else the shared cache now (priming may have filled it meanwhile); on a miss, one GET only
     when a rule needs it (:func:`~worker.flow.decisions.needs_current`, as for a wave's
-    agents)."""
+    agents), and only once a cold start's priming, which may fill it, is done."""
     state = cached if cached is not None else ports.cache.get(request.user_id)
     if state is None and needs_current(request.target, request.expected, ports.matrix):
-        presence, _ = ports.api.get_presence(request.user_id)
-        state = state_of(presence, "read")
-        ports.cache.put(request.user_id, state)
+        if ports.confirmations.wait_primed():
+            state = ports.cache.get(request.user_id)
+        if state is None:
+            presence, _ = ports.api.get_presence(request.user_id)
+            state = state_of(presence, "read")
+            ports.cache.put(request.user_id, state)
     if state is not None:
         steps.describe_current(ports, request, state)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -45,7 +45,7 @@ from worker.genesys.models import UserPresence
 from worker.limiter import BudgetExhausted, waiting_as
 from worker.retry import GiveUp
 from worker.rules.capacity import ON_QUEUE
-from worker.state_cache import state_of
+from worker.state_cache import AgentState, state_of
 
 log = logging.getLogger(__name__)
 BULK_READ_LIMIT = 50  # the platform's bulk GET limit
@@ -113,7 +113,7 @@ def _handle_wave(
     if not parsed:
         return outcomes
     ports.ordering.register_many([r.ordering_key for r in parsed])
-    ports.confirmations.wait_primed()  # a cold start: priming may soon cover these agents
+    ports.confirmations.wait_subscribed()  # a cold start: priming may soon cover these agents
     with recording() as unbilled:  # the wave's own calls, charged to its first audit row
         covered = ports.confirmations.subscribe_many([r.user_id for r in parsed])
         _prefetch_memberships(ports, parsed)
@@ -349,13 +349,13 @@ def _charge(done: Done, calls: CallLog, unbilled: CallLog) -> None:
 
 
 def _load_current(ports: Ports, requests: list[Request]) -> None:
-    """The agents' presence from the shared cache, reading the misses that matter in bulk."""
+    """The agents' presence from the shared cache, reading the misses that matter in bulk once
+    a cold start's priming, which may fill them, is done."""
     cached = ports.cache.get_many([r.user_id for r in requests])
-    missing = [
-        r.user_id
-        for r in requests
-        if r.user_id not in cached and needs_current(r.target, r.expected, ports.matrix)
-    ]
+    missing = _misses(ports, requests, cached)
+    if missing and ports.confirmations.wait_primed():
+        cached = ports.cache.get_many([r.user_id for r in requests])
+        missing = _misses(ports, requests, cached)
     for start in range(0, len(missing), BULK_READ_LIMIT):
         chunk = missing[start : start + BULK_READ_LIMIT]
         for user_id, presence in ports.api.get_presences_bulk(chunk).items():
@@ -366,6 +366,15 @@ def _load_current(ports: Ports, requests: list[Request]) -> None:
         state = cached.get(request.user_id)
         if state is not None:
             steps.describe_current(ports, request, state)
+
+
+def _misses(ports: Ports, requests: list[Request], cached: Mapping[str, AgentState]) -> list[str]:
+    """The agents not in ``cached`` whose current presence a rule needs."""
+    return [
+        r.user_id
+        for r in requests
+        if r.user_id not in cached and needs_current(r.target, r.expected, ports.matrix)
+    ]
 
 
 Applied = tuple[Request, UserPresence | None, Answer]

@@ -101,6 +101,7 @@ class ChannelGroup:
         self.roster = roster
         self.waiters = WaiterRegistry()
         self.members: list[NotificationListener] = []
+        self.subscribed = threading.Event()
         self.primed = threading.Event()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -145,14 +146,22 @@ class ChannelGroup:
         return next((m for m in self._snapshot() if m.room() > 0), None)
 
     # -- task-side API ----------------------------------------------------------------------------
+    def wait_subscribed(self) -> bool:
+        """See :meth:`NotificationListener.wait_subscribed`; the bound runs from the group's
+        start."""
+        return self._wait(self.subscribed)
+
     def wait_primed(self) -> bool:
         """See :meth:`NotificationListener.wait_primed`; the bound runs from the group's start."""
-        if self.prime_agents <= 0 or self.primed.is_set():
+        return self._wait(self.primed)
+
+    def _wait(self, stage: threading.Event) -> bool:
+        if self.prime_agents <= 0 or stage.is_set():
             return True
         self.start()
         assert self._started_at is not None
         left = self._started_at + self.prime_wait_s - time.monotonic()
-        return self.primed.wait(left) if left > 0 else False
+        return stage.wait(left) if left > 0 else False
 
     def ensure_subscribed(self, user_id: str, *, wait_s: float = 2.0) -> bool:
         """The agent's channel, else the first with room, else a new one, else the first
@@ -227,6 +236,7 @@ class ChannelGroup:
                     if not first.connected.wait(self.connect_timeout_s):
                         continue
                     self._subscribe_primed(self._active_ids())
+                self.subscribed.set()
                 self.roster.fill_once(self._fill_cache)
                 self.primed.set()
                 return

@@ -155,6 +155,7 @@ class NotificationListener:
         self.connect_timeout_s = connect_timeout_s
         self.prime_agents = min(prime_agents, max_topics)
         self.prime_wait_s = prime_wait_s
+        self.subscribed = threading.Event()
         self.primed = threading.Event()
         self._started_at: float | None = None
         self._priming = threading.Event()
@@ -192,17 +193,26 @@ class NotificationListener:
                 )
                 self._thread.start()
 
-    def wait_primed(self) -> bool:
+    def wait_subscribed(self) -> bool:
         """Wait (bounded by ``prime_wait_s`` from the listener's start, once per process) for
-        priming to finish, so tasks arriving at a cold start spend no reads or subscriptions on
-        agents priming is about to cover. True when primed or when there is nothing to wait for.
-        """
-        if self.prime_agents <= 0 or self.primed.is_set():
+        priming's subscriptions, so writes arriving at a cold start spend no subscription call on
+        agents priming is about to cover. True when subscribed or when there is nothing to wait
+        for."""
+        return self._wait(self.subscribed)
+
+    def wait_primed(self) -> bool:
+        """Wait (the same bound) for priming to finish, the state cache's fill included, so
+        tasks arriving at a cold start spend no reads on agents priming is about to cover. True
+        when primed or when there is nothing to wait for."""
+        return self._wait(self.primed)
+
+    def _wait(self, stage: threading.Event) -> bool:
+        if self.prime_agents <= 0 or stage.is_set():
             return True
         self.start()
         assert self._started_at is not None
         left = self._started_at + self.prime_wait_s - time.monotonic()
-        return self.primed.wait(left) if left > 0 else False
+        return stage.wait(left) if left > 0 else False
 
     def ensure_subscribed(self, user_id: str, *, wait_s: float = 2.0) -> bool:
         """Subscribe to the agent's presence before a write; True when the agent's events will
@@ -473,6 +483,7 @@ class NotificationListener:
                 # Subscribed only once the platform has answered (see _subscribe).
                 for user_id in ids:
                     self.topics[user_id] = None
+            self.subscribed.set()
             for user in self.client.list_active_users(self.prime_agents, expand_presence=True):
                 presence = user.get("presence") or {}
                 definition = presence.get("presenceDefinition") or {}

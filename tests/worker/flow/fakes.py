@@ -335,7 +335,9 @@ class FakeWaiter:
 
 
 class FakeConfirmations:
-    """A socket that delivers every subscribed agent's event, except the ``silent`` ones'."""
+    """A socket that delivers every subscribed agent's event, except the ``silent`` ones'.
+    ``priming_fills`` is what its priming's listing puts in the cache when the whole priming is
+    waited for (a cold start's fill)."""
 
     def __init__(self, cache: FakeCache) -> None:
         self.cache = cache
@@ -344,10 +346,18 @@ class FakeConfirmations:
         self.elsewhere: set[str] = set()
         self.subscribed: set[str] = set()
         self.open: set[FakeWaiter] = set()
+        self.subscribed_waits = 0
         self.primed_waits = 0
+        self.priming_fills: dict[str, AgentState] = {}
+
+    def wait_subscribed(self) -> bool:
+        self.subscribed_waits += 1
+        return True
 
     def wait_primed(self) -> bool:
         self.primed_waits += 1
+        for user_id, state in self.priming_fills.items():
+            self.cache.put(user_id, state)
         return True
 
     def ensure_subscribed(self, user_id: str) -> bool:

@@ -91,6 +91,31 @@ def test_a_rule_that_depends_on_the_current_presence_reads_it_once(
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_at_a_cold_start_a_change_no_rule_depends_on_waits_for_the_subscriptions_only(
+    flow: Single | Wave,
+) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.confirmations.priming_fills[AGENT] = AgentState(AVAILABLE, "AVAILABLE", 1, "read")
+
+    assert flow.run(w, go_on_queue()).outcome == "confirmed"
+    assert w.confirmations.subscribed_waits == 1
+    assert w.confirmations.primed_waits == 0, "the cache's fill is not waited for"
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_at_a_cold_start_a_read_a_rule_needs_waits_for_the_fill_that_spares_it(
+    flow: Single | Wave,
+) -> None:
+    w = world({AGENT: AVAILABLE})
+    w.confirmations.priming_fills[AGENT] = AgentState(AVAILABLE, "AVAILABLE", 1, "read")
+
+    assert flow.run(w, go_on_queue(expected_state="Available")).outcome == "confirmed"
+    assert w.confirmations.primed_waits == 1
+    assert reads(w) == 0
+    assert w.row("req-1").from_definition_id == AVAILABLE
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
 def test_a_cached_presence_spares_the_read_a_rule_needs(flow: Single | Wave) -> None:
     w = world({AGENT: ON_QUEUE})
     w.cache.put(AGENT, AgentState(ON_QUEUE, "ON_QUEUE", 1, "event"))
