@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     notification_prime_wait_s: float = Field(
         default=30.0,
         ge=0,
-        description="How long tasks of a fresh process wait for its priming before reading agents.",
+        description="How long tasks of a fresh process wait for its priming before subscribing "
+        "or reading agents.",
     )
     presence_source: str = Field(
         default="PURECLOUD",
