@@ -90,12 +90,18 @@ def test_a_rule_that_depends_on_the_current_presence_reads_it_once(
         assert w.capacity.asked == [AGENT]  # the guard saw the agent was on queue
 
 
+def cold_start() -> World:
+    """An agent not cached yet, whom the priming's presence listing will find Available."""
+    w = world({AGENT: AVAILABLE})
+    w.confirmations.priming_fills[AGENT] = AgentState(AVAILABLE, "AVAILABLE", 1, "read")
+    return w
+
+
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
 def test_at_a_cold_start_a_change_no_rule_depends_on_waits_for_the_subscriptions_only(
     flow: Single | Wave,
 ) -> None:
-    w = world({AGENT: AVAILABLE})
-    w.confirmations.priming_fills[AGENT] = AgentState(AVAILABLE, "AVAILABLE", 1, "read")
+    w = cold_start()
 
     assert flow.run(w, go_on_queue()).outcome == "confirmed"
     assert w.confirmations.subscribed_waits == 1
@@ -106,8 +112,7 @@ def test_at_a_cold_start_a_change_no_rule_depends_on_waits_for_the_subscriptions
 def test_at_a_cold_start_a_read_a_rule_needs_waits_for_the_fill_that_spares_it(
     flow: Single | Wave,
 ) -> None:
-    w = world({AGENT: AVAILABLE})
-    w.confirmations.priming_fills[AGENT] = AgentState(AVAILABLE, "AVAILABLE", 1, "read")
+    w = cold_start()
 
     assert flow.run(w, go_on_queue(expected_state="Available")).outcome == "confirmed"
     assert w.confirmations.primed_waits == 1
