@@ -108,17 +108,26 @@ def changes_for(agents: list[str], count: int) -> list[PresenceUpdate]:
     ]
 
 
-def last_applied_s(base_url: str, since: float) -> float:
-    """Seconds from ``since`` (epoch) to the last change the emulator applied (its presence
-    history, exact): when the platform held every change, whatever the client did after."""
-    history = httpx.get(f"{base_url}/__emulator/history", timeout=60).json()
-    times = [
+def applied_times(base_url: str, since: float, org: str | None = None) -> list[float]:
+    """When the emulator applied each PATCH (of ``org``; the default org when None) at or after
+    ``since`` (epoch seconds), oldest first: its presence history, exact."""
+    params = {"org": org} if org not in (None, "default") else {}
+    response = httpx.get(f"{base_url}/__emulator/history", params=params, timeout=60)
+    response.raise_for_status()
+    history = response.json()
+    return sorted(
         e["timestamp"]
         for entries in history.values()
         for e in entries
         if e["path"] == "patch" and e["timestamp"] >= since
-    ]
-    return max(times) - since if times else 0.0
+    )
+
+
+def last_applied_s(base_url: str, since: float) -> float:
+    """Seconds from ``since`` (epoch) to the last change the emulator applied: when the platform
+    held every change, whatever the client did after."""
+    times = applied_times(base_url, since)
+    return times[-1] - since if times else 0.0
 
 
 def rows(stack: LocalStack, source: str) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 from rich.console import Console
 from sqlalchemy import func, select
 
-from bench.big_org import minimum_s
+from bench.big_org import applied_times, minimum_s
 from bench.pipeline import api_counts
 from bench.report import Report
 from models import AuditRecord
@@ -161,17 +161,6 @@ def admitted(stack: LocalStack, org: str) -> tuple[int, int]:
     return sum(spent.values()), rejected
 
 
-def applied_times(stack: LocalStack, org: str, since: float) -> list[float]:
-    """When the emulator applied each PATCH of ``org`` at or after ``since`` (epoch seconds)."""
-    history: dict[str, list[dict[str, Any]]] = stack.admin("GET", "/history", org=org)
-    return sorted(
-        e["timestamp"]
-        for entries in history.values()
-        for e in entries
-        if e["path"] == "patch" and e["timestamp"] >= since
-    )
-
-
 class RequestClock:
     """Samples each org's admitted-request count every ``every_s``: when the first and the last
     request of the measured phase were admitted, to ``every_s`` (every route, not only PATCHes)."""
@@ -226,7 +215,8 @@ def bench_three_orgs(report: Report, budget: int, changes: int) -> None:
         sampled = clock.stop()
         for org in orgs:
             (req1, rej1), (req0, rej0) = admitted(stack, org), before[org]
-            times = applied_times(stack, org, since)
+            assert stack.emulator is not None
+            times = applied_times(stack.emulator.base_url, since, org)
             span = times[-1] - times[0] if times else 0.0
             minimum = minimum_s(req1 - req0, budget)
             results.append(
@@ -373,7 +363,8 @@ def bench_noisy_neighbour(
         alone_rows = confirmed_rows(stack, "bench-b-alone")
         noisy_rows = confirmed_rows(stack, "bench-b-noisy")
         alone, noisy = [r.ms for r in alone_rows], [r.ms for r in noisy_rows]
-        a_patches = applied_times(stack, "a", a_since)
+        assert stack.emulator is not None
+        a_patches = applied_times(stack.emulator.base_url, a_since, "a")
         a_done = rows(stack, "bench-a-backlog")
         data: dict[str, Any] = {
             "rate_per_s": rate,
